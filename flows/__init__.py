@@ -1,0 +1,1 @@
+"""Thin Prefect flows composing the tasks, and the `xco2` command line."""

@@ -1,0 +1,1 @@
+"""The ResNet-LSTM, its training, evaluation and ONNX export."""

@@ -1,0 +1,1 @@
+"""MLflow tracking, registration, aliases, promotion and loading the champion."""

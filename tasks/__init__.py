@@ -1,0 +1,1 @@
+"""Units of work: sources, readers, gridding, fusion, features, samples, inference, archive."""

@@ -1,0 +1,32 @@
+"""Moving a bad input file aside so the rest of the day goes on and the file can be fetched again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class InputFileError(ValueError):
+    """An input file is corrupt, truncated, foreign or holds impossible values."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def quarantine(path: Path, reason: str, quarantine_dir: Path) -> Path:
+    """Move `path` into `quarantine_dir` with a JSON note of why; returns the new location."""
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    target = quarantine_dir / f"{stamp}_{path.name}"
+    shutil.move(str(path), target)
+    note = {"file": str(path), "quarantined_as": str(target), "reason": reason, "at": stamp}
+    target.with_name(target.name + ".json").write_text(json.dumps(note, indent=2))
+    log.warning("quarantined %s: %s", path, reason)
+    return target
