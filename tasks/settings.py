@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     seed: int = 42
 
     # Operation.
+    ingest_lookback_days: int = Field(10, ge=1, description="days back the daily run looks for late granules")
     archive_lookback_days: int = Field(3, ge=1, description="days back the nightly run fills")
     inference_batch_size: int = Field(65536, ge=256)
     promotion_margin_ppm: float = Field(0.0, ge=0)

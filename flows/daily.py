@@ -1,0 +1,97 @@
+"""The daily update: pull new inputs, grid, fuse, update samples, extend the archive."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from registry.champion import ChampionNotFound, load_champion
+from models.onnx_runtime import open_session
+from tasks import samples, units
+from tasks.archive import archived_days
+from tasks.grid import Grid
+from tasks.inference import inputs_available
+from tasks.settings import load_settings
+from tasks.sources import raw_granules
+from tasks.sources.products import SATELLITES
+
+
+def _window(settings, start: str | None, end: str | None) -> tuple[date, date]:
+    last = date.fromisoformat(end) if end else datetime.now(timezone.utc).date()
+    first = date.fromisoformat(start) if start else last - timedelta(days=settings.ingest_lookback_days - 1)
+    if first > last:
+        raise ValueError(f"start {first} is after end {last}")
+    return first, last
+
+
+@flow(name="xco2-daily-update", log_prints=True)
+def daily_update(start: str | None = None, end: str | None = None, overrides: dict | None = None) -> dict:
+    """Bring inputs, samples and the archive up to date for the days in [start, end]."""
+    logger = get_run_logger()
+    settings = load_settings(**(overrides or {}))
+    grid = Grid.for_region(settings.region, settings.grid_step)
+    first, last = _window(settings, start, end)
+    logger.info("region %s (%d x %d cells), days %s..%s, source %s",
+                settings.region.name, grid.nx, grid.ny, first, last, settings.source.value)
+
+    pulled = units.pull_inputs(settings, first, last + timedelta(days=1))
+    units.build_static_covariates(settings, grid)
+
+    # Days to (re)grid: any day in the window with a granule that is new or not yet gridded.
+    granules = {s: raw_granules(settings, s) for s in SATELLITES}
+    new_files = {name for names in pulled.fetched.values() for name in names}
+    days = sorted({d for s in SATELLITES for d, files in granules[s].items() if first <= d <= last
+                   and (any(f.name in new_files for f in files) or d not in set(samples.stored_days(settings.region_dir)))})
+    gridded = [units.grid_day(settings, grid, d, {s: granules[s].get(d, []) for s in SATELLITES}) for d in days]
+    fit = units.fit_gosat(settings)
+
+    era5_dir = settings.raw_dir / "era5"
+    rows = []
+    for g in gridded:
+        ready = inputs_available(era5_dir, g.day)
+        n = units.update_samples(settings, grid, g.day, fit) if ready else 0
+        rows.append({"day": g.day.isoformat(), **{f"{s}_granules": g.granules.get(s, 0) for s in SATELLITES},
+                     **{f"{s}_soundings": g.soundings.get(s, 0) for s in SATELLITES},
+                     "samples": n, "era5": "yes" if ready else "waiting", "quarantined": len(g.quarantined)})
+    quarantined = pulled.quarantined + [q for g in gridded for q in g.quarantined]
+
+    mapped = extend_archive(settings, grid, last)
+
+    create_table_artifact(key="daily-days-processed", table=rows or [{"day": "none new"}],
+                          description="Days gridded, fused and sampled in this run")
+    if quarantined:
+        create_table_artifact(key="daily-quarantined", table=quarantined, description="Inputs set aside as unreadable")
+    create_table_artifact(key="daily-archive-days", table=mapped or [{"day": "none"}],
+                          description="Archive days written in this run")
+    create_markdown_artifact(key="daily-summary", markdown=(
+        f"# Daily update {first}..{last} ({settings.region.name})\n\n"
+        f"- new granules: {pulled.n_fetched} ({', '.join(f'{k}: {len(v)}' for k, v in pulled.fetched.items())})\n"
+        f"- days sampled: {sum(1 for r in rows if r['samples'])} of {len(rows)} gridded\n"
+        f"- GOSAT->OCO fit: intercept {fit.intercept:.3f} ppm, slope {fit.slope:.4f}, "
+        f"{fit.n_collocations} collocations ({fit.method})\n"
+        f"- quarantined inputs: {len(quarantined)}\n"
+        f"- archive days written: {len(mapped)}\n"))
+    return {"window": [first.isoformat(), last.isoformat()], "days": rows, "archive_days": mapped,
+            "quarantined": quarantined, "gosat_fit": fit.to_dict(), "new_granules": pulled.n_fetched}
+
+
+def extend_archive(settings, grid: Grid, last: date) -> list[dict]:
+    """Map every day of the archive look-back missing from the archive whose inputs exist."""
+    logger = get_run_logger()
+    try:
+        champion = load_champion(settings.tracking_uri, settings.registered_model_name,
+                                 settings.data_dir / "models")
+    except ChampionNotFound:
+        logger.warning("no champion model registered yet: the archive waits for the first retrain")
+        return []
+    have = set(archived_days(settings.archive_root, settings.region.name))
+    era5_dir = settings.raw_dir / "era5"
+    todo = [last - timedelta(days=i) for i in range(settings.archive_lookback_days)]
+    todo = sorted(d for d in todo if d not in have and inputs_available(era5_dir, d))
+    if not todo:
+        return []
+    session, provider = open_session(champion.onnx_path)
+    logger.info("champion %s v%s on %s; mapping %d days", champion.name, champion.version, provider, len(todo))
+    return [units.map_day(settings, grid, d, session, champion) for d in todo]

@@ -1,0 +1,91 @@
+"""The monthly retrain: train the ResNet-LSTM on the sample store, log, register, promote, export."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect import task
+
+from models.evaluation import plot_loss_curves, plot_scatter, random_split, regression_metrics
+from models.onnx_export import check_onnx_parity, export_onnx
+from models.training import TrainingConfig, train_resnet_lstm
+from registry.promotion import promote
+from registry.tracking import log_training_run
+from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from tasks.samples import read_samples
+from tasks.settings import Settings, load_settings
+
+
+class NotEnoughSamples(RuntimeError):
+    pass
+
+
+@task(name="load-samples", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def load_training_data(settings: Settings):
+    df = read_samples(settings.region_dir)
+    if len(df) < 200:
+        raise NotEnoughSamples(f"only {len(df)} samples in {settings.region_dir}: run the daily flow first")
+    X = df[list(FEATURE_NAMES)].to_numpy(np.float32)
+    y = df["xco2"].to_numpy(np.float64)
+    return X, y, df
+
+
+@task(name="train-resnet-lstm", cache_policy=NO_CACHE)
+def train(settings: Settings, X: np.ndarray, y: np.ndarray):
+    rng = np.random.default_rng(settings.seed)
+    train_idx, val_idx = random_split(len(y), settings.validation_fraction, settings.seed)
+    if settings.max_training_samples and len(train_idx) > settings.max_training_samples:
+        train_idx = np.sort(rng.choice(train_idx, settings.max_training_samples, replace=False))
+    config = TrainingConfig(
+        max_epochs=settings.max_epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay, lr_patience=settings.lr_patience, lr_factor=settings.lr_factor,
+        early_stopping_patience=settings.early_stopping_patience, seed=settings.seed,
+    )
+    trained = train_resnet_lstm(X[train_idx], y[train_idx], X[val_idx], y[val_idx],
+                                list(FEATURE_NAMES), FEATURE_SET_VERSION, config)
+    return trained, config, train_idx, val_idx
+
+
+@flow(name="xco2-monthly-retrain", log_prints=True)
+def monthly_retrain(overrides: dict | None = None) -> dict:
+    logger = get_run_logger()
+    settings = load_settings(**(overrides or {}))
+    X, y, df = load_training_data(settings)
+    logger.info("%d samples over %d days", len(y), df["day"].nunique())
+    trained, config, train_idx, val_idx = train(settings, X, y)
+
+    X_val, y_val = X[val_idx], y[val_idx]
+    metrics = regression_metrics(y_val, trained.predict(X_val))
+    work = Path(tempfile.mkdtemp(prefix="xco2-retrain-"))
+    onnx_path = export_onnx(trained, work / "model.onnx")
+    parity = check_onnx_parity(trained, onnx_path, X_val[:2000])
+    figures = [plot_loss_curves(trained.history, work / "loss_curves.png"),
+               plot_scatter(y_val, trained.predict(X_val), work / "validation_scatter.png")]
+    params = {"n_train": len(train_idx), "n_val": len(val_idx), "region": settings.region.name,
+              "validation": "random holdout", "samples_days": int(df["day"].nunique())}
+    version = log_training_run(
+        settings.tracking_uri, f"xco2-{settings.region.name}", settings.registered_model_name, trained,
+        onnx_path, {f"val_{k}": v for k, v in metrics.items()}, params, figures,
+        {"source_mode": settings.source.value, "onnx_parity_max_abs_ppm": f"{parity:.2e}"},
+    )
+    decision = promote(settings.tracking_uri, settings.registered_model_name, version.version,
+                       X_val, y_val, margin_ppm=settings.promotion_margin_ppm)
+
+    table = [{"metric": k, "value": round(float(v), 4) if isinstance(v, float) else v} for k, v in metrics.items()]
+    create_table_artifact(key="retrain-validation-metrics", table=table, description="Random-holdout validation")
+    create_markdown_artifact(key="retrain-report", markdown=(
+        f"# Retrain {settings.registered_model_name} v{version.version}\n\n"
+        f"- samples: {len(train_idx)} train / {len(val_idx)} validation (random holdout)\n"
+        f"- best epoch {trained.best_epoch} of {len(trained.history)}\n"
+        f"- validation RMSE {metrics['rmse']:.3f} ppm, R2 {metrics['r2']:.3f}, slope {metrics['slope']:.3f}, "
+        f"MAE {metrics['mae']:.3f}, bias {metrics['bias']:+.3f}, N {metrics['n']}\n"
+        f"- ONNX parity: max |diff| {parity:.2e} ppm\n"
+        f"- decision: alias **{decision.alias}** ({decision.reason})\n"))
+    return {"version": version.version, "run_id": version.run_id, "alias": decision.alias,
+            "metrics": metrics, "onnx_parity_max_abs_ppm": parity, "decision": decision.reason,
+            "epochs": len(trained.history), "best_epoch": trained.best_epoch}

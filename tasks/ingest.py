@@ -1,0 +1,117 @@
+"""A day's granules to gridded cells, fused targets and training samples (steps 1-3)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.atomic import atomic_path, write_json
+from tasks.features import DayLayers
+from tasks.fusion import GosatFit, collocations, fit_gosat_to_oco, fuse_day, merge_oco
+from tasks.grid import Grid
+from tasks.gridding import grid_soundings
+from tasks.quarantine import InputFileError, quarantine
+from tasks.soundings import usable_soundings
+
+log = logging.getLogger(__name__)
+
+GRIDDED_COLUMNS = {"cell": "int64", "xco2": "float64", "xco2_uncertainty": "float64", "n_soundings": "int32"}
+
+
+@dataclass
+class DayGridding:
+    day: date
+    cells: dict[str, pd.DataFrame]
+    soundings: dict[str, int] = field(default_factory=dict)  # usable soundings per source
+    granules: dict[str, int] = field(default_factory=dict)
+    quarantined: list[dict] = field(default_factory=list)
+
+
+def gridded_file(region_dir: Path, source: str, day: date) -> Path:
+    return region_dir / "gridded" / source / f"{day.isoformat()}.parquet"
+
+
+def grid_day(day: date, granules: dict[str, list[Path]], grid: Grid, region_dir: Path,
+             quarantine_dir: Path) -> DayGridding:
+    """Read, filter and grid each satellite's granules of one day; a bad granule is quarantined."""
+    from tasks.readers import read_soundings
+
+    result = DayGridding(day=day, cells={})
+    for source, paths in granules.items():
+        frames = []
+        for path in paths:
+            try:
+                frames.append(usable_soundings(read_soundings(path), grid))
+            except InputFileError as exc:
+                moved = quarantine(path, exc.problem, quarantine_dir)
+                result.quarantined.append({"source": source, "file": path.name, "problem": exc.problem,
+                                           "quarantined_as": str(moved)})
+        soundings = pd.concat(frames, ignore_index=True) if frames else None
+        n = 0 if soundings is None else len(soundings)
+        cells = grid_soundings(soundings, grid) if n else _empty_cells()
+        result.cells[source] = cells
+        result.soundings[source] = n
+        result.granules[source] = len(paths)
+        with atomic_path(gridded_file(region_dir, source, day)) as tmp:
+            cells.astype(GRIDDED_COLUMNS).to_parquet(tmp, index=False)
+    return result
+
+
+def _empty_cells() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in GRIDDED_COLUMNS.items()})
+
+
+def load_gridded(region_dir: Path, source: str) -> dict[date, pd.DataFrame]:
+    folder = region_dir / "gridded" / source
+    out = {}
+    for p in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+        out[date.fromisoformat(p.stem)] = pd.read_parquet(p)
+    return out
+
+
+def fit_gosat(region_dir: Path) -> GosatFit:
+    """Step 2's linear map GOSAT -> OCO on every collocated cell-day gridded so far; stored."""
+    oco2, oco3 = load_gridded(region_dir, "oco2"), load_gridded(region_dir, "oco3")
+    gosat = load_gridded(region_dir, "gosat")
+    empty = _empty_cells()
+    oco_by_day = {d: merge_oco(oco2.get(d, empty), oco3.get(d, empty)) for d in set(oco2) | set(oco3)}
+    fit = fit_gosat_to_oco(collocations(oco_by_day, gosat))
+    write_json(region_dir / "fusion" / "gosat_fit.json", fit.to_dict())
+    log.info("GOSAT -> OCO fit: %s", fit.to_dict())
+    return fit
+
+
+def fused_targets(region_dir: Path, day: date, fit: GosatFit) -> pd.DataFrame:
+    empty = _empty_cells()
+    read = lambda s: load_one(region_dir, s, day) if gridded_file(region_dir, s, day).is_file() else empty  # noqa: E731
+    oco = merge_oco(read("oco2"), read("oco3"))
+    return fuse_day(oco, read("gosat"), fit)
+
+
+def load_one(region_dir: Path, source: str, day: date) -> pd.DataFrame:
+    return pd.read_parquet(gridded_file(region_dir, source, day))
+
+
+def day_samples(targets: pd.DataFrame, layers: DayLayers, grid: Grid) -> pd.DataFrame:
+    """Fused targets joined with their cell's feature vector."""
+    from tasks.features import FEATURE_NAMES
+
+    cells = targets["cell"].to_numpy(dtype=np.int64)
+    rows, cols = grid.cell_rowcol(cells)
+    features = layers.for_cells(rows, cols)
+    out = pd.DataFrame({
+        "cell": cells,
+        "row": rows.astype(np.int32),
+        "col": cols.astype(np.int32),
+        "xco2": targets["xco2"].to_numpy(np.float64),
+        "xco2_uncertainty": targets["xco2_uncertainty"].to_numpy(np.float64),
+        "source": targets["source"].astype(str).to_numpy(),
+        "n_soundings": targets["n_soundings"].to_numpy(np.int32),
+    })
+    feat = pd.DataFrame(features, columns=list(FEATURE_NAMES))
+    return pd.concat([out, feat], axis=1)

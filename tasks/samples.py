@@ -1,0 +1,105 @@
+"""The store of fused training samples: Parquet partitioned by day, one file per day.
+
+`<region_dir>/samples/day=YYYY-MM-DD/part-0.parquet`; re-ingesting a day replaces its file
+atomically (idempotent). The schema is checked on write and on read, and the feature-set
+version travels in the Parquet metadata of every file.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.atomic import atomic_path
+from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
+
+TARGET_SCHEMA = [
+    pa.field("day", pa.date32(), nullable=False),
+    pa.field("cell", pa.int64(), nullable=False),
+    pa.field("row", pa.int32(), nullable=False),
+    pa.field("col", pa.int32(), nullable=False),
+    pa.field("xco2", pa.float64(), nullable=False),
+    pa.field("xco2_uncertainty", pa.float64(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("n_soundings", pa.int32(), nullable=False),
+]
+SCHEMA = pa.schema(TARGET_SCHEMA + [pa.field(n, pa.float32(), nullable=False) for n in FEATURE_NAMES])
+VALID_SOURCES = {"oco2", "oco3", "oco2+oco3", "gosat"}
+
+
+class SampleStoreError(ValueError):
+    pass
+
+
+def samples_dir(region_dir: Path) -> Path:
+    return region_dir / "samples"
+
+
+def day_file(region_dir: Path, day: date) -> Path:
+    return samples_dir(region_dir) / f"day={day.isoformat()}" / "part-0.parquet"
+
+
+def _check(df: pd.DataFrame, where: str) -> None:
+    missing = [f.name for f in SCHEMA if f.name not in df.columns]
+    if missing:
+        raise SampleStoreError(f"{where}: missing columns {missing[:8]}{'...' if len(missing) > 8 else ''}")
+    bad_sources = set(df["source"].unique()) - VALID_SOURCES
+    if bad_sources:
+        raise SampleStoreError(f"{where}: unknown sources {sorted(bad_sources)}")
+    values = df[list(FEATURE_NAMES) + ["xco2"]]
+    if values.isna().any().any():
+        cols = values.columns[values.isna().any()].tolist()
+        raise SampleStoreError(f"{where}: missing values in {cols[:8]}")
+    if len(df) and (df["xco2"].min() < 300 or df["xco2"].max() > 500):
+        lo, hi = df["xco2"].min(), df["xco2"].max()
+        raise SampleStoreError(f"{where}: xco2 outside 300-500 ppm ({lo:.1f}..{hi:.1f})")
+
+
+def write_day(region_dir: Path, day: date, samples: pd.DataFrame) -> Path:
+    """Replace the day's samples (an empty frame still records that the day was processed)."""
+    samples = samples.copy()
+    samples["day"] = day
+    path = day_file(region_dir, day)
+    _check(samples, f"samples for {day}")
+    table = pa.Table.from_pandas(samples[[f.name for f in SCHEMA]], schema=SCHEMA, preserve_index=False)
+    table = table.replace_schema_metadata({b"feature_set_version": FEATURE_SET_VERSION.encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+def stored_days(region_dir: Path) -> list[date]:
+    root = samples_dir(region_dir)
+    days = []
+    for d in sorted(root.glob("day=*")) if root.is_dir() else []:
+        if (d / "part-0.parquet").is_file():
+            days.append(date.fromisoformat(d.name.removeprefix("day=")))
+    return days
+
+
+def read_samples(region_dir: Path, start: date | None = None, end: date | None = None) -> pd.DataFrame:
+    frames = []
+    for day in stored_days(region_dir):
+        if (start and day < start) or (end and day > end):
+            continue
+        path = day_file(region_dir, day)
+        pf = pq.ParquetFile(path)
+        meta = pf.schema_arrow.metadata or {}
+        version = meta.get(b"feature_set_version", b"").decode()
+        if version != FEATURE_SET_VERSION:
+            raise SampleStoreError(
+                f"{path}: feature set {version or 'unknown'} differs from this code's {FEATURE_SET_VERSION}; re-ingest the day"
+            )
+        table = pf.read()
+        if not table.schema.remove_metadata().equals(SCHEMA):
+            raise SampleStoreError(f"{path}: schema differs from the sample store's schema")
+        frames.append(table.to_pandas())
+    if not frames:
+        return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in SCHEMA})
+    df = pd.concat(frames, ignore_index=True)
+    _check(df, f"sample store {samples_dir(region_dir)}")
+    return df

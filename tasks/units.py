@@ -1,0 +1,89 @@
+"""Thin Prefect tasks over the plain functions of this package (retries where I/O can fail).
+
+The functions themselves are tested without Prefect; flows compose these tasks.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import ingest, samples
+from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
+from tasks.covariates import StaticCovariates, build_covariates
+from tasks.features import FEATURE_SET_VERSION
+from tasks.grid import Grid
+from tasks.inference import day_layers, predict_day
+from tasks.progress import progress_bar
+from tasks.settings import Settings
+from tasks.sources import pull
+
+# Inputs are large arrays and settings objects: never hash them for caching.
+unit = partial(task, cache_policy=NO_CACHE)
+
+
+@unit(name="pull-inputs", retries=3, retry_delay_seconds=[10, 60, 300], retry_jitter_factor=0.5)
+def pull_inputs(settings: Settings, start: date | None, end: date | None):
+    return pull(settings, start=start, end=end)
+
+
+@unit(name="build-covariates", retries=1)
+def build_static_covariates(settings: Settings, grid: Grid) -> dict:
+    with progress_bar("static covariates", 1) as advance:
+        return build_covariates(settings.raw_dir / "static", grid, settings.region_dir,
+                                progress=lambda _s, done, total: advance(done * 1 // max(total, 1)))
+
+
+@unit(name="grid-day", retries=2, retry_delay_seconds=5)
+def grid_day(settings: Settings, grid: Grid, day: date, granules: dict[str, list[Path]]):
+    return ingest.grid_day(day, granules, grid, settings.region_dir, settings.quarantine_dir)
+
+
+@unit(name="fit-gosat-to-oco")
+def fit_gosat(settings: Settings):
+    return ingest.fit_gosat(settings.region_dir)
+
+
+@unit(name="update-samples", retries=2, retry_delay_seconds=5)
+def update_samples(settings: Settings, grid: Grid, day: date, fit) -> int:
+    covariates = StaticCovariates(settings.region_dir)
+    targets = ingest.fused_targets(settings.region_dir, day, fit)
+    layers = day_layers(covariates, settings.raw_dir / "era5", grid, day)
+    frame = ingest.day_samples(targets, layers, grid)
+    samples.write_day(settings.region_dir, day, frame)
+    return len(frame)
+
+
+@unit(name="map-day", retries=1)
+def map_day(settings: Settings, grid: Grid, day: date, session, champion) -> dict:
+    covariates = StaticCovariates(settings.region_dir)
+    layers = day_layers(covariates, settings.raw_dir / "era5", grid, day)
+    with progress_bar(f"mapping {day}", grid.ny) as advance:
+        xco2 = predict_day(session, layers, grid, settings.inference_batch_size, progress=lambda d, _t: advance(d))
+    synthetic = settings.source.value == "demo"
+    tags = {
+        "units": "ppm",
+        "date": day.isoformat(),
+        "region": settings.region.name,
+        "model_name": champion.name,
+        "model_version": str(champion.version),
+        "feature_set_version": FEATURE_SET_VERSION,
+        "source_mode": settings.source.value,
+        "synthetic": "true" if synthetic else "false",
+    }
+    if synthetic:
+        tags["note"] = "SYNTHETIC demo output: not real XCO2"
+    path = day_cog_path(settings.archive_root, settings.region.name, day)
+    write_day_cog(path, xco2, grid, tags)
+    upsert_day_item(settings.archive_root, settings.region, grid, day, path,
+                    {k: tags[k] for k in ("model_name", "model_version", "feature_set_version", "source_mode", "synthetic")})
+    finite = xco2[np.isfinite(xco2)]
+    return {"day": day.isoformat(), "path": str(path), "cells": int(finite.size),
+            "mean_ppm": round(float(finite.mean()), 3) if finite.size else None,
+            "min_ppm": round(float(finite.min()), 3) if finite.size else None,
+            "max_ppm": round(float(finite.max()), 3) if finite.size else None}
