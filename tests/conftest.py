@@ -1,0 +1,41 @@
+"""Shared test fixtures: one Prefect test server and one MLflow SQLite store per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Prefect reads its home at import: point it at a throwaway folder before anything imports it.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="xco2-tests-"))
+os.environ.setdefault("PREFECT_HOME", str(_SESSION_TMP / "prefect-home"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.pop("PREFECT_API_URL", None)
+for _var in [v for v in os.environ if v.startswith("XCO2_")]:
+    os.environ.pop(_var)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    return _SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real (temporary, SQLite-backed) Prefect server for flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(session_tmp) -> str:
+    """One MLflow SQLite store for the whole session (a fresh file is migrated once, in seconds)."""
+    path = session_tmp / "mlflow" / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
