@@ -54,7 +54,6 @@ def _list_remote(root: Path, product: str) -> list[Path]:
 
 def _copy_atomic(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
-        tmp.unlink()
         try:
             os.link(src, tmp)  # same filesystem: instant and no extra disk
         except OSError:

@@ -1,0 +1,194 @@
+"""A day's XCO2 map as a Cloud Optimized GeoTIFF, and the checks that an archived one is sound.
+
+File choices, and why:
+- nodata is NaN (declared in the file, so every reader masks it). A finite sentinel such as
+  -9999 looks like a number: a reader that ignores the nodata tag (numpy, a quick
+  `rioxarray.open_rasterio` without `masked=True`, a spreadsheet export) would average it into
+  the map and get plausible-looking garbage. NaN propagates instead, QGIS treats NaN float
+  cells as no data whether or not the tag is read, rioxarray reads it as `_FillValue=nan`,
+  GDAL's average overviews skip it, and STAC's raster extension spells it "nan".
+- DEFLATE rather than ZSTD: ZSTD is ~10 % smaller, but DEFLATE opens in every GDAL build and
+  in browser/Java GeoTIFF readers some analysts use; predictor 3 (floating point) does most
+  of the work on smooth ppm fields.
+- 512 x 512 tiles; overviews (average) are added by GDAL until the image fits one tile, so a
+  region smaller than a tile has none: its single tile already is the cheapest overview.
+- CRS EPSG:4326, pixel-is-area, transform exactly `grid.transform`, so pixels sit on the
+  global 0.01 degree lattice and days stack without resampling.
+- Band 1 'xco2', optional band 2 'xco2_uncertainty', both float32 in ppm (GDAL unit type and a
+  'units' band tag, since tools read one or the other). GDAL also stores each band's
+  statistics so QGIS gets a sensible colour stretch without scanning the file.
+
+GDAL's COG driver writes the whole file from one in-memory copy of the bands (about 5 MB
+per band for Sichuan), so memory stays a small multiple of the input arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rio_cogeo.cogeo import cog_validate
+
+from tasks.atomic import atomic_path as publishing
+from tasks.grid import Grid
+
+UNITS = "ppm"
+NODATA = float("nan")
+CRS_EPSG = 4326
+TILE_SIZE = 512
+COMPRESSION = "DEFLATE"
+ACCEPTED_COMPRESSIONS = ("DEFLATE", "ZSTD")
+FLOATING_POINT_PREDICTOR = "3"
+OVERVIEW_RESAMPLING = "AVERAGE"
+XCO2_BAND = "xco2"
+UNCERTAINTY_BAND = "xco2_uncertainty"
+
+_CREATION_OPTIONS = {
+    "compress": COMPRESSION,
+    "predictor": "FLOATING_POINT",
+    "blocksize": TILE_SIZE,
+    "overview_resampling": OVERVIEW_RESAMPLING,
+    "statistics": "YES",
+    # Single-threaded on purpose: a day takes well under a second this way, and flows may
+    # write several days at once on a shared worker.
+    "num_threads": 1,
+}
+
+
+def _as_band(values: np.ndarray, grid: Grid, name: str) -> np.ndarray:
+    band = np.asarray(values, dtype=np.float32)
+    if band.shape != grid.shape:
+        raise ValueError(f"{name}: shape {band.shape} does not match the grid {grid.shape} (ny, nx)")
+    n_inf = int(np.count_nonzero(np.isinf(band)))
+    if n_inf:
+        # Infinity is a bug upstream, not a measurement; archiving it would hide the bug.
+        raise ValueError(f"{name}: {n_inf} infinite values; use NaN for cells without an estimate")
+    return band
+
+
+def _tag_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return str(value.item())
+    return str(value)
+
+
+def _dataset_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key or any(c in key for c in "= \t\n"):
+            raise ValueError(f"tag name {key!r} must be a non-empty string without spaces or '='")
+        if value is None:
+            continue
+        out[key] = _tag_text(value)
+    units = out.setdefault("units", UNITS)
+    if units != UNITS:
+        raise ValueError(f"tag units={units!r}: the map is written in {UNITS}")
+    # rio-cogeo and `rio cogeo info` read the overview method from this tag.
+    out["OVERVIEW_RESAMPLING"] = OVERVIEW_RESAMPLING
+    return out
+
+
+def write_day_cog(
+    path: Path | str,
+    xco2: np.ndarray,
+    grid: Grid,
+    tags: Mapping[str, Any],
+    uncertainty: np.ndarray | None = None,
+) -> Path:
+    """Write (or replace) one day's map as a COG at `path`, atomically; returns `path`.
+
+    `xco2` and `uncertainty` are (ny, nx) in ppm, NaN where there is no estimate. `tags` become
+    dataset tags (model name/version, feature set version, source mode, synthetic, date...).
+    """
+    path = Path(path)
+    bands = [(XCO2_BAND, _as_band(xco2, grid, XCO2_BAND))]
+    if uncertainty is not None:
+        bands.append((UNCERTAINTY_BAND, _as_band(uncertainty, grid, UNCERTAINTY_BAND)))
+    dataset_tags = _dataset_tags(tags)
+
+    profile = {
+        "driver": "COG",
+        "width": grid.nx,
+        "height": grid.ny,
+        "count": len(bands),
+        "dtype": "float32",
+        "crs": CRS.from_epsg(CRS_EPSG),
+        "transform": grid.transform,
+        "nodata": NODATA,
+        **_CREATION_OPTIONS,
+    }
+    with publishing(path) as temp:
+        with rasterio.open(temp, "w", **profile) as dst:
+            for index, (name, values) in enumerate(bands, start=1):
+                dst.write(values, index)
+                dst.set_band_description(index, name)
+                dst.update_tags(index, units=UNITS)
+            dst.units = tuple(UNITS for _ in bands)
+            dst.update_tags(**dataset_tags)
+    return path
+
+
+def validate_cog(path: Path | str, grid: Grid | None = None) -> list[str]:
+    """Problems with an archived day's COG; empty when sound. With `grid`, also checks alignment."""
+    path = Path(path)
+    if not path.is_file():
+        return [f"{path}: no such file"]
+    try:
+        _, errors, warnings = cog_validate(str(path), quiet=True)
+    except Exception as exc:  # a truncated or foreign file: report it, don't crash the check
+        return [f"{path}: cannot be read as a GeoTIFF: {exc}"]
+    problems = [f"not a valid COG: {e}" for e in errors]
+    problems += [f"COG warning: {w}" for w in warnings]
+
+    with rasterio.open(path) as src:
+        if src.crs is None or src.crs.to_epsg() != CRS_EPSG:
+            problems.append(f"CRS is {src.crs}, expected EPSG:{CRS_EPSG}")
+        if src.count not in (1, 2):
+            problems.append(f"{src.count} bands, expected 1 (xco2) or 2 (xco2, xco2_uncertainty)")
+        if any(dtype != "float32" for dtype in src.dtypes):
+            problems.append(f"band types {src.dtypes}, expected float32")
+        if src.nodata is None:
+            problems.append("no nodata value declared")
+        elif not math.isnan(src.nodata):
+            problems.append(f"nodata is {src.nodata}, expected NaN")
+
+        structure = src.tags(ns="IMAGE_STRUCTURE")
+        compression = structure.get("COMPRESSION", "NONE").upper()
+        if compression not in ACCEPTED_COMPRESSIONS:
+            problems.append(f"compression {compression}, expected one of {', '.join(ACCEPTED_COMPRESSIONS)}")
+        predictor = structure.get("PREDICTOR", "1")
+        if predictor != FLOATING_POINT_PREDICTOR:
+            problems.append(f"predictor {predictor}, expected {FLOATING_POINT_PREDICTOR} (floating point)")
+        if any(shape != (TILE_SIZE, TILE_SIZE) for shape in src.block_shapes):
+            problems.append(f"tiles {src.block_shapes}, expected {TILE_SIZE} x {TILE_SIZE}")
+        if max(src.width, src.height) > TILE_SIZE and not src.overviews(1):
+            problems.append("no internal overviews")
+        if src.tags().get("AREA_OR_POINT", "Area") != "Area":
+            problems.append("pixels are points, expected areas (cells of the grid)")
+
+        expected_names = (XCO2_BAND, UNCERTAINTY_BAND)[: src.count]
+        if tuple(src.descriptions) != expected_names:
+            problems.append(f"band descriptions {src.descriptions}, expected {expected_names}")
+        for index in src.indexes:
+            unit = src.units[index - 1] or src.tags(index).get("units")
+            if unit != UNITS:
+                problems.append(f"band {index} unit {unit!r}, expected {UNITS!r}")
+
+        if grid is not None:
+            if src.shape != grid.shape:
+                problems.append(f"shape {src.shape}, expected the grid's {grid.shape}")
+            if src.transform != grid.transform:
+                problems.append(f"transform {tuple(src.transform)[:6]}, expected {tuple(grid.transform)[:6]}")
+    return problems
