@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from registry.champion import ChampionNotFound, load_champion
+from registry.champion import ChampionNotFoundError, load_champion
 from models.onnx_runtime import open_session
 from tasks import samples, units
 from tasks.archive import archived_days
@@ -83,7 +83,7 @@ def extend_archive(settings, grid: Grid, last: date) -> list[dict]:
     try:
         champion = load_champion(settings.tracking_uri, settings.registered_model_name,
                                  settings.data_dir / "models")
-    except ChampionNotFound:
+    except ChampionNotFoundError:
         logger.warning("no champion model registered yet: the archive waits for the first retrain")
         return []
     have = set(archived_days(settings.archive_root, settings.region.name))

@@ -71,7 +71,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     version = log_training_run(
         settings.tracking_uri, f"xco2-{settings.region.name}", settings.registered_model_name, trained,
         onnx_path, {f"val_{k}": v for k, v in metrics.items()}, params, figures,
-        {"source_mode": settings.source.value, "onnx_parity_max_abs_ppm": f"{parity:.2e}"},
+        {"source_mode": settings.source.value}, onnx_parity_max_abs_ppm=parity,
     )
     decision = promote(settings.tracking_uri, settings.registered_model_name, version.version,
                        X_val, y_val, margin_ppm=settings.promotion_margin_ppm)

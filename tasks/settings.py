@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     # Operation.
     ingest_lookback_days: int = Field(10, ge=1, description="days back the daily run looks for late granules")
     archive_lookback_days: int = Field(3, ge=1, description="days back the nightly run fills")
-    inference_batch_size: int = Field(65536, ge=256)
+    inference_batch_size: int = Field(8192, ge=256, description="cells per ONNX Runtime call")
     promotion_margin_ppm: float = Field(0.0, ge=0)
 
     @field_validator("registered_model_name")

@@ -1,0 +1,291 @@
+"""Record one training run in MLflow and register its model.
+
+One run holds: params (TrainingConfig, data sizes, feature set), per-epoch train_loss/val_loss/lr
+(step = epoch), validation metrics val_*, figures, the torch model (pytorch flavour, registered),
+the ONNX export at onnx/model.onnx, scalers.json and features.json. For a sqlite tracking DB the
+artifacts land in <db dir>/mlartifacts (the experiment's artifact location), not in ./mlruns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
+
+from models.onnx_runtime import read_metadata
+from models.training import TrainedModel
+from registry.redaction import redact_mapping, redact_uri
+from registry.store import (
+    FEATURES_ARTIFACT,
+    FIGURES_DIR,
+    MODEL_NAME_IN_RUN,
+    ONNX_ARTIFACT,
+    SCALERS_ARTIFACT,
+    RegistryError,
+    artifact_root_for,
+    client_for,
+    copy_as,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+# regression_metrics() keys; logged with a val_ prefix.
+_VALIDATION_KEYS = ("rmse", "r2", "slope", "intercept", "mae", "bias", "n")
+PARITY_KEY = "onnx_parity_max_abs_ppm"
+# MLflow's log_batch limits per call.
+_MAX_METRICS_PER_BATCH = 1000
+_MAX_PARAMS_PER_BATCH = 100
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: int
+    run_id: str
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The experiment's id, creating it with artifacts next to a sqlite DB when it is new."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_root_for(tracking_uri))
+        except MlflowException as exc:
+            # Another process created it between our lookup and create.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+    wanted = artifact_root_for(tracking_uri)
+    if wanted and experiment.artifact_location.rstrip("/") != wanted:
+        log.warning(
+            "experiment %r keeps its artifacts at %s (set when it was created), not %s",
+            name, redact_uri(experiment.artifact_location), wanted,
+        )
+    if experiment.lifecycle_stage == "deleted":
+        raise RegistryError(
+            f"MLflow experiment {name!r} is deleted; restore it in the MLflow UI "
+            f"(or `mlflow experiments restore --experiment-id {experiment.experiment_id}`) "
+            f"or choose another experiment name"
+        )
+    return experiment.experiment_id
+
+
+@contextmanager
+def _fluent_tracking(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-global ("fluent") API at `tracking_uri` for the duration only.
+
+    mlflow.pytorch.log_model works on the active run of the global tracking URI. Restoring the
+    previous values exactly (None included, and the environment variables MLflow sets) keeps this
+    call free of side effects on the rest of the process. Not thread-safe, like the fluent API."""
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    env_keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    env_before = {k: os.environ.get(k) for k in env_keys}
+    # MLflow keeps "not set" as None; the public getters would return the resolved default and
+    # restoring that would pin it, hiding later MLFLOW_TRACKING_URI changes.
+    tracking_before = getattr(tracking_state, "_tracking_uri", None)
+    registry_before = getattr(registry_state, "_registry_uri", None)
+    # MLflow prints run URLs built from the tracking URI, which may hold a password.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking_before)
+        mlflow.set_registry_uri(registry_before)
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _validation_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"val_{key}" if key in _VALIDATION_KEYS else str(key)
+        out[name] = float(value)
+    if "val_rmse" not in out:
+        raise ValueError(
+            "metrics must hold the validation scores of models.evaluation.regression_metrics "
+            f"(rmse, r2, slope, mae, bias, n; optionally val_-prefixed), got {sorted(metrics)}"
+        )
+    return out
+
+
+def _run_params(trained: TrainedModel, params: Mapping[str, Any] | None) -> dict[str, str]:
+    ours = {k: str(v) for k, v in trained.config.to_params().items()}
+    ours.update(
+        n_train=str(trained.n_train),
+        n_val=str(trained.n_val),
+        feature_set_version=trained.feature_set_version,
+        n_features=str(trained.n_features),
+        trained_on=trained.trained_on,
+    )
+    theirs = redact_mapping(params)
+    clashes = sorted(k for k in theirs if k in ours and theirs[k] != ours[k])
+    if clashes:
+        raise ValueError(
+            "params contradict the trained model: "
+            + ", ".join(f"{k}={theirs[k]!r} (model: {ours[k]!r})" for k in clashes)
+        )
+    return {**theirs, **ours}
+
+
+def _run_metrics(trained: TrainedModel, validation: Mapping[str, float]) -> list[Metric]:
+    now = int(time.time() * 1000)
+    metrics = []
+    for row in trained.history:
+        step = int(row["epoch"])
+        for key in ("train_loss", "val_loss", "lr"):
+            metrics.append(Metric(key, float(row[key]), now, step))
+    summary = {
+        **validation,
+        "best_epoch": trained.best_epoch,
+        "epochs_trained": len(trained.history),
+        "best_val_loss": trained.best_val_loss,
+        "training_seconds": trained.training_seconds,
+    }
+    metrics += [Metric(key, float(value), now, 0) for key, value in summary.items()]
+    return metrics
+
+
+def _check_onnx_matches(trained: TrainedModel, onnx_path: Path) -> None:
+    meta = read_metadata(onnx_path)
+    if (list(meta["feature_names"]) != list(trained.feature_names)
+            or meta["feature_set_version"] != trained.feature_set_version):
+        raise ValueError(
+            f"{onnx_path} was not exported from this trained model: its features "
+            f"({meta['feature_set_version']}, {meta['n_features']}) differ from the model's "
+            f"({trained.feature_set_version}, {trained.n_features})"
+        )
+
+
+def _pip_requirements() -> list[str]:
+    # Explicit, so MLflow does not import-scan the environment (slow, and wrong offline);
+    # the local '+cpu' tag is dropped because it only resolves on the PyTorch index.
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
+
+
+def log_training_run(
+    tracking_uri: str,
+    experiment_name: str,
+    registered_model_name: str,
+    trained: TrainedModel,
+    onnx_path: str | Path,
+    metrics: Mapping[str, Any],
+    params: Mapping[str, Any] | None = None,
+    figures: Sequence[str | Path] = (),
+    tags: Mapping[str, Any] | None = None,
+    *,
+    onnx_parity_max_abs_ppm: float | None = None,
+    run_name: str | None = None,
+) -> ModelVersionInfo:
+    """Log one training run and register its model; returns the new version.
+
+    `metrics`: validation scores from regression_metrics (logged as val_rmse, val_r2, ...);
+    the ONNX parity (check_onnx_parity's result) comes as `onnx_parity_max_abs_ppm` or as that
+    key in `metrics`. `params` and `tags` are extra run params/tags (secrets redacted)."""
+    onnx_path = Path(onnx_path)
+    _check_onnx_matches(trained, onnx_path)
+    validation = _validation_metrics(metrics)
+    if onnx_parity_max_abs_ppm is not None:
+        validation[PARITY_KEY] = float(onnx_parity_max_abs_ppm)
+    if PARITY_KEY not in validation:
+        raise ValueError(
+            f"no {PARITY_KEY}: run models.onnx_export.check_onnx_parity on the export and pass "
+            "its result, so only verified ONNX files are registered"
+        )
+    figures = [Path(f) for f in figures]
+    missing = [str(f) for f in figures if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"figures not found: {', '.join(missing)}")
+    run_params = _run_params(trained, params)
+    run_tags = {**redact_mapping(tags), "feature_set_version": trained.feature_set_version}
+
+    client = client_for(tracking_uri)
+    experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, trained.n_features), "features")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,), "xco2")]),
+    )
+    with (
+        _fluent_tracking(tracking_uri),
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run,
+        tempfile.TemporaryDirectory(prefix="xco2-run-") as tmp,
+    ):
+        run_id = run.info.run_id
+        items = list(run_params.items())
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            batch = items[i : i + _MAX_PARAMS_PER_BATCH]
+            client.log_batch(run_id, params=[Param(k, v) for k, v in batch])
+        run_metrics = _run_metrics(trained, validation)
+        for i in range(0, len(run_metrics), _MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=run_metrics[i : i + _MAX_METRICS_PER_BATCH])
+
+        staged = Path(tmp)
+        onnx_dir, onnx_name = ONNX_ARTIFACT.rsplit("/", 1)
+        onnx_copy = copy_as(onnx_path, staged / onnx_dir / onnx_name)
+        client.log_artifact(run_id, str(onnx_copy), onnx_dir)
+        scalers = write_json(staged / SCALERS_ARTIFACT, trained.scalers.to_dict())
+        client.log_artifact(run_id, str(scalers))
+        features = write_json(staged / FEATURES_ARTIFACT, {
+            "feature_names": list(trained.feature_names),
+            "feature_set_version": trained.feature_set_version,
+            "n_features": trained.n_features,
+        })
+        client.log_artifact(run_id, str(features))
+        for figure in figures:
+            client.log_artifact(run_id, str(figure), FIGURES_DIR)
+
+        # The deployable form (scalers baked in): mlflow.pytorch.load_model gives raw -> ppm.
+        # Pickle, not MLflow's default 'pt2' (torch.export): pickle loads in milliseconds and
+        # keeps the dynamic batch; it needs the xco2 package importable where it is loaded.
+        info = mlflow.pytorch.log_model(
+            trained.deployable(),
+            name=MODEL_NAME_IN_RUN,
+            registered_model_name=registered_model_name,
+            pip_requirements=_pip_requirements(),
+            signature=signature,
+            serialization_format="pickle",
+        )
+        version = int(info.registered_model_version)
+        version_tags = {
+            "feature_set_version": trained.feature_set_version,
+            "val_rmse": f"{validation['val_rmse']:.6g}",
+            PARITY_KEY: f"{validation[PARITY_KEY]:.3g}",
+        }
+        for key, value in version_tags.items():
+            client.set_model_version_tag(registered_model_name, str(version), key, value)
+        client.set_tag(run_id, "registered_model_version", f"{registered_model_name}/{version}")
+
+    log.info(
+        "logged training run %s (experiment %r) at %s; registered %s v%d (val RMSE %.3f ppm)",
+        run_id, experiment_name, redact_uri(tracking_uri), registered_model_name, version,
+        validation["val_rmse"],
+    )
+    return ModelVersionInfo(name=registered_model_name, version=version, run_id=run_id)
