@@ -1,0 +1,97 @@
+"""Both flows through a real (temporary) Prefect server on a tiny region of the demo world."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import mlflow
+import numpy as np
+import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
+
+from flows.demo import SMALL_REGION, DemoOptions, run_demo
+from flows.daily import daily_update
+from registry.champion import load_champion
+from tasks.archive import collection_path, day_cog_path, validate_stac
+from tasks.grid import Grid
+
+
+@pytest.fixture(scope="module")
+def demo_run(prefect_harness, tracking_uri, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("e2e") / "xco2-data"
+    opts = DemoOptions(data_dir=data_dir, start=date(2020, 6, 1), days=6, archive_days=2, max_epochs=3,
+                       max_training_samples=4000, small=True,
+                       extra={"mlflow_tracking_uri": tracking_uri, "registered_model_name": "e2e-resnet-lstm"})
+    return opts, run_demo(opts)
+
+
+def test_demo_summary(demo_run):
+    opts, summary = demo_run
+    assert summary["samples"] > 500
+    assert summary["archive_days"] == ["2020-06-05", "2020-06-06"]
+    assert summary["model"]["version"] == 1 and summary["model"]["alias"] == "champion"
+    assert summary["model"]["onnx_parity_max_abs_ppm"] <= 1e-3
+    v = summary["validation"]
+    assert v["n"] > 100 and np.isfinite(v["rmse"])
+    acc = summary["truth_accuracy"]
+    assert acc["all_cells"]["n"] == 2 * 50 * 50
+    assert acc["never_observed_cells"] is not None and acc["never_observed_cells"]["n"] > 0
+    assert abs(acc["all_cells"]["bias"]) < 5  # a 3-epoch model is rough, but in the right place
+
+
+def test_archive_cogs_are_valid_and_on_the_grid(demo_run):
+    opts, summary = demo_run
+    grid = Grid.for_region(SMALL_REGION, 0.01)
+    archive = opts.data_dir / "archive"
+    for day in summary["archive_days"]:
+        path = day_cog_path(archive, SMALL_REGION.name, date.fromisoformat(day))
+        valid, errors, _ = cog_validate(str(path))
+        assert valid, errors
+        with rasterio.open(path) as src:
+            assert src.crs.to_epsg() == 4326
+            assert src.transform.almost_equals(grid.transform)
+            assert (src.height, src.width) == grid.shape
+            assert src.dtypes[0] == "float32"
+            tags = src.tags()
+            assert tags["units"] == "ppm" and tags["synthetic"] == "true" and tags["model_version"] == "1"
+            assert tags["model_name"] == "e2e-resnet-lstm"
+            values = src.read(1)
+        assert np.isfinite(values).all()
+        assert 395 < values.min() and values.max() < 430
+    assert validate_stac(collection_path(archive, SMALL_REGION.name)) == []
+
+
+def test_registry_has_a_champion_with_an_onnx_matching_torch(demo_run, tracking_uri, tmp_path):
+    opts, _ = demo_run
+    champion = load_champion(tracking_uri, "e2e-resnet-lstm", tmp_path)
+    assert champion.version == 1 and champion.onnx_path.is_file()
+    import onnxruntime as ort
+    import pandas as pd
+
+    from tasks.features import FEATURE_NAMES
+    from tasks.samples import read_samples
+
+    mlflow.set_tracking_uri(tracking_uri)
+    torch_model = mlflow.pytorch.load_model("models:/e2e-resnet-lstm@champion")
+    samples = read_samples(opts.data_dir / "regions" / SMALL_REGION.name)
+    import torch
+
+    session = ort.InferenceSession(str(champion.onnx_path), providers=["CPUExecutionProvider"])
+    for n in (7, 300):
+        x = samples[list(FEATURE_NAMES)].to_numpy(np.float32)[:n]
+        with torch.no_grad():
+            expected = torch_model.eval()(torch.from_numpy(x)).numpy()
+        got = session.run(None, {"features": x})[0]
+        assert np.max(np.abs(got - expected)) <= 1e-3
+
+
+def test_rerunning_the_daily_flow_is_idempotent(demo_run):
+    opts, summary = demo_run
+    overrides = {"data_dir": str(opts.data_dir), "source": "demo", "region": SMALL_REGION.model_dump(),
+                 "archive_lookback_days": 2, **opts.extra}
+    path = day_cog_path(opts.data_dir / "archive", SMALL_REGION.name, date(2020, 6, 6))
+    before = path.read_bytes()
+    again = daily_update(start="2020-06-01", end="2020-06-06", overrides=overrides)
+    assert again["new_granules"] == 0 and again["days"] == [] and again["archive_days"] == []
+    assert path.read_bytes() == before
