@@ -27,6 +27,7 @@ class DemoOptions:
     archive_days: int = 1
     max_epochs: int = 8
     max_training_samples: int = 20000
+    max_validation_samples: int = 5000
     small: bool = False
     seed: int = 20200601
     extra: dict = field(default_factory=dict)
@@ -50,7 +51,8 @@ def run_demo(opts: DemoOptions) -> dict:
     t0 = time.perf_counter()
     overrides = {
         "data_dir": str(opts.data_dir), "source": "demo", "max_epochs": opts.max_epochs,
-        "max_training_samples": opts.max_training_samples, "archive_lookback_days": opts.archive_days,
+        "max_training_samples": opts.max_training_samples,
+        "max_validation_samples": opts.max_validation_samples, "archive_lookback_days": opts.archive_days,
         "seed": opts.seed % (2**31), **opts.extra,
     }
     if opts.small:

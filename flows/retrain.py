@@ -39,15 +39,18 @@ def load_training_data(settings: Settings):
 def train(settings: Settings, X: np.ndarray, y: np.ndarray):
     rng = np.random.default_rng(settings.seed)
     train_idx, val_idx = random_split(len(y), settings.validation_fraction, settings.seed)
+    # Caps keep CPU-only runs (the demo) short; the paper's setting is no cap.
     if settings.max_training_samples and len(train_idx) > settings.max_training_samples:
         train_idx = np.sort(rng.choice(train_idx, settings.max_training_samples, replace=False))
+    if settings.max_validation_samples and len(val_idx) > settings.max_validation_samples:
+        val_idx = np.sort(rng.choice(val_idx, settings.max_validation_samples, replace=False))
     config = TrainingConfig(
         max_epochs=settings.max_epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         weight_decay=settings.weight_decay, lr_patience=settings.lr_patience, lr_factor=settings.lr_factor,
         early_stopping_patience=settings.early_stopping_patience, seed=settings.seed,
     )
     trained = train_resnet_lstm(X[train_idx], y[train_idx], X[val_idx], y[val_idx],
-                                list(FEATURE_NAMES), FEATURE_SET_VERSION, config)
+                                list(FEATURE_NAMES), FEATURE_SET_VERSION, config, show_progress=True)
     return trained, config, train_idx, val_idx
 
 
@@ -60,12 +63,13 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     trained, config, train_idx, val_idx = train(settings, X, y)
 
     X_val, y_val = X[val_idx], y[val_idx]
-    metrics = regression_metrics(y_val, trained.predict(X_val))
+    predicted = trained.predict(X_val)
+    metrics = regression_metrics(y_val, predicted)
     work = Path(tempfile.mkdtemp(prefix="xco2-retrain-"))
     onnx_path = export_onnx(trained, work / "model.onnx")
     parity = check_onnx_parity(trained, onnx_path, X_val[:2000])
     figures = [plot_loss_curves(trained.history, work / "loss_curves.png"),
-               plot_scatter(y_val, trained.predict(X_val), work / "validation_scatter.png")]
+               plot_scatter(y_val, predicted, work / "validation_scatter.png")]
     params = {"n_train": len(train_idx), "n_val": len(val_idx), "region": settings.region.name,
               "validation": "random holdout", "samples_days": int(df["day"].nunique())}
     version = log_training_run(

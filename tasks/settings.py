@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     lr_patience: int = Field(5, ge=1)
     lr_factor: float = Field(0.5, gt=0, lt=1)
     max_training_samples: int | None = Field(None, ge=100)
+    max_validation_samples: int | None = Field(None, ge=100)
     validation_fraction: float = Field(0.2, gt=0, lt=0.9)
     seed: int = 42
 
