@@ -1,0 +1,79 @@
+"""Pulling granules from a directory source (demo and local modes share this path)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import importlib
+
+import pytest
+
+from tasks.demo_world import write_gosat_c3s, write_oco_lite
+from tasks.demo_world.fixtures import tiny_soundings
+from tasks.settings import load_settings
+from tasks.sources import Manifest, pull, raw_granules
+
+pull_module = importlib.import_module("tasks.sources.pull")  # the package re-exports the function
+DAY = date(2020, 6, 1)
+
+
+@pytest.fixture
+def remote(tmp_path):
+    root = tmp_path / "downloads"
+    write_oco_lite(root / "oco2", tiny_soundings("oco2", DAY), mission="oco2", day=DAY)
+    write_oco_lite(root / "oco3", tiny_soundings("oco3", DAY), mission="oco3", day=DAY)
+    write_gosat_c3s(root / "gosat", tiny_soundings("gosat", DAY), day=DAY)
+    return root
+
+
+def _settings(tmp_path, remote):
+    return load_settings(data_dir=str(tmp_path / "data"), source="local", local_dir=str(remote))
+
+
+def test_second_pull_fetches_nothing(tmp_path, remote):
+    settings = _settings(tmp_path, remote)
+    first = pull(settings, products=("oco2", "oco3", "gosat"))
+    assert first.n_fetched == 3 and not first.quarantined
+    assert set(raw_granules(settings, "oco2")) == {DAY}
+    second = pull(settings, products=("oco2", "oco3", "gosat"))
+    assert second.n_fetched == 0 and second.skipped == {"oco2": 1, "oco3": 1, "gosat": 1}
+    rows = Manifest(settings.raw_dir / "manifest.parquet").load()
+    assert len(rows) == 3 and set(rows["status"]) == {"ok"}
+    assert all(len(h) == 64 for h in rows["sha256"]) and (rows["size"] > 0).all()
+
+
+def test_window_limits_dated_granules(tmp_path, remote):
+    settings = _settings(tmp_path, remote)
+    assert pull(settings, products=("oco2",), start=date(2020, 6, 2)).n_fetched == 0
+    assert pull(settings, products=("oco2",), start=DAY, end=DAY).n_fetched == 1
+
+
+def test_truncated_granule_is_quarantined_then_fetched_again(tmp_path, remote):
+    settings = _settings(tmp_path, remote)
+    granule = next((remote / "oco2").glob("*.nc4"))
+    good = granule.read_bytes()
+    granule.write_bytes(good[: len(good) // 3])
+    report = pull(settings, products=("oco2", "gosat"))
+    assert report.fetched["oco2"] == [] and report.fetched["gosat"]
+    assert len(report.quarantined) == 1 and granule.name in report.quarantined[0]["file"]
+    assert list(settings.quarantine_dir.glob(f"*{granule.name}"))
+    assert not (settings.raw_dir / "oco2" / granule.name).exists()
+    granule.write_bytes(good)  # the archive serves a complete copy next time
+    again = pull(settings, products=("oco2", "gosat"))
+    assert again.fetched["oco2"] == [granule.name] and again.fetched["gosat"] == []
+
+
+def test_interrupted_copy_leaves_nothing_visible(tmp_path, remote, monkeypatch):
+    settings = _settings(tmp_path, remote)
+
+    def broken_copy(src, dst):
+        with open(dst, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(pull_module.os, "link", lambda *a: (_ for _ in ()).throw(OSError("cross-device")))
+    monkeypatch.setattr(pull_module.shutil, "copyfile", broken_copy)
+    with pytest.raises(OSError, match="connection reset"):
+        pull(settings, products=("oco2",))
+    folder = settings.raw_dir / "oco2"
+    assert not folder.exists() or list(folder.iterdir()) == []
