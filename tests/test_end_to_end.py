@@ -79,7 +79,7 @@ def test_registry_has_a_champion_with_an_onnx_matching_torch(demo_run, tracking_
 
     session = ort.InferenceSession(str(champion.onnx_path), providers=["CPUExecutionProvider"])
     for n in (7, 300):
-        x = samples[list(FEATURE_NAMES)].to_numpy(np.float32)[:n]
+        x = np.array(samples[list(FEATURE_NAMES)].to_numpy(np.float32)[:n])
         with torch.no_grad():
             expected = torch_model.eval()(torch.from_numpy(x)).numpy()
         got = session.run(None, {"features": x})[0]
