@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from flows.daily import daily_update
 from flows.retrain import monthly_retrain
+from tasks.archive import archived_days
 from tasks.grid import Grid
 from tasks.progress import progress_bar
 from tasks.settings import Region, load_settings
@@ -45,6 +47,26 @@ def _world_matches(world_json: Path, wanted: dict) -> bool:
     return all(str(have.get(k)) == str(v) for k, v in wanted.items())
 
 
+class DemoDataDirError(RuntimeError):
+    pass
+
+
+def _clear_previous_demo(settings) -> None:
+    """A new demo world invalidates everything derived from the old one (same file names, new content)."""
+    data = settings.data_dir
+    derived = ["raw", "regions", "archive", "quarantine", "models", "mlartifacts", "mlflow.db"]
+    present = [name for name in derived if (data / name).exists()]
+    if not present:
+        return
+    if not (data / "demo" / "world.json").is_file():
+        raise DemoDataDirError(
+            f"{data} holds data that the demo did not make ({', '.join(present)}); "
+            "run the demo with another --data-dir")
+    for name in present:
+        path = data / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def run_demo(opts: DemoOptions) -> dict:
     from tasks.demo_world import truth_for_day, write_demo_world
 
@@ -65,6 +87,7 @@ def run_demo(opts: DemoOptions) -> dict:
               "seed": opts.seed}
     timings = {}
     if not _world_matches(root / "world.json", wanted):
+        _clear_previous_demo(settings)
         with progress_bar("demo world", 100) as advance:
             write_demo_world(root, settings.region, opts.start, opts.end, grid_step=settings.grid_step,
                              seed=opts.seed, dense=opts.small,
@@ -81,7 +104,8 @@ def run_demo(opts: DemoOptions) -> dict:
     second = daily_update(start=opts.start.isoformat(), end=opts.end.isoformat(), overrides=overrides)
     timings["daily_archive_s"] = round(time.perf_counter() - t, 1)
 
-    days = sorted(date.fromisoformat(d["day"]) for d in first["archive_days"] + second["archive_days"])
+    # Every archived day of the window, including those an earlier `xco2 demo` already wrote.
+    days = [d for d in archived_days(settings.archive_root, settings.region.name) if opts.start <= d <= opts.end]
     accuracy = accuracy_against_truth(settings.archive_root, settings.region.name, settings.region_dir, grid,
                                       lambda d: truth_for_day(root, d), days) if days else None
     timings["total_s"] = round(time.perf_counter() - t0, 1)
