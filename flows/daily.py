@@ -56,6 +56,8 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                      **{f"{s}_soundings": g.soundings.get(s, 0) for s in SATELLITES},
                      "samples": n, "era5": "yes" if ready else "waiting", "quarantined": len(g.quarantined)})
     quarantined = pulled.quarantined + [q for g in gridded for q in g.quarantined]
+    for product, why in pulled.failed.items():
+        logger.error("could not pull %s: %s", product, why)
 
     mapped = extend_archive(settings, grid, last)
 
@@ -63,6 +65,9 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                           description="Days gridded, fused and sampled in this run")
     if quarantined:
         create_table_artifact(key="daily-quarantined", table=quarantined, description="Inputs set aside as unreadable")
+    if pulled.failed:
+        create_table_artifact(key="daily-source-failures", description="Products that could not be pulled this run",
+                              table=[{"product": p, "problem": why} for p, why in pulled.failed.items()])
     create_table_artifact(key="daily-archive-days", table=mapped or [{"day": "none"}],
                           description="Archive days written in this run")
     create_markdown_artifact(key="daily-summary", markdown=(
@@ -72,9 +77,10 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
         f"- GOSAT->OCO fit: intercept {fit.intercept:.3f} ppm, slope {fit.slope:.4f}, "
         f"{fit.n_collocations} collocations ({fit.method})\n"
         f"- quarantined inputs: {len(quarantined)}\n"
+        f"- products that failed to pull: {', '.join(pulled.failed) or 'none'}\n"
         f"- archive days written: {len(mapped)}\n"))
     return {"window": [first.isoformat(), last.isoformat()], "days": rows, "archive_days": mapped,
-            "quarantined": quarantined, "gosat_fit": fit.to_dict(), "new_granules": pulled.n_fetched}
+            "quarantined": quarantined, "source_failures": pulled.failed, "gosat_fit": fit.to_dict(), "new_granules": pulled.n_fetched}
 
 
 def extend_archive(settings, grid: Grid, last: date) -> list[dict]:

@@ -20,13 +20,17 @@ class InputFileError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
-def quarantine(path: Path, reason: str, quarantine_dir: Path) -> Path:
-    """Move `path` into `quarantine_dir` with a JSON note of why; returns the new location."""
+def quarantine(path: Path, reason: str, quarantine_dir: Path, name: str | None = None) -> Path:
+    """Move `path` into `quarantine_dir` with a JSON note of why; returns the new location.
+
+    `name` is the granule's real file name when `path` is still a download's temp file.
+    """
     quarantine_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    target = quarantine_dir / f"{stamp}_{path.name}"
+    name = name or path.name
+    target = quarantine_dir / f"{stamp}_{name}"
     shutil.move(str(path), target)
-    note = {"file": str(path), "quarantined_as": str(target), "reason": reason, "at": stamp}
+    note = {"file": name, "quarantined_as": str(target), "reason": reason, "at": stamp}
     target.with_name(target.name + ".json").write_text(json.dumps(note, indent=2))
     log.warning("quarantined %s: %s", path, reason)
     return target

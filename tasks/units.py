@@ -27,7 +27,8 @@ from tasks.sources import pull
 unit = partial(task, cache_policy=NO_CACHE)
 
 
-@unit(name="pull-inputs", retries=3, retry_delay_seconds=[10, 60, 300], retry_jitter_factor=0.5)
+# Per-granule retries live in the pull itself; this covers a crash of the pull as a whole.
+@unit(name="pull-inputs", retries=1, retry_delay_seconds=60, retry_jitter_factor=0.5)
 def pull_inputs(settings: Settings, start: date | None, end: date | None):
     return pull(settings, start=start, end=end)
 

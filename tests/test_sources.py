@@ -14,6 +14,7 @@ from tasks.settings import load_settings
 from tasks.sources import Manifest, pull, raw_granules
 
 pull_module = importlib.import_module("tasks.sources.pull")  # the package re-exports the function
+retry_module = importlib.import_module("tasks.sources.retry")
 DAY = date(2020, 6, 1)
 
 
@@ -63,17 +64,25 @@ def test_truncated_granule_is_quarantined_then_fetched_again(tmp_path, remote):
     assert again.fetched["oco2"] == [granule.name] and again.fetched["gosat"] == []
 
 
-def test_interrupted_copy_leaves_nothing_visible(tmp_path, remote, monkeypatch):
+def test_interrupted_download_leaves_nothing_visible_and_is_fetched_next_run(tmp_path, remote, monkeypatch):
     settings = _settings(tmp_path, remote)
+    directory = pull_module.remote_for(settings, "oco2")
+    attempts = []
 
-    def broken_copy(src, dst):
-        with open(dst, "wb") as fh:
-            fh.write(b"partial")
-        raise OSError("connection reset")
+    class Interrupted:
+        def list(self, product, start, end):
+            return directory.list(product, start, end)
 
-    monkeypatch.setattr(pull_module.os, "link", lambda *a: (_ for _ in ()).throw(OSError("cross-device")))
-    monkeypatch.setattr(pull_module.shutil, "copyfile", broken_copy)
-    with pytest.raises(OSError, match="connection reset"):
-        pull(settings, products=("oco2",))
+        def fetch(self, granule, dest):
+            attempts.append(granule.name)
+            with open(dest, "wb") as fh:
+                fh.write(b"partial")
+            raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(retry_module.time, "sleep", lambda s: None)
+    report = pull(settings, products=("oco2", "gosat"), remotes={"oco2": Interrupted()})
+    assert len(attempts) == 4  # transient: retried with backoff
+    assert "connection reset" in report.failed["oco2"] and report.fetched["gosat"]  # gosat went on
     folder = settings.raw_dir / "oco2"
     assert not folder.exists() or list(folder.iterdir()) == []
+    assert pull(settings, products=("oco2",)).fetched["oco2"]  # nothing recorded: fetched next run

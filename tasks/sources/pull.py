@@ -1,10 +1,14 @@
-"""Pulling new granules into the raw cache, whatever the source mode."""
+"""Pulling new granules into the raw cache, whatever the source mode.
+
+Each granule is fetched into a hidden sibling temp file (with retries where the archive allows),
+checked to read, then renamed into `<data>/raw/<product>/`; an unreadable one is quarantined
+and fetched again next run. A product that fails altogether (no credentials, archive down) is
+reported and the other products go on.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -12,14 +16,15 @@ from pathlib import Path
 from tasks.atomic import atomic_path
 from tasks.quarantine import InputFileError, quarantine
 from tasks.settings import Settings, SourceMode
+from tasks.sources.credentials import redact
 from tasks.sources.manifest import Manifest
 from tasks.sources.products import PRODUCTS
+from tasks.sources.remote import DirectoryRemote, Remote, SourceError
+from tasks.sources.retry import with_retries
 
 log = logging.getLogger(__name__)
 
-
-class SourceError(RuntimeError):
-    pass
+__all__ = ["PullReport", "SourceError", "pull", "raw_granules", "remote_for"]
 
 
 @dataclass
@@ -27,37 +32,27 @@ class PullReport:
     fetched: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     quarantined: list[dict] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # product -> why it could not be pulled
 
     @property
     def n_fetched(self) -> int:
         return sum(len(v) for v in self.fetched.values())
 
 
-def remote_root(settings: Settings) -> Path:
+class _Quarantined(Exception):
+    def __init__(self, problem: str, moved: Path) -> None:
+        self.problem, self.moved = problem, moved
+
+
+def remote_for(settings: Settings, product: str) -> Remote:
     if settings.source == SourceMode.demo:
-        return settings.data_dir / "demo" / "remote"
+        return DirectoryRemote(settings.data_dir / "demo" / "remote")
     if settings.source == SourceMode.local:
         assert settings.local_dir is not None
-        return settings.local_dir
-    raise SourceError(
-        f"source mode {settings.source.value!r} has no directory to pull from; "
-        "use XCO2_SOURCE=demo or XCO2_SOURCE=local with XCO2_LOCAL_DIR"
-    )
+        return DirectoryRemote(settings.local_dir)
+    from tasks.sources.real import real_remote
 
-
-def _list_remote(root: Path, product: str) -> list[Path]:
-    spec = PRODUCTS[product]
-    if not root.is_dir():
-        raise FileNotFoundError(f"source directory {root} does not exist")
-    return sorted(p for p in root.rglob("*") if p.is_file() and spec.matches(p.name))
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        try:
-            os.link(src, tmp)  # same filesystem: instant and no extra disk
-        except OSError:
-            shutil.copyfile(src, tmp)
+    return real_remote(settings, product)
 
 
 def _check_readable(product: str, path: Path) -> None:
@@ -80,40 +75,50 @@ def raw_dir(settings: Settings, product: str) -> Path:
 
 
 def pull(settings: Settings, products=tuple(PRODUCTS), start: date | None = None,
-         end: date | None = None) -> PullReport:
+         end: date | None = None, remotes: dict[str, Remote] | None = None) -> PullReport:
     """Fetch every granule of `products` dated in [start, end] (undated: always) not yet present."""
     manifest = Manifest(settings.raw_dir / "manifest.parquet")
-    root = remote_root(settings)
     report = PullReport()
-    rows = []
     for product in products:
-        spec = PRODUCTS[product]
-        present = manifest.present(product)
-        fetched, skipped = [], 0
-        for src in _list_remote(root, product):
-            day = spec.day(src.name)
-            if day is not None and ((start and day < start) or (end and day > end)):
-                continue
-            remote_id = src.relative_to(root).as_posix()
-            if remote_id in present:
-                skipped += 1
-                continue
-            dst = raw_dir(settings, product) / src.name
-            _copy_atomic(src, dst)
-            try:
-                _check_readable(product, dst)
-            except InputFileError as exc:
-                moved = quarantine(dst, exc.problem, settings.quarantine_dir)
-                report.quarantined.append({"product": product, "file": src.name, "problem": exc.problem,
-                                           "quarantined_as": str(moved)})
-                rows.append(Manifest.row(product, day, remote_id, dst, "quarantined", exc.problem))
-                continue
-            rows.append(Manifest.row(product, day, remote_id, dst, "ok"))
-            fetched.append(src.name)
+        fetched: list[str] = []
         report.fetched[product] = fetched
-        report.skipped[product] = skipped
-        log.info("%s: %d new granules, %d already present", product, len(fetched), skipped)
-    manifest.record(rows)
+        report.skipped[product] = 0
+        rows: list[dict] = []
+        try:
+            remote = (remotes or {}).get(product) or remote_for(settings, product)
+            granules = with_retries(lambda: remote.list(product, start, end), f"listing {product}")
+        except Exception as exc:  # noqa: BLE001 - one product's failure must not stop the others
+            report.failed[product] = redact(f"{type(exc).__name__}: {exc}")
+            log.error("%s: cannot list granules: %s", product, report.failed[product])
+            continue
+        present = manifest.present(product)
+        for granule in granules:
+            if granule.remote_id in present:
+                report.skipped[product] += 1
+                continue
+            dst = raw_dir(settings, product) / granule.name
+            try:
+                with atomic_path(dst) as tmp:
+                    with_retries(lambda: remote.fetch(granule, tmp), f"fetching {granule.name}")
+                    try:
+                        _check_readable(product, tmp)
+                    except InputFileError as exc:
+                        # Kept for inspection; the manifest does not count it, so it is fetched again.
+                        moved = quarantine(tmp, exc.problem, settings.quarantine_dir, name=granule.name)
+                        raise _Quarantined(exc.problem.replace(str(tmp), granule.name), moved) from None
+            except _Quarantined as q:
+                rows.append(Manifest.row(product, granule.day, granule.remote_id, q.moved, "quarantined", q.problem))
+                report.quarantined.append({"product": product, "file": granule.name, "problem": q.problem,
+                                           "quarantined_as": str(q.moved)})
+                continue
+            except Exception as exc:  # noqa: BLE001 - the rest of the day goes on
+                report.failed[product] = redact(f"{granule.name}: {type(exc).__name__}: {exc}")
+                log.error("%s: %s", product, report.failed[product])
+                continue
+            rows.append(Manifest.row(product, granule.day, granule.remote_id, dst, "ok"))
+            fetched.append(granule.name)
+        manifest.record(rows)
+        log.info("%s: %d new granules, %d already present", product, len(fetched), report.skipped[product])
     return report
 
 
