@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     seed: int = 42
 
     # Operation.
+    unavailable_recheck_days: float = Field(1.0, ge=0, description="wait before asking again for a granule the archive lacked")
     ingest_lookback_days: int = Field(10, ge=1, description="days back the daily run looks for late granules")
     archive_lookback_days: int = Field(3, ge=1, description="days back the nightly run fills")
     inference_batch_size: int = Field(8192, ge=256, description="cells per ONNX Runtime call")

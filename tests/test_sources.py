@@ -86,3 +86,27 @@ def test_interrupted_download_leaves_nothing_visible_and_is_fetched_next_run(tmp
     folder = settings.raw_dir / "oco2"
     assert not folder.exists() or list(folder.iterdir()) == []
     assert pull(settings, products=("oco2",)).fetched["oco2"]  # nothing recorded: fetched next run
+
+
+def test_unavailable_granule_is_not_an_error_and_is_asked_again_later(tmp_path, remote):
+    from tasks.sources.remote import GranuleUnavailable
+
+    directory = pull_module.remote_for(_settings(tmp_path, remote), "gosat")
+    asked = []
+
+    class NotYet:
+        def list(self, product, start, end):
+            return directory.list(product, start, end)
+
+        def fetch(self, granule, dest):
+            asked.append(granule.name)
+            raise GranuleUnavailable("no data for this day yet")
+
+    settings = _settings(tmp_path, remote)
+    first = pull(settings, products=("gosat",), remotes={"gosat": NotYet()})
+    assert first.unavailable["gosat"] == 1 and not first.failed and first.fetched["gosat"] == []
+    pull(settings, products=("gosat",), remotes={"gosat": NotYet()})
+    assert len(asked) == 1  # not asked again within the recheck period
+    eager = load_settings(data_dir=str(tmp_path / "data"), source="local", local_dir=str(remote),
+                          unavailable_recheck_days=0)
+    assert pull(eager, products=("gosat",)).fetched["gosat"]  # asked again, and now it is there

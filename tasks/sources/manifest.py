@@ -1,7 +1,8 @@
 """The manifest of every granule ever pulled: what, when, where, how big, and whether it read.
 
 A granule is known by (product, remote id). Only rows with status 'ok' whose local file still
-exists count as present, so a quarantined or deleted granule is fetched again next time.
+exists count as present, so a quarantined or deleted granule is fetched again next time; one the
+archive does not have yet ('unavailable') is asked for again after a while.
 Credentials never enter it: only file names, sizes and checksums.
 """
 
@@ -40,6 +41,16 @@ class Manifest:
         df = self.load()
         df = df[(df["product"] == product) & (df["status"] == "ok")]
         return {rid for rid, f in zip(df["remote_id"], df["local_file"]) if Path(f).is_file()}
+
+    def recently_unavailable(self, product: str, within_days: float) -> set[str]:
+        """Remote ids the archive said it did not have, asked less than `within_days` ago."""
+        df = self.load()
+        df = df[(df["product"] == product) & (df["status"] == "unavailable")]
+        if df.empty:
+            return set()
+        asked = pd.to_datetime(df["retrieved_at"], utc=True)
+        fresh = asked > pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=within_days)
+        return set(df.loc[fresh.to_numpy(), "remote_id"])
 
     def record(self, rows: list[dict]) -> None:
         if not rows:

@@ -19,7 +19,7 @@ from tasks.settings import Settings, SourceMode
 from tasks.sources.credentials import redact
 from tasks.sources.manifest import Manifest
 from tasks.sources.products import PRODUCTS
-from tasks.sources.remote import DirectoryRemote, Remote, SourceError
+from tasks.sources.remote import DirectoryRemote, GranuleUnavailable, Remote, SourceError
 from tasks.sources.retry import with_retries
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ __all__ = ["PullReport", "SourceError", "pull", "raw_granules", "remote_for"]
 class PullReport:
     fetched: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    unavailable: dict[str, int] = field(default_factory=dict)  # the archive has no such granule yet
     quarantined: list[dict] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # product -> why it could not be pulled
 
@@ -92,20 +93,27 @@ def pull(settings: Settings, products=tuple(PRODUCTS), start: date | None = None
             log.error("%s: cannot list granules: %s", product, report.failed[product])
             continue
         present = manifest.present(product)
+        asked = manifest.recently_unavailable(product, settings.unavailable_recheck_days)
+        report.unavailable[product] = 0
         for granule in granules:
-            if granule.remote_id in present:
+            if granule.remote_id in present or granule.remote_id in asked:
                 report.skipped[product] += 1
                 continue
             dst = raw_dir(settings, product) / granule.name
             try:
                 with atomic_path(dst) as tmp:
-                    with_retries(lambda: remote.fetch(granule, tmp), f"fetching {granule.name}")
+                    with_retries(lambda: remote.fetch(granule, tmp), f"fetching {granule.name}",
+                                 passthrough=(GranuleUnavailable,))
                     try:
                         _check_readable(product, tmp)
                     except InputFileError as exc:
                         # Kept for inspection; the manifest does not count it, so it is fetched again.
                         moved = quarantine(tmp, exc.problem, settings.quarantine_dir, name=granule.name)
                         raise _Quarantined(exc.problem.replace(str(tmp), granule.name), moved) from None
+            except GranuleUnavailable as why:
+                rows.append(Manifest.row(product, granule.day, granule.remote_id, dst, "unavailable", str(why)))
+                report.unavailable[product] += 1
+                continue
             except _Quarantined as q:
                 rows.append(Manifest.row(product, granule.day, granule.remote_id, q.moved, "quarantined", q.problem))
                 report.quarantined.append({"product": product, "file": granule.name, "problem": q.problem,

@@ -37,6 +37,10 @@ class SourceError(RuntimeError):
     pass
 
 
+class GranuleUnavailable(Exception):
+    """The archive has no such granule yet (not an error): ask again after a while."""
+
+
 class DirectoryRemote:
     """Granules already on disk below `root`, recognised by their real file names."""
 

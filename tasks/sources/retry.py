@@ -41,12 +41,18 @@ def is_permanent(exc: BaseException) -> bool:
 
 def with_retries(call: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 2.0,
                  max_delay: float = 120.0, sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None) -> T:
-    """Run `call`; on a transient failure wait base*2^k (full jitter) and try again."""
+                 rng: random.Random | None = None,
+                 passthrough: tuple[type[BaseException], ...] = ()) -> T:
+    """Run `call`; on a transient failure wait base*2^k (full jitter) and try again.
+
+    Exceptions in `passthrough` are answers, not failures (e.g. 'no such granule yet'): re-raised at once.
+    """
     rng = rng or random.Random()
     for attempt in range(1, attempts + 1):
         try:
             return call()
+        except passthrough:
+            raise
         except Exception as exc:  # noqa: BLE001 - classified below
             if is_permanent(exc):
                 raise PermanentSourceError(f"{what}: {redact(str(exc))}") from None
