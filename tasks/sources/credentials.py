@@ -85,9 +85,10 @@ def cds_credentials() -> CdsCredentials:
 def secret_values() -> list[str]:
     """Every credential value visible to this process, for redaction and for tests to search for."""
     values = [os.environ.get(k, "") for k in ("EARTHDATA_TOKEN", "EARTHDATA_PASSWORD", "CDSAPI_KEY")]
+    rc = Path(os.environ.get("CDSAPI_RC", _home() / ".cdsapirc"))
     try:
-        values.append(cds_credentials().key)
-    except MissingCredentials:
+        values.append(_read_cdsapirc(rc).get("key", "") if rc.is_file() else "")
+    except OSError:
         pass
     netrc_path = Path(os.environ.get("NETRC", _home() / ".netrc"))
     try:
