@@ -66,6 +66,25 @@ def _cmd_retrain(args) -> int:
     return 0
 
 
+def _cmd_sources_check(args) -> int:
+    from tasks.sources.check import check_sources
+
+    statuses = check_sources(load_settings(), probe=not args.no_probe)
+    table = Table(title="xco2 sources")
+    for col in ("source", "service", "configured", "credentials from", "reachable"):
+        table.add_column(col)
+    for st in statuses:
+        table.add_row(st.source, st.service, "yes" if st.configured else "NO", st.credentials_from or "-",
+                      {True: "yes", False: "NO", None: "not probed"}[st.reachable])
+    console.print(table)
+    for problem in dict.fromkeys(st.problem for st in statuses if st.problem):
+        print(f"- {problem}")
+    if args.json:
+        print(json.dumps([s.as_dict() for s in statuses]))
+    ok = all(s.configured and s.reachable is not False for s in statuses)
+    return 0 if ok else 1
+
+
 def _print_demo_summary(s: dict) -> None:
     table = Table(title="xco2 demo: summary", show_header=False)
     table.add_row("region", f"{s['region']['name']} {s['region']['west']}-{s['region']['east']} E, "
@@ -142,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("features", help="print the feature table")
     f.set_defaults(func=_cmd_features)
+
+    src = sub.add_parser("sources", help="the real data sources")
+    src_sub = src.add_subparsers(dest="sources_command", required=True)
+    chk = src_sub.add_parser("check", help="are credentials configured and the archives reachable?")
+    chk.add_argument("--no-probe", action="store_true", help="check credentials only, no network")
+    chk.add_argument("--json", action="store_true", help="also print the result as JSON")
+    chk.set_defaults(func=_cmd_sources_check)
 
     c = sub.add_parser("config", help="print the effective configuration")
     c.set_defaults(func=_cmd_config)

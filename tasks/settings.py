@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     oco3_version: str = "10.4r"
     gosat_algorithm: str = "tanso_fts_ocfp"
     gosat_version: str = "7_3"
+    # Optional Prefect Secret blocks holding credentials (else environment, ~/.netrc, ~/.cdsapirc).
+    earthdata_secret_block: str | None = None
+    cds_secret_block: str | None = None
 
     # Training (Table 5); the demo may cap epochs and samples.
     max_epochs: int = Field(200, ge=1)

@@ -104,3 +104,32 @@ def redact(text: str) -> str:
     for value in secret_values():
         text = text.replace(value, "***")
     return text
+
+
+def apply_secret_blocks(earthdata_block: str | None, cds_block: str | None) -> list[str]:
+    """Load credentials kept in Prefect Secret blocks into this process's environment.
+
+    A block holds either a token string or a JSON object: Earthdata {"username", "password"} or
+    {"token"}; CDS {"url", "key"} or just the key. Returns the names of the blocks used.
+    """
+    used = []
+    if earthdata_block or cds_block:
+        from prefect.blocks.system import Secret
+    if earthdata_block:
+        value = Secret.load(earthdata_block).get()
+        if isinstance(value, dict) and value.get("username"):
+            os.environ["EARTHDATA_USERNAME"] = str(value["username"])
+            os.environ["EARTHDATA_PASSWORD"] = str(value.get("password", ""))
+        else:
+            os.environ["EARTHDATA_TOKEN"] = str(value.get("token") if isinstance(value, dict) else value)
+        used.append(earthdata_block)
+    if cds_block:
+        value = Secret.load(cds_block).get()
+        if isinstance(value, dict):
+            if value.get("url"):
+                os.environ["CDSAPI_URL"] = str(value["url"])
+            os.environ["CDSAPI_KEY"] = str(value.get("key", ""))
+        else:
+            os.environ["CDSAPI_KEY"] = str(value)
+        used.append(cds_block)
+    return used

@@ -1,0 +1,66 @@
+import json
+from datetime import date
+
+import pytest
+
+from flows.cli import main
+from tasks.demo_world import write_gosat_c3s, write_oco_lite
+from tasks.demo_world.fixtures import tiny_soundings
+
+
+@pytest.fixture
+def no_credentials(monkeypatch, tmp_path):
+    for var in ("EARTHDATA_TOKEN", "EARTHDATA_USERNAME", "EARTHDATA_PASSWORD", "CDSAPI_URL", "CDSAPI_KEY", "NETRC",
+                "CDSAPI_RC"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_inspect_prints_one_json_object(tmp_path, capsys):
+    path = write_oco_lite(tmp_path, tiny_soundings("oco2", date(2020, 6, 1), n=40), mission="oco2", day=date(2020, 6, 1))
+    assert main(["inspect", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "oco2_lite" and info["soundings"] == 46 and info["good"] == 40
+    assert 400 < info["xco2_min"] <= info["xco2_mean"] <= info["xco2_max"] < 425
+    assert info["time_start"] <= info["time_end"]
+
+
+def test_inspect_reads_gosat_in_mol_per_mol_as_ppm(tmp_path, capsys):
+    path = write_gosat_c3s(tmp_path, tiny_soundings("gosat", date(2020, 6, 1)), xco2_units="mol/mol",
+                           day=date(2020, 6, 1))
+    assert main(["inspect", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "gosat_c3s" and 400 < info["xco2_mean"] < 425
+
+
+def test_inspect_rejects_a_foreign_file_naming_it(tmp_path, capsys):
+    bad = tmp_path / "notes.nc"
+    bad.write_text("not a granule")
+    assert main(["inspect", str(bad)]) != 0
+    assert "notes.nc" in capsys.readouterr().err
+
+
+def test_invalid_setting_stops_the_command(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XCO2_GRID_STEP", "zero")
+    assert main(["config"]) == 2
+    assert "grid_step" in capsys.readouterr().err
+
+
+def test_sources_check_without_credentials_names_what_to_set(no_credentials, capsys):
+    assert main(["sources", "check", "--no-probe"]) == 1
+    out = capsys.readouterr().out
+    assert "EARTHDATA_USERNAME" in out and "EARTHDATA_PASSWORD" in out and "~/.netrc" in out
+    assert "CDSAPI_URL" in out and "CDSAPI_KEY" in out and "~/.cdsapirc" in out
+
+
+def test_sources_check_with_credentials_never_prints_them(no_credentials, monkeypatch, capsys):
+    monkeypatch.setenv("EARTHDATA_USERNAME", "someone")
+    monkeypatch.setenv("EARTHDATA_PASSWORD", "pa55-w0rd-secret")
+    monkeypatch.setenv("CDSAPI_KEY", "cds-key-secret-42")
+    assert main(["sources", "check", "--no-probe", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "pa55-w0rd-secret" not in out and "cds-key-secret-42" not in out
+    statuses = json.loads(out.strip().splitlines()[-1])
+    assert all(s["configured"] for s in statuses)
