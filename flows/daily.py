@@ -15,7 +15,7 @@ from tasks.grid import Grid
 from tasks.inference import inputs_available
 from tasks.settings import load_settings
 from tasks.sources import raw_granules
-from tasks.sources.products import SATELLITES
+from tasks.sources.products import PRODUCTS, SATELLITES
 
 
 def _window(settings, start: str | None, end: str | None) -> tuple[date, date]:
@@ -39,11 +39,16 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     pulled = units.pull_inputs(settings, first, last + timedelta(days=1))
     units.build_static_covariates(settings, grid)
 
-    # Days to (re)grid: any day in the window with a granule that is new or not yet gridded.
+    # Days to (re)grid: any day in the window with a granule that is new or not yet sampled, and
+    # any day whose meteorology was replaced (ERA5T -> final: day e's file closes day e-1's sums).
     granules = {s: raw_granules(settings, s) for s in SATELLITES}
     new_files = {name for names in pulled.fetched.values() for name in names}
-    days = sorted({d for s in SATELLITES for d, files in granules[s].items() if first <= d <= last
-                   and (any(f.name in new_files for f in files) or d not in set(samples.stored_days(settings.region_dir)))})
+    sampled = set(samples.stored_days(settings.region_dir))
+    refreshed = {d for name in pulled.replaced.get("era5", []) for e in [PRODUCTS["era5"].day(name)]
+                 for d in (e, e - timedelta(days=1))}
+    days = sorted({d for s in SATELLITES for d, files in granules[s].items()
+                   if (first <= d <= last and (any(f.name in new_files for f in files) or d not in sampled))
+                   or d in refreshed})
     gridded = [units.grid_day(settings, grid, d, {s: granules[s].get(d, []) for s in SATELLITES}) for d in days]
     fit = units.fit_gosat(settings)
 
@@ -59,7 +64,7 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     for product, why in pulled.failed.items():
         logger.error("could not pull %s: %s", product, why)
 
-    mapped = extend_archive(settings, grid, last)
+    mapped = extend_archive(settings, grid, last, recompute=refreshed)
 
     create_table_artifact(key="daily-days-processed", table=rows or [{"day": "none new"}],
                           description="Days gridded, fused and sampled in this run")
@@ -80,11 +85,13 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
         f"- products that failed to pull: {', '.join(pulled.failed) or 'none'}\n"
         f"- archive days written: {len(mapped)}\n"))
     return {"window": [first.isoformat(), last.isoformat()], "days": rows, "archive_days": mapped,
-            "quarantined": quarantined, "source_failures": pulled.failed, "gosat_fit": fit.to_dict(), "new_granules": pulled.n_fetched}
+            "quarantined": quarantined, "source_failures": pulled.failed, "recomputed_days": sorted(
+                d.isoformat() for d in refreshed), "gosat_fit": fit.to_dict(), "new_granules": pulled.n_fetched}
 
 
-def extend_archive(settings, grid: Grid, last: date) -> list[dict]:
-    """Map every day of the archive look-back missing from the archive whose inputs exist."""
+def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = frozenset()) -> list[dict]:
+    """Map every day of the archive look-back missing from the archive whose inputs exist, and
+    re-map archived days in `recompute` (their inputs changed)."""
     logger = get_run_logger()
     try:
         champion = load_champion(settings.tracking_uri, settings.registered_model_name,
@@ -95,7 +102,8 @@ def extend_archive(settings, grid: Grid, last: date) -> list[dict]:
     have = set(archived_days(settings.archive_root, settings.region.name))
     era5_dir = settings.raw_dir / "era5"
     todo = [last - timedelta(days=i) for i in range(settings.archive_lookback_days)]
-    todo = sorted(d for d in todo if d not in have and inputs_available(era5_dir, d))
+    todo = {d for d in todo if d not in have} | {d for d in recompute if d in have}
+    todo = sorted(d for d in todo if inputs_available(era5_dir, d))
     if not todo:
         return []
     session, provider = open_session(champion.onnx_path)

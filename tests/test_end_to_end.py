@@ -95,3 +95,18 @@ def test_rerunning_the_daily_flow_is_idempotent(demo_run):
     again = daily_update(start="2020-06-01", end="2020-06-06", overrides=overrides)
     assert again["new_granules"] == 0 and again["days"] == [] and again["archive_days"] == []
     assert path.read_bytes() == before
+
+
+def test_replaced_meteorology_recomputes_the_days_it_closes(demo_run):
+    import os
+
+    opts, summary = demo_run
+    overrides = {"data_dir": str(opts.data_dir), "source": "demo", "region": SMALL_REGION.model_dump(),
+                 "archive_lookback_days": 2, **opts.extra}
+    final = opts.data_dir / "demo" / "remote" / "era5" / "era5_single_levels_20200606.nc"
+    os.utime(final, ns=(final.stat().st_atime_ns, final.stat().st_mtime_ns + 10**9))  # a new delivery
+    again = daily_update(start="2020-06-01", end="2020-06-06", overrides=overrides)
+    assert again["new_granules"] == 1
+    assert again["recomputed_days"] == ["2020-06-05", "2020-06-06"]
+    assert [d["day"] for d in again["days"]] == ["2020-06-05", "2020-06-06"]
+    assert sorted(d["day"] for d in again["archive_days"]) == ["2020-06-05", "2020-06-06"]

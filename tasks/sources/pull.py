@@ -24,7 +24,7 @@ from tasks.sources.retry import with_retries
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PullReport", "SourceError", "pull", "raw_granules", "remote_for"]
+__all__ = ["PullReport", "SourceError", "products_for", "pull", "raw_granules", "remote_for"]
 
 
 @dataclass
@@ -32,6 +32,7 @@ class PullReport:
     fetched: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     unavailable: dict[str, int] = field(default_factory=dict)  # the archive has no such granule yet
+    replaced: dict[str, list[str]] = field(default_factory=dict)  # fetched over an older copy (ERA5T -> final)
     quarantined: list[dict] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # product -> why it could not be pulled
 
@@ -56,6 +57,14 @@ def remote_for(settings: Settings, product: str) -> Remote:
     return real_remote(settings, product)
 
 
+def products_for(settings: Settings) -> tuple[str, ...]:
+    """Static layers come with the granules in demo and local mode; for the real archives they are
+    built once by `xco2 covariates build` (or imported), not pulled daily."""
+    if settings.source == SourceMode.earthdata:
+        return tuple(p for p in PRODUCTS if p != "static")
+    return tuple(PRODUCTS)
+
+
 def _check_readable(product: str, path: Path) -> None:
     if product == "static":
         import rasterio
@@ -75,14 +84,19 @@ def raw_dir(settings: Settings, product: str) -> Path:
     return settings.raw_dir / product
 
 
-def pull(settings: Settings, products=tuple(PRODUCTS), start: date | None = None,
+def pull(settings: Settings, products: tuple[str, ...] | None = None, start: date | None = None,
          end: date | None = None, remotes: dict[str, Remote] | None = None) -> PullReport:
     """Fetch every granule of `products` dated in [start, end] (undated: always) not yet present."""
     manifest = Manifest(settings.raw_dir / "manifest.parquet")
     report = PullReport()
-    for product in products:
+    if settings.source == SourceMode.earthdata:
+        from tasks.sources.credentials import apply_secret_blocks
+
+        apply_secret_blocks(settings.earthdata_secret_block, settings.cds_secret_block)
+    for product in products or products_for(settings):
         fetched: list[str] = []
         report.fetched[product] = fetched
+        report.replaced[product] = []
         report.skipped[product] = 0
         rows: list[dict] = []
         try:
@@ -100,6 +114,7 @@ def pull(settings: Settings, products=tuple(PRODUCTS), start: date | None = None
                 report.skipped[product] += 1
                 continue
             dst = raw_dir(settings, product) / granule.name
+            had_copy = dst.is_file()
             try:
                 with atomic_path(dst) as tmp:
                     with_retries(lambda: remote.fetch(granule, tmp), f"fetching {granule.name}",
@@ -125,6 +140,8 @@ def pull(settings: Settings, products=tuple(PRODUCTS), start: date | None = None
                 continue
             rows.append(Manifest.row(product, granule.day, granule.remote_id, dst, "ok"))
             fetched.append(granule.name)
+            if had_copy:
+                report.replaced[product].append(granule.name)
         manifest.record(rows)
         log.info("%s: %d new granules, %d already present", product, len(fetched), report.skipped[product])
     return report

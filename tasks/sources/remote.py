@@ -56,8 +56,11 @@ class DirectoryRemote:
             day = spec.day(path.name)
             if day is not None and ((start and day < start) or (end and day > end)):
                 continue
-            out.append(RemoteGranule(product, path.relative_to(self.root).as_posix(), path.name, day,
-                                     path.stat().st_size, handle=path))
+            # Size and modification time are part of the identity: a file replaced in the
+            # directory (a late reprocessing, ERA5 final over ERA5T) is pulled again.
+            stat = path.stat()
+            remote_id = f"{path.relative_to(self.root).as_posix()}@{stat.st_size}:{stat.st_mtime_ns}"
+            out.append(RemoteGranule(product, remote_id, path.name, day, stat.st_size, handle=path))
         return out
 
     def fetch(self, granule: RemoteGranule, dest: Path) -> None:
