@@ -230,6 +230,7 @@ def test_list_drops_days_outside_window_and_foreign_names(tmp_path, user_env, fa
     assert "oco2_L2_Met" in caplog.text  # the foreign file is named in a warning
 
 
+@pytest.mark.filterwarnings("ignore:As of version 1.0:FutureWarning")
 def test_list_reads_real_earthaccess_datagranule(tmp_path, user_env, monkeypatch):
     name = oco_lite_name("oco2", START, production_time(START))
     record = {"meta": {"concept-id": "G1-GES_DISC", "provider-id": "GES_DISC", "native-id": "x"},

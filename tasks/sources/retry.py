@@ -8,7 +8,7 @@ import re
 import time
 from typing import Callable, TypeVar
 
-from tasks.sources.credentials import redact
+from tasks.sources.credentials import MissingCredentials, redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,11 +36,13 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def is_permanent(exc: BaseException) -> bool:
-    return isinstance(exc, PermanentSourceError) or http_status(exc) in PERMANENT_STATUS
+    # Missing credentials will be just as missing in two minutes.
+    return (isinstance(exc, (PermanentSourceError, MissingCredentials))
+            or http_status(exc) in PERMANENT_STATUS)
 
 
 def with_retries(call: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 2.0,
-                 max_delay: float = 120.0, sleep: Callable[[float], None] = time.sleep,
+                 max_delay: float = 120.0, sleep: Callable[[float], None] | None = None,
                  rng: random.Random | None = None,
                  passthrough: tuple[type[BaseException], ...] = ()) -> T:
     """Run `call`; on a transient failure wait base*2^k (full jitter) and try again.
@@ -54,6 +56,8 @@ def with_retries(call: Callable[[], T], what: str, attempts: int = 4, base_delay
         except passthrough:
             raise
         except Exception as exc:  # noqa: BLE001 - classified below
+            if isinstance(exc, MissingCredentials):
+                raise
             if is_permanent(exc):
                 raise PermanentSourceError(f"{what}: {redact(str(exc))}") from None
             if attempt == attempts:
@@ -61,5 +65,5 @@ def with_retries(call: Callable[[], T], what: str, attempts: int = 4, base_delay
             delay = rng.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
             log.warning("%s failed (%s); retry %d/%d in %.1f s", what, redact(type(exc).__name__ + ": " + str(exc))[:200],
                         attempt, attempts - 1, delay)
-            sleep(delay)
+            (sleep or time.sleep)(delay)
     raise AssertionError("unreachable")
