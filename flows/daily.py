@@ -13,8 +13,9 @@ from tasks import samples, units
 from tasks.archive import archived_days
 from tasks.grid import Grid
 from tasks.inference import inputs_available
-from tasks.settings import load_settings
+from tasks.settings import SourceMode, load_settings
 from tasks.sources import raw_granules
+from tasks.sources.pull import raw_dir
 from tasks.sources.products import PRODUCTS, SATELLITES
 
 
@@ -37,6 +38,14 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                 settings.region.name, grid.nx, grid.ny, first, last, settings.source.value)
 
     pulled = units.pull_inputs(settings, first, last + timedelta(days=1))
+    if settings.source == SourceMode.earthdata:
+        # Final ERA5 replaces ERA5T months later: look for it over a window of older days.
+        aged = last - timedelta(days=settings.era5_final_after_days + 1)
+        final = units.pull_inputs(settings, aged - timedelta(days=settings.era5_final_window_days - 1), aged,
+                                  products=("era5",))
+        pulled.fetched["era5"] += final.fetched.get("era5", [])
+        pulled.replaced["era5"] = pulled.replaced.get("era5", []) + final.replaced.get("era5", [])
+        pulled.failed.update({f"era5 final: {k}": v for k, v in final.failed.items()})
     units.build_static_covariates(settings, grid)
 
     # Days to (re)grid: any day in the window with a granule that is new or not yet sampled, and
@@ -52,7 +61,7 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     gridded = [units.grid_day(settings, grid, d, {s: granules[s].get(d, []) for s in SATELLITES}) for d in days]
     fit = units.fit_gosat(settings)
 
-    era5_dir = settings.raw_dir / "era5"
+    era5_dir = raw_dir(settings, "era5")
     rows = []
     for g in gridded:
         ready = inputs_available(era5_dir, g.day)
@@ -100,7 +109,7 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
         logger.warning("no champion model registered yet: the archive waits for the first retrain")
         return []
     have = set(archived_days(settings.archive_root, settings.region.name))
-    era5_dir = settings.raw_dir / "era5"
+    era5_dir = raw_dir(settings, "era5")
     todo = [last - timedelta(days=i) for i in range(settings.archive_lookback_days)]
     todo = {d for d in todo if d not in have} | {d for d in recompute if d in have}
     todo = sorted(d for d in todo if inputs_available(era5_dir, d))

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     oco3_version: str = "10.4r"
     gosat_algorithm: str = "tanso_fts_ocfp"
     gosat_version: str = "7_3"
+    era5_latency_days: int = Field(5, ge=0, description="ERA5 (ERA5T) appears about this many days late")
+    era5_final_after_days: int = Field(90, ge=1, description="final ERA5 replaces ERA5T after about this many days")
+    era5_final_window_days: int = Field(30, ge=1, description="days past that age checked for final ERA5 each run")
     # Optional Prefect Secret blocks holding credentials (else environment, ~/.netrc, ~/.cdsapirc).
     earthdata_secret_block: str | None = None
     cds_secret_block: str | None = None

@@ -22,6 +22,7 @@ from tasks.inference import day_layers, predict_day
 from tasks.progress import progress_bar
 from tasks.settings import Settings
 from tasks.sources import pull
+from tasks.sources.pull import raw_dir
 
 # Inputs are large arrays and settings objects: never hash them for caching.
 unit = partial(task, cache_policy=NO_CACHE)
@@ -29,8 +30,8 @@ unit = partial(task, cache_policy=NO_CACHE)
 
 # Per-granule retries live in the pull itself; this covers a crash of the pull as a whole.
 @unit(name="pull-inputs", retries=1, retry_delay_seconds=60, retry_jitter_factor=0.5)
-def pull_inputs(settings: Settings, start: date | None, end: date | None):
-    return pull(settings, start=start, end=end)
+def pull_inputs(settings: Settings, start: date | None, end: date | None, products: tuple[str, ...] | None = None):
+    return pull(settings, products=products, start=start, end=end)
 
 
 @unit(name="build-covariates", retries=1)
@@ -54,7 +55,7 @@ def fit_gosat(settings: Settings):
 def update_samples(settings: Settings, grid: Grid, day: date, fit) -> int:
     covariates = StaticCovariates(settings.region_dir)
     targets = ingest.fused_targets(settings.region_dir, day, fit)
-    layers = day_layers(covariates, settings.raw_dir / "era5", grid, day)
+    layers = day_layers(covariates, raw_dir(settings, "era5"), grid, day)
     frame = ingest.day_samples(targets, layers, grid)
     samples.write_day(settings.region_dir, day, frame)
     return len(frame)
@@ -63,7 +64,7 @@ def update_samples(settings: Settings, grid: Grid, day: date, fit) -> int:
 @unit(name="map-day", retries=1)
 def map_day(settings: Settings, grid: Grid, day: date, session, champion) -> dict:
     covariates = StaticCovariates(settings.region_dir)
-    layers = day_layers(covariates, settings.raw_dir / "era5", grid, day)
+    layers = day_layers(covariates, raw_dir(settings, "era5"), grid, day)
     with progress_bar(f"mapping {day}", grid.ny) as advance:
         xco2 = predict_day(session, layers, grid, settings.inference_batch_size, progress=lambda d, _t: advance(d))
     synthetic = settings.source.value == "demo"

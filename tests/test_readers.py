@@ -385,3 +385,20 @@ def test_copies_keep_their_format(tmp_path):
     copy.parent.mkdir()
     shutil.copy(path, copy)
     assert detect_format(copy) == "gosat_c3s"
+
+
+def test_new_and_old_cds_files_read_together(tmp_path):
+    from datetime import date as _date
+
+    from tasks.demo_world.fixtures import tiny_era5_hourly
+    from tasks.demo_world.writers import write_era5_old_cds, write_era5_zip
+    from tasks.readers import read_era5
+
+    hourly = tiny_era5_hourly(_date(2020, 6, 1), n_days=2, extra_step=False)
+    first = hourly.isel(time=slice(0, 24))
+    second = hourly.isel(time=slice(24, 48))
+    a = write_era5_zip(tmp_path / "era5_single_levels_20200601.nc", first)
+    b = write_era5_old_cds(tmp_path / "era5_single_levels_20200602.nc", second)
+    both = read_era5([a, b])
+    assert both.sizes["time"] == 48
+    assert list(both["expver"].values[:24]) == list(read_era5(a)["expver"].values)

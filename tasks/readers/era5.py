@@ -57,7 +57,12 @@ def read_era5(paths: Path | str | Iterable[Path | str]) -> xr.Dataset:
     if len(parts) == 1:
         hourly = first
     else:
-        hourly = xr.concat([p for _, p in parts], dim="time", data_vars="all", coords="different",
+        datasets = [p for _, p in parts]
+        if any("expver" in d.coords for d in datasets):
+            # An old-CDS file does not say which stream it holds; '' keeps the join possible.
+            datasets = [d if "expver" in d.coords else d.assign_coords(expver=("time", [""] * d.sizes["time"]))
+                        for d in datasets]
+        hourly = xr.concat(datasets, dim="time", data_vars="all", coords="different",
                            compat="equals", join="outer", combine_attrs="drop_conflicts")
     hourly = hourly.sortby("time")
     keep = ~hourly.indexes["time"].duplicated(keep="first")

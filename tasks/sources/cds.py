@@ -478,9 +478,8 @@ def cds_remote(settings: Settings, product: str, today: date | None = None, **op
     if product == "gosat":
         return GosatRemote(settings, today, **options)
     if product == "era5":
-        options.setdefault("latency_days", getattr(settings, "era5_latency_days", ERA5_LATENCY_DAYS))
-        options.setdefault("final_after_days",
-                           getattr(settings, "era5_final_after_days", ERA5_FINAL_AFTER_DAYS))
+        options.setdefault("latency_days", settings.era5_latency_days)
+        options.setdefault("final_after_days", settings.era5_final_after_days)
         return Era5Remote(settings, today, **options)
     raise ValueError(f"the Copernicus CDS serves 'gosat' and 'era5', not {product!r}")
 

@@ -81,6 +81,9 @@ def _check_readable(product: str, path: Path) -> None:
 
 
 def raw_dir(settings: Settings, product: str) -> Path:
+    """Satellite granules are global files, shared by every region; ERA5 is cut to a region's box."""
+    if product == "era5":
+        return settings.raw_dir / product / settings.region.name
     return settings.raw_dir / product
 
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -30,7 +29,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, reproject, transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from tasks.atomic import write_json
 from tasks.covariates import CovariateError
@@ -140,8 +139,9 @@ def native_step_deg(src) -> float:
     return float(min(abs(transform.a), abs(transform.e)))
 
 
-def choose_step(native: float, box, max_pixels: int = MAX_PIXELS, finest: float | None = None) -> float:
+def choose_step(native: float, box, max_pixels: int | None = None, finest: float | None = None) -> float:
     """Native step (rounded to a tidy value), coarsened only to stay under `max_pixels` over `box`."""
+    max_pixels = max_pixels or MAX_PIXELS
     step = max(native, finest or 0.0)
     area = (box[2] - box[0]) * (box[3] - box[1])
     if area / (step * step) > max_pixels:
@@ -159,7 +159,8 @@ def warp_into(src, band: int, grid: Grid, resampling: Resampling,
         shape, transform = grid.shape, grid.transform
     else:
         shape = (int(window.height), int(window.width))
-        transform = rasterio.windows.transform(window, grid.transform)
+        transform = Affine(grid.step, 0.0, grid.west + int(window.col_off) * grid.step,
+                           0.0, -grid.step, grid.north - int(window.row_off) * grid.step)
     dst = np.full(shape, np.nan, dtype=np.float32) if out is None else out
     reproject(
         rasterio.band(src, band), dst,
@@ -170,6 +171,18 @@ def warp_into(src, band: int, grid: Grid, resampling: Resampling,
     return dst
 
 
+def _covering_window(bounds, grid: Grid) -> Window | None:
+    """The grid cells touched by a lon/lat box, or None if it misses the grid."""
+    west, south, east, north = bounds
+    c0 = max(0, int(math.floor((west - grid.west) / grid.step + 1e-9)))
+    c1 = min(grid.nx, int(math.ceil((east - grid.west) / grid.step - 1e-9)))
+    r0 = max(0, int(math.floor((grid.north - north) / grid.step + 1e-9)))
+    r1 = min(grid.ny, int(math.ceil((grid.north - south) / grid.step - 1e-9)))
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
 def mosaic(sources: list[str], grid: Grid, resampling: Resampling,
            src_nodata: float | None = None) -> tuple[np.ndarray, int]:
     """Tiles (any GDAL path, any CRS) warped onto `grid`, float32 with NaN gaps; first valid wins.
@@ -178,20 +191,13 @@ def mosaic(sources: list[str], grid: Grid, resampling: Resampling,
     """
     out = np.full(grid.shape, np.nan, dtype=np.float32)
     used = 0
-    full = Window(0, 0, grid.nx, grid.ny)
     for path in sources:
         with rasterio.open(path) as src:
             if src.crs is None:
                 raise StaticLayerError(f"{path}: tile has no coordinate reference system")
-            bounds = bounds_wgs84(src)
-            try:
-                window = from_bounds(*bounds, transform=grid.transform)
-                window = window.round_offsets(op="floor").round_lengths(op="ceil")
-                window = window.intersection(full)
-            except rasterio.errors.WindowError:
+            window = _covering_window(bounds_wgs84(src), grid)
+            if window is None:
                 continue  # tile outside the grid
-            if window.width <= 0 or window.height <= 0:
-                continue
             part = warp_into(src, 1, grid, resampling, src_nodata=src_nodata, window=window)
         r0, c0 = int(window.row_off), int(window.col_off)
         target = out[r0:r0 + part.shape[0], c0:c0 + part.shape[1]]
@@ -212,11 +218,13 @@ def _range_problem(what: str, values: np.ndarray, lo: float, hi: float, unit: st
             "wrong units, or an undeclared nodata value?")
 
 
-def to_layer_values(layer: str, data: np.ndarray, where: str, *, integer_source: bool) -> tuple[np.ndarray, dict]:
+def to_layer_values(layer: str, data: np.ndarray, where: str, *, integer_source: bool,
+                    source_dtype=None) -> tuple[np.ndarray, dict]:
     """Physical float32 values (NaN = no data) -> the layer's stored dtype, after range checks.
 
     `where` names the file in errors; `integer_source` says whether the source band held integers
-    (decides between NDVI floats -1..1 and MOD13Q1 integers). Returns (array, notes).
+    (NDVI floats must be -1..1; integers are MOD13Q1 scaling, -2000..10000, at least 16-bit:
+    `source_dtype`). Returns (array, notes).
     """
     spec = SPECS[layer]
     valid = np.isfinite(data)
@@ -231,16 +239,23 @@ def to_layer_values(layer: str, data: np.ndarray, where: str, *, integer_source:
         out = np.where(valid, data, spec.nodata).astype(np.float32)
     elif layer == "ndvi":
         lo, hi = float(values.min()), float(values.max())
-        if not integer_source and lo >= -1.0001 and hi <= 1.0001:
+        if not integer_source:
+            if lo < -1.0001 or hi > 1.0001:
+                raise StaticLayerError(
+                    f"{where}: NDVI values span {lo:g}..{hi:g}; floating-point NDVI must lie in -1..1 "
+                    "(MOD13Q1-scaled NDVI, NDVI * 1e4, must be stored as integers)")
             scaled = np.round(np.clip(data, -1.0, 1.0) / NDVI_SCALE)
             notes["ndvi_input"] = "floats -1..1, scaled by 1e4"
-        elif lo >= -2000 and hi <= 10000:
+        else:
+            if source_dtype is not None and np.dtype(source_dtype).itemsize < 2:
+                raise StaticLayerError(f"{where}: 8-bit NDVI ({source_dtype}) is not MOD13Q1 scaling; "
+                                       "give NDVI as floats -1..1 or as MOD13Q1 int16 (NDVI * 1e4)")
+            if lo < -2000 or hi > 10000:
+                raise StaticLayerError(
+                    f"{where}: NDVI values span {lo:g}..{hi:g}; MOD13Q1 integers lie in -2000..10000 "
+                    "(NDVI * 1e4) with fill -3000, which must be declared as the nodata value")
             scaled = np.round(data)
             notes["ndvi_input"] = "MOD13Q1 integers (NDVI * 1e4)"
-        else:
-            raise StaticLayerError(
-                f"{where}: NDVI values span {lo:g}..{hi:g}; expected floats -1..1 or MOD13Q1 "
-                "integers -2000..10000 (NDVI * 1e4, fill -3000 declared as nodata)")
         out = np.where(valid, scaled, spec.nodata).astype(np.int16)
     elif layer == "landcover":
         if not np.all(values == np.round(values)):
@@ -336,10 +351,3 @@ def grid_tags(grid: Grid) -> dict:
     return {"crs": "EPSG:4326", "step_deg": grid.step,
             "bounds": [grid.west, grid.south, grid.east, grid.north]}
 
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
