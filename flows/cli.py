@@ -85,6 +85,49 @@ def _cmd_sources_check(args) -> int:
     return 0 if ok else 1
 
 
+def _grid_covariates(settings) -> None:
+    from tasks.covariates import build_covariates
+    from tasks.grid import Grid
+
+    meta = build_covariates(settings.raw_dir / "static", Grid.for_region(settings.region, settings.grid_step),
+                            settings.region_dir)
+    console.print(f"gridded {len(meta['static_names'])} static layers and {len(meta['ndvi'])} NDVI composites "
+                  f"for region {settings.region.name}")
+
+
+def _cmd_covariates_import(args) -> int:
+    from tasks.sources.static_layers import StaticLayerError, import_layer
+
+    settings = load_settings()
+    try:
+        path = import_layer(settings, args.layer, Path(args.file),
+                            date.fromisoformat(args.start) if args.start else None)
+    except StaticLayerError as exc:
+        print(f"xco2 covariates import: {exc}", file=sys.stderr)
+        return 2
+    console.print(f"{args.layer}: {path}")
+    return 0
+
+
+def _cmd_covariates_build(args) -> int:
+    from tasks.sources.static_layers import LAYERS, build_static_layers
+
+    settings = load_settings()
+    try:
+        status = build_static_layers(
+            settings, args.year, date.fromisoformat(args.ndvi_start), date.fromisoformat(args.ndvi_end),
+            force=args.force, layers=tuple(args.layer) if args.layer else LAYERS)
+    except ValueError as exc:
+        print(f"xco2 covariates build: {exc}", file=sys.stderr)
+        return 2
+    for layer, st in status.items():
+        console.print(f"{layer:<11} {st['status']:<8} {st.get('message', '')}")
+    if any(st["status"] == "failed" for st in status.values()):
+        return 1
+    _grid_covariates(settings)
+    return 0
+
+
 def _print_demo_summary(s: dict) -> None:
     table = Table(title="xco2 demo: summary", show_header=False)
     table.add_row("region", f"{s['region']['name']} {s['region']['west']}-{s['region']['east']} E, "
@@ -168,6 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--no-probe", action="store_true", help="check credentials only, no network")
     chk.add_argument("--json", action="store_true", help="also print the result as JSON")
     chk.set_defaults(func=_cmd_sources_check)
+
+    cov = sub.add_parser("covariates", help="static covariate layers (Table 2)")
+    cov_sub = cov.add_subparsers(dest="covariates_command", required=True)
+    bld = cov_sub.add_parser("build", help="fetch and convert the static layers from the real archives")
+    bld.add_argument("--year", type=int, default=2020, help="year of population and land cover")
+    bld.add_argument("--ndvi-start", default="2020-01-01")
+    bld.add_argument("--ndvi-end", default="2020-12-31")
+    bld.add_argument("--layer", action="append", choices=["elevation", "population", "landcover", "ndvi"])
+    bld.add_argument("--force", action="store_true", help="rebuild layers already present")
+    bld.set_defaults(func=_cmd_covariates_build)
+    imp = cov_sub.add_parser("import", help="use your own raster (any CRS and resolution) as a layer")
+    imp.add_argument("layer", choices=["elevation", "population", "landcover", "ndvi"])
+    imp.add_argument("file")
+    imp.add_argument("--start", help="first day of the NDVI composite (ndvi only)")
+    imp.set_defaults(func=_cmd_covariates_import)
 
     c = sub.add_parser("config", help="print the effective configuration")
     c.set_defaults(func=_cmd_config)

@@ -204,24 +204,38 @@ def build_covariates(static_dir: Path, grid: Grid, region_dir: Path, progress=No
     grid_desc = {"west": grid.west, "south": grid.south, "east": grid.east, "north": grid.north,
                  "step": grid.step, "ny": grid.ny, "nx": grid.nx}
     meta = _read_meta(meta_path)
-    fresh = meta is not None and meta.get("grid") == grid_desc and meta.get("feature_set_version") == FEATURE_SET_VERSION
+    # A re-imported or rebuilt input layer (new size or time) invalidates what was gridded from it.
+    inputs = {name: _signature(static_dir / f"{name}.tif") for name in ("elevation", "population", "landcover")}
+    fresh = (meta is not None and meta.get("grid") == grid_desc and meta.get("inputs") == inputs
+             and meta.get("feature_set_version") == FEATURE_SET_VERSION)
     total = 1 + len(ndvi_files)
     if not (fresh and (out_dir / "static.npy").is_file()):
         save_npy(out_dir / "static.npy", build_static_layers(static_dir, grid))
-        meta = {"grid": grid_desc, "feature_set_version": FEATURE_SET_VERSION,
-                "static_names": list(STATIC_NAMES), "ndvi_names": list(NDVI_NAMES), "ndvi": {}}
+        meta = {"grid": grid_desc, "feature_set_version": FEATURE_SET_VERSION, "inputs": inputs,
+                "static_names": list(STATIC_NAMES), "ndvi_names": list(NDVI_NAMES), "ndvi": {}, "ndvi_inputs": {}}
     if progress:
         progress("covariates", 1, total)
     for i, f in enumerate(ndvi_files, 2):
         start = ndvi_composite_start(f)
         target = out_dir / "ndvi" / f"ndvi_{start:%Y%m%d}.npy"
-        if start.isoformat() not in meta["ndvi"] or not target.is_file():
+        signature = _signature(f)
+        if (start.isoformat() not in meta["ndvi"] or not target.is_file()
+                or meta.get("ndvi_inputs", {}).get(start.isoformat()) != signature):
             save_npy(target, build_ndvi_layers(f, grid))
             meta["ndvi"][start.isoformat()] = target.name
+            meta.setdefault("ndvi_inputs", {})[start.isoformat()] = signature
         if progress:
             progress("covariates", i, total)
     write_json(meta_path, meta)
     return meta
+
+
+def _signature(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _read_meta(path: Path) -> dict | None:

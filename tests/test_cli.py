@@ -64,3 +64,30 @@ def test_sources_check_with_credentials_never_prints_them(no_credentials, monkey
     assert "pa55-w0rd-secret" not in out and "cds-key-secret-42" not in out
     statuses = json.loads(out.strip().splitlines()[-1])
     assert all(s["configured"] for s in statuses)
+
+
+def test_covariates_import_reprojects_a_user_layer(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XCO2_DATA_DIR", str(tmp_path / "data"))
+    src = tmp_path / "dem_3857.tif"
+    # ~500 m pixels in Web Mercator around Chengdu (104 E, 30.6 N)
+    with rasterio.open(src, "w", driver="GTiff", width=400, height=300, count=1, dtype="float32",
+                       crs="EPSG:3857", transform=Affine(500, 0, 11_480_000, 0, -500, 3_640_000)) as dst:
+        dst.write(np.full((300, 400), 512.0, np.float32), 1)
+    monkeypatch.setenv("XCO2_REGION__NAME", "chengdu")
+    for k, v in {"WEST": "103.8", "SOUTH": "30.4", "EAST": "104.3", "NORTH": "30.9"}.items():
+        monkeypatch.setenv(f"XCO2_REGION__{k}", v)
+    assert main(["covariates", "import", "elevation", str(src)]) == 0
+    out = tmp_path / "data" / "raw" / "static" / "elevation.tif"
+    with rasterio.open(out) as ds:
+        assert ds.crs.to_epsg() == 4326
+        values = ds.read(1, masked=True)
+        assert abs(float(values.mean()) - 512.0) < 1e-3
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello")
+    assert main(["covariates", "import", "elevation", str(bad)]) == 2
+    assert "notes.txt" in capsys.readouterr().err

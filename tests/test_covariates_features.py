@@ -128,3 +128,15 @@ def test_build_covariates_once_then_reuse(tmp_path):
     middle = cov.ndvi_for_day(date(2020, 1, 17))
     np.testing.assert_allclose(middle, 0.5 * (first + second), rtol=1e-5)
     assert 0.1 <= float(first[0].mean()) <= 0.8  # MOD13Q1 scaling applied
+
+
+def test_a_reimported_layer_is_gridded_again(tmp_path):
+    import os
+
+    test_build_covariates_once_then_reuse(tmp_path)
+    elevation = tmp_path / "static" / "elevation.tif"
+    os.utime(elevation, ns=(elevation.stat().st_atime_ns, elevation.stat().st_mtime_ns + 10**9))
+    cube = tmp_path / "region" / "covariates" / "static.npy"
+    before = cube.stat().st_mtime_ns
+    build_covariates(tmp_path / "static", GRID, tmp_path / "region")
+    assert cube.stat().st_mtime_ns != before
