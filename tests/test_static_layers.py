@@ -497,18 +497,304 @@ def test_build_all_layers_from_faked_archives(settings):
     assert float(elevation[grid.ny // 2, grid.nx // 2]) == pytest.approx(elevation_at(101.0, 31.0), abs=10)
 
 
-@pytest.mark.skipif(has_hdf4(), reason="this GDAL has the HDF4 driver: the archive path applies")
-def test_ndvi_without_hdf4_driver_says_how_to_import_instead(settings):
-    ea, cds = fake_archives()
-    report = build_static_layers(settings, 2021, date(2021, 1, 1), date(2021, 1, 31),
-                                 clients={"earthaccess": ea, "cdsapi": cds}, layers=("ndvi",))
+# ---------------------------------------------------------------- NDVI from MOD13Q1/MYD13Q1 HDF4 granules
+
+SPHERE_R = 6371007.181  # MODIS sinusoidal sphere
+TILE_M = 20015109.354 / 18  # one MODIS tile: 1111950.519667 m
+# Near Chengdu; + 0.5 degree margin = 103.1..104.9 E, 30.1..31.9 N: inside v05 (30..40 N), and
+# across the h26/h27 edge (x = 10007554.677 m: 103.9 E at 30 N, 106.0 E at 31.9 N), so the
+# south-east of the box lies in h27v05 and the rest in h26v05.
+CD_WEST, CD_SOUTH, CD_EAST, CD_NORTH = 103.6, 30.6, 104.4, 31.4
+LAKE = (104.2, 31.2, 104.4, 31.4)  # fill -3000 in the Terra composite
+
+
+def terra_ndvi(lon, lat):
+    return 0.2 + 0.2 * (np.asarray(lon) - 103.0)  # 0.22..0.58 over the box
+
+
+def aqua_ndvi(lon, lat):
+    return 0.3 + 0.2 * (np.asarray(lat) - 30.0)  # 0.32..0.68
+
+
+def in_lake(lon, lat, pad=0.0):
+    w, s, e, n = LAKE
+    return (lon > w - pad) & (lon < e + pad) & (lat > s - pad) & (lat < n + pad)
+
+
+@pytest.fixture
+def chengdu(settings, tmp_path):
+    return load_settings(data_dir=tmp_path / "data", region={
+        "name": "chengdu", "west": CD_WEST, "south": CD_SOUTH, "east": CD_EAST, "north": CD_NORTH})
+
+
+def modis_struct_metadata(h: int, v: int, n: int) -> str:
+    """StructMetadata.0 of a MOD13Q1 granule (HDF-EOS2 ODL), as in the real files."""
+    ul_x, ul_y = -20015109.354 + h * TILE_M, 10007554.677 - v * TILE_M
+    fields = "".join(
+        f'\t\t\tOBJECT=DataField_{i}\n\t\t\t\tDataFieldName="{name}"\n\t\t\t\tDataType=DFNT_INT16\n'
+        f'\t\t\t\tDimList=("YDim","XDim")\n\t\t\t\tCompressionType=HDFE_COMP_DEFLATE\n'
+        f'\t\t\t\tDeflateLevel=8\n\t\t\tEND_OBJECT=DataField_{i}\n'
+        for i, name in enumerate(["250m 16 days NDVI", "250m 16 days EVI"], 1))
+    return (
+        "GROUP=SwathStructure\nEND_GROUP=SwathStructure\nGROUP=GridStructure\n\tGROUP=GRID_1\n"
+        '\t\tGridName="MODIS_Grid_16DAY_250m_500m_VI"\n'
+        f"\t\tXDim={n}\n\t\tYDim={n}\n"
+        f"\t\tUpperLeftPointMtrs=({ul_x:.6f},{ul_y:.6f})\n"
+        f"\t\tLowerRightMtrs=({ul_x + TILE_M:.6f},{ul_y - TILE_M:.6f})\n"
+        "\t\tProjection=GCTP_SNSOID\n\t\tProjParams=(6371007.181000,0,0,0,0,0,0,0,0,0,0,0,0)\n"
+        "\t\tSphereCode=-1\n\t\tGridOrigin=HDFE_GD_UL\n\t\tGROUP=Dimension\n\t\tEND_GROUP=Dimension\n"
+        f"\t\tGROUP=DataField\n{fields}\t\tEND_GROUP=DataField\n\t\tGROUP=MergedFields\n"
+        "\t\tEND_GROUP=MergedFields\n\tEND_GROUP=GRID_1\nEND_GROUP=GridStructure\n"
+        "GROUP=PointStructure\nEND_GROUP=PointStructure\nEND\n\x00")
+
+
+def write_vi_granule(path: Path, h: int, v: int, fn, n: int = 480, lake: bool = False,
+                     patch: tuple[slice, slice] | None = None) -> None:
+    """A MOD13Q1/MYD13Q1-like HDF4 file (pyhdf SD): NDVI and EVI SDSs with the real attributes.
+
+    NDVI holds round(fn(lon, lat) * 1e4) at each pixel centre (inverse sinusoidal on the MODIS
+    sphere, computed here without PROJ), -3000 off the globe and in the lake. `n` x `n` pixels
+    (4800 in the real files); with `patch`, only those pixels get values, the rest is fill.
+    """
+    from pyhdf.SD import SD, SDC
+
+    ul_x, ul_y = -20015109.354 + h * TILE_M, 10007554.677 - v * TILE_M
+    pixel = TILE_M / n
+    rows, cols = patch if patch else (slice(0, n), slice(0, n))
+    ys = ul_y - (np.arange(n)[rows] + 0.5) * pixel
+    xs = ul_x + (np.arange(n)[cols] + 0.5) * pixel
+    lat = np.degrees(ys / SPHERE_R)[:, None]
+    lon = np.degrees(xs[None, :] / (SPHERE_R * np.cos(np.radians(lat))))
+    ndvi = np.round(fn(lon, lat) * 1e4)
+    ndvi = np.where(np.abs(lon) > 180, -3000, ndvi)
+    if lake:
+        ndvi = np.where(in_lake(lon, lat), -3000, ndvi)
+    full = np.full((n, n), -3000, dtype=np.int16)
+    full[rows, cols] = ndvi.astype(np.int16)
+
+    hdf = SD(str(path), SDC.WRITE | SDC.CREATE)
+    hdf.attr("HDFEOSVersion").set(SDC.CHAR, "HDFEOS_V2.19")
+    hdf.attr("StructMetadata.0").set(SDC.CHAR, modis_struct_metadata(h, v, n))
+    for name, values in [("250m 16 days NDVI", full), ("250m 16 days EVI", np.where(full == -3000, -3000,
+                                                                                      full // 2 + 1234))]:
+        sds = hdf.create(name, SDC.INT16, (n, n))
+        sds.dim(0).setname("YDim:MODIS_Grid_16DAY_250m_500m_VI")
+        sds.dim(1).setname("XDim:MODIS_Grid_16DAY_250m_500m_VI")
+        sds.setcompress(SDC.COMP_DEFLATE, value=1)
+        sds.long_name = name
+        sds.units = name.split()[-1]
+        sds.setrange(-2000, 10000)
+        sds.setfillvalue(-3000)
+        sds.setcal(10000.0, 0.0, 0.0, 0.0, SDC.FLOAT32)  # scale_factor 10000: NDVI = value / 10000
+        sds[:] = values.astype(np.int16)
+        sds.endaccess()
+    hdf.end()
+
+
+def vi_granule(product: str, start: str, h: int, v: int, fn, production: str = "2021020000000",
+               lake: bool = False) -> FakeGranule:
+    def write(path: Path) -> None:
+        write_vi_granule(path, h, v, fn, lake=lake)
+
+    return FakeGranule(f"{product}.A{start}.h{h:02d}v{v:02d}.061.{production}.hdf", write)
+
+
+def corrupt_granule(name: str) -> FakeGranule:
+    def write(path: Path) -> None:
+        path.write_bytes(b"\x0e\x03\x13\x01" + b"<html>503 Service Unavailable</html>" * 50)
+
+    return FakeGranule(name, write)
+
+
+def ndvi_archive(aqua_h27: FakeGranule | None = None, terra: bool = True) -> FakeEarthaccess:
+    """Terra 2021-001 and Aqua 2021-009 composites, tiles h26v05 + h27v05 each (and decoys)."""
+    terra_tiles = [
+        vi_granule("MOD13Q1", "2021001", 26, 5, terra_ndvi, lake=True),
+        vi_granule("MOD13Q1", "2021001", 27, 5, terra_ndvi, lake=True),
+        never("MOD13Q1.A2021001.h27v05.061.2021017000000.hdf"),  # an older production of the same tile
+        never("MOD13Q1.A2021017.h26v05.061.2021034000000.hdf"),  # a composite outside the window
+    ] if terra else [never(f"MOD13Q1.A2021001.h{h}v05.061.2021020000000.hdf") for h in (26, 27)]
+    return FakeEarthaccess({
+        "MOD13Q1": terra_tiles,
+        "MYD13Q1": [
+            vi_granule("MYD13Q1", "2021009", 26, 5, aqua_ndvi),
+            aqua_h27 or vi_granule("MYD13Q1", "2021009", 27, 5, aqua_ndvi),
+            never("MYD13Q1.A2021009.h26v05.060.2021026000000.hdf"),  # another collection version
+        ],
+    })
+
+
+def centres(ds) -> tuple[np.ndarray, np.ndarray]:
+    cols, rows = np.meshgrid(np.arange(ds.width), np.arange(ds.height))
+    xs, ys = ds.transform @ (cols + 0.5, rows + 0.5)
+    return np.asarray(xs), np.asarray(ys)
+
+
+def test_ndvi_built_from_mod13q1_and_myd13q1_hdf4_granules(chengdu):
+    ea = ndvi_archive()
+    report = build_static_layers(chengdu, 2021, date(2021, 1, 1), date(2021, 1, 16),
+                                 clients=Clients(earthaccess=ea), layers=("ndvi",))
+    status = report["ndvi"]
+    assert status["status"] == "built", status
+    assert status["files"] == ["ndvi_2021001.tif", "ndvi_2021009.tif"]  # Terra, then Aqua 8 days later
+
+    assert [q["short_name"] for q in ea.searches] == ["MOD13Q1", "MYD13Q1"]
+    for q in ea.searches:
+        assert q["version"] == "061" and q["temporal"] == ("2021-01-01", "2021-01-16")
+        assert q["bounding_box"] == pytest.approx((103.1, 30.1, 104.9, 31.9))
+    assert sorted(ea.downloaded) == [
+        "MOD13Q1.A2021001.h26v05.061.2021020000000.hdf", "MOD13Q1.A2021001.h27v05.061.2021020000000.hdf",
+        "MYD13Q1.A2021009.h26v05.061.2021020000000.hdf", "MYD13Q1.A2021009.h27v05.061.2021020000000.hdf"]
+
+    folder = static_dir(chengdu)
+    for name, fn, lake in [("ndvi_2021001.tif", terra_ndvi, True), ("ndvi_2021009.tif", aqua_ndvi, False)]:
+        with rasterio.open(folder / name) as ds:
+            assert ds.crs.to_epsg() == 4326 and ds.dtypes[0] == "int16" and ds.nodata == -3000
+            assert ds.scales[0] == pytest.approx(1e-4)
+            assert ds.transform.a == pytest.approx(0.0025) and ds.transform.e == pytest.approx(-0.0025)
+            assert tuple(ds.bounds) == pytest.approx((103.1, 30.1, 104.9, 31.9))
+            data = ds.read(1)
+            lon, lat = centres(ds)
+        valid = data != -3000
+        # Every pixel has data, from both tiles (no seam at the h26/h27 edge), except the lake.
+        assert valid[~in_lake(lon, lat, pad=0.03)].all()
+        if lake:
+            assert not valid[in_lake(lon, lat, pad=-0.03)].any()  # fill -3000 stays no data
+        else:
+            assert valid.all()
+        # The values are the pattern written into the tiles: within one 2.3 km source pixel
+        # (0.024 degree of longitude, 0.021 of latitude) of slope 0.2 NDVI per degree. Next to
+        # the lake only its far-side neighbours count (fill is no data, not averaged in).
+        away = valid & ~in_lake(lon, lat, pad=0.03)
+        error = np.abs(data[away] - fn(lon, lat)[away] * 1e4)
+        assert error.max() <= 50 and error.mean() <= 15
+    assert sample(folder / "ndvi_2021001.tif", 104.8, 30.2) == pytest.approx(terra_ndvi(104.8, 30.2) * 1e4, abs=50)
+    assert sample(folder / "ndvi_2021009.tif", 104.8, 30.2) == pytest.approx(aqua_ndvi(104.8, 30.2) * 1e4, abs=50)
+
+    record = read_layers_json(folder)
+    terra_entry, aqua_entry = record["ndvi_2021001.tif"], record["ndvi_2021009.tif"]
+    assert terra_entry["source"] == "earthaccess:MOD13Q1.061" and aqua_entry["source"] == "earthaccess:MYD13Q1.061"
+    assert terra_entry["method"] == "build" and terra_entry["composite_start"] == "2021-01-01"
+    assert aqua_entry["composite_start"] == "2021-01-09" and aqua_entry["composite_end"] == "2021-01-24"
+    assert terra_entry["tiles"] == ["MOD13Q1.A2021001.h26v05.061.2021020000000.hdf",
+                                    "MOD13Q1.A2021001.h27v05.061.2021020000000.hdf"]
+    assert aqua_entry["region_coverage"] == 1.0 and terra_entry["region_coverage"] < 1.0
+    assert all(record[f]["sha256"] == sha256_of(folder / f) for f in record)
+    assert not list(folder.glob(".download-*"))
+
+    # The covariate builder reads them as MOD13Q1 scaling (1e-4) on the 0.01 degree grid.
+    from tasks.covariates import build_ndvi_layers
+    from tasks.grid import Grid
+
+    grid = Grid.for_region(chengdu.region, 0.01)
+    aqua = build_ndvi_layers(folder / "ndvi_2021009.tif", grid)
+    assert aqua.shape[1:] == grid.shape and np.isfinite(aqua).all()
+    assert float(aqua[0].mean()) == pytest.approx(aqua_ndvi(104.0, 31.0), abs=0.005)
+    terra = build_ndvi_layers(folder / "ndvi_2021001.tif", grid)
+    assert np.isfinite(terra).all()  # the lake is filled from its neighbours
+    assert float(terra[0][40, 20]) == pytest.approx(terra_ndvi(103.805, 30.995), abs=0.005)
+
+    again = build_static_layers(chengdu, 2021, date(2021, 1, 1), date(2021, 1, 16),
+                                clients=Clients(earthaccess=ndvi_archive(terra=False)), layers=("ndvi",))
+    assert again["ndvi"]["status"] == "skipped" and again["ndvi"]["files"] == status["files"]
+
+
+def test_ndvi_corrupt_granule_fails_its_composite_only_and_a_rerun_fetches_just_that(chengdu):
+    bad = "MYD13Q1.A2021009.h27v05.061.2021020000000.hdf"
+    ea = ndvi_archive(aqua_h27=corrupt_granule(bad))
+    report = build_static_layers(chengdu, 2021, date(2021, 1, 1), date(2021, 1, 16),
+                                 clients=Clients(earthaccess=ea), layers=("ndvi",))
+    status = report["ndvi"]
+    assert status["status"] == "failed" and status["files"] == ["ndvi_2021001.tif"]
+    message = status["message"]
+    assert "1 of 2 NDVI composites failed: MYD13Q1 composite 2021-01-09 (ndvi_2021009.tif)" in message
+    assert f"{bad}: not a readable HDF4 file" in message and "Written: ndvi_2021001.tif" in message
+    folder = static_dir(chengdu)
+    assert (folder / "ndvi_2021001.tif").is_file() and not (folder / "ndvi_2021009.tif").exists()
+    assert set(read_layers_json(folder)) == {"ndvi_2021001.tif"}
+    assert not list(folder.glob(".download-*"))
+
+    # Terra's composite alone covers 2021-01-01..16, but it was built from the archive: the
+    # rerun still fetches the failed Aqua composite, and only that (Terra's granules are `never`).
+    ea = ndvi_archive(terra=False)
+    report = build_static_layers(chengdu, 2021, date(2021, 1, 1), date(2021, 1, 16),
+                                 clients=Clients(earthaccess=ea), layers=("ndvi",))
+    assert report["ndvi"]["status"] == "built" and report["ndvi"]["files"] == ["ndvi_2021009.tif"]
+    assert [q["short_name"] for q in ea.searches] == ["MYD13Q1"]
+    assert all(name.startswith("MYD13Q1.A2021009.") for name in ea.downloaded) and len(ea.downloaded) == 2
+    assert sample(folder / "ndvi_2021009.tif", 104.0, 31.0) == pytest.approx(aqua_ndvi(104.0, 31.0) * 1e4, abs=50)
+
+
+def test_ndvi_reads_the_real_4800_pixel_tile_layout(tmp_path):
+    """A full-size tile (4800 x 4800 pixels of 231.656 m) is georeferenced from StructMetadata.0."""
+    from tasks.sources.static_layers import ndvi
+
+    path = tmp_path / "MOD13Q1.A2021001.h26v05.061.2021020000000.hdf"
+    # Values only around 104.0 E, 31.0 N (row 4320, column 4389.8 of h26v05).
+    write_vi_granule(path, 26, 5, terra_ndvi, n=4800, patch=(slice(4300, 4340), slice(4370, 4410)))
+    bounds = ndvi.sinusoidal_bounds((103.99, 30.99, 104.01, 31.01))
+    part = ndvi.read_ndvi_tile(path, bounds)
+    g = part.geometry
+    assert g.origin == "StructMetadata.0" and (g.width, g.height) == (4800, 4800)
+    assert g.pixel_x == pytest.approx(231.656358263889, abs=1e-6) and g.pixel_y == pytest.approx(g.pixel_x)
+    assert (g.ul_x, g.ul_y) == pytest.approx((8895604.157333, 4447802.078667), abs=1e-3)
+    assert part.data.shape[0] < 30 and part.data.shape[1] < 30  # only the window was read, not 4800 x 4800
+    assert np.isfinite(part.data).all()
+    rows, cols = np.indices(part.data.shape)
+    xs, ys = part.transform @ (cols.ravel() + 0.5, rows.ravel() + 0.5)
+    lons, lats = warp_points(ndvi.SINUSOIDAL, "EPSG:4326", xs, ys)
+    # Every pixel read holds the value written for its centre: PROJ's sinusoidal agrees with the writer's.
+    np.testing.assert_allclose(part.data.ravel(), np.round(terra_ndvi(lons, lats) * 1e4), atol=0.51)
+    # The tile name alone gives the same grid (used when a file has no StructMetadata.0).
+    named = ndvi.tile_geometry(None, (4800, 4800), 26, 5, path.name)
+    assert named.transform.almost_equals(g.transform, precision=1e-3)
+    # The real h08v05 corners (from a MOD13Q1 v061 granule's StructMetadata) match the tile grid.
+    real = modis_struct_metadata(8, 5, 4800)
+    assert "UpperLeftPointMtrs=(-11119505.196667,4447802.078667)" in real
+    assert "LowerRightMtrs=(-10007554.677000,3335851.559000)" in real
+    (lon0, lon1), (lat0, lat1) = warp_points(ndvi.SINUSOIDAL, "EPSG:4326", [10007554.677, -11119505.196667],
+                                             [3335851.559, 4447802.078667])
+    assert (lon0, lat0) == pytest.approx((103.923, 30.0), abs=1e-3)  # south-west corner of h27v05
+    assert (lon1, lat1) == pytest.approx((-130.541, 40.0), abs=1e-3)  # north-west corner of h08v05
+
+
+def test_ndvi_scale_factor_conventions_and_bad_files(tmp_path):
+    from tasks.sources.static_layers import ndvi
+
+    raw = np.array([[-3000, -2000, 0], [5000, 10000, 12000]], dtype=np.int16)
+    modis = ndvi._to_ndvi_1e4(raw, {"_FillValue": -3000, "valid_range": [-2000, 10000], "scale_factor": 10000.0},
+                              "x")
+    cf = ndvi._to_ndvi_1e4(raw, {"_FillValue": -3000, "valid_range": [-2000, 10000], "scale_factor": 1e-4}, "x")
+    np.testing.assert_array_equal(modis, cf)
+    assert np.isnan(modis[0, 0]) and np.isnan(modis[1, 2]) and modis[1, 0] == 5000 and modis[0, 1] == -2000
+
+    odd = tmp_path / "MOD13Q1.A2021001.h26v05.061.2021020000000.hdf"
+    from pyhdf.SD import SD, SDC
+
+    hdf = SD(str(odd), SDC.WRITE | SDC.CREATE)
+    sds = hdf.create("250m 16 days EVI", SDC.INT16, (48, 48))
+    sds[:] = np.zeros((48, 48), np.int16)
+    sds.endaccess()
+    hdf.end()
+    with pytest.raises(StaticLayerError, match=r"h26v05\.061\.2021020000000\.hdf: no readable '250m 16 days NDVI'"):
+        ndvi.read_ndvi_tile(odd, (0, 0, 1e7, 1e7))
+
+
+def test_ndvi_without_pyhdf_says_how_to_import_instead(chengdu, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyhdf", None)  # as if pyhdf were not installed
+    assert not has_hdf4()
+    ea = ndvi_archive()
+    report = build_static_layers(chengdu, 2021, date(2021, 1, 1), date(2021, 1, 31),
+                                 clients={"earthaccess": ea}, layers=("ndvi",))
     status = report["ndvi"]
     assert status["status"] == "failed" and status["files"] == []
     message = status["message"]
-    assert "HDF4" in message and f"GDAL {rasterio.__gdal_version__}" in message
+    assert "pyhdf" in message and "HDF4" in message and "cannot be imported (ModuleNotFoundError" in message
     assert "xco2 covariates import ndvi FILE.tif --start YYYY-MM-DD" in message and "AppEEARS" in message
     assert "No NDVI composite covering 2021-01-01..2021-01-31 is present yet" in message
-    assert ea.searches == [] and ea.downloaded == []  # nothing searched or downloaded in vain
+    assert ea.searches == [] and ea.downloaded == [] and ea.logins == []  # nothing fetched in vain
 
 
 def test_ndvi_imported_composites_covering_the_range_are_skipped(settings, tmp_path):
@@ -520,11 +806,15 @@ def test_ndvi_imported_composites_covering_the_range_are_skipped(settings, tmp_p
                                  clients=Clients(ea, cds), layers=("ndvi",))
     assert report["ndvi"]["status"] == "skipped"
     assert report["ndvi"]["files"] == ["ndvi_2021001.tif", "ndvi_2021017.tif"]
-    if not has_hdf4():  # one uncovered day: the build would need the archive
-        report = build_static_layers(settings, 2021, date(2021, 1, 3), date(2021, 2, 2),
-                                     clients=Clients(ea, cds), layers=("ndvi",))
-        assert report["ndvi"]["status"] == "failed"
-        assert "leave 1 days of 2021-01-03..2021-02-02 uncovered (first 2021-02-02)" in report["ndvi"]["message"]
+    assert "imported composites already cover" in report["ndvi"]["message"] and ea.searches == []
+
+    # One uncovered day: the archive is asked for the composites not present (none there here).
+    report = build_static_layers(settings, 2021, date(2021, 1, 3), date(2021, 2, 2),
+                                 clients=Clients(ea, cds), layers=("ndvi",))
+    assert report["ndvi"]["status"] == "failed"
+    message = report["ndvi"]["message"]
+    assert "MOD13Q1/MYD13Q1 061: no granules for the 3 composites of 2021-01-03..2021-02-02" in message
+    assert sorted(q["short_name"] for q in ea.searches) == ["MOD13Q1", "MYD13Q1"]
 
 
 def test_a_failing_layer_does_not_stop_the_others(settings, monkeypatch):

@@ -4,7 +4,7 @@
   resolution (`xco2 covariates import LAYER FILE [--start YYYY-MM-DD]`).
 - `build_static_layers(settings, year, ndvi_start, ndvi_end, clients=None, force=False)`: from
   the archives (`xco2 covariates build`): NASADEM_HGT (elevation), GPW v4.11 (population),
-  ESA CCI land cover via the CDS (landcover), MOD13Q1/MYD13Q1 (NDVI; needs GDAL's HDF4 driver).
+  ESA CCI land cover via the CDS (landcover), MOD13Q1/MYD13Q1 (NDVI; HDF4 read with pyhdf).
 
 Outputs and their formats are described in `common`; every written layer is recorded in
 `<raw>/static/layers.json` (source, file, sha256, when).
