@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--days", type=int, default=40, help="length of the demo window in days")
     d.add_argument("--archive-days", type=int, default=1, help="days at the end of the window to map")
     d.add_argument("--epochs", type=int, default=8, help="training epoch cap (the paper: 200)")
-    d.add_argument("--max-samples", type=int, default=20000, help="cap on training samples")
+    d.add_argument("--max-samples", type=int, default=16000, help="cap on training samples")
     d.add_argument("--small", action="store_true", help="a 0.5 x 0.5 degree region instead of Sichuan")
     d.set_defaults(func=_cmd_demo)
 

@@ -28,7 +28,7 @@ class DemoOptions:
     days: int = 40
     archive_days: int = 1
     max_epochs: int = 8
-    max_training_samples: int = 20000
+    max_training_samples: int = 16000
     max_validation_samples: int = 5000
     small: bool = False
     seed: int = 20200601
