@@ -65,6 +65,54 @@ def train(settings: Settings, X: np.ndarray, y: np.ndarray):
     return trained, config, fit_idx, holdout_idx
 
 
+def _demo_truth(settings: Settings):
+    """Truth at (cell, day) pairs of the demo world, one truth map read per day."""
+    import pandas as pd
+
+    from tasks.demo_world import truth_for_day
+
+    root = settings.data_dir / "demo"
+
+    def truth(cells: np.ndarray, days: np.ndarray) -> np.ndarray:
+        cells = np.asarray(cells, dtype=np.int64)
+        days = pd.to_datetime(pd.Series(days)).dt.date.to_numpy()
+        out = np.empty(len(cells))
+        for day in np.unique(days):
+            here = days == day
+            out[here] = truth_for_day(root, day).ravel()[cells[here]]
+        return out
+
+    return truth
+
+
+@task(name="compare-models", cache_policy=NO_CACHE)
+def compare_models(settings: Settings, X: np.ndarray, y: np.ndarray, df, run_id: str) -> dict:
+    """Baselines and protocols on identical features and splits, logged to MLflow (issue 4)."""
+    from models.baselines import Budget, MODELS
+    from models.comparison import comparison_figure, metrics_by_protocol, run_comparison, table_markdown
+    from registry.baselines import log_baseline_run, log_comparison
+
+    budget = Budget.cpu(max_train_samples=settings.comparison_max_train_samples,
+                        max_epochs=settings.comparison_max_epochs, feature_set_version=FEATURE_SET_VERSION)
+    truth = _demo_truth(settings) if settings.source.value == "demo" else None
+    result = run_comparison(settings.comparison_models, settings.comparison_protocols, X, y,
+                            df["latitude"].to_numpy(), df["longitude"].to_numpy(), df["day"].to_numpy(),
+                            seed=settings.seed, budget=budget, truth=truth, cells=df["cell"].to_numpy(),
+                            feature_names=list(FEATURE_NAMES), n_folds=settings.comparison_folds)
+    table = result.table
+    work = Path(tempfile.mkdtemp(prefix="xco2-compare-"))
+    figure = comparison_figure(table, work / "model_comparison.png")
+    experiment = f"xco2-{settings.region.name}"
+    for model in settings.comparison_models:
+        if model != "resnet_lstm":
+            log_baseline_run(settings.tracking_uri, experiment, model, {**MODELS[model].params(budget), **budget.to_params()},
+                             metrics_by_protocol(table, model), [figure], {"source_mode": settings.source.value})
+    log_comparison(settings.tracking_uri, experiment, table, figure, run_id=run_id)
+    create_table_artifact(key="retrain-model-comparison", table=table.round(4).to_dict(orient="records"),
+                          description="Models x validation protocols on identical features and splits")
+    return {"markdown": table_markdown(table), "table": table.to_dict(orient="records")}
+
+
 @flow(name="xco2-monthly-retrain", log_prints=True)
 def monthly_retrain(overrides: dict | None = None) -> dict:
     logger = get_run_logger()
@@ -91,6 +139,8 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     decision = promote(settings.tracking_uri, settings.registered_model_name, version.version,
                        X_val, y_val, margin_ppm=settings.promotion_margin_ppm)
 
+    comparison = (compare_models(settings, X, y, df, version.run_id) if settings.comparison_protocols else None)
+
     table = [{"metric": k, "value": round(float(v), 4) if isinstance(v, float) else v} for k, v in metrics.items()]
     create_table_artifact(key="retrain-validation-metrics", table=table, description="Random-holdout validation")
     create_markdown_artifact(key="retrain-report", markdown=(
@@ -100,7 +150,9 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
         f"- validation RMSE {metrics['rmse']:.3f} ppm, R2 {metrics['r2']:.3f}, slope {metrics['slope']:.3f}, "
         f"MAE {metrics['mae']:.3f}, bias {metrics['bias']:+.3f}, N {metrics['n']}\n"
         f"- ONNX parity: max |diff| {parity:.2e} ppm\n"
-        f"- decision: alias **{decision.alias}** ({decision.reason})\n"))
+        f"- decision: alias **{decision.alias}** ({decision.reason})\n"
+        + (f"\n## Model comparison\n\n{comparison['markdown']}\n" if comparison else "")))
     return {"version": version.version, "run_id": version.run_id, "alias": decision.alias,
             "metrics": metrics, "onnx_parity_max_abs_ppm": parity, "decision": decision.reason,
-            "epochs": len(trained.history), "best_epoch": trained.best_epoch}
+            "epochs": len(trained.history), "best_epoch": trained.best_epoch,
+            "comparison": comparison["table"] if comparison else None}

@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     validation_fraction: float = Field(0.2, gt=0, lt=0.9)
     seed: int = 42
 
+    # Model comparison in the retrain (issue 4): protocols from models.validation.PROTOCOLS and
+    # models from models.baselines; empty = skip. Costly on CPU: see the README.
+    comparison_protocols: list[str] = Field(default_factory=list)
+    comparison_models: list[str] = Field(default_factory=lambda: ["random_forest", "xgboost"])
+    comparison_max_train_samples: int = Field(20000, ge=100)
+    comparison_max_epochs: int = Field(20, ge=1)
+    comparison_folds: int = Field(5, ge=2, description="folds of the block cross-validations")
+
     # Operation.
     unavailable_recheck_days: float = Field(1.0, ge=0, description="wait before asking again for a granule the archive lacked")
     ingest_lookback_days: int = Field(10, ge=1, description="days back the daily run looks for late granules")
@@ -123,6 +131,24 @@ class Settings(BaseSettings):
     def _model_name(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
+        return v
+
+    @field_validator("comparison_protocols")
+    @classmethod
+    def _known_protocols(cls, v: list[str]) -> list[str]:
+        known = ("random_holdout", "random_kfold", "spatial_blocks", "temporal_blocks")
+        unknown = [p for p in v if p not in known]
+        if unknown:
+            raise ValueError(f"unknown protocols {unknown}; choose from {list(known)}")
+        return v
+
+    @field_validator("comparison_models")
+    @classmethod
+    def _known_models(cls, v: list[str]) -> list[str]:
+        known = ("resnet_lstm", "random_forest", "xgboost")
+        unknown = [m for m in v if m not in known]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; choose from {list(known)}")
         return v
 
     @model_validator(mode="after")

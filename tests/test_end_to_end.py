@@ -110,3 +110,24 @@ def test_replaced_meteorology_recomputes_the_days_it_closes(demo_run):
     assert again["recomputed_days"] == ["2020-06-05", "2020-06-06"]
     assert [d["day"] for d in again["days"]] == ["2020-06-05", "2020-06-06"]
     assert sorted(d["day"] for d in again["archive_days"]) == ["2020-06-05", "2020-06-06"]
+
+
+def test_retrain_with_the_model_comparison(demo_run, tracking_uri):
+    from flows.retrain import monthly_retrain
+
+    opts, _ = demo_run
+    overrides = {"data_dir": str(opts.data_dir), "source": "demo", "region": SMALL_REGION.model_dump(),
+                 "max_epochs": 2, "max_training_samples": 2000, "max_validation_samples": 500,
+                 "comparison_protocols": ["random_holdout", "spatial_blocks", "temporal_blocks"],
+                 "comparison_models": ["random_forest", "xgboost"], "comparison_max_train_samples": 800,
+                 "comparison_folds": 2,  # a 0.5 degree box holds only four 50 km blocks
+                 **opts.extra}
+    result = monthly_retrain(overrides=overrides)
+    rows = {(r["model"], r["protocol"]): r for r in result["comparison"]}
+    assert set(rows) == {(m, p) for m in ("random_forest", "xgboost")
+                         for p in ("random_holdout", "spatial_blocks", "temporal_blocks")}
+    assert all(np.isfinite(r["rmse"]) and r["n"] > 0 and np.isfinite(r["truth_rmse"]) for r in rows.values())
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[f"xco2-{SMALL_REGION.name}"], output_format="list")
+    assert any(run.data.tags.get("model") == "random_forest" and "spatial_blocks_rmse" in run.data.metrics
+               for run in runs)
