@@ -158,10 +158,11 @@ def test_training_rejects_bad_inputs(split):
         train_resnet_lstm(X_train, y_train, X_val, y_val, FEATURES[:-1], "v")
     with pytest.raises(ValueError, match="lr_factor"):
         TrainingConfig(lr_factor=1.5)
-    with pytest.raises(ValueError, match="no CUDA|cuda"):
-        if torch.cuda.is_available():
-            pytest.skip("a GPU is present")
-        training.resolve_device("cuda")
+    if torch.cuda.is_available():
+        assert training.resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ValueError, match="no CUDA|cuda"):
+            training.resolve_device("cuda")
 
 
 def test_training_config_defaults_are_table5():

@@ -46,6 +46,8 @@ redact the rest.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import logging
 import math
 import os
@@ -237,7 +239,7 @@ def _expvers(hourly) -> set[str]:
 # Remotes
 
 
-class CdsRemote:
+class CdsRemote(ABC):
     """What GOSAT and ERA5 share: the lazily created client, the day window, error mapping."""
 
     dataset = ""
@@ -315,8 +317,9 @@ class CdsRemote:
         cds_credentials()  # no credentials: say so once per product, not once per day
         return [self._granule(day) for day in self._days(start, end)]
 
-    def _granule(self, day: date) -> RemoteGranule:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _granule(self, day: date) -> RemoteGranule:
+        """The candidate granule of one day (subclasses know the dataset's ids and names)."""
 
     def _scratch(self, dest: Path) -> tempfile.TemporaryDirectory:
         # Hidden, beside dest (same filesystem: the final move is a rename), gone afterwards.
