@@ -65,6 +65,16 @@ def train(settings: Settings, X: np.ndarray, y: np.ndarray):
     return trained, config, fit_idx, holdout_idx
 
 
+def _figure_links(tracking_uri: str, run_id: str, figures: list[Path]) -> list[tuple[str, str]]:
+    """Where the run's figures live, for the flow's report (the MLflow UI shows them too)."""
+    from mlflow.tracking import MlflowClient
+
+    from registry.store import FIGURES_DIR
+
+    root = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.artifact_uri
+    return [(f.stem.replace("_", " "), f"{root}/{FIGURES_DIR}/{f.name}") for f in figures]
+
+
 def _demo_truth(settings: Settings):
     """Truth at (cell, day) pairs of the demo world, one truth map read per day."""
     import pandas as pd
@@ -140,6 +150,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
                        X_val, y_val, margin_ppm=settings.promotion_margin_ppm)
 
     comparison = (compare_models(settings, X, y, df, version.run_id) if settings.comparison_protocols else None)
+    figure_links = _figure_links(settings.tracking_uri, version.run_id, figures)
 
     table = [{"metric": k, "value": round(float(v), 4) if isinstance(v, float) else v} for k, v in metrics.items()]
     create_table_artifact(key="retrain-validation-metrics", table=table, description="Random-holdout validation")
@@ -151,8 +162,9 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
         f"MAE {metrics['mae']:.3f}, bias {metrics['bias']:+.3f}, N {metrics['n']}\n"
         f"- ONNX parity: max |diff| {parity:.2e} ppm\n"
         f"- decision: alias **{decision.alias}** ({decision.reason})\n"
+        + "\n## Figures (MLflow artifacts)\n\n" + "\n".join(f"- [{name}]({uri})" for name, uri in figure_links) + "\n"
         + (f"\n## Model comparison\n\n{comparison['markdown']}\n" if comparison else "")))
     return {"version": version.version, "run_id": version.run_id, "alias": decision.alias,
             "metrics": metrics, "onnx_parity_max_abs_ppm": parity, "decision": decision.reason,
             "epochs": len(trained.history), "best_epoch": trained.best_epoch,
-            "comparison": comparison["table"] if comparison else None}
+            "comparison": comparison["table"] if comparison else None, "figures": dict(figure_links)}

@@ -123,6 +123,11 @@ def test_retrain_with_the_model_comparison(demo_run, tracking_uri):
                  "comparison_folds": 2,  # a 0.5 degree box holds only four 50 km blocks
                  **opts.extra}
     result = monthly_retrain(overrides=overrides)
+    from pathlib import Path
+
+    assert set(result["figures"]) == {"loss curves", "validation scatter"}
+    for uri in result["figures"].values():
+        assert Path(uri.removeprefix("file://")).is_file(), uri  # the report links real artifacts
     rows = {(r["model"], r["protocol"]): r for r in result["comparison"]}
     assert set(rows) == {(m, p) for m in ("random_forest", "xgboost")
                          for p in ("random_holdout", "spatial_blocks", "temporal_blocks")}
