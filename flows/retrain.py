@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,29 +41,59 @@ def _cap(idx: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarr
     return np.sort(rng.choice(idx, cap, replace=False)) if cap and len(idx) > cap else idx
 
 
-def split_samples(settings: Settings, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fit, early-stopping, holdout) indices: the holdout never steers training, so its metrics
-    are the ones reported and compared for promotion."""
+@dataclass(frozen=True)
+class Holdouts:
+    """Index sets of one retrain. Neither holdout steers training: `random` gives the paper's
+    validation metrics, `spatial` (whole >= 50 km blocks nobody trained on) the promotion gate."""
+
+    fit: np.ndarray
+    early_stopping: np.ndarray
+    random: np.ndarray
+    spatial: np.ndarray
+    spatial_is_blocks: bool
+
+
+def split_samples(settings: Settings, latitude: np.ndarray, longitude: np.ndarray) -> Holdouts:
+    from models.validation import group_holdout, spatial_block_ids
+
     rng = np.random.default_rng(settings.seed)
-    train_idx, holdout_idx = random_split(n, settings.validation_fraction, settings.seed)
-    inner_fit, inner_stop = random_split(len(train_idx), settings.validation_fraction, settings.seed + 1)
-    fit_idx, stop_idx = train_idx[inner_fit], train_idx[inner_stop]
-    return (_cap(fit_idx, settings.max_training_samples, rng),
-            _cap(stop_idx, settings.max_validation_samples, rng),
-            _cap(holdout_idx, settings.max_validation_samples, rng))
+    n = len(latitude)
+    blocks = spatial_block_ids(latitude, longitude, block_km=settings.promotion_block_km)
+    if len(np.unique(blocks)) >= 2:
+        rest, spatial = group_holdout(blocks, settings.validation_fraction, settings.seed)
+        spatial_is_blocks = True
+    else:  # a region smaller than one block: nothing to hold out by area
+        rest, spatial = np.arange(n), np.array([], dtype=np.int64)
+        spatial_is_blocks = False
+    inner_rest, inner_random = random_split(len(rest), settings.validation_fraction, settings.seed)
+    random_idx, rest = rest[inner_random], rest[inner_rest]
+    inner_fit, inner_stop = random_split(len(rest), settings.validation_fraction, settings.seed + 1)
+    cap_val = settings.max_validation_samples
+    spatial = _cap(spatial, cap_val, rng) if spatial_is_blocks else _cap(random_idx, cap_val, rng)
+    return Holdouts(fit=_cap(rest[inner_fit], settings.max_training_samples, rng),
+                    early_stopping=_cap(rest[inner_stop], cap_val, rng),
+                    random=_cap(random_idx, cap_val, rng), spatial=spatial, spatial_is_blocks=spatial_is_blocks)
 
 
 @task(name="train-resnet-lstm", cache_policy=NO_CACHE)
-def train(settings: Settings, X: np.ndarray, y: np.ndarray):
-    fit_idx, stop_idx, holdout_idx = split_samples(settings, len(y))
+def train(settings: Settings, X: np.ndarray, y: np.ndarray, split: Holdouts):
     config = TrainingConfig(
         max_epochs=settings.max_epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         weight_decay=settings.weight_decay, lr_patience=settings.lr_patience, lr_factor=settings.lr_factor,
         early_stopping_patience=settings.early_stopping_patience, seed=settings.seed,
     )
-    trained = train_resnet_lstm(X[fit_idx], y[fit_idx], X[stop_idx], y[stop_idx],
-                                list(FEATURE_NAMES), FEATURE_SET_VERSION, config, show_progress=True)
-    return trained, config, fit_idx, holdout_idx
+    return train_resnet_lstm(X[split.fit], y[split.fit], X[split.early_stopping], y[split.early_stopping],
+                             list(FEATURE_NAMES), FEATURE_SET_VERSION, config, show_progress=True)
+
+
+def _tag_gate(settings: Settings, version: int, previous: int | None, gate: str, n: int) -> None:
+    """Say on both versions which evaluation data the promotion compared them on."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    for v in {version, previous} - {None}:
+        client.set_model_version_tag(settings.registered_model_name, str(v), f"promotion_v{version}_holdout",
+                                     f"{gate}, N {n}, margin {settings.promotion_margin_ppm:g} ppm")
 
 
 def _figure_links(tracking_uri: str, run_id: str, figures: list[Path]) -> list[tuple[str, str]]:
@@ -129,25 +160,32 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     settings = load_settings(**(overrides or {}))
     X, y, df = load_training_data(settings)
     logger.info("%d samples over %d days", len(y), df["day"].nunique())
-    trained, config, train_idx, val_idx = train(settings, X, y)
+    split = split_samples(settings, df["latitude"].to_numpy(), df["longitude"].to_numpy())
+    trained = train(settings, X, y, split)
 
-    X_val, y_val = X[val_idx], y[val_idx]
+    X_val, y_val = X[split.random], y[split.random]
     predicted = trained.predict(X_val)
     metrics = regression_metrics(y_val, predicted)
+    spatial = regression_metrics(y[split.spatial], trained.predict(X[split.spatial]))
     work = Path(tempfile.mkdtemp(prefix="xco2-retrain-"))
     onnx_path = export_onnx(trained, work / "model.onnx")
     parity = check_onnx_parity(trained, onnx_path, X_val[:2000])
     figures = [plot_loss_curves(trained.history, work / "loss_curves.png"),
                plot_scatter(y_val, predicted, work / "validation_scatter.png")]
-    params = {"n_holdout": len(val_idx), "region": settings.region.name,
-              "validation": "random holdout, not used for early stopping", "samples_days": int(df["day"].nunique())}
+    gate = f"spatial blocks of {settings.promotion_block_km:g} km" if split.spatial_is_blocks else "random holdout"
+    params = {"n_holdout": len(split.random), "n_spatial_holdout": len(split.spatial), "region": settings.region.name,
+              "validation": "random holdout, not used for early stopping", "promotion_holdout": gate,
+              "samples_days": int(df["day"].nunique())}
     version = log_training_run(
         settings.tracking_uri, f"xco2-{settings.region.name}", settings.registered_model_name, trained,
-        onnx_path, {f"val_{k}": v for k, v in metrics.items()}, params, figures,
+        onnx_path, {**{f"val_{k}": v for k, v in metrics.items()}, **{f"spatial_{k}": v for k, v in spatial.items()}},
+        params, figures,
         {"source_mode": settings.source.value}, onnx_parity_max_abs_ppm=parity,
     )
+    # The gate: the champion and this version scored on the same blocks this version never saw.
     decision = promote(settings.tracking_uri, settings.registered_model_name, version.version,
-                       X_val, y_val, margin_ppm=settings.promotion_margin_ppm)
+                       X[split.spatial], y[split.spatial], margin_ppm=settings.promotion_margin_ppm)
+    _tag_gate(settings, version.version, decision.previous_champion_version, gate, len(split.spatial))
 
     comparison = (compare_models(settings, X, y, df, version.run_id) if settings.comparison_protocols else None)
     figure_links = _figure_links(settings.tracking_uri, version.run_id, figures)
@@ -156,15 +194,19 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     create_table_artifact(key="retrain-validation-metrics", table=table, description="Random-holdout validation")
     create_markdown_artifact(key="retrain-report", markdown=(
         f"# Retrain {settings.registered_model_name} v{version.version}\n\n"
-        f"- samples: {len(train_idx)} train / {trained.n_val} early stopping / {len(val_idx)} holdout (random)\n"
+        f"- samples: {trained.n_train} train / {trained.n_val} early stopping / {len(split.random)} random holdout / "
+        f"{len(split.spatial)} promotion holdout ({gate})\n"
         f"- best epoch {trained.best_epoch} of {len(trained.history)}\n"
         f"- validation RMSE {metrics['rmse']:.3f} ppm, R2 {metrics['r2']:.3f}, slope {metrics['slope']:.3f}, "
         f"MAE {metrics['mae']:.3f}, bias {metrics['bias']:+.3f}, N {metrics['n']}\n"
+        f"- promotion holdout ({gate}): RMSE {spatial['rmse']:.3f} ppm, R2 {spatial['r2']:.3f}, "
+        f"bias {spatial['bias']:+.3f}, N {spatial['n']}\n"
         f"- ONNX parity: max |diff| {parity:.2e} ppm\n"
         f"- decision: alias **{decision.alias}** ({decision.reason})\n"
         + "\n## Figures (MLflow artifacts)\n\n" + "\n".join(f"- [{name}]({uri})" for name, uri in figure_links) + "\n"
         + (f"\n## Model comparison\n\n{comparison['markdown']}\n" if comparison else "")))
     return {"version": version.version, "run_id": version.run_id, "alias": decision.alias,
-            "metrics": metrics, "onnx_parity_max_abs_ppm": parity, "decision": decision.reason,
+            "metrics": metrics, "spatial_metrics": spatial, "promotion_holdout": gate,
+            "onnx_parity_max_abs_ppm": parity, "decision": decision.reason,
             "epochs": len(trained.history), "best_epoch": trained.best_epoch,
             "comparison": comparison["table"] if comparison else None, "figures": dict(figure_links)}

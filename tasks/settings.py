@@ -124,7 +124,8 @@ class Settings(BaseSettings):
     ingest_lookback_days: int = Field(10, ge=1, description="days back the daily run looks for late granules")
     archive_lookback_days: int = Field(3, ge=1, description="days back the nightly run fills")
     inference_batch_size: int = Field(8192, ge=256, description="cells per ONNX Runtime call")
-    promotion_margin_ppm: float = Field(0.0, ge=0)
+    promotion_margin_ppm: float = Field(0.0, ge=0, description="a challenger must beat the champion by this much")
+    promotion_block_km: float = Field(50.0, ge=50, description="side of the spatial blocks the promotion holds out")
 
     @field_validator("registered_model_name")
     @classmethod

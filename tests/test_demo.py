@@ -23,14 +23,22 @@ def test_refuses_a_data_dir_the_demo_did_not_make(tmp_path):
     assert (data / "raw" / "oco2").is_dir()
 
 
-def test_the_holdout_never_steers_training(tmp_path):
+def test_the_holdouts_never_steer_training(tmp_path):
     import numpy as np
 
     from flows.retrain import split_samples
+    from models.validation import spatial_block_ids
 
+    rng = np.random.default_rng(0)
+    lat, lon = rng.uniform(30, 32, 5000), rng.uniform(103, 106, 5000)
     settings = load_settings(data_dir=str(tmp_path), max_training_samples=500, max_validation_samples=200)
-    fit, stop, holdout = split_samples(settings, 5000)
-    assert len(fit) == 500 and len(stop) == 200 and len(holdout) == 200
-    assert not (set(fit) & set(stop)) and not (set(fit) & set(holdout)) and not (set(stop) & set(holdout))
-    again = split_samples(settings, 5000)
-    assert all(np.array_equal(a, b) for a, b in zip((fit, stop, holdout), again))
+    split = split_samples(settings, lat, lon)
+    parts = [set(split.fit), set(split.early_stopping), set(split.random), set(split.spatial)]
+    assert [len(p) for p in parts] == [500, 200, 200, 200] and split.spatial_is_blocks
+    assert all(not (a & b) for i, a in enumerate(parts) for b in parts[i + 1:])
+    blocks = spatial_block_ids(lat, lon, 50)
+    held = set(blocks[split.spatial])
+    trained_on = set(blocks[np.concatenate([split.fit, split.early_stopping])])
+    assert not (held & trained_on)  # whole blocks held out from training
+    again = split_samples(settings, lat, lon)
+    assert np.array_equal(split.spatial, again.spatial) and np.array_equal(split.fit, again.fit)

@@ -125,6 +125,14 @@ def test_retrain_with_the_model_comparison(demo_run, tracking_uri):
     result = monthly_retrain(overrides=overrides)
     from pathlib import Path
 
+    from mlflow.tracking import MlflowClient
+
+    assert result["promotion_holdout"] == "spatial blocks of 50 km" and result["spatial_metrics"]["n"] > 0
+    client = MlflowClient(tracking_uri=tracking_uri)
+    v = result["version"]
+    for version in {v, 1}:
+        tags = client.get_model_version("e2e-resnet-lstm", str(version)).tags
+        assert tags[f"promotion_v{v}_holdout"].startswith("spatial blocks of 50 km")
     assert set(result["figures"]) == {"loss curves", "validation scatter"}
     for uri in result["figures"].values():
         assert Path(uri.removeprefix("file://")).is_file(), uri  # the report links real artifacts
