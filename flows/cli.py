@@ -145,6 +145,9 @@ def _print_demo_summary(s: dict) -> None:
     v = s["validation"]
     table.add_row("validation (random holdout)", f"RMSE {v['rmse']:.3f} ppm, R2 {v['r2']:.3f}, slope {v['slope']:.3f}, "
                   f"MAE {v['mae']:.3f}, bias {v['bias']:+.3f}, N {v['n']}")
+    sv = s["spatial_validation"]
+    table.add_row(f"promotion holdout ({s['promotion_holdout']})",
+                  f"RMSE {sv['rmse']:.3f} ppm, R2 {sv['r2']:.3f}, bias {sv['bias']:+.3f}, N {sv['n']}")
     acc = s["truth_accuracy"]
     if acc:
         a = acc["all_cells"]

@@ -120,6 +120,7 @@ def run_demo(opts: DemoOptions) -> dict:
                   "epochs": retrain["epochs"], "best_epoch": retrain["best_epoch"],
                   "onnx_parity_max_abs_ppm": retrain["onnx_parity_max_abs_ppm"]},
         "validation": retrain["metrics"],
+        "spatial_validation": retrain["spatial_metrics"], "promotion_holdout": retrain["promotion_holdout"],
         "truth_accuracy": accuracy,
         "timings": timings,
         "tracking_uri": settings.tracking_uri,
