@@ -28,3 +28,19 @@ class DeployableXCO2Model(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         standardised = (features - self.feature_mean) / self.feature_std
         return self.network(standardised) * self.target_std + self.target_mean
+
+
+class DeployableWithUncertainty(nn.Module):
+    """features [batch, n_features] (raw) -> (XCO2 [batch], uncertainty [batch]), both in ppm.
+
+    The uncertainty is the half-width of the calibrated 68% interval (see models/uncertainty.py)."""
+
+    def __init__(self, xco2_model: DeployableXCO2Model, spread_network: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.xco2_model = xco2_model
+        self.spread_network = spread_network
+        self.register_buffer("spread_scale", torch.tensor(float(scale), dtype=torch.float32))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        standardised = (features - self.xco2_model.feature_mean) / self.xco2_model.feature_std
+        return self.xco2_model(features), self.spread_network(standardised) * self.spread_scale

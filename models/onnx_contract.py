@@ -11,6 +11,8 @@ from typing import Any
 
 INPUT_NAME = "features"  # float32 [batch, n_features], raw covariates in feature_names order
 OUTPUT_NAME = "xco2"  # float32 [batch], ppm
+# float32 [batch], ppm: half-width of the calibrated 68% interval; absent from older exports.
+UNCERTAINTY_OUTPUT_NAME = "xco2_uncertainty"
 OPSET = 17
 
 # metadata_props values are strings; lists and dicts are JSON.
@@ -19,12 +21,16 @@ KEY_FEATURE_SET_VERSION = "xco2.feature_set_version"
 KEY_SCALERS = "xco2.scalers"
 KEY_OUTPUT_UNITS = "xco2.output_units"
 KEY_MODEL = "xco2.model"
+KEY_UNCERTAINTY = "xco2.uncertainty"
 
 
 def encode_metadata(
-    feature_names: list[str], feature_set_version: str, scalers: dict[str, Any]
+    feature_names: list[str], feature_set_version: str, scalers: dict[str, Any],
+    uncertainty: dict[str, Any] | None = None,
 ) -> dict[str, str]:
+    extra = {KEY_UNCERTAINTY: json.dumps(uncertainty)} if uncertainty else {}
     return {
+        **extra,
         KEY_FEATURE_NAMES: json.dumps(list(feature_names)),
         KEY_FEATURE_SET_VERSION: str(feature_set_version),
         KEY_SCALERS: json.dumps(scalers),
@@ -48,4 +54,5 @@ def decode_metadata(props: dict[str, str], source: str) -> dict[str, Any]:
         "scalers": json.loads(props[KEY_SCALERS]),
         "output_units": props.get(KEY_OUTPUT_UNITS, "ppm"),
         "n_features": len(names),
+        "uncertainty": json.loads(props[KEY_UNCERTAINTY]) if KEY_UNCERTAINTY in props else None,
     }

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import torch
 
-from models.onnx_contract import INPUT_NAME, OPSET, OUTPUT_NAME, encode_metadata
+from models.onnx_contract import INPUT_NAME, OPSET, OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME, encode_metadata
 from models.onnx_runtime import open_session, predict_batched
 from models.training import TrainedModel
 
@@ -25,11 +25,14 @@ class OnnxParityError(AssertionError):
 
 def export_onnx(trained: TrainedModel, path: str | Path) -> Path:
     """Write `trained` as ONNX: input 'features' float32 [batch, n_features] raw covariates,
-    output 'xco2' float32 [batch] ppm; only the batch axis is dynamic. Feature names, feature set
-    version and scalers travel as metadata_props. Returns the path."""
+    output 'xco2' float32 [batch] ppm and, when the model has a calibrated spread model, output
+    'xco2_uncertainty' float32 [batch] ppm; only the batch axis is dynamic. Feature names, feature
+    set version, scalers and the uncertainty calibration travel as metadata_props. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    deployable = trained.deployable()
+    with_uncertainty = trained.spread is not None
+    deployable = trained.deployable_with_uncertainty() if with_uncertainty else trained.deployable()
+    outputs = [OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME] if with_uncertainty else [OUTPUT_NAME]
     # Two rows, not one: a traced batch of 1 invites size-1 specialisations in the graph.
     example = torch.from_numpy(
         np.tile(np.asarray(trained.scalers.feature_mean, dtype=np.float32), (2, 1))
@@ -52,13 +55,16 @@ def export_onnx(trained: TrainedModel, path: str | Path) -> Path:
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                output_names=outputs,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
                 do_constant_folding=True,
             )
         model = onnx.load(str(tmp))
+        uncertainty = ({"meaning": "half-width of the calibrated 68% interval", "units": "ppm",
+                        "scale": trained.spread.scale, "n_calibration": trained.spread.n_calibration}
+                       if with_uncertainty else None)
         metadata = encode_metadata(
-            list(trained.feature_names), trained.feature_set_version, trained.scalers.to_dict()
+            list(trained.feature_names), trained.feature_set_version, trained.scalers.to_dict(), uncertainty
         )
         for key, value in metadata.items():
             prop = model.metadata_props.add()
@@ -100,6 +106,15 @@ def check_onnx_parity(
                 f"ONNX export {onnx_path} differs from the torch model by {diff:.3g} ppm at "
                 f"batch size {batch_size} (tolerance {tolerance_ppm:g} ppm); do not deploy it"
             )
+        worst = max(worst, diff)
+    if trained.spread is not None:
+        # The uncertainty output too: one run is enough, the graph is the same one.
+        got = session.run([UNCERTAINTY_OUTPUT_NAME], {INPUT_NAME: X})[0]
+        diff = float(np.max(np.abs(got.astype(np.float64) - trained.predict_uncertainty(X))))
+        if not np.isfinite(diff) or diff > tolerance_ppm:
+            raise OnnxParityError(
+                f"ONNX export {onnx_path}: uncertainty output differs from the torch model by {diff:.3g} ppm "
+                f"(tolerance {tolerance_ppm:g} ppm); do not deploy it")
         worst = max(worst, diff)
     log.info("ONNX parity: max |torch - onnx| = %.2e ppm over %d samples, batches %s",
              worst, X.shape[0], list(batch_sizes))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.deployable import DeployableXCO2Model
+from models.deployable import DeployableWithUncertainty, DeployableXCO2Model
 from models.resnet_lstm import ResNetLSTM
 from models.scaling import Scalers
 
@@ -132,6 +132,7 @@ class TrainedModel:
     stopped_early: bool = False
     trained_on: str = "cpu"
     training_seconds: float = 0.0
+    spread: Any = None  # models.uncertainty.SpreadModel once calibrated, else None
 
     @property
     def n_features(self) -> int:
@@ -144,6 +145,18 @@ class TrainedModel:
     def deployable(self) -> DeployableXCO2Model:
         """The network with its scalers baked in (shares the weights), in eval mode on CPU."""
         return DeployableXCO2Model(self.model, self.scalers).eval()
+
+    def deployable_with_uncertainty(self) -> DeployableWithUncertainty:
+        """Both outputs (XCO2, calibrated uncertainty); needs `spread` (see models/uncertainty.py)."""
+        if self.spread is None:
+            raise ValueError("this model has no calibrated uncertainty: fit and calibrate a spread model first")
+        return DeployableWithUncertainty(self.deployable(), self.spread.network.eval(), self.spread.scale).eval()
+
+    def predict_uncertainty(self, X: np.ndarray) -> np.ndarray:
+        """Half-width (ppm) of the calibrated 68% interval for raw covariates [n, n_features]."""
+        if self.spread is None:
+            raise ValueError("this model has no calibrated uncertainty: fit and calibrate a spread model first")
+        return self.spread.uncertainty(np.asarray(X), self.scalers).astype(np.float32)
 
     def predict(self, X: np.ndarray, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
         """Raw covariates [n, n_features] -> XCO2 ppm [n] (float32), batched, without grad."""

@@ -1,0 +1,88 @@
+"""Anchoring each day's map to recent observations, so the archive can run past the training window.
+
+The model gives the spatial pattern and the covariates' day-to-day signal; the level comes from
+the satellites. Past the last training day the model's level drifts (CO2 keeps rising, the seasonal
+cycle moves on, and tree models cannot extrapolate at all), while fresh soundings keep arriving.
+So each map gets one offset: the mean residual (observed - predicted) of the fused observations of
+the trailing `window_days` days, each day weighted equally so one dense overpass does not decide it.
+Inside the training window the model fits those observations and the offset stays near zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The offset added to one day's map and what it rests on."""
+
+    day: date
+    offset_ppm: float
+    n_cells: int
+    n_days: int
+    window_start: date
+    window_end: date
+
+    @property
+    def anchored(self) -> bool:
+        return self.n_days > 0
+
+    def to_tags(self) -> dict[str, str]:
+        """COG tags / STAC properties (strings: the COG tag format)."""
+        return {
+            "anchor_offset_ppm": f"{self.offset_ppm:.4f}",
+            "anchor_cells": str(self.n_cells),
+            "anchor_days": str(self.n_days),
+            "anchor_window": f"{self.window_start.isoformat()}/{self.window_end.isoformat()}",
+        }
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(day=self.day.isoformat(), window_start=self.window_start.isoformat(),
+                   window_end=self.window_end.isoformat())
+        return out
+
+
+def daily_residuals(observations: pd.DataFrame, predicted: np.ndarray) -> pd.DataFrame:
+    """Per day: mean residual (observed - predicted, ppm) and the number of observed cells."""
+    residual = observations["xco2"].to_numpy(np.float64) - np.asarray(predicted, dtype=np.float64)
+    frame = pd.DataFrame({"day": pd.to_datetime(observations["day"]).dt.date, "residual": residual})
+    frame = frame[np.isfinite(frame["residual"])]
+    return frame.groupby("day")["residual"].agg(["mean", "size"]).rename(
+        columns={"mean": "residual_ppm", "size": "cells"}).reset_index()
+
+
+def anchor_from_residuals(day: date, residuals: pd.DataFrame, window_days: int, min_cells_per_day: int) -> Anchor:
+    """The offset for `day` from per-day residuals (columns day, residual_ppm, cells)."""
+    if window_days < 1:
+        raise ValueError(f"anchor window_days must be >= 1, got {window_days}")
+    first = day - timedelta(days=window_days - 1)
+    usable = residuals[(residuals["day"] >= first) & (residuals["day"] <= day)
+                       & (residuals["cells"] >= min_cells_per_day)]
+    if usable.empty:
+        return Anchor(day, 0.0, 0, 0, first, day)
+    return Anchor(day, float(usable["residual_ppm"].mean()), int(usable["cells"].sum()), len(usable), first, day)
+
+
+def anchor_for_day(
+    day: date,
+    read_observations: Callable[[date, date], pd.DataFrame],
+    predict: Callable[[np.ndarray], np.ndarray],
+    feature_names: list[str] | tuple[str, ...],
+    window_days: int,
+    min_cells_per_day: int,
+) -> Anchor:
+    """Read the fused observations of the window (sample store rows: features and xco2), predict
+    them with the same model that maps the day, and average the residuals."""
+    first = day - timedelta(days=window_days - 1)
+    observations = read_observations(first, day)
+    if observations.empty:
+        return Anchor(day, 0.0, 0, 0, first, day)
+    predicted = predict(observations[list(feature_names)].to_numpy(np.float32))
+    return anchor_from_residuals(day, daily_residuals(observations, predicted), window_days, min_cells_per_day)
