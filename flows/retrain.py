@@ -75,6 +75,38 @@ def split_samples(settings: Settings, latitude: np.ndarray, longitude: np.ndarra
                     random=_cap(random_idx, cap_val, rng), spatial=spatial, spatial_is_blocks=spatial_is_blocks)
 
 
+@task(name="calibrate-uncertainty", cache_policy=NO_CACHE)
+def calibrate_uncertainty(settings: Settings, trained, X: np.ndarray, y: np.ndarray, split: Holdouts,
+                          latitude: np.ndarray, longitude: np.ndarray) -> dict:
+    """Attach a calibrated spread model to `trained`; coverage of the 68% interval on data that
+    neither fitted nor calibrated it. Calibrated on half of the promotion holdout's blocks (maps are
+    almost all unobserved cells, which those blocks stand for), scored on the other half."""
+    import dataclasses
+
+    from models.uncertainty import calibrate, coverage, fit_spread
+    from models.validation import group_holdout, spatial_block_ids
+
+    stop = split.early_stopping
+    spread = fit_spread(X[stop], y[stop] - trained.predict(X[stop]), trained.scalers, seed=settings.seed)
+    held = split.spatial
+    blocks = spatial_block_ids(latitude[held], longitude[held], block_km=settings.promotion_block_km)
+    if split.spatial_is_blocks and len(np.unique(blocks)) >= 2:
+        cal, score = group_holdout(blocks, 0.5, settings.seed)
+    else:
+        cal, score = random_split(len(held), 0.5, settings.seed)
+    residual = y[held] - trained.predict(X[held])
+    spread = calibrate(spread, X[held][cal], residual[cal], trained.scalers)
+    trained = dataclasses.replace(trained, spread=spread)
+    random_residual = y[split.random] - trained.predict(X[split.random])
+    result = {
+        "uncertainty_scale": spread.scale,
+        "coverage68_heldout_blocks": coverage(residual[score], trained.predict_uncertainty(X[held][score])),
+        "coverage68_random_holdout": coverage(random_residual, trained.predict_uncertainty(X[split.random])),
+        "n_calibration": int(len(cal)), "n_coverage": int(len(score)),
+    }
+    return {"trained": trained, "metrics": result}
+
+
 @task(name="train-resnet-lstm", cache_policy=NO_CACHE)
 def train(settings: Settings, X: np.ndarray, y: np.ndarray, split: Holdouts):
     config = TrainingConfig(
@@ -162,6 +194,9 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     logger.info("%d samples over %d days", len(y), df["day"].nunique())
     split = split_samples(settings, df["latitude"].to_numpy(), df["longitude"].to_numpy())
     trained = train(settings, X, y, split)
+    calibrated = calibrate_uncertainty(settings, trained, X, y, split, df["latitude"].to_numpy(),
+                                       df["longitude"].to_numpy())
+    trained, uncertainty = calibrated["trained"], calibrated["metrics"]
 
     X_val, y_val = X[split.random], y[split.random]
     predicted = trained.predict(X_val)
@@ -178,7 +213,8 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
               "samples_days": int(df["day"].nunique())}
     version = log_training_run(
         settings.tracking_uri, f"xco2-{settings.region.name}", settings.registered_model_name, trained,
-        onnx_path, {**{f"val_{k}": v for k, v in metrics.items()}, **{f"spatial_{k}": v for k, v in spatial.items()}},
+        onnx_path, {**{f"val_{k}": v for k, v in metrics.items()}, **{f"spatial_{k}": v for k, v in spatial.items()},
+         **{k: v for k, v in uncertainty.items() if not k.startswith("n_")}},
         params, figures,
         {"source_mode": settings.source.value}, onnx_parity_max_abs_ppm=parity,
     )
@@ -201,12 +237,15 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
         f"MAE {metrics['mae']:.3f}, bias {metrics['bias']:+.3f}, N {metrics['n']}\n"
         f"- promotion holdout ({gate}): RMSE {spatial['rmse']:.3f} ppm, R2 {spatial['r2']:.3f}, "
         f"bias {spatial['bias']:+.3f}, N {spatial['n']}\n"
+        f"- uncertainty (68% interval): calibrated on {uncertainty['n_calibration']} samples of held-out blocks, "
+        f"covers {uncertainty['coverage68_heldout_blocks']:.1%} of {uncertainty['n_coverage']} samples in other "
+        f"held-out blocks and {uncertainty['coverage68_random_holdout']:.1%} of the random holdout\n"
         f"- ONNX parity: max |diff| {parity:.2e} ppm\n"
         f"- decision: alias **{decision.alias}** ({decision.reason})\n"
         + "\n## Figures (MLflow artifacts)\n\n" + "\n".join(f"- [{name}]({uri})" for name, uri in figure_links) + "\n"
         + (f"\n## Model comparison\n\n{comparison['markdown']}\n" if comparison else "")))
     return {"version": version.version, "run_id": version.run_id, "alias": decision.alias,
             "metrics": metrics, "spatial_metrics": spatial, "promotion_holdout": gate,
-            "onnx_parity_max_abs_ppm": parity, "decision": decision.reason,
+            "onnx_parity_max_abs_ppm": parity, "decision": decision.reason, "uncertainty": uncertainty,
             "epochs": len(trained.history), "best_epoch": trained.best_epoch,
             "comparison": comparison["table"] if comparison else None, "figures": dict(figure_links)}

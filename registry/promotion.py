@@ -22,13 +22,13 @@ from mlflow.entities.model_registry import ModelVersion
 
 from models.evaluation import regression_metrics
 from models.onnx_runtime import open_session, predict_batched, read_metadata
+from registry.champion import fetch_version_onnx
 from registry.redaction import redact_uri
 from registry.store import (
     CHALLENGER,
     CHAMPION,
     RegistryError,
     client_for,
-    download_onnx,
     get_version,
     version_by_alias,
 )
@@ -91,8 +91,10 @@ def _data_fingerprint(X: Any, y: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def _fetch_onnx(client: MlflowClient, version: ModelVersion, workdir: Path) -> Path:
-    return download_onnx(client, version, workdir / str(version.version) / "model.onnx")
+def _fetch_onnx(client: MlflowClient, tracking_uri: str, version: ModelVersion,
+                workdir: Path) -> Path:
+    # The registered model itself (ONNX flavour), the very file inference will load as champion.
+    return fetch_version_onnx(client, tracking_uri, version, workdir / str(version.version))[0]
 
 
 def _score(version: ModelVersion, onnx_path: Path, X_eval: Any, y_eval: np.ndarray,
@@ -147,7 +149,7 @@ def promote(
 
     with tempfile.TemporaryDirectory(prefix="xco2-promotion-") as tmp:
         workdir = Path(tmp)
-        candidate_onnx = _fetch_onnx(client, candidate, workdir)
+        candidate_onnx = _fetch_onnx(client, tracking_uri, candidate, workdir)
         candidate_names = list(read_metadata(candidate_onnx)["feature_names"])
         candidate_rmse = _score(candidate, candidate_onnx, X_eval, y, candidate_names)
         champion_rmse: float | None = None
@@ -159,7 +161,7 @@ def promote(
             champion_rmse = candidate_rmse
             reason = "already the champion"
         else:
-            champion_onnx = _fetch_onnx(client, champion, workdir)
+            champion_onnx = _fetch_onnx(client, tracking_uri, champion, workdir)
             champion_rmse = _score(champion, champion_onnx, X_eval, y, candidate_names)
             promoted = candidate_rmse < champion_rmse - margin_ppm
             relation = "beats" if promoted else "does not beat"

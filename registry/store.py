@@ -23,7 +23,7 @@ ONNX_ARTIFACT = "onnx/model.onnx"
 SCALERS_ARTIFACT = "scalers.json"
 FEATURES_ARTIFACT = "features.json"
 FIGURES_DIR = "figures"
-MODEL_NAME_IN_RUN = "model"  # log_model(name=...) of the pytorch flavour
+MODEL_NAME_IN_RUN = "model"  # log_model(name=...) of the registered (ONNX) flavour
 
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 

@@ -1,9 +1,16 @@
 """Record one training run in MLflow and register its model.
 
 One run holds: params (TrainingConfig, data sizes, feature set), per-epoch train_loss/val_loss/lr
-(step = epoch), validation metrics val_*, figures, the torch model (pytorch flavour, registered),
-the ONNX export at onnx/model.onnx, scalers.json and features.json. For a sqlite tracking DB the
-artifacts land in <db dir>/mlartifacts (the experiment's artifact location), not in ./mlruns.
+(step = epoch), validation metrics val_*, figures, the ONNX export at onnx/model.onnx,
+scalers.json and features.json, and two logged models:
+
+- 'model', the ONNX flavour (mlflow.onnx), which is what the new registered model version points
+  at: `models:/<name>@champion` loads with onnx/onnxruntime alone, no torch (registry.champion);
+- 'torch_model', the same network in the pytorch flavour, not registered; its URI is the run tag
+  `torch_model_uri` (and ModelVersionInfo.torch_model_uri), for retraining or debugging.
+
+For a sqlite tracking DB the artifacts land in <db dir>/mlartifacts (the experiment's artifact
+location), not in ./mlruns.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.onnx
 import mlflow.pytorch
 import numpy as np
+import onnx
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -52,13 +61,21 @@ PARITY_KEY = "onnx_parity_max_abs_ppm"
 # MLflow's log_batch limits per call.
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_PER_BATCH = 100
+# log_model(name=...) of the unregistered pytorch flavour (the registered ONNX flavour is
+# registry.store.MODEL_NAME_IN_RUN, 'model').
+TORCH_MODEL_NAME_IN_RUN = "torch_model"
+TORCH_MODEL_URI_TAG = "torch_model_uri"
+MODEL_FLAVOR_TAG = "model_flavor"
 
 
 @dataclass(frozen=True)
 class ModelVersionInfo:
+    """torch_model_uri: the run's unregistered pytorch-flavour model (models:/m-...)."""
+
     name: str
     version: int
     run_id: str
+    torch_model_uri: str | None = None
 
     @property
     def model_uri(self) -> str:
@@ -95,7 +112,7 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
 def _fluent_tracking(tracking_uri: str) -> Iterator[None]:
     """Point MLflow's process-global ("fluent") API at `tracking_uri` for the duration only.
 
-    mlflow.pytorch.log_model works on the active run of the global tracking URI. Restoring the
+    mlflow.onnx/pytorch.log_model work on the active run of the global tracking URI. Restoring the
     previous values exactly (None included, and the environment variables MLflow sets) keeps this
     call free of side effects on the rest of the process. Not thread-safe, like the fluent API."""
     from mlflow.tracking._model_registry import utils as registry_state
@@ -191,6 +208,39 @@ def _pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
 
 
+def _onnx_pip_requirements() -> list[str]:
+    """What loading the registered ONNX flavour needs: onnx, an onnxruntime build, numpy."""
+    from importlib import metadata
+
+    requirements = [f"onnx=={onnx.__version__}"]
+    for dist in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            requirements.append(f"{dist}=={metadata.version(dist)}")
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    return requirements + [f"numpy=={np.__version__}"]
+
+
+def _tensor_specs(values) -> Schema:
+    """An MLflow tensor schema of ONNX graph inputs/outputs (symbolic dimensions as -1)."""
+    specs = []
+    for value in values:
+        tensor = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        specs.append(TensorSpec(dtype, shape, value.name))
+    return Schema(specs)
+
+
+def _onnx_signature(model: onnx.ModelProto) -> ModelSignature:
+    """The export's own signature: input 'features', outputs 'xco2' (and 'xco2_uncertainty' when
+    the export has it), so the registry shows what the graph really takes and gives."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    return ModelSignature(inputs=_tensor_specs(inputs), outputs=_tensor_specs(model.graph.output))
+
+
 def log_training_run(
     tracking_uri: str,
     experiment_name: str,
@@ -227,12 +277,10 @@ def log_training_run(
     run_params = _run_params(trained, params)
     run_tags = {**redact_mapping(tags), "feature_set_version": trained.feature_set_version}
 
+    onnx_model = onnx.load(str(onnx_path))
+    signature = _onnx_signature(onnx_model)
     client = client_for(tracking_uri)
     experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, trained.n_features), "features")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,), "xco2")]),
-    )
     with (
         _fluent_tracking(tracking_uri),
         mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run,
@@ -262,22 +310,36 @@ def log_training_run(
         for figure in figures:
             client.log_artifact(run_id, str(figure), FIGURES_DIR)
 
-        # The deployable form (scalers baked in): mlflow.pytorch.load_model gives raw -> ppm.
-        # Pickle, not MLflow's default 'pt2' (torch.export): pickle loads in milliseconds and
-        # keeps the dynamic batch; it needs the xco2 package importable where it is loaded.
-        info = mlflow.pytorch.log_model(
+        # The deployable torch form (scalers baked in), kept with the run but not registered:
+        # mlflow.pytorch.load_model(<torch_model_uri>) gives raw -> ppm. Pickle, not MLflow's
+        # default 'pt2' (torch.export): pickle loads in milliseconds and keeps the dynamic batch;
+        # it needs the xco2 package importable where it is loaded.
+        torch_info = mlflow.pytorch.log_model(
             trained.deployable(),
-            name=MODEL_NAME_IN_RUN,
-            registered_model_name=registered_model_name,
+            name=TORCH_MODEL_NAME_IN_RUN,
             pip_requirements=_pip_requirements(),
             signature=signature,
             serialization_format="pickle",
+        )
+        client.set_tag(run_id, TORCH_MODEL_URI_TAG, torch_info.model_uri)
+        # The registered form: the verified ONNX export in the ONNX flavour, last, so a version
+        # exists only once everything else of the run is logged. One self-contained model.onnx
+        # (no external data file) of the graph that passed the parity check.
+        info = mlflow.onnx.log_model(
+            onnx_model,
+            name=MODEL_NAME_IN_RUN,
+            registered_model_name=registered_model_name,
+            pip_requirements=_onnx_pip_requirements(),
+            signature=signature,
+            save_as_external_data=False,
         )
         version = int(info.registered_model_version)
         version_tags = {
             "feature_set_version": trained.feature_set_version,
             "val_rmse": f"{validation['val_rmse']:.6g}",
             PARITY_KEY: f"{validation[PARITY_KEY]:.3g}",
+            MODEL_FLAVOR_TAG: "onnx",
+            TORCH_MODEL_URI_TAG: torch_info.model_uri,
         }
         for key, value in version_tags.items():
             client.set_model_version_tag(registered_model_name, str(version), key, value)
@@ -288,4 +350,5 @@ def log_training_run(
         run_id, experiment_name, redact_uri(tracking_uri), registered_model_name, version,
         validation["val_rmse"],
     )
-    return ModelVersionInfo(name=registered_model_name, version=version, run_id=run_id)
+    return ModelVersionInfo(name=registered_model_name, version=version, run_id=run_id,
+                            torch_model_uri=torch_info.model_uri)

@@ -5,6 +5,7 @@ The functions themselves are tested without Prefect; flows compose these tasks.
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -13,18 +14,19 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import ingest, samples
+from tasks import anchoring, ingest, samples
 from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
 from tasks.covariates import StaticCovariates, build_covariates
-from tasks.features import FEATURE_SET_VERSION
+from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.grid import Grid
-from tasks.inference import day_layers, predict_day
+from tasks.inference import day_layers, predict_day, predict_xco2
 from tasks.progress import progress_bar
 from tasks.settings import Settings
 from tasks.sources import pull
 from tasks.sources.pull import raw_dir
 
 # Inputs are large arrays and settings objects: never hash them for caching.
+log = logging.getLogger(__name__)
 unit = partial(task, cache_policy=NO_CACHE)
 
 
@@ -65,8 +67,19 @@ def update_samples(settings: Settings, grid: Grid, day: date, fit) -> int:
 def map_day(settings: Settings, grid: Grid, day: date, session, champion) -> dict:
     covariates = StaticCovariates(settings.region_dir)
     layers = day_layers(covariates, raw_dir(settings, "era5"), grid, day)
+    anchor = None
+    if settings.anchoring:
+        anchor = anchoring.anchor_for_day(
+            day, anchoring.sample_store_reader(settings.region_dir, settings.anchor_max_cells_per_day),
+            lambda X: predict_xco2(session, X, settings.inference_batch_size), FEATURE_NAMES,
+            settings.anchor_window_days, settings.anchor_min_cells_per_day)
+        if not anchor.anchored:
+            log.warning("%s: no observations in the %d days up to it; the map is not anchored", day,
+                        settings.anchor_window_days)
     with progress_bar(f"mapping {day}", grid.ny) as advance:
-        xco2 = predict_day(session, layers, grid, settings.inference_batch_size, progress=lambda d, _t: advance(d))
+        prediction = predict_day(session, layers, grid, settings.inference_batch_size,
+                                 progress=lambda d, _t: advance(d))
+    xco2 = prediction.xco2 + np.float32(anchor.offset_ppm if anchor else 0.0)
     synthetic = settings.source.value == "demo"
     tags = {
         "units": "ppm",
@@ -77,15 +90,23 @@ def map_day(settings: Settings, grid: Grid, day: date, session, champion) -> dic
         "feature_set_version": FEATURE_SET_VERSION,
         "source_mode": settings.source.value,
         "synthetic": "true" if synthetic else "false",
+        **(anchor.to_tags() if anchor else {"anchor_offset_ppm": "off"}),
     }
+    if prediction.uncertainty is not None:
+        tags["uncertainty"] = "band 2: half-width of the calibrated 68% interval (ppm)"
     if synthetic:
         tags["note"] = "SYNTHETIC demo output: not real XCO2"
     path = day_cog_path(settings.archive_root, settings.region.name, day)
-    write_day_cog(path, xco2, grid, tags)
-    upsert_day_item(settings.archive_root, settings.region, grid, day, path,
-                    {k: tags[k] for k in ("model_name", "model_version", "feature_set_version", "source_mode", "synthetic")})
+    write_day_cog(path, xco2, grid, tags, uncertainty=prediction.uncertainty)
+    properties = {k: tags[k] for k in ("model_name", "model_version", "feature_set_version", "source_mode", "synthetic")}
+    if anchor:
+        properties.update(anchor_offset_ppm=round(anchor.offset_ppm, 4), anchor_cells=anchor.n_cells,
+                          anchor_days=anchor.n_days)
+    upsert_day_item(settings.archive_root, settings.region, grid, day, path, properties)
     finite = xco2[np.isfinite(xco2)]
     return {"day": day.isoformat(), "path": str(path), "cells": int(finite.size),
             "mean_ppm": round(float(finite.mean()), 3) if finite.size else None,
             "min_ppm": round(float(finite.min()), 3) if finite.size else None,
-            "max_ppm": round(float(finite.max()), 3) if finite.size else None}
+            "max_ppm": round(float(finite.max()), 3) if finite.size else None,
+            "anchor_offset_ppm": round(anchor.offset_ppm, 3) if anchor else None,
+            "model_version": str(champion.version)}

@@ -57,7 +57,13 @@ def test_archive_cogs_are_valid_and_on_the_grid(demo_run):
             assert tags["units"] == "ppm" and tags["synthetic"] == "true" and tags["model_version"] == "1"
             assert tags["model_name"] == "e2e-resnet-lstm"
             values = src.read(1)
+            # Band 2: the calibrated 68% half-width; the map's level is anchored to recent soundings.
+            assert src.count == 2
+            uncertainty = src.read(2)
+            assert abs(float(tags["anchor_offset_ppm"])) < 3
+            assert int(tags["anchor_days"]) >= 1 and int(tags["anchor_cells"]) >= 20
         assert np.isfinite(values).all()
+        assert np.isfinite(uncertainty).all() and (uncertainty > 0).all() and uncertainty.mean() < 5
         assert 395 < values.min() and values.max() < 430
     assert validate_stac(collection_path(archive, SMALL_REGION.name)) == []
 
@@ -73,7 +79,9 @@ def test_registry_has_a_champion_with_an_onnx_matching_torch(demo_run, tracking_
     from tasks.samples import read_samples
 
     mlflow.set_tracking_uri(tracking_uri)
-    torch_model = mlflow.pytorch.load_model("models:/e2e-resnet-lstm@champion")
+    # The registered version is the ONNX flavour; the torch model stays with the run.
+    torch_uri = mlflow.MlflowClient(tracking_uri, tracking_uri).get_run(champion.run_id).data.tags["torch_model_uri"]
+    torch_model = mlflow.pytorch.load_model(torch_uri)
     samples = read_samples(opts.data_dir / "regions" / SMALL_REGION.name)
     import torch
 

@@ -13,12 +13,17 @@ import os
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
 
 import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import mlflow  # noqa: E402
+import mlflow.onnx  # noqa: E402
 import mlflow.pytorch  # noqa: E402
 import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -132,13 +137,32 @@ def test_log_training_run_records_everything(tracking_uri, trained, eval_data, t
     assert version.tags["feature_set_version"] == "toy-v1"
     assert float(version.tags["val_rmse"]) == pytest.approx(metrics["val_rmse"], rel=1e-5)
     assert float(version.tags["onnx_parity_max_abs_ppm"]) <= 1e-3
+    assert version.tags["model_flavor"] == "onnx"
 
-    # The registered torch model carries its scalers: raw covariates in, ppm out.
+    # The registered version is the ONNX flavour: raw covariates in, ppm out, no torch needed.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    loaded = mlflow.pytorch.load_model("models:/test-registry-logging/1")
+    model_info = mlflow.models.get_model_info("models:/test-registry-logging/1")
+    assert "onnx" in model_info.flavors and "pytorch" not in model_info.flavors
+    assert [s.name for s in model_info.signature.inputs.inputs] == ["features"]
+    assert [s.name for s in model_info.signature.outputs.inputs][0] == "xco2"
+    proto = mlflow.onnx.load_model("models:/test-registry-logging/1")
+    assert {p.key for p in proto.metadata_props} >= {"xco2.feature_names", "xco2.scalers"}
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(["xco2"], {"features": X[:10].astype(np.float32)})[0]
+    np.testing.assert_allclose(got, trained.predict(X[:10]), atol=1e-3)
+
+    # The torch model stays with the run, unregistered, and carries its scalers too.
+    assert info.torch_model_uri and info.torch_model_uri.startswith("models:/")
+    assert tags["torch_model_uri"] == info.torch_model_uri
+    assert version.tags["torch_model_uri"] == info.torch_model_uri
+    loaded = mlflow.pytorch.load_model(info.torch_model_uri)
     with torch.no_grad():
-        got = loaded(torch.from_numpy(X[:10].astype(np.float32))).numpy()
+        got = loaded(torch.from_numpy(X[:10].astype(np.float32)))
+    got = (got[0] if isinstance(got, tuple) else got).numpy()
     np.testing.assert_allclose(got, trained.predict(X[:10]), atol=1e-4)
+    # Only the ONNX flavour was registered.
+    assert [int(v.version) for v in client.search_model_versions(
+        "name='test-registry-logging'")] == [1]
 
 
 def test_log_training_run_refuses_unverified_or_foreign_onnx(tracking_uri, trained, eval_data,
@@ -239,6 +263,9 @@ def test_load_champion_follows_the_alias(promotions, tracking_uri, trained, eval
     champion = load_champion(tracking_uri, MODEL, tmp_path)
     assert (champion.version, champion.feature_set_version) == (3, "toy-v1")
     assert champion.onnx_path == tmp_path / "3" / "model.onnx" and champion.onnx_path.is_file()
+    assert champion.alias_uri == f"models:/{MODEL}@champion"
+    assert champion.model_uri == f"models:/{MODEL}/3" and champion.flavor == "onnx"
+    assert "onnx" in (tmp_path / "3" / "MLmodel").read_text()  # the registered flavour's files
     assert champion.feature_names == tuple(FEATURES) and "val_rmse" in champion.metrics
     session, _ = open_session(champion.onnx_path, prefer_cuda=False)
     np.testing.assert_allclose(predict_batched(session, X, 64), trained.predict(X), atol=1e-3)
@@ -251,13 +278,87 @@ def test_load_champion_follows_the_alias(promotions, tracking_uri, trained, eval
     client.set_registered_model_alias(MODEL, "champion", "1")  # a rollback by hand
     try:
         rolled_back = load_champion(tracking_uri, MODEL, tmp_path)
-        assert rolled_back.version == 1
+        assert rolled_back.version == 1 and rolled_back.run_id != champion.run_id
         assert rolled_back.onnx_path == tmp_path / "1" / "model.onnx"
         session, _ = open_session(rolled_back.onnx_path, prefer_cuda=False)
         np.testing.assert_allclose(predict_batched(session, X[:5], 64),
                                    trained.predict(X[:5]) + 8.0, atol=1e-3)
     finally:
         client.set_registered_model_alias(MODEL, "champion", "3")
+
+
+def test_champion_loads_without_torch(promotions, tracking_uri, trained, eval_data, tmp_path):
+    """A map-making worker: load_champion + OnnxPredictor, and mlflow.onnx through the alias URI,
+    in a fresh interpreter that never imports torch."""
+    X, _ = eval_data
+    np.save(tmp_path / "X.npy", X[:20].astype(np.float32))
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        import numpy as np
+        from registry.champion import load_champion
+        from models.onnx_runtime import OnnxPredictor
+        champion = load_champion({tracking_uri!r}, {MODEL!r}, {str(tmp_path / "cache")!r})
+        predictor = OnnxPredictor(champion.onnx_path, prefer_cuda=False)
+        out = predictor.run(np.load({str(tmp_path / "X.npy")!r}))
+        os.environ["MLFLOW_TRACKING_URI"] = {tracking_uri!r}
+        import mlflow.onnx
+        proto = mlflow.onnx.load_model(champion.alias_uri)
+        assert "torch" not in sys.modules, sorted(m for m in sys.modules if "torch" in m)
+        print(json.dumps({{"version": champion.version, "uri": champion.alias_uri,
+                          "xco2": out["xco2"].tolist(), "nodes": len(proto.graph.node)}}))
+    """)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["version"] == 3 and result["uri"] == f"models:/{MODEL}@champion"
+    assert result["nodes"] > 0
+    np.testing.assert_allclose(result["xco2"], trained.predict(X[:20]), atol=1e-3)
+
+
+def test_a_stale_cache_of_another_run_is_replaced(promotions, tracking_uri, tmp_path):
+    # A recreated registry reuses version numbers: the cached "3" is someone else's model.
+    stale = tmp_path / "3"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"not a model")
+    (stale / "source.json").write_text(json.dumps({"run_id": "another-registry"}))
+    champion = load_champion(tracking_uri, MODEL, tmp_path)
+    assert champion.onnx_path == stale / "model.onnx"
+    assert json.loads((stale / "source.json").read_text())["run_id"] == champion.run_id
+    assert champion.feature_names == tuple(FEATURES)  # a real export now
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3"]  # no staging leftovers
+
+
+def test_a_version_registered_in_the_pytorch_flavour_is_served_from_its_run(
+        tracking_uri, trained, tmp_path):
+    """Versions registered before the ONNX flavour (pytorch flavour, ONNX as a run artifact)."""
+    name = "test-registry-legacy"
+    model = offset(trained, 5.0)
+    onnx_path = export_onnx(model, tmp_path / "export" / "model.onnx")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("test-registry")
+    experiment_id = (experiment.experiment_id if experiment else
+                     client.create_experiment("test-registry",
+                                              artifact_location=artifact_root_for(tracking_uri)))
+    run = client.create_run(experiment_id)
+    client.log_artifact(run.info.run_id, str(onnx_path), "onnx")
+    legacy = tmp_path / "model"
+    legacy.mkdir()
+    (legacy / "MLmodel").write_text("flavors:\n  pytorch:\n    model_data: data\n")
+    client.log_artifacts(run.info.run_id, str(legacy), "model")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model(name)
+    client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id)
+    client.set_registered_model_alias(name, "champion", "1")
+
+    champion = load_champion(tracking_uri, name, tmp_path / "cache")
+    assert (champion.version, champion.flavor) == (1, "run-artifact")
+    X, _ = toy_xco2(10, seed=3)
+    session, _ = open_session(champion.onnx_path, prefer_cuda=False)
+    np.testing.assert_allclose(predict_batched(session, X, 64), model.predict(X), atol=1e-3)
 
 
 def test_load_champion_without_one_is_a_clear_error(tracking_uri, tmp_path):

@@ -1,0 +1,89 @@
+"""`xco2 report`: annual, seasonal and monthly means of the archive, growth rates and mean maps.
+
+The work is in `tasks/report.py` (plain functions, tested without Prefect); this flow runs its
+steps as tasks and publishes the tables and the summary as artifacts under stable keys.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks import report
+from tasks.grid import Grid
+from tasks.settings import load_settings
+
+ARTIFACT_KEYS = {
+    "monthly": "report-monthly-means",
+    "seasonal": "report-seasonal-means",
+    "annual": "report-annual-means",
+    "summary": "report-summary",
+}
+
+# Inputs are settings, grids and lists of day statistics: never hash them for caching.
+unit = partial(task, cache_policy=NO_CACHE)
+
+
+@unit(name="report-select-days")
+def select_days(archive_root: Path, region_name: str, first: date, last: date) -> list[date]:
+    return report.select_days(archive_root, region_name, first, last)
+
+
+@unit(name="report-scan-archive")
+def scan_and_map(archive_root: Path, region_name: str, grid: Grid, days: list[date], out_dir: Path):
+    return report.scan_and_map(archive_root, region_name, grid, days, out_dir)
+
+
+@unit(name="report-summarise")
+def summarise(daily: list[report.DayStat]) -> dict:
+    return report.summarise(daily)
+
+
+@unit(name="report-write-outputs")
+def write_outputs(out_dir: Path, tables: dict, maps: list[report.MapInfo], context: dict) -> dict:
+    return report.write_outputs(out_dir, tables, maps, context)
+
+
+def default_out_dir(settings, first: date, last: date) -> Path:
+    return settings.data_dir / "reports" / settings.region.name / f"{first}_{last}"
+
+
+@flow(name="xco2-archive-report", log_prints=True)
+def archive_report(start: str, end: str, out_dir: str | None = None, overrides: dict | None = None) -> dict:
+    """Write the report of the archived days in [start, end] to `out_dir` and publish it as artifacts."""
+    logger = get_run_logger()
+    settings = load_settings(**(overrides or {}))
+    grid = Grid.for_region(settings.region, settings.grid_step)
+    first, last = report.report_window(start, end)
+    target = Path(out_dir) if out_dir else default_out_dir(settings, first, last)
+    region = settings.region.name
+
+    days = select_days(settings.archive_root, region, first, last)
+    logger.info("report of %d archived days of %s, %s..%s, into %s", len(days), region, first, last, target)
+    daily, maps = scan_and_map(settings.archive_root, region, grid, days, target)
+    tables = summarise(daily)
+    context = report.report_context(settings.archive_root, region, grid, first, last)
+    result = write_outputs(target, tables, maps, context)
+
+    window = f"{first}..{last} ({region})"
+    create_table_artifact(key=ARTIFACT_KEYS["monthly"], table=tables["monthly"],
+                          description=f"Monthly regional mean XCO2, {window}")
+    create_table_artifact(key=ARTIFACT_KEYS["seasonal"], table=tables["seasonal"],
+                          description=f"Seasonal regional mean XCO2 (December in the next winter), {window}")
+    create_table_artifact(key=ARTIFACT_KEYS["annual"], table=tables["annual"],
+                          description=f"Annual regional mean XCO2, {window}")
+    files = [result["summary"], *result["figures"].values(), *(m["path"] for m in result["maps"]),
+             *result["csv"].values()]
+    create_markdown_artifact(key=ARTIFACT_KEYS["summary"], description=f"Archive report {window}", markdown=(
+        result["markdown"] + "\n## Files\n\n" + "\n".join(f"- `{Path(f).resolve()}`" for f in files) + "\n"))
+    for note in tables["needs_more_data"]:
+        logger.info("needs more data: %s", note)
+    return {k: result[k] for k in ("out_dir", "summary", "csv", "figures", "maps", "json")} | {
+        "window": [first.isoformat(), last.isoformat()], "region": region, "n_days": len(days),
+        "synthetic_days": tables["synthetic_days"], "needs_more_data": tables["needs_more_data"],
+        "artifacts": dict(ARTIFACT_KEYS)}
