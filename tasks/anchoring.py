@@ -86,3 +86,22 @@ def anchor_for_day(
         return Anchor(day, 0.0, 0, 0, first, day)
     predicted = predict(observations[list(feature_names)].to_numpy(np.float32))
     return anchor_from_residuals(day, daily_residuals(observations, predicted), window_days, min_cells_per_day)
+
+
+def sample_store_reader(region_dir, max_cells_per_day: int) -> Callable[[date, date], pd.DataFrame]:
+    """Reads the fused observations of [first, last] from the sample store, at most
+    `max_cells_per_day` per day: a subsample seeded by the day, so a re-run reads the same cells."""
+    from tasks.samples import read_samples
+
+    def read(first: date, last: date) -> pd.DataFrame:
+        frame = read_samples(region_dir, first, last)
+        if frame.empty:
+            return frame
+        keep = []
+        for day, rows in frame.groupby(pd.to_datetime(frame["day"]).dt.date).indices.items():
+            if len(rows) > max_cells_per_day:
+                rows = np.sort(np.random.default_rng(day.toordinal()).choice(rows, max_cells_per_day, replace=False))
+            keep.append(rows)
+        return frame.iloc[np.concatenate(keep)].reset_index(drop=True)
+
+    return read

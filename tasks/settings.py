@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -124,8 +124,22 @@ class Settings(BaseSettings):
     ingest_lookback_days: int = Field(10, ge=1, description="days back the daily run looks for late granules")
     archive_lookback_days: int = Field(3, ge=1, description="days back the nightly run fills")
     inference_batch_size: int = Field(8192, ge=256, description="cells per ONNX Runtime call")
+    # Anchoring (tasks/anchoring.py): each map is offset by the mean residual of the fused
+    # observations of the trailing window, so the archive holds its level past the training window.
+    anchoring: bool = Field(True, description="offset each map by the recent observations' mean residual")
+    anchor_window_days: int = Field(16, ge=1, le=90, description="trailing days of observations (16: one OCO-2 repeat cycle)")
+    anchor_min_cells_per_day: int = Field(20, ge=1, description="observed cells a day needs to count")
+    anchor_max_cells_per_day: int = Field(2000, ge=10, description="observed cells per day predicted (seeded subsample)")
     promotion_margin_ppm: float = Field(0.0, ge=0, description="a challenger must beat the champion by this much")
     promotion_block_km: float = Field(50.0, ge=50, description="side of the spatial blocks the promotion holds out")
+
+    # Backfill (flows/backfill.py): how the per-day tasks run. "thread": a thread pool of
+    # backfill_workers in the flow's process; "dask": a Dask cluster, the scheduler at
+    # dask_address when set, else a local cluster of dask_workers single-threaded processes.
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: str | None = None
+    dask_workers: int = Field(2, ge=1, description="workers of the local Dask cluster (no dask_address)")
+    backfill_workers: int = Field(2, ge=1, description="threads of the thread task runner")
 
     @field_validator("registered_model_name")
     @classmethod
