@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from registry.champion import ChampionNotFoundError, load_champion
-from models.onnx_runtime import open_session
+from models.onnx_runtime import OnnxPredictor
 from tasks import samples, units
 from tasks.archive import archived_days
 from tasks.grid import Grid
@@ -115,6 +115,7 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
     todo = sorted(d for d in todo if inputs_available(era5_dir, d))
     if not todo:
         return []
-    session, provider = open_session(champion.onnx_path)
-    logger.info("champion %s v%s on %s; mapping %d days", champion.name, champion.version, provider, len(todo))
-    return [units.map_day(settings, grid, d, session, champion) for d in todo]
+    predictor = OnnxPredictor(champion.onnx_path)
+    logger.info("champion %s v%s on %s; mapping %d days", champion.name, champion.version, predictor.provider,
+                len(todo))
+    return [units.map_day(settings, grid, d, predictor, champion) for d in todo]

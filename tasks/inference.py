@@ -42,31 +42,26 @@ class DayPrediction:
     uncertainty: np.ndarray | None
 
 
-def predict_day(session, layers: DayLayers, grid: Grid, batch_size: int, progress=None) -> DayPrediction:
-    """XCO2 (and its uncertainty when the model has one) for every cell; memory bounded by
-    `batch_size` cells."""
-    input_name = session.get_inputs()[0].name
-    wanted = [OUTPUT_NAME] + [o.name for o in session.get_outputs() if o.name == UNCERTAINTY_OUTPUT_NAME]
-    maps = [np.empty(grid.shape, dtype=np.float32) for _ in wanted]
-    rows_per_batch = max(1, batch_size // grid.nx)
+def predict_day(predictor, layers: DayLayers, grid: Grid, batch_size: int, progress=None) -> DayPrediction:
+    """XCO2 (and its uncertainty when the model has one) for every cell with a
+    models.onnx_runtime.OnnxPredictor; memory bounded by the batch (on a GPU, sized from free
+    memory, at least `batch_size` cells' worth of whole rows)."""
+    wanted = [OUTPUT_NAME] + [n for n in predictor.output_names if n == UNCERTAINTY_OUTPUT_NAME]
+    maps = {name: np.empty(grid.shape, dtype=np.float32) for name in wanted}
+    rows_per_batch = max(1, predictor.cells_per_batch(batch_size) // grid.nx)
     for start in range(0, grid.ny, rows_per_batch):
         stop = min(grid.ny, start + rows_per_batch)
-        features = layers.for_rows(start, stop)
-        for out, pred in zip(maps, session.run(wanted, {input_name: features})):
-            out[start:stop] = np.asarray(pred, dtype=np.float32).reshape(stop - start, grid.nx)
+        outputs = predictor.run(layers.for_rows(start, stop))
+        for name, out in maps.items():
+            out[start:stop] = np.asarray(outputs[name], dtype=np.float32).reshape(stop - start, grid.nx)
         if progress:
             progress(stop, grid.ny)
-    bad = ~np.isfinite(maps[0])
+    bad = ~np.isfinite(maps[OUTPUT_NAME])
     if bad.any():
         log.warning("%s: %d cells predicted non-finite; written as nodata", layers.day, int(bad.sum()))
-    return DayPrediction(maps[0], maps[1] if len(maps) > 1 else None)
+    return DayPrediction(maps[OUTPUT_NAME], maps.get(UNCERTAINTY_OUTPUT_NAME))
 
 
-def predict_xco2(session, features: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_xco2(predictor, features: np.ndarray, batch_size: int) -> np.ndarray:
     """XCO2 (ppm) at arbitrary feature rows [n, k], e.g. the observed cells of recent days."""
-    input_name = session.get_inputs()[0].name
-    out = np.empty(len(features), dtype=np.float32)
-    for start in range(0, len(features), batch_size):
-        chunk = np.ascontiguousarray(features[start : start + batch_size], dtype=np.float32)
-        out[start : start + len(chunk)] = session.run([OUTPUT_NAME], {input_name: chunk})[0]
-    return out
+    return predictor.run(np.ascontiguousarray(features, dtype=np.float32), batch_size=batch_size)[OUTPUT_NAME]

@@ -64,20 +64,21 @@ def update_samples(settings: Settings, grid: Grid, day: date, fit) -> int:
 
 
 @unit(name="map-day", retries=1)
-def map_day(settings: Settings, grid: Grid, day: date, session, champion) -> dict:
+def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> dict:
+    """Map one day with the champion's models.onnx_runtime.OnnxPredictor and publish it."""
     covariates = StaticCovariates(settings.region_dir)
     layers = day_layers(covariates, raw_dir(settings, "era5"), grid, day)
     anchor = None
     if settings.anchoring:
         anchor = anchoring.anchor_for_day(
             day, anchoring.sample_store_reader(settings.region_dir, settings.anchor_max_cells_per_day),
-            lambda X: predict_xco2(session, X, settings.inference_batch_size), FEATURE_NAMES,
+            lambda X: predict_xco2(predictor, X, settings.inference_batch_size), FEATURE_NAMES,
             settings.anchor_window_days, settings.anchor_min_cells_per_day)
         if not anchor.anchored:
             log.warning("%s: no observations in the %d days up to it; the map is not anchored", day,
                         settings.anchor_window_days)
     with progress_bar(f"mapping {day}", grid.ny) as advance:
-        prediction = predict_day(session, layers, grid, settings.inference_batch_size,
+        prediction = predict_day(predictor, layers, grid, settings.inference_batch_size,
                                  progress=lambda d, _t: advance(d))
     xco2 = prediction.xco2 + np.float32(anchor.offset_ppm if anchor else 0.0)
     synthetic = settings.source.value == "demo"
