@@ -66,6 +66,23 @@ def _cmd_retrain(args) -> int:
     return 0
 
 
+def _cmd_backfill(args) -> int:
+    from flows.backfill import run_backfill
+
+    overrides = {}
+    if args.task_runner:
+        overrides["task_runner"] = args.task_runner
+    if args.dask_address:
+        overrides["dask_address"] = args.dask_address
+        overrides.setdefault("task_runner", "dask")  # an address means Dask unless told otherwise
+    load_settings(**overrides)  # fail fast on bad configuration, before any flow starts
+    result = run_backfill(start=args.start, end=args.end, overrides=overrides or None)
+    console.print_json(json.dumps({"window": result["window"], "task_runner": result["task_runner"],
+                                   "model": result["model"], "days": [r["day"] for r in result["days"]],
+                                   "skipped_days": result["skipped_days"]}, default=str))
+    return 0
+
+
 def _cmd_sources_check(args) -> int:
     from tasks.sources.check import check_sources
 
@@ -148,6 +165,10 @@ def _print_demo_summary(s: dict) -> None:
     sv = s["spatial_validation"]
     table.add_row(f"promotion holdout ({s['promotion_holdout']})",
                   f"RMSE {sv['rmse']:.3f} ppm, R2 {sv['r2']:.3f}, bias {sv['bias']:+.3f}, N {sv['n']}")
+    u = s.get("uncertainty")
+    if u:
+        table.add_row("uncertainty (68% interval)", f"covers {u['coverage68_heldout_blocks']:.1%} of held-out blocks, "
+                      f"{u['coverage68_random_holdout']:.1%} of the random holdout (scale {u['uncertainty_scale']:.2f})")
     acc = s["truth_accuracy"]
     if acc:
         a = acc["all_cells"]
@@ -157,9 +178,47 @@ def _print_demo_summary(s: dict) -> None:
             table.add_row("vs truth, never-observed cells",
                           f"RMSE {g['rmse']:.3f} ppm, bias {g['bias']:+.3f}, R2 {g['r2']:.3f}, N {g['n']} "
                           f"({100 * (1 - acc['observed_cell_fraction']):.1f}% of cells never observed)")
+        if acc.get("never_observed_interval_coverage") is not None:
+            table.add_row("68% interval vs truth, never-observed cells",
+                          f"covers {acc['never_observed_interval_coverage']:.1%}")
+    for row in s.get("comparison") or []:
+        table.add_row(f"compare {row['model']} / {row['protocol']}",
+                      f"RMSE {row['rmse']:.3f} ppm, R2 {row['r2']:.3f}, bias {row['bias']:+.3f}, N {row['n']}"
+                      + (f"; vs truth at the held-out cell-days RMSE {row['truth_rmse']:.3f}"
+                         if row.get("truth_rmse") == row.get("truth_rmse") and row.get("truth_rmse") is not None else ""))
     table.add_row("MLflow", s["tracking_uri"])
     table.add_row("wall time", ", ".join(f"{k} {v}" for k, v in s["timings"].items()))
     console.print(table)
+
+
+def _cmd_past_window(args) -> int:
+    from flows.past_window import MODEL_LABELS, PastWindowOptions, past_window_check
+    from tasks.demo_world import truth_for_day
+
+    settings = load_settings()
+    if settings.source.value != "demo":
+        print("xco2 past-window: needs the demo world's truth (source = demo)", file=sys.stderr)
+        return 2
+    try:
+        opts = PastWindowOptions(train_end=date.fromisoformat(args.train_end), days=args.days)
+    except ValueError as exc:
+        print(f"xco2 past-window: bad --train-end {args.train_end!r}: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else settings.data_dir / "reports" / settings.region.name / "past-window"
+    try:
+        result = past_window_check(settings, opts, lambda d: truth_for_day(settings.data_dir / "demo", d), out)
+    except ValueError as exc:
+        print(f"xco2 past-window: {exc}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{opts.days} days after {opts.train_end}: map - truth (ppm)")
+    for col in ("model", "mean bias, model only", "mean bias, anchored", "RMSE, model only", "RMSE, anchored"):
+        table.add_column(col)
+    for name, m in result["models"].items():
+        table.add_row(MODEL_LABELS.get(name, name), f"{m['bias_unanchored']:+.3f}", f"{m['bias_anchored']:+.3f}",
+                      f"{m['rmse_unanchored']:.3f}", f"{m['rmse_anchored']:.3f}")
+    console.print(table)
+    console.print(f"written to {out}")
+    return 0
 
 
 def _cmd_demo(args) -> int:
@@ -168,7 +227,7 @@ def _cmd_demo(args) -> int:
     opts = DemoOptions(
         data_dir=Path(args.data_dir), start=date.fromisoformat(args.start), days=args.days,
         archive_days=args.archive_days, max_epochs=args.epochs, max_training_samples=args.max_samples,
-        small=args.small,
+        small=args.small, compare=not args.no_compare,
     )
     load_settings(data_dir=str(opts.data_dir))
     summary = run_demo(opts)
@@ -176,6 +235,46 @@ def _cmd_demo(args) -> int:
     out = Path(args.data_dir) / "demo" / "summary.json"
     out.write_text(json.dumps(summary, indent=2, default=str))
     console.print(f"summary written to {out}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from tasks.report import report_window, select_days
+
+    try:
+        first, last = report_window(args.start, args.end)
+        settings = load_settings()
+        select_days(settings.archive_root, settings.region.name, first, last)  # fail fast, before the flow
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        print(f"xco2 report: {exc}", file=sys.stderr)
+        return 2
+    from flows.report import archive_report
+
+    try:
+        result = archive_report(start=first.isoformat(), end=last.isoformat(), out_dir=args.out)
+    except ValueError as exc:
+        print(f"xco2 report: {exc}", file=sys.stderr)
+        return 2
+    if result["synthetic_days"]:
+        print(f"NOTE: {result['synthetic_days']} of {result['n_days']} days are SYNTHETIC demo output, not real XCO2")
+    print(f"report of {result['n_days']} archived days ({first} .. {last}, {result['region']}) in {result['out_dir']}")
+    print(f"  summary  {result['summary']}")
+    for path in [*result["figures"].values(), *(m["path"] for m in result["maps"])]:
+        print(f"  figure   {path}")
+    for path in result["csv"].values():
+        print(f"  table    {path}")
+    for note in result["needs_more_data"]:
+        print(f"  needs more data: {note}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from flows.serve import serve_all
+
+    load_settings()
+    serve_all(limit=args.limit)  # the deployments of deployments/prefect.yaml, until Ctrl-C
     return 0
 
 
@@ -191,7 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=8, help="training epoch cap (the paper: 200)")
     d.add_argument("--max-samples", type=int, default=16000, help="cap on training samples")
     d.add_argument("--small", action="store_true", help="a 0.5 x 0.5 degree region instead of Sichuan")
+    d.add_argument("--no-compare", action="store_true",
+                   help="skip the model comparison (baselines x validation protocols) in the retrain")
     d.set_defaults(func=_cmd_demo)
+
+    pw = sub.add_parser("past-window", help="demo world: train up to a day, score the anchored maps of the days after")
+    pw.add_argument("--train-end", required=True, help="last training day (YYYY-MM-DD)")
+    pw.add_argument("--days", type=int, default=60, help="days after the training window to score")
+    pw.add_argument("--out", default=None, help="output folder")
+    pw.set_defaults(func=_cmd_past_window)
 
     daily = sub.add_parser("daily", help="run the daily update flow once")
     daily.add_argument("--start", help="first day (default: end - XCO2_INGEST_LOOKBACK_DAYS + 1)")
@@ -200,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("retrain", help="run the retrain flow once")
     r.set_defaults(func=_cmd_retrain)
+
+    bf = sub.add_parser("backfill", help="(re)map every day of a window onto the archive with the champion")
+    bf.add_argument("--start", required=True, help="first day (YYYY-MM-DD)")
+    bf.add_argument("--end", required=True, help="last day (YYYY-MM-DD)")
+    bf.add_argument("--task-runner", choices=["thread", "dask"], help="default: XCO2_TASK_RUNNER (thread)")
+    bf.add_argument("--dask-address", help="scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786")
+    bf.set_defaults(func=_cmd_backfill)
 
     i = sub.add_parser("inspect", help="describe one input file as JSON")
     i.add_argument("file")
@@ -232,6 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="print the effective configuration")
     c.set_defaults(func=_cmd_config)
+
+    rep = sub.add_parser("report", help="annual/seasonal/monthly means, growth rates and mean maps of the archive")
+    rep.add_argument("--start", required=True, help="first day of the window (YYYY-MM-DD)")
+    rep.add_argument("--end", required=True, help="last day of the window (YYYY-MM-DD)")
+    rep.add_argument("--out", help="output folder (default: <data>/reports/<region>/<start>_<end>)")
+    rep.set_defaults(func=_cmd_report)
+    srv = sub.add_parser("serve", help="serve the deployments of deployments/prefect.yaml from this process")
+    srv.add_argument("--limit", type=int, help="most flow runs at once (default: no limit)")
+    srv.set_defaults(func=_cmd_serve)
     return p
 
 

@@ -112,9 +112,10 @@ class Settings(BaseSettings):
     seed: int = 42
 
     # Model comparison in the retrain (issue 4): protocols from models.validation.PROTOCOLS and
-    # models from models.baselines; empty = skip. Costly on CPU: see the README.
-    comparison_protocols: list[str] = Field(default_factory=list)
-    comparison_models: list[str] = Field(default_factory=lambda: ["random_forest", "xgboost"])
+    # models from models.baselines; an empty list skips it. Costly on CPU: see the README.
+    comparison_protocols: list[str] = Field(
+        default_factory=lambda: ["random_holdout", "spatial_blocks", "temporal_blocks"])
+    comparison_models: list[str] = Field(default_factory=lambda: ["resnet_lstm", "random_forest", "xgboost"])
     comparison_max_train_samples: int = Field(20000, ge=100)
     comparison_max_epochs: int = Field(20, ge=1)
     comparison_folds: int = Field(5, ge=2, description="folds of the block cross-validations")
