@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     anchoring: bool = Field(True, description="offset each map by the recent observations' mean residual")
     anchor_window_days: int = Field(16, ge=1, le=90, description="trailing days of observations (16: one OCO-2 repeat cycle)")
     anchor_min_cells_per_day: int = Field(20, ge=1, description="observed cells a day needs to count")
-    anchor_max_cells_per_day: int = Field(2000, ge=10, description="observed cells per day predicted (seeded subsample)")
+    anchor_max_cells_per_day: int = Field(500, ge=10, description="observed cells per day predicted (seeded subsample)")
     promotion_margin_ppm: float = Field(0.0, ge=0, description="a challenger must beat the champion by this much")
     promotion_block_km: float = Field(50.0, ge=50, description="side of the spatial blocks the promotion holds out")
 

@@ -1,0 +1,154 @@
+"""Backfill: (re)map every day of a window onto the archive with the champion model.
+
+    run_backfill("2020-06-01", "2020-06-30")                 # honours settings.task_runner
+    run_backfill(..., overrides={"task_runner": "dask", "dask_address": "tcp://10.0.0.5:8786"})
+
+The flow maps one task per day over a task runner chosen by the settings: a thread pool
+(`task_runner="thread"`, `backfill_workers` threads) or Dask (`task_runner="dask"`: the
+scheduler at `dask_address`, else a local cluster of `dask_workers` single-threaded processes).
+A flow's task runner is fixed when it is decorated, so `run_backfill` builds the runner from
+the settings and calls `backfill.with_options(task_runner=...)`: the flow run's own runner is
+then the one the settings ask for. The bare `backfill` flow (a deployment's entrypoint, a direct
+call) finds its decorated thread pool instead and starts the wanted runner inside the run.
+
+Each day task is self-contained so Dask can ship it to another process or machine: it gets
+the settings, the grid, the day and the champion (a small dataclass naming the ONNX file) and
+opens its own ONNX Runtime predictor (a session can be neither pickled nor shared between
+threads). Paths are made absolute before the tasks are sent, so workers need the data
+directory at the same path (a shared filesystem), not the same working directory. An archived
+day is replaced (write-then-rename), so re-running a window is idempotent: the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import date, timedelta
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.annotations import unmapped
+
+from models.onnx_runtime import OnnxPredictor
+from registry.champion import ChampionModel, load_champion
+from tasks import units
+from tasks.grid import Grid
+from tasks.inference import inputs_available
+from tasks.settings import Settings, load_settings
+from tasks.sources.pull import raw_dir
+
+PROGRESS_KEY = "backfill-progress"
+DAYS_KEY = "backfill-days"
+
+
+def task_runner_for(settings: Settings) -> TaskRunner:
+    """The task runner the settings ask for (a new, unstarted one on every call)."""
+    if settings.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if settings.dask_address:
+            return DaskTaskRunner(address=settings.dask_address)
+        return DaskTaskRunner(cluster_kwargs={
+            "n_workers": settings.dask_workers, "threads_per_worker": 1, "processes": True,
+            "dashboard_address": None,  # no dashboard (its port may be taken on a shared machine)
+        })
+    return ThreadPoolTaskRunner(max_workers=settings.backfill_workers)
+
+
+def _days(start: str, end: str) -> list[date]:
+    first, last = date.fromisoformat(start), date.fromisoformat(end)
+    if first > last:
+        raise ValueError(f"start {first} is after end {last}")
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _absolute(settings: Settings) -> Settings:
+    # Workers may run in another working directory (or on another machine sharing the data).
+    return settings.model_copy(update={"data_dir": settings.data_dir.resolve(),
+                                       "archive_dir": settings.archive_root.resolve()})
+
+
+@task(name="backfill-day", task_run_name="backfill-{day}", cache_policy=NO_CACHE, retries=1)
+def backfill_day(settings: Settings, grid: Grid, day: date, champion: ChampionModel) -> dict:
+    """Map one day onto the archive (replacing it); runs in any worker process."""
+    predictor = OnnxPredictor(champion.onnx_path)  # per task: neither picklable nor thread-safe
+    row = units.map_day.fn(settings, grid, day, predictor, champion)
+    return {**row, "model_name": champion.name, "model_version": str(champion.version),
+            "provider": predictor.provider, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def _collect(futures: list, todo: list[date], progress_id, label: str, logger) -> tuple[list[dict], dict[str, str]]:
+    """Wait for the day tasks as they finish, updating the progress artifact; (rows, failures)."""
+    rows: list[dict] = []
+    failed: dict[str, str] = {}
+    day_of = {f.task_run_id: d for f, d in zip(futures, todo)}
+    for done, future in enumerate(as_completed(list(futures)), start=1):
+        day = day_of[future.task_run_id]
+        try:
+            rows.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - one bad day must not hide the others
+            failed[day.isoformat()] = f"{type(exc).__name__}: {exc}"
+            logger.error("backfill of %s failed: %s", day, failed[day.isoformat()])
+        update_progress_artifact(artifact_id=progress_id, progress=100.0 * done / len(todo),
+                                 description=f"{label}: {done} of {len(todo)} days"
+                                 + (f" ({len(failed)} failed)" if failed else ""))
+    return sorted(rows, key=lambda r: r["day"]), failed
+
+
+@flow(name="xco2-backfill", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def backfill(start: str, end: str, overrides: dict | None = None) -> dict:
+    """Map every day in [start, end] whose inputs are available, replacing archived days."""
+    logger = get_run_logger()
+    settings = _absolute(load_settings(**(overrides or {})))
+    grid = Grid.for_region(settings.region, settings.grid_step)
+    window = _days(start, end)
+    label = f"Backfill {window[0]}..{window[-1]}"
+
+    # The champion is resolved once: every day of the backfill comes from the same version.
+    champion = load_champion(settings.tracking_uri, settings.registered_model_name, settings.data_dir / "models")
+    era5_dir = raw_dir(settings, "era5")
+    todo = [d for d in window if inputs_available(era5_dir, d)]
+    skipped = [d.isoformat() for d in window if d not in todo]
+    logger.info("backfill %s..%s (%s): %d days to map with %s v%s on the %s task runner, %d without inputs",
+                window[0], window[-1], settings.region.name, len(todo), champion.name, champion.version,
+                settings.task_runner, len(skipped))
+
+    progress_id = create_progress_artifact(progress=0.0 if todo else 100.0, key=PROGRESS_KEY,
+                                           description=f"{label}: 0 of {len(todo)} days")
+    parameters = {"settings": unmapped(settings), "grid": unmapped(grid), "day": todo, "champion": unmapped(champion)}
+    wanted = task_runner_for(settings)
+    context = FlowRunContext.get()
+    own_runner = context is not None and context.task_runner == wanted
+    if not todo:
+        rows, failed = [], {}
+    elif own_runner:
+        # Started by run_backfill: this flow run's own task runner is the one the settings ask for.
+        rows, failed = _collect(backfill_day.map(**parameters), todo, progress_id, label, logger)
+    else:
+        # The bare flow (a deployment's entrypoint, a direct call) runs on its decorated thread
+        # pool: start the runner the settings ask for inside the run instead.
+        logger.info("starting the %s task runner the settings ask for", settings.task_runner)
+        with wanted as runner:
+            rows, failed = _collect(runner.map(backfill_day, parameters), todo, progress_id, label, logger)
+
+    create_table_artifact(
+        key=DAYS_KEY, description=f"Archive days written by the backfill {window[0]}..{window[-1]}",
+        table=[{"day": r["day"], "path": r["path"], "mean_ppm": r["mean_ppm"], "model_version": r["model_version"]}
+               for r in rows] or [{"day": "none"}])
+    if failed:
+        raise RuntimeError(f"backfill failed for {len(failed)} of {len(todo)} days: "
+                           + "; ".join(f"{d}: {why}" for d, why in sorted(failed.items())))
+    return {"window": [window[0].isoformat(), window[-1].isoformat()], "days": rows, "skipped_days": skipped,
+            "model": {"name": champion.name, "version": champion.version}, "task_runner": settings.task_runner,
+            "task_runner_started_in_run": bool(todo) and not own_runner}
+
+
+def run_backfill(start: str, end: str, overrides: dict | None = None) -> dict:
+    """Run the backfill flow with the task runner the settings (with `overrides`) ask for as
+    the flow run's own task runner (`backfill.with_options(task_runner=...)`)."""
+    runner = task_runner_for(load_settings(**(overrides or {})))
+    return backfill.with_options(task_runner=runner)(start=start, end=end, overrides=overrides)
