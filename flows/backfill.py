@@ -35,6 +35,7 @@ from prefect.utilities.annotations import unmapped
 
 from models.onnx_runtime import OnnxPredictor
 from registry.champion import ChampionModel, load_champion
+from tasks.archive.provenance import stale_days
 from tasks import units
 from tasks.grid import Grid
 from tasks.inference import inputs_available
@@ -100,8 +101,11 @@ def _collect(futures: list, todo: list[date], progress_id, label: str, logger) -
 
 
 @flow(name="xco2-backfill", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
-def backfill(start: str, end: str, overrides: dict | None = None) -> dict:
-    """Map every day in [start, end] whose inputs are available, replacing archived days."""
+def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bool = False) -> dict:
+    """Map every day in [start, end] whose inputs are available, replacing archived days.
+
+    stale_only: recompute only the archived days of the window that a model other than the
+    current champion made (after moving the alias, say)."""
     logger = get_run_logger()
     settings = _absolute(load_settings(**(overrides or {})))
     grid = Grid.for_region(settings.region, settings.grid_step)
@@ -111,8 +115,14 @@ def backfill(start: str, end: str, overrides: dict | None = None) -> dict:
     # The champion is resolved once: every day of the backfill comes from the same version.
     champion = load_champion(settings.tracking_uri, settings.registered_model_name, settings.data_dir / "models")
     era5_dir = raw_dir(settings, "era5")
-    todo = [d for d in window if inputs_available(era5_dir, d)]
-    skipped = [d.isoformat() for d in window if d not in todo]
+    candidates = window
+    if stale_only:
+        candidates = stale_days(settings.archive_root, settings.region.name, champion.name, champion.version,
+                                window[0], window[-1])
+        logger.info("%d archived days of the window were made by another model than %s v%s",
+                    len(candidates), champion.name, champion.version)
+    todo = [d for d in candidates if inputs_available(era5_dir, d)]
+    skipped = [d.isoformat() for d in candidates if d not in todo]
     logger.info("backfill %s..%s (%s): %d days to map with %s v%s on the %s task runner, %d without inputs",
                 window[0], window[-1], settings.region.name, len(todo), champion.name, champion.version,
                 settings.task_runner, len(skipped))
@@ -147,8 +157,8 @@ def backfill(start: str, end: str, overrides: dict | None = None) -> dict:
             "task_runner_started_in_run": bool(todo) and not own_runner}
 
 
-def run_backfill(start: str, end: str, overrides: dict | None = None) -> dict:
+def run_backfill(start: str, end: str, overrides: dict | None = None, stale_only: bool = False) -> dict:
     """Run the backfill flow with the task runner the settings (with `overrides`) ask for as
     the flow run's own task runner (`backfill.with_options(task_runner=...)`)."""
     runner = task_runner_for(load_settings(**(overrides or {})))
-    return backfill.with_options(task_runner=runner)(start=start, end=end, overrides=overrides)
+    return backfill.with_options(task_runner=runner)(start=start, end=end, overrides=overrides, stale_only=stale_only)

@@ -76,7 +76,7 @@ def _cmd_backfill(args) -> int:
         overrides["dask_address"] = args.dask_address
         overrides.setdefault("task_runner", "dask")  # an address means Dask unless told otherwise
     load_settings(**overrides)  # fail fast on bad configuration, before any flow starts
-    result = run_backfill(start=args.start, end=args.end, overrides=overrides or None)
+    result = run_backfill(start=args.start, end=args.end, overrides=overrides or None, stale_only=args.stale_only)
     console.print_json(json.dumps({"window": result["window"], "task_runner": result["task_runner"],
                                    "model": result["model"], "days": [r["day"] for r in result["days"]],
                                    "skipped_days": result["skipped_days"]}, default=str))
@@ -313,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--end", required=True, help="last day (YYYY-MM-DD)")
     bf.add_argument("--task-runner", choices=["thread", "dask"], help="default: XCO2_TASK_RUNNER (thread)")
     bf.add_argument("--dask-address", help="scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786")
+    bf.add_argument("--stale-only", action="store_true",
+                    help="only archived days made by a model other than the current champion")
     bf.set_defaults(func=_cmd_backfill)
 
     i = sub.add_parser("inspect", help="describe one input file as JSON")

@@ -73,7 +73,7 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     for product, why in pulled.failed.items():
         logger.error("could not pull %s: %s", product, why)
 
-    mapped = extend_archive(settings, grid, last, recompute=refreshed)
+    mapped, champion = extend_archive(settings, grid, last, recompute=refreshed)
 
     create_table_artifact(key="daily-days-processed", table=rows or [{"day": "none new"}],
                           description="Days gridded, fused and sampled in this run")
@@ -84,6 +84,14 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                               table=[{"product": p, "problem": why} for p, why in pulled.failed.items()])
     create_table_artifact(key="daily-archive-days", table=mapped or [{"day": "none"}],
                           description="Archive days written in this run")
+    if champion is not None:
+        create_table_artifact(key="daily-model", description="The champion that mapped this run's days",
+                              table=[{"metric": "model", "value": f"{champion.name} v{champion.version} (@champion)"}]
+                              + [{"metric": k, "value": round(float(v), 4)} for k, v in sorted(champion.metrics.items())])
+    if mapped:
+        latest = max(date.fromisoformat(r["day"]) for r in mapped)
+        create_markdown_artifact(key="daily-quicklook", description=f"Quicklook of {latest}",
+                                 markdown=units.quicklook_markdown(settings, latest))
     create_markdown_artifact(key="daily-summary", markdown=(
         f"# Daily update {first}..{last} ({settings.region.name})\n\n"
         f"- new granules: {pulled.n_fetched} ({', '.join(f'{k}: {len(v)}' for k, v in pulled.fetched.items())})\n"
@@ -98,24 +106,24 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                 d.isoformat() for d in refreshed), "gosat_fit": fit.to_dict(), "new_granules": pulled.n_fetched}
 
 
-def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = frozenset()) -> list[dict]:
+def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = frozenset()):
     """Map every day of the archive look-back missing from the archive whose inputs exist, and
-    re-map archived days in `recompute` (their inputs changed)."""
+    re-map archived days in `recompute` (their inputs changed). Returns (rows, champion or None)."""
     logger = get_run_logger()
     try:
         champion = load_champion(settings.tracking_uri, settings.registered_model_name,
                                  settings.data_dir / "models")
     except ChampionNotFoundError:
         logger.warning("no champion model registered yet: the archive waits for the first retrain")
-        return []
+        return [], None
     have = set(archived_days(settings.archive_root, settings.region.name))
     era5_dir = raw_dir(settings, "era5")
     todo = [last - timedelta(days=i) for i in range(settings.archive_lookback_days)]
     todo = {d for d in todo if d not in have} | {d for d in recompute if d in have}
     todo = sorted(d for d in todo if inputs_available(era5_dir, d))
     if not todo:
-        return []
+        return [], champion
     predictor = OnnxPredictor(champion.onnx_path)
     logger.info("champion %s v%s on %s; mapping %d days", champion.name, champion.version, predictor.provider,
                 len(todo))
-    return [units.map_day(settings, grid, d, predictor, champion) for d in todo]
+    return [units.map_day(settings, grid, d, predictor, champion) for d in todo], champion

@@ -151,3 +151,22 @@ def test_rerunning_replaces_the_days_with_the_same_bytes(thread_run):
         assert path.stat().st_ino != inodes[day], f"{day} was not rewritten"
         assert path.read_bytes() == before[day]
     assert validate_stac(collection_path(archive, SMALL_REGION.name)) == []
+
+
+def test_stale_only_recomputes_the_days_another_model_made(thread_run):
+    import rasterio
+
+    from tasks.archive.provenance import day_models, stale_days
+
+    archive, overrides, result, before = thread_run
+    version = str(result["model"]["version"])
+    old = day_cog_path(archive, SMALL_REGION.name, date.fromisoformat(DAYS[1]))
+    with rasterio.open(old, "r+") as dst:  # as if an earlier champion had made this day
+        dst.update_tags(model_version="0")
+    assert day_models(archive, SMALL_REGION.name)[date.fromisoformat(DAYS[1])] == (MODEL, "0")
+    assert stale_days(archive, SMALL_REGION.name, MODEL, version) == [date.fromisoformat(DAYS[1])]
+
+    again = backfill(start=DAYS[0], end=DAYS[-1], overrides=overrides, stale_only=True)
+    assert [r["day"] for r in again["days"]] == [DAYS[1]]
+    assert stale_days(archive, SMALL_REGION.name, MODEL, version) == []
+    assert old.read_bytes() == before[DAYS[1]]  # remade by the champion: the same map as before

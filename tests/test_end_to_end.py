@@ -152,3 +152,19 @@ def test_retrain_with_the_model_comparison(demo_run, tracking_uri):
     runs = mlflow.search_runs(experiment_names=[f"xco2-{SMALL_REGION.name}"], output_format="list")
     assert any(run.data.tags.get("model") == "random_forest" and "spatial_blocks_rmse" in run.data.metrics
                for run in runs)
+
+
+def test_the_daily_run_publishes_a_quicklook_and_the_champion(demo_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        def latest(key):
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            assert found, f"no artifact {key}"
+            return max(found, key=lambda a: a.created)
+
+        quicklook = latest("daily-quicklook")
+        assert "data:image/png;base64," in quicklook.data and "2020-06-06" in quicklook.data
+        model = latest("daily-model")
+        assert "e2e-resnet-lstm v" in str(model.data) and "val_rmse" in str(model.data)
