@@ -486,3 +486,45 @@ def test_quicklook_is_a_small_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert 5_000 < len(data) < 500_000
     assert visible_files(png.parent) == ["day.png"]
+
+
+# --- consumers (the README's recipes) ----------------------------------------------------------
+
+
+def test_rioxarray_reads_a_time_series_of_days(tmp_path):
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
+    grid = ODD_SHAPE
+    fields = {}
+    for day in (DAY1, DAY2):
+        fields[day] = smooth_field(grid, seed=day.day)
+        write_day_cog(day_cog_path(tmp_path, REGION, day), fields[day], grid, {**TAGS, "date": day},
+                      uncertainty=np.full(grid.shape, 0.8, np.float32))
+    days = [DAY1, DAY2]
+    series = xr.concat(
+        [rioxarray.open_rasterio(day_cog_path(tmp_path, REGION, d), masked=True).sel(band=1) for d in days],
+        dim="time").assign_coords(time=np.array(days, dtype="datetime64[ns]"))
+    assert series.rio.crs.to_epsg() == 4326
+    assert series.shape == (2, grid.ny, grid.nx)
+    np.testing.assert_allclose(series.x.values, grid.lons, atol=1e-9)
+    np.testing.assert_allclose(series.y.values, grid.lats, atol=1e-9)
+    np.testing.assert_array_equal(series.isel(time=1).values, fields[DAY2])  # NaN where no estimate
+    point = series.sel(x=grid.lons[-1], y=grid.lats[-1], method="nearest")
+    assert point.shape == (2,) and np.isfinite(point).all()
+
+
+def test_odc_stac_loads_the_catalog_as_a_cube(tmp_path):
+    import odc.stac
+
+    grid = ODD_SHAPE
+    collection_file = archive_two_days(tmp_path, grid)
+    items = list(pystac.Collection.from_file(str(collection_file)).get_items())
+    cube = odc.stac.load(items, bands=["xco2"], chunks=None)
+    assert cube["xco2"].shape == (2, grid.ny, grid.nx)
+    assert cube.odc.geobox.crs.epsg == 4326
+    with rasterio.open(day_cog_path(tmp_path, REGION, DAY1)) as src:
+        expected = src.read(1)
+    got = cube["xco2"].isel(time=0).values
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got[np.isfinite(got)], expected[np.isfinite(expected)])
