@@ -518,10 +518,16 @@ def test_odc_stac_loads_the_catalog_as_a_cube(tmp_path):
     import odc.stac
 
     grid = ODD_SHAPE
-    collection_file = archive_two_days(tmp_path, grid)
-    items = list(pystac.Collection.from_file(str(collection_file)).get_items())
-    cube = odc.stac.load(items, bands=["xco2"], chunks=None)
+    for day in (DAY1, DAY2):
+        cog = write_day_cog(day_cog_path(tmp_path, REGION, day), smooth_field(grid), grid, {**TAGS, "date": day},
+                            uncertainty=np.full(grid.shape, 0.8, np.float32))
+        upsert_day_item(tmp_path, Region(name=REGION), grid, day, cog, PROPERTIES)
+    items = list(pystac.Collection.from_file(str(collection_path(tmp_path, REGION))).get_items())
+    cube = odc.stac.load(items, chunks=None)
+    assert sorted(cube.data_vars) == ["xco2.1", "xco2.2"]  # one asset, two bands (raster:bands)
+    cube = cube.rename({"xco2.1": "xco2", "xco2.2": "uncertainty"})
     assert cube["xco2"].shape == (2, grid.ny, grid.nx)
+    assert float(cube["uncertainty"].max()) == pytest.approx(0.8)
     assert cube.odc.geobox.crs.epsg == 4326
     with rasterio.open(day_cog_path(tmp_path, REGION, DAY1)) as src:
         expected = src.read(1)
