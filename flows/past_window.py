@@ -100,7 +100,7 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
             for name, model in predictors.items():
                 predicted = np.asarray(model.predict(X), dtype=np.float64)
                 anchor = anchor_from_residuals(day, residuals[name], settings.anchor_window_days,
-                                               settings.anchor_min_cells_per_day)
+                                               settings.anchor_min_cells_per_day, settings.anchor_method)
                 rows.append({"day": day.isoformat(), "model": name,
                              "bias_unanchored": float(np.mean(predicted - truth)),
                              "bias_anchored": float(np.mean(predicted + anchor.offset_ppm - truth)),
@@ -115,7 +115,7 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
     publish_text(out_dir / "past_window_daily.csv", daily.to_csv(index=False))
     figure = _bias_figure(daily, opts, out_dir / "past_window_bias.png")
     result = {"train_end": opts.train_end.isoformat(), "days": opts.days, "cells_per_day": opts.cells_per_day,
-              "anchor_window_days": settings.anchor_window_days,
+              "anchor_window_days": settings.anchor_window_days, "anchor_method": settings.anchor_method,
               "models": {m: {k: round(float(v), 4) for k, v in summary.loc[m].items()} for m in summary.index},
               "figure": str(figure)}
     write_json(out_dir / "past_window.json", result)

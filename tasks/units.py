@@ -73,7 +73,7 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
         anchor = anchoring.anchor_for_day(
             day, anchoring.sample_store_reader(settings.region_dir, settings.anchor_max_cells_per_day),
             lambda X: predict_xco2(predictor, X, settings.inference_batch_size), FEATURE_NAMES,
-            settings.anchor_window_days, settings.anchor_min_cells_per_day)
+            settings.anchor_window_days, settings.anchor_min_cells_per_day, settings.anchor_method)
         if not anchor.anchored:
             log.warning("%s: no observations in the %d days up to it; the map is not anchored", day,
                         settings.anchor_window_days)
