@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean up down status
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m slow tests/benchmarks -p no:cacheprovider
+
+# The local stack (Prefect server, MLflow server, worker): README, "Operating the stack".
+up: $(STAMP)
+	$(BIN)/python -m deployments.stack up
+
+down:
+	$(BIN)/python -m deployments.stack down
+
+status:
+	$(BIN)/python -m deployments.stack status
 
 clean:
 	rm -rf $(VENV) xco2-data

@@ -1,0 +1,469 @@
+"""The local xco2 stack: a Prefect server, an MLflow tracking server and a process worker.
+
+    python -m deployments.stack up       # start (or complete) the stack, apply the deployments
+    python -m deployments.stack status   # what runs, and whether it answers
+    python -m deployments.stack down     # stop everything (idempotent)
+    python -m deployments.stack deploy   # only: create the work pool, apply deployments/prefect.yaml
+
+Everything lives in the state directory (default `./.xco2-stack`): one pid file and one log per
+process (`<name>.pid`, `logs/<name>.log`), Prefect's home and SQLite database (`prefect/`), the
+MLflow SQLite database and artifacts (`mlflow.db`, `mlartifacts/`), `stack.json` (what `up`
+started, for `status`) and `env`, the environment that points a shell at the stack
+(`source .xco2-stack/env`): PREFECT_API_URL, XCO2_MLFLOW_TRACKING_URI, XCO2_DATA_DIR, XCO2_SOURCE.
+
+Configuration (environment; command-line options win):
+
+    XCO2_STACK_DIR                state directory                         ./.xco2-stack
+    XCO2_STACK_HOST               address the servers bind to             127.0.0.1
+    XCO2_STACK_PREFECT_PORT       Prefect API and UI                      4200
+    XCO2_STACK_MLFLOW_PORT        MLflow tracking server and UI           5000
+    XCO2_STACK_DATABASE_URL       Prefect database (postgresql+asyncpg://user:pw@host/db)
+                                                                          SQLite in the state dir
+    XCO2_STACK_MLFLOW_BACKEND_URI MLflow backend store (postgresql://...) SQLite in the state dir
+    XCO2_STACK_TIMEOUT            seconds to wait for health checks       240
+
+The worker's flow runs start in the repository with the environment above, so they use the
+stack's MLflow server; XCO2_DATA_DIR (default ./xco2-data) and XCO2_SOURCE (default demo) are
+taken from the environment of `up`, as is every other XCO2_* setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
+BIN = Path(sys.executable).parent
+POOL = "xco2-process"
+# Started in this order, stopped in the reverse one.
+COMPONENTS = ("prefect-server", "mlflow-server", "worker")
+# A pid file names a process of ours only while its command line still contains these words.
+_MARKERS = {"prefect-server": ("prefect", "server"), "mlflow-server": ("mlflow", "server"),
+            "worker": ("prefect", "worker")}
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _tool(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    database_url: str | None = None
+    mlflow_backend_uri: str | None = None
+    timeout: float = 240.0
+    pool: str = POOL
+    settings_env: dict[str, str] = field(default_factory=dict)  # XCO2_* for the worker and the env file
+    api_url: str | None = None  # another Prefect server's API (`deploy` under docker compose)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "StackConfig":
+        env = dict(os.environ if environ is None else environ)
+        settings_env = {k: v for k, v in env.items()
+                        if k.startswith("XCO2_") and not k.startswith("XCO2_STACK_")
+                        and k not in ("XCO2_MLFLOW_TRACKING_URI", "XCO2_REPO")}
+        settings_env["XCO2_DATA_DIR"] = str(Path(settings_env.get("XCO2_DATA_DIR", "xco2-data")).resolve())
+        settings_env.setdefault("XCO2_SOURCE", "demo")
+        values = {
+            "state_dir": Path(env.get("XCO2_STACK_DIR", ".xco2-stack")),
+            "host": env.get("XCO2_STACK_HOST", "127.0.0.1"),
+            "prefect_port": int(env.get("XCO2_STACK_PREFECT_PORT", 4200)),
+            "mlflow_port": int(env.get("XCO2_STACK_MLFLOW_PORT", 5000)),
+            "database_url": env.get("XCO2_STACK_DATABASE_URL") or None,
+            "mlflow_backend_uri": env.get("XCO2_STACK_MLFLOW_BACKEND_URI") or None,
+            "timeout": float(env.get("XCO2_STACK_TIMEOUT", 240)),
+            "settings_env": settings_env,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["state_dir"] = Path(values["state_dir"]).resolve()
+        return cls(**values)
+
+    # Where things are.
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / "env"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "stack.json"
+
+    def pid_file(self, name: str) -> Path:
+        return self.state_dir / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.logs_dir / f"{name}.log"
+
+    # Where things answer.
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return self.api_url.rstrip("/") if self.api_url else f"{self.prefect_url}/api"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def prefect_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
+
+    @property
+    def mlflow_backend_store(self) -> str:
+        return self.mlflow_backend_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    # Environments.
+    def client_env(self) -> dict[str, str]:
+        """What a shell, the CLI and the worker's flow runs need to use the stack."""
+        return {"PREFECT_API_URL": self.prefect_api_url, "XCO2_MLFLOW_TRACKING_URI": self.mlflow_url,
+                "MLFLOW_TRACKING_URI": self.mlflow_url, **self.settings_env}
+
+    def process_env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("XCO2_") and k not in (
+            "PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL", "MLFLOW_TRACKING_URI")}
+        env.update({"PREFECT_HOME": str(self.prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})
+        env.update(extra)
+        return env
+
+    def worker_env(self) -> dict[str, str]:
+        return self.process_env(**self.client_env(), XCO2_REPO=str(REPO_ROOT))
+
+
+# --- processes --------------------------------------------------------------------------------
+
+def _process(cfg: StackConfig, name: str):
+    """The live process a pid file names, or None (no file, gone, zombie, or a reused pid)."""
+    import psutil
+
+    try:
+        pid = int(cfg.pid_file(name).read_text().split()[0])
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmdline = " ".join(proc.cmdline())
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+    return proc if all(word in cmdline for word in _MARKERS[name]) else None
+
+
+def _spawn(cfg: StackConfig, name: str, argv: list[str], env: dict[str, str]) -> int:
+    cfg.logs_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.log_file(name), "ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    cfg.pid_file(name).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _stop(cfg: StackConfig, name: str, grace: float = 20.0) -> str:
+    """Stop a component and everything it started (its process group and its descendants: the
+    worker's flow runs have groups of their own)."""
+    import psutil
+
+    proc = _process(cfg, name)
+    cfg.pid_file(name).unlink(missing_ok=True)
+    if proc is None:
+        return "not running"
+    try:
+        family = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        family = [proc]
+    # One SIGTERM each: the group's members through the group, the others (flow runs) directly.
+    # (A second SIGTERM makes `prefect worker` escalate to SIGKILL.)
+    try:
+        group = os.getpgid(proc.pid)
+        os.killpg(group, signal.SIGTERM)
+    except OSError:
+        group = None
+    for p in family:
+        try:
+            if group is None or os.getpgid(p.pid) != group:
+                p.send_signal(signal.SIGTERM)
+        except (OSError, psutil.Error):
+            pass
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    return f"stopped (pid {proc.pid})"
+
+
+def _log_tail(cfg: StackConfig, name: str, lines: int = 25) -> str:
+    try:
+        return "\n".join(cfg.log_file(name).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _get(url: str, timeout: float = 3.0):
+    """(status, body) of a GET, or (None, error)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except (OSError, ValueError) as exc:
+        return None, str(exc)
+
+
+def _healthy(cfg: StackConfig, name: str) -> bool:
+    if name == "prefect-server":
+        return _get(f"{cfg.prefect_api_url}/health")[0] == 200
+    if name == "mlflow-server":
+        return _get(f"{cfg.mlflow_url}/health")[0] == 200
+    return _pool_status(cfg) == "READY"
+
+
+def _pool_status(cfg: StackConfig) -> str | None:
+    status, body = _get(f"{cfg.prefect_api_url}/work_pools/{cfg.pool}")
+    if status != 200:
+        return None
+    try:
+        return json.loads(body).get("status")
+    except ValueError:
+        return None
+
+
+def _wait_healthy(cfg: StackConfig, names: list[str], deadline: float) -> None:
+    waiting = list(names)
+    while waiting:
+        for name in list(waiting):
+            if _healthy(cfg, name):
+                print(f"  {name}: healthy", flush=True)
+                waiting.remove(name)
+            elif _process(cfg, name) is None:
+                raise StackError(f"{name} exited; the end of {cfg.log_file(name)}:\n{_log_tail(cfg, name)}")
+        if waiting and time.monotonic() > deadline:
+            raise StackError(f"{', '.join(waiting)} not healthy after {cfg.timeout:g} s "
+                             f"(XCO2_STACK_TIMEOUT); see {cfg.logs_dir}")
+        if waiting:
+            time.sleep(1.0)
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+def _start_servers(cfg: StackConfig) -> list[str]:
+    started = []
+    plans = {
+        "prefect-server": (cfg.prefect_port, [_tool("prefect"), "server", "start", "--host", cfg.host,
+                                              "--port", str(cfg.prefect_port), "--no-background"],
+                           cfg.process_env(PREFECT_API_DATABASE_CONNECTION_URL=cfg.prefect_database_url)),
+        "mlflow-server": (cfg.mlflow_port, [_tool("mlflow"), "server", "--backend-store-uri", cfg.mlflow_backend_store,
+                                            "--artifacts-destination", str(cfg.state_dir / "mlartifacts"),
+                                            "--host", cfg.host, "--port", str(cfg.mlflow_port), "--workers", "1"],
+                          cfg.process_env()),
+    }
+    for name, (port, argv, env) in plans.items():
+        if _process(cfg, name) is not None:
+            print(f"  {name}: already running (pid {_process(cfg, name).pid})")
+            continue
+        if not _port_free(cfg.host, port):
+            raise StackError(f"{cfg.host}:{port} is taken by another program: stop it, or choose another port "
+                             f"({'XCO2_STACK_PREFECT_PORT' if name == 'prefect-server' else 'XCO2_STACK_MLFLOW_PORT'})")
+        print(f"  {name}: starting (log {cfg.log_file(name)})", flush=True)
+        _spawn(cfg, name, argv, env)
+        started.append(name)
+    return started
+
+
+def _run_cli(cfg: StackConfig, name: str, argv: list[str], env: dict[str, str], timeout: float) -> None:
+    cfg.logs_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.log_file(name), "ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
+        log.flush()
+        rc = subprocess.run(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT, timeout=timeout).returncode
+    if rc != 0:
+        raise StackError(f"`{shlex.join(argv[1:])}` failed ({rc}); the end of {cfg.log_file(name)}:\n"
+                         f"{_log_tail(cfg, name)}")
+
+
+def deployment_names(path: Path = PREFECT_YAML) -> tuple[list[str], list[str]]:
+    """(deployments whose entrypoint file exists, those whose file is missing)."""
+    import yaml
+
+    present, missing = [], []
+    for spec in yaml.safe_load(path.read_text()).get("deployments") or []:
+        file = REPO_ROOT / spec["entrypoint"].partition(":")[0]
+        (present if file.is_file() else missing).append(spec["name"])
+    return present, missing
+
+
+def apply_deployments(cfg: StackConfig, env: dict[str, str] | None = None) -> list[str]:
+    """Create the process work pool when missing and apply deployments/prefect.yaml (the same
+    `prefect deploy` an operator would run), against the stack's Prefect server."""
+    env = cfg.worker_env() if env is None else env
+    if _get(f"{cfg.prefect_api_url}/work_pools/{cfg.pool}")[0] != 200:
+        print(f"  work pool {cfg.pool}: creating (type process)", flush=True)
+        _run_cli(cfg, "deploy", [_tool("prefect"), "work-pool", "create", cfg.pool, "--type", "process"],
+                 env, timeout=cfg.timeout)
+    present, missing = deployment_names()
+    for name in missing:
+        print(f"  deployment {name}: NOT applied, its entrypoint file does not exist", file=sys.stderr)
+    if not present:
+        return []
+    argv = [_tool("prefect"), "deploy", "--no-prompt", "--prefect-file", str(PREFECT_YAML)]
+    argv += ["--all"] if not missing else [a for n in present for a in ("--name", n)]
+    print(f"  deployments: applying {', '.join(present)} (log {cfg.log_file('deploy')})", flush=True)
+    _run_cli(cfg, "deploy", argv, env, timeout=max(cfg.timeout, 300))
+    return present
+
+
+def write_env_file(cfg: StackConfig) -> Path:
+    lines = ["# The xco2 stack's environment, written by `python -m deployments.stack up`.",
+             f"# Load it into a shell with: source {cfg.env_file}"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in cfg.client_env().items()]
+    cfg.env_file.write_text("\n".join(lines) + "\n")
+    return cfg.env_file
+
+
+def up(cfg: StackConfig) -> None:
+    for d in (cfg.state_dir, cfg.logs_dir, cfg.prefect_home, cfg.state_dir / "mlartifacts"):
+        d.mkdir(parents=True, exist_ok=True)
+    Path(cfg.settings_env["XCO2_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + cfg.timeout
+    print(f"xco2 stack in {cfg.state_dir}", flush=True)
+    _start_servers(cfg)
+    _wait_healthy(cfg, ["prefect-server", "mlflow-server"], deadline)
+    apply_deployments(cfg)
+    if _process(cfg, "worker") is None:
+        print(f"  worker: starting on pool {cfg.pool} (log {cfg.log_file('worker')})", flush=True)
+        _spawn(cfg, "worker", [_tool("prefect"), "worker", "start", "--pool", cfg.pool, "--type", "process",
+                               "--install-policy", "never", "--name", f"xco2-{socket.gethostname()}-{os.getpid()}"],
+               cfg.worker_env())
+    else:
+        print(f"  worker: already running (pid {_process(cfg, 'worker').pid})")
+    _wait_healthy(cfg, ["worker"], time.monotonic() + cfg.timeout)
+    write_env_file(cfg)
+    cfg.state_file.write_text(json.dumps({
+        "prefect_api_url": cfg.prefect_api_url, "prefect_ui": cfg.prefect_url, "mlflow_url": cfg.mlflow_url,
+        "pool": cfg.pool, "prefect_database": _redact(cfg.prefect_database_url),
+        "mlflow_backend_store": _redact(cfg.mlflow_backend_store), "data_dir": cfg.settings_env["XCO2_DATA_DIR"],
+        "source": cfg.settings_env["XCO2_SOURCE"]}, indent=2))
+    print(f"ready\n  Prefect UI  {cfg.prefect_url}\n  MLflow UI   {cfg.mlflow_url}\n"
+          f"  data dir    {cfg.settings_env['XCO2_DATA_DIR']} (source {cfg.settings_env['XCO2_SOURCE']})\n"
+          f"  logs        {cfg.logs_dir}\n  environment source {cfg.env_file}", flush=True)
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def down(cfg: StackConfig) -> None:
+    for name in reversed(COMPONENTS):
+        print(f"  {name}: {_stop(cfg, name)}", flush=True)
+    print("down")
+
+
+def _saved(cfg: StackConfig) -> StackConfig:
+    """The ports `up` used, when status runs without the same environment."""
+    try:
+        state = json.loads(cfg.state_file.read_text())
+    except (OSError, ValueError):
+        return cfg
+    from urllib.parse import urlsplit
+
+    p, m = urlsplit(state["prefect_ui"]), urlsplit(state["mlflow_url"])
+    cfg.host, cfg.prefect_port, cfg.mlflow_port = p.hostname, p.port, m.port
+    return cfg
+
+
+def status(cfg: StackConfig) -> int:
+    cfg = _saved(cfg)
+    urls = {"prefect-server": cfg.prefect_url, "mlflow-server": cfg.mlflow_url, "worker": f"pool {cfg.pool}"}
+    ok = True
+    for name in COMPONENTS:
+        proc = _process(cfg, name)
+        health = ("healthy" if _healthy(cfg, name) else "not answering") if proc else "-"
+        ok &= proc is not None and health == "healthy"
+        print(f"{name:<15} {'running (pid %d)' % proc.pid if proc else 'stopped':<22} {health:<14} {urls[name]}")
+    if cfg.env_file.is_file():
+        print(f"environment: source {cfg.env_file}")
+    return 0 if ok else 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m deployments.stack", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=["up", "down", "status", "deploy"])
+    p.add_argument("--dir", help="state directory (XCO2_STACK_DIR, default ./.xco2-stack)")
+    p.add_argument("--host", help="address to bind (XCO2_STACK_HOST, default 127.0.0.1)")
+    p.add_argument("--prefect-port", type=int, help="XCO2_STACK_PREFECT_PORT, default 4200")
+    p.add_argument("--mlflow-port", type=int, help="XCO2_STACK_MLFLOW_PORT, default 5000")
+    p.add_argument("--timeout", type=float, help="health-check timeout in s (XCO2_STACK_TIMEOUT, default 240)")
+    args = p.parse_args(argv)
+    cfg = StackConfig.from_env(state_dir=args.dir, host=args.host, prefect_port=args.prefect_port,
+                               mlflow_port=args.mlflow_port, timeout=args.timeout)
+    try:
+        if args.command == "up":
+            up(cfg)
+        elif args.command == "down":
+            down(cfg)
+        elif args.command == "status":
+            return status(cfg)
+        else:
+            # Against the server PREFECT_API_URL names (docker compose), else this stack's one.
+            if os.environ.get("PREFECT_API_URL"):
+                cfg.api_url = os.environ["PREFECT_API_URL"]
+                apply_deployments(cfg, env={**os.environ, "XCO2_REPO": os.environ.get("XCO2_REPO", str(REPO_ROOT))})
+            else:
+                apply_deployments(cfg)
+    except StackError as exc:
+        print(f"xco2 stack: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
