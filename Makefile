@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean up down status
+.PHONY: demo test test-stack bench install clean up down status
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Against real servers: starts a Prefect and an MLflow server and a worker on loopback (about 3 min).
+test-stack: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_stack.py -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m slow tests/benchmarks -p no:cacheprovider
