@@ -69,12 +69,14 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
     stored = stored_days(settings.region_dir)
     after = [opts.train_end + timedelta(days=i) for i in range(1, opts.days + 1)]
     era5 = raw_dir(settings, "era5")
-    missing = [d for d in after if d not in stored or not inputs_available(era5, d)]
+    # A day without an overpass is still mapped (and anchored on the days before it): the days
+    # after the window need their meteorology, not observations.
+    missing = [d for d in after if not inputs_available(era5, d)]
     if not any(d <= opts.train_end for d in stored) or missing:
         raise ValueError(
-            f"past-window check needs samples up to {opts.train_end} and inputs for the {opts.days} days after it "
-            f"in {settings.region_dir}; missing {len(missing)} days (first {missing[:3]}): run the daily flow over "
-            "the whole window first")
+            f"past-window check needs samples up to {opts.train_end} in {settings.region_dir} and ERA5 for the "
+            f"{opts.days} days after it; missing ERA5 for {len(missing)} days (first {missing[:3]}): run the daily "
+            "flow over the whole window first")
     # The observations the archive's anchoring reads: the same per-day subsample as map_day.
     observations = sample_store_reader(settings.region_dir, settings.anchor_max_cells_per_day)(
         min(stored), after[-1])
