@@ -210,7 +210,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     gate = f"spatial blocks of {settings.promotion_block_km:g} km" if split.spatial_is_blocks else "random holdout"
     params = {"n_holdout": len(split.random), "n_spatial_holdout": len(split.spatial), "region": settings.region.name,
               "validation": "random holdout, not used for early stopping", "promotion_holdout": gate,
-              "samples_days": int(df["day"].nunique())}
+              "samples_days": int(df["day"].nunique()), "train_last_day": str(max(df["day"]))[:10]}
     version = log_training_run(
         settings.tracking_uri, f"xco2-{settings.region.name}", settings.registered_model_name, trained,
         onnx_path, {**{f"val_{k}": v for k, v in metrics.items()}, **{f"spatial_{k}": v for k, v in spatial.items()},

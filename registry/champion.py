@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from datetime import date
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,9 @@ class ChampionModel:
     feature_set_version: str
     metrics: dict[str, float] = field(default_factory=dict)
     flavor: str = "onnx"
+    # The last day of the samples it was trained on (run param `train_last_day`), if recorded:
+    # maps of later days are anchored to recent observations (tasks/anchoring.py).
+    train_last_day: date | None = None
 
     @property
     def alias_uri(self) -> str:
@@ -209,7 +213,9 @@ def load_champion(tracking_uri: str, name: str, cache_dir: str | Path) -> Champi
              version.version, version.run_id, flavor, "cached" if cached else "downloaded to",
              onnx_path)
     meta = read_metadata(onnx_path)
-    metrics = dict(client.get_run(version.run_id).data.metrics)
+    run = client.get_run(version.run_id)
+    metrics = dict(run.data.metrics)
+    last = run.data.params.get("train_last_day")
     return ChampionModel(
         name=name,
         version=int(version.version),
@@ -219,4 +225,5 @@ def load_champion(tracking_uri: str, name: str, cache_dir: str | Path) -> Champi
         feature_set_version=meta["feature_set_version"],
         metrics=metrics,
         flavor=flavor,
+        train_last_day=date.fromisoformat(last) if last else None,
     )

@@ -69,7 +69,10 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
     covariates = StaticCovariates(settings.region_dir)
     layers = day_layers(covariates, raw_dir(settings, "era5"), grid, day)
     anchor = None
-    if settings.anchoring:
+    # Inside the training window the model has fitted these very observations: their residuals
+    # are fitting noise, not drift, and an offset would only add it to the map.
+    past_training = champion.train_last_day is None or day > champion.train_last_day
+    if settings.anchoring and past_training:
         anchor = anchoring.anchor_for_day(
             day, anchoring.sample_store_reader(settings.region_dir, settings.anchor_max_cells_per_day),
             lambda X: predict_xco2(predictor, X, settings.inference_batch_size), FEATURE_NAMES,
@@ -91,7 +94,8 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
         "feature_set_version": FEATURE_SET_VERSION,
         "source_mode": settings.source.value,
         "synthetic": "true" if synthetic else "false",
-        **(anchor.to_tags() if anchor else {"anchor_offset_ppm": "off"}),
+        **(anchor.to_tags() if anchor else
+           {"anchor_offset_ppm": "0", "anchor_method": "off" if not settings.anchoring else "in training window"}),
     }
     if prediction.uncertainty is not None:
         tags["uncertainty"] = "band 2: half-width of the calibrated 68% interval (ppm)"

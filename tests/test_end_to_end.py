@@ -60,8 +60,8 @@ def test_archive_cogs_are_valid_and_on_the_grid(demo_run):
             # Band 2: the calibrated 68% half-width; the map's level is anchored to recent soundings.
             assert src.count == 2
             uncertainty = src.read(2)
-            assert abs(float(tags["anchor_offset_ppm"])) < 3
-            assert int(tags["anchor_days"]) >= 1 and int(tags["anchor_cells"]) >= 20
+            # Days the model was trained on get no offset (test_maps_past_the_training_window_are_anchored).
+            assert tags["anchor_method"] == "in training window" and tags["anchor_offset_ppm"] == "0"
         assert np.isfinite(values).all()
         assert np.isfinite(uncertainty).all() and (uncertainty > 0).all() and uncertainty.mean() < 5
         assert 395 < values.min() and values.max() < 430
@@ -168,3 +168,33 @@ def test_the_daily_run_publishes_a_quicklook_and_the_champion(demo_run):
         assert "data:image/png;base64," in quicklook.data and "2020-06-06" in quicklook.data
         model = latest("daily-model")
         assert "e2e-resnet-lstm v" in str(model.data) and "val_rmse" in str(model.data)
+
+
+def test_maps_past_the_training_window_are_anchored(demo_run, tracking_uri, tmp_path):
+    """The same day mapped by a champion whose training ended earlier: one offset from the recent
+    observations' residuals is added to every cell, and the COG and STAC item say so."""
+    import dataclasses
+
+    from models.onnx_runtime import OnnxPredictor
+    from tasks import units
+    from tasks.settings import load_settings
+
+    opts, summary = demo_run
+    day = date(2020, 6, 6)
+    champion = load_champion(tracking_uri, "e2e-resnet-lstm", tmp_path / "models")
+    assert champion.train_last_day == day
+    settings = load_settings(data_dir=str(opts.data_dir), source="demo", region=SMALL_REGION.model_dump(),
+                             archive_dir=str(tmp_path / "archive"), **opts.extra)
+    grid = Grid.for_region(SMALL_REGION, 0.01)
+    earlier = dataclasses.replace(champion, train_last_day=date(2020, 6, 3))
+    row = units.map_day.fn(settings, grid, day, OnnxPredictor(champion.onnx_path), earlier)
+    with rasterio.open(day_cog_path(tmp_path / "archive", SMALL_REGION.name, day)) as src:
+        tags, anchored = src.tags(), src.read(1)
+    with rasterio.open(day_cog_path(opts.data_dir / "archive", SMALL_REGION.name, day)) as src:
+        plain = src.read(1)
+    offset = float(tags["anchor_offset_ppm"])
+    assert tags["anchor_method"] in ("trend", "mean") and int(tags["anchor_days"]) >= 3
+    assert row["anchor_offset_ppm"] == pytest.approx(offset, abs=1e-3) and 0 < abs(offset) < 3
+    np.testing.assert_allclose(anchored - plain, offset, atol=2e-3)
+    item = (tmp_path / "archive" / SMALL_REGION.name / "2020" / "xco2_chengdu_20200606.json").read_text()
+    assert '"xco2:anchor_offset_ppm"' in item
