@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from registry.champion import ChampionNotFoundError, load_champion
 from models.onnx_runtime import OnnxPredictor
 from tasks import samples, units
-from tasks.archive import archived_days
+from tasks.archive import archived_days, day_cog_path, quicklook_markdown
 from tasks.grid import Grid
 from tasks.inference import inputs_available
 from tasks.settings import SourceMode, load_settings
@@ -91,7 +91,8 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     if mapped:
         latest = max(date.fromisoformat(r["day"]) for r in mapped)
         create_markdown_artifact(key="daily-quicklook", description=f"Quicklook of {latest}",
-                                 markdown=units.quicklook_markdown(settings, latest))
+                                 markdown=quicklook_markdown(day_cog_path(settings.archive_root, settings.region.name,
+                                                                          latest), f"XCO2 {settings.region.name} {latest}"))
     create_markdown_artifact(key="daily-summary", markdown=(
         f"# Daily update {first}..{last} ({settings.region.name})\n\n"
         f"- new granules: {pulled.n_fetched} ({', '.join(f'{k}: {len(v)}' for k, v in pulled.fetched.items())})\n"

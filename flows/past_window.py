@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flows.retrain import cap_indices, training_config
 from models.baselines import MODELS, Budget
 from models.evaluation import random_split
-from models.training import TrainingConfig, train_resnet_lstm
+from models.training import train_resnet_lstm
 from tasks.anchoring import anchor_from_residuals, daily_residuals, sample_store_reader
 from tasks.atomic import atomic_path, publish_text, write_json
 from tasks.covariates import StaticCovariates
@@ -26,7 +27,7 @@ from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.grid import Grid
 from tasks.inference import day_layers, inputs_available
 from tasks.progress import progress_bar
-from tasks.samples import stored_days
+from tasks.samples import read_samples, stored_days
 from tasks.settings import Settings
 from tasks.sources.pull import raw_dir
 
@@ -47,17 +48,10 @@ def _train(settings: Settings, name: str, X: np.ndarray, y: np.ndarray):
     """The model as the retrain fits it: same caps, Table 5 recipe, seeded."""
     fit, stop = random_split(len(y), settings.validation_fraction, settings.seed)
     rng = np.random.default_rng(settings.seed)
-    if settings.max_training_samples and len(fit) > settings.max_training_samples:
-        fit = np.sort(rng.choice(fit, settings.max_training_samples, replace=False))
-    if settings.max_validation_samples and len(stop) > settings.max_validation_samples:
-        stop = np.sort(rng.choice(stop, settings.max_validation_samples, replace=False))
+    fit, stop = cap_indices(fit, settings.max_training_samples, rng), cap_indices(stop, settings.max_validation_samples, rng)
     if name == "resnet_lstm":
-        config = TrainingConfig(max_epochs=settings.max_epochs, batch_size=settings.batch_size,
-                                learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
-                                lr_patience=settings.lr_patience, lr_factor=settings.lr_factor,
-                                early_stopping_patience=settings.early_stopping_patience, seed=settings.seed)
-        return train_resnet_lstm(X[fit], y[fit], X[stop], y[stop], FEATURE_NAMES, FEATURE_SET_VERSION, config,
-                                 show_progress=True)
+        return train_resnet_lstm(X[fit], y[fit], X[stop], y[stop], FEATURE_NAMES, FEATURE_SET_VERSION,
+                                 training_config(settings), show_progress=True)
     budget = Budget.cpu(feature_set_version=FEATURE_SET_VERSION)
     return MODELS[name].fit(X[fit], y[fit], X[stop], y[stop], list(FEATURE_NAMES), settings.seed, budget)
 
@@ -81,11 +75,10 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
     observations = sample_store_reader(settings.region_dir, settings.anchor_max_cells_per_day)(
         min(stored), after[-1])
     observations["day"] = pd.to_datetime(observations["day"]).dt.date
-    training = observations[observations["day"] <= opts.train_end]
-    full = sample_store_reader(settings.region_dir, 10**9)(min(stored), opts.train_end)
+    full = read_samples(settings.region_dir, end=opts.train_end)
     X_train = full[list(FEATURE_NAMES)].to_numpy(np.float32)
     y_train = full["xco2"].to_numpy(np.float64)
-    log.info("training on %d samples of %d days up to %s", len(y_train), training["day"].nunique(), opts.train_end)
+    log.info("training on %d samples of %d days up to %s", len(y_train), full["day"].nunique(), opts.train_end)
 
     predictors = {name: _train(settings, name, X_train, y_train) for name in opts.models}
     X_obs = observations[list(FEATURE_NAMES)].to_numpy(np.float32)

@@ -116,17 +116,3 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
             "anchor_offset_ppm": round(anchor.offset_ppm, 3) if anchor else None,
             "model_version": str(champion.version)}
 
-
-def quicklook_markdown(settings: Settings, day: date) -> str:
-    """A quicklook PNG of an archived day (written beside the archive) as Markdown with the image
-    inline, so the Prefect UI shows the map without access to the archive's disk."""
-    import base64
-
-    from tasks.archive import quicklook_png
-
-    cog = day_cog_path(settings.archive_root, settings.region.name, day)
-    png = cog.parent / "quicklooks" / f"{cog.stem}.png"
-    quicklook_png(cog, png, f"XCO2 {settings.region.name} {day}")
-    encoded = base64.b64encode(png.read_bytes()).decode()
-    return (f"# XCO2 {settings.region.name} {day}\n\n![quicklook {day}](data:image/png;base64,{encoded})\n\n"
-            f"COG: `{cog}`  \nPNG: `{png}`\n")

@@ -9,7 +9,7 @@
 
 from tasks.archive.cog import NODATA, validate_cog, write_day_cog
 from tasks.archive.layout import archived_days, collection_path, day_cog_path, day_item_path
-from tasks.archive.quicklook import quicklook_png
+from tasks.archive.quicklook import quicklook_markdown, quicklook_png
 from tasks.archive.stac import upsert_day_item
 from tasks.archive.stac_validation import validate_stac
 
@@ -19,6 +19,7 @@ __all__ = [
     "collection_path",
     "day_cog_path",
     "day_item_path",
+    "quicklook_markdown",
     "quicklook_png",
     "upsert_day_item",
     "validate_cog",

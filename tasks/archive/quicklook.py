@@ -69,3 +69,15 @@ def quicklook_png(cog_path: Path | str, png_path: Path | str, title: str) -> Pat
     with publishing(png_path) as temp:
         figure.savefig(temp, format="png")
     return png_path
+
+
+def quicklook_markdown(cog_path: Path | str, title: str) -> str:
+    """Render a quicklook PNG beside the COG (in quicklooks/) and return Markdown with the image
+    inline, so the Prefect UI shows the map without access to the archive's disk."""
+    import base64
+
+    cog_path = Path(cog_path)
+    png = quicklook_png(cog_path, cog_path.parent / "quicklooks" / f"{cog_path.stem}.png", title)
+    encoded = base64.b64encode(png.read_bytes()).decode()
+    return (f"# {title}\n\n![{title}](data:image/png;base64,{encoded})\n\n"
+            f"COG: `{cog_path}`  \nPNG: `{png}`\n")
