@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# Against real servers: starts a Prefect and an MLflow server and a worker on loopback (about 3 min).
+# Against real servers: starts a Prefect and an MLflow server and a worker on loopback (both on SQLite and on PostgreSQL: about 4 min).
 test-stack: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_stack.py -p no:cacheprovider
 

@@ -150,7 +150,8 @@ class StackConfig:
 
     def process_env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("XCO2_") and k not in (
-            "PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL", "MLFLOW_TRACKING_URI")}
+            "PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL", "MLFLOW_TRACKING_URI",
+            "MLFLOW_BACKEND_STORE_URI")}
         env.update({"PREFECT_HOME": str(self.prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                     "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})
         env.update(extra)
@@ -294,10 +295,12 @@ def _start_servers(cfg: StackConfig) -> list[str]:
         "prefect-server": (cfg.prefect_port, [_tool("prefect"), "server", "start", "--host", cfg.host,
                                               "--port", str(cfg.prefect_port), "--no-background"],
                            cfg.process_env(PREFECT_API_DATABASE_CONNECTION_URL=cfg.prefect_database_url)),
-        "mlflow-server": (cfg.mlflow_port, [_tool("mlflow"), "server", "--backend-store-uri", cfg.mlflow_backend_store,
+        # Database URLs travel in the environment, never on a command line: a password there would
+        # show in `ps` and in the log's header line.
+        "mlflow-server": (cfg.mlflow_port, [_tool("mlflow"), "server",
                                             "--artifacts-destination", str(cfg.state_dir / "mlartifacts"),
                                             "--host", cfg.host, "--port", str(cfg.mlflow_port), "--workers", "1"],
-                          cfg.process_env()),
+                          cfg.process_env(MLFLOW_BACKEND_STORE_URI=cfg.mlflow_backend_store)),
     }
     for name, (port, argv, env) in plans.items():
         if _process(cfg, name) is not None:

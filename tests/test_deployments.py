@@ -151,7 +151,9 @@ def test_compose_environment_is_consistent(compose):
 
     mlflow_cmd = services["mlflow"]["command"]
     mlflow_cmd = mlflow_cmd if isinstance(mlflow_cmd, list) else mlflow_cmd.split()
-    backend = urlsplit(mlflow_cmd[mlflow_cmd.index("--backend-store-uri") + 1])
+    # The database URL (with its password) goes in the environment, not on the command line.
+    assert "--backend-store-uri" not in mlflow_cmd and not any("@" in str(a) for a in mlflow_cmd)
+    backend = urlsplit(_env(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"])
     assert backend.scheme.startswith("postgresql")
     assert (backend.hostname, backend.username, backend.password) == ("postgres", user, password)
     assert backend.path != prefect_db.path  # one database each: both keep an alembic_version table

@@ -7,14 +7,22 @@ stack's MLflow server, runs the daily-update deployment through the worker, chec
 state, artifacts and the archive's model version, registers a second version, moves the
 `champion` alias to it as an operator would in the MLflow UI, runs again and sees the new
 version used, then stops the stack and checks that nothing is left running.
+
+It runs twice: on the default SQLite databases, and on PostgreSQL (both servers' databases in a
+throwaway PostgreSQL cluster that the test starts on a free loopback port with the machine's
+`initdb`/`pg_ctl`; `.ci/run` installs PostgreSQL where it is missing).
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date, timezone
 from pathlib import Path
@@ -46,8 +54,60 @@ def _tail(path: Path, n: int = 60) -> str:
         return f"(no {path})"
 
 
+def _postgres_bin() -> Path:
+    found = shutil.which("initdb")
+    candidates = [Path(found).parent] if found else []
+    candidates += [Path(p).parent for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)]
+    for bindir in candidates:
+        if (bindir / "pg_ctl").exists():
+            return bindir
+    pytest.fail("PostgreSQL server programs (initdb, pg_ctl) not found: install PostgreSQL "
+                "(Debian: apt-get install postgresql; .ci/run does it)")
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def postgres():
+    """A throwaway PostgreSQL cluster on a free loopback port with the databases `prefect` and
+    `mlflow`, owned by role xco2 with a random password; stopped and removed afterwards."""
+    import psycopg
+
+    bindir = _postgres_bin()
+    root = Path(tempfile.mkdtemp(prefix="xco2-pg-"))
+    data, password, port = root / "data", f"pw-{secrets.token_hex(8)}", _free_port()
+    (root / "pwfile").write_text(password + "\n")
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run its programs as `postgres`
+        shutil.chown(root, "postgres")
+        shutil.chown(root / "pwfile", "postgres")
+        root.chmod(0o755)
+        run_as = ["runuser", "-u", "postgres", "--"]
+
+    def pg(*argv: str) -> None:
+        done = subprocess.run([*run_as, *argv], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{argv[0]} failed: {done.stdout}{done.stderr}"
+
+    pg(str(bindir / "initdb"), "-D", str(data), "-U", "xco2", f"--pwfile={root / 'pwfile'}",
+       "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--locale=C")
+    pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "120",
+       "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+    try:
+        with psycopg.connect(host="127.0.0.1", port=port, user="xco2", password=password, dbname="postgres",
+                             autocommit=True) as conn:
+            for db in ("prefect", "mlflow"):
+                conn.execute(f"CREATE DATABASE {db}")
+        base = f"xco2:{password}@127.0.0.1:{port}"
+        yield {"password": password, "port": port,
+               "prefect_url": f"postgresql+asyncpg://{base}/prefect",
+               "mlflow_url": f"postgresql+psycopg://{base}/mlflow",
+               "dsn": lambda db: f"postgresql://{base}/{db}"}
+    finally:
+        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request, tmp_path_factory):
     from flows.demo import SMALL_REGION, DemoOptions
     from tasks.demo_world import write_demo_world
 
@@ -63,15 +123,28 @@ def stack(tmp_path_factory):
     }
     env = {**os.environ, **settings, "XCO2_STACK_DIR": str(state), "XCO2_STACK_PREFECT_PORT": str(prefect_port),
            "XCO2_STACK_MLFLOW_PORT": str(mlflow_port), "XCO2_STACK_TIMEOUT": "600"}
+    database = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    if database:
+        env.update(XCO2_STACK_DATABASE_URL=database["prefect_url"], XCO2_STACK_MLFLOW_BACKEND_URI=database["mlflow_url"])
     t0 = time.perf_counter()
     try:
         started = _stack("up", env)
         assert started.returncode == 0, started.stdout + started.stderr
         assert "ready" in started.stdout
         yield {"env": env, "state": state, "data": data, "region": SMALL_REGION, "up_s": time.perf_counter() - t0,
+               "database": database,
                "api": f"http://127.0.0.1:{prefect_port}/api", "mlflow": f"http://127.0.0.1:{mlflow_port}"}
     finally:
+        _deliver_events()
         _stack("down", env, timeout=300)
+
+
+def _deliver_events() -> None:
+    """Send this process's queued Prefect events while their server still answers: left queued,
+    they are retried at interpreter exit against a stopped server, minutes per event."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=120, at_exit=False)
 
 
 def _run_deployment(stack, name: str, parameters: dict):
@@ -159,6 +232,7 @@ def test_stack_runs_the_daily_deployment_with_the_champion(stack):
         seeded = daily_update(start=START.isoformat(), end=LAST_SEEDED.isoformat(), overrides=overrides)
         assert sum(r["samples"] for r in seeded["days"]) > 200 and seeded["archive_days"] == []
         first = monthly_retrain(overrides=overrides)
+        _deliver_events()
     assert first["alias"] == "champion" and _champion_version(stack) == str(first["version"])
     timings["seed_s"] = round(time.perf_counter() - t, 1)
 
@@ -191,7 +265,31 @@ def test_stack_runs_the_daily_deployment_with_the_champion(stack):
     assert {"daily-days-processed", "daily-archive-days", "daily-summary"} <= _artifact_keys(stack, run.id)
     assert _cog_model_version(stack, NEW_DAY) == _champion_version(stack) == second
     assert _cog_model_version(stack, LAST_SEEDED) == str(first["version"])  # not recomputed
-    print(f"\nstack test timings: {timings}")
+    if stack["database"]:
+        _check_postgres_holds_the_state(stack, versions)
+    print(f"\nstack test timings ({'postgresql' if stack['database'] else 'sqlite'}): {timings}")
+
+
+def _check_postgres_holds_the_state(stack, versions: list[int]) -> None:
+    """The runs, deployments and model versions are in PostgreSQL, no SQLite file was made, and
+    the database password is in none of the stack's files (logs, env, stack.json, artifacts)."""
+    import psycopg
+
+    database = stack["database"]
+    with psycopg.connect(database["dsn"]("prefect")) as conn:
+        deployments = {r[0] for r in conn.execute("SELECT name FROM deployment")}
+        completed = conn.execute("SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'").fetchone()[0]
+    assert {"daily-update", "monthly-retrain", "backfill", "archive-report"} <= deployments
+    assert completed >= 3  # two daily runs and a retrain through the worker
+    with psycopg.connect(database["dsn"]("mlflow")) as conn:
+        rows = conn.execute("SELECT version FROM model_versions WHERE name = %s", (MODEL,)).fetchall()
+        alias = conn.execute("SELECT version FROM registered_model_aliases WHERE name = %s AND alias = 'champion'",
+                             (MODEL,)).fetchone()
+    assert sorted(int(r[0]) for r in rows) == versions and str(alias[0]) == _champion_version(stack)
+    assert not list(stack["state"].rglob("*.db"))
+    secret = database["password"].encode()
+    leaked = [p for p in stack["state"].rglob("*") if p.is_file() and secret in p.read_bytes()]
+    assert not leaked, f"the database password is written in {leaked}"
 
 
 def test_down_stops_everything(stack):
