@@ -22,9 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# Against real servers: starts a Prefect and an MLflow server and a worker on loopback (both on SQLite and on PostgreSQL: about 4 min).
+# Against real servers on loopback: the stack (Prefect server, MLflow server, worker) on SQLite and on
+# PostgreSQL, and the docker compose services run as local processes (about 5 min on two cores).
 test-stack: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow tests/test_stack.py -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m slow tests/test_stack.py tests/test_compose_stack.py -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m slow tests/benchmarks -p no:cacheprovider

@@ -15,31 +15,22 @@ throwaway PostgreSQL cluster that the test starts on a free loopback port with t
 
 from __future__ import annotations
 
-import glob
 import os
 import secrets
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import date, timezone
 from pathlib import Path
 
 import pytest
+from pg_cluster import PostgresNotFound, free_port, postgres_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "xco2-resnet-lstm"  # the default registered model name: the worker is not told another
 START, LAST_SEEDED, NEW_DAY = date(2020, 6, 1), date(2020, 6, 6), date(2020, 6, 7)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stack(command: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
@@ -54,56 +45,15 @@ def _tail(path: Path, n: int = 60) -> str:
         return f"(no {path})"
 
 
-def _postgres_bin() -> Path:
-    found = shutil.which("initdb")
-    candidates = [Path(found).parent] if found else []
-    candidates += [Path(p).parent for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)]
-    for bindir in candidates:
-        if (bindir / "pg_ctl").exists():
-            return bindir
-    pytest.fail("PostgreSQL server programs (initdb, pg_ctl) not found: install PostgreSQL "
-                "(Debian: apt-get install postgresql; .ci/run does it)")
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    """A throwaway PostgreSQL cluster on a free loopback port with the databases `prefect` and
-    `mlflow`, owned by role xco2 with a random password; stopped and removed afterwards."""
-    import psycopg
-
-    bindir = _postgres_bin()
-    root = Path(tempfile.mkdtemp(prefix="xco2-pg-"))
-    data, password, port = root / "data", f"pw-{secrets.token_hex(8)}", _free_port()
-    (root / "pwfile").write_text(password + "\n")
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root: run its programs as `postgres`
-        shutil.chown(root, "postgres")
-        shutil.chown(root / "pwfile", "postgres")
-        root.chmod(0o755)
-        run_as = ["runuser", "-u", "postgres", "--"]
-
-    def pg(*argv: str) -> None:
-        done = subprocess.run([*run_as, *argv], capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"{argv[0]} failed: {done.stdout}{done.stderr}"
-
-    pg(str(bindir / "initdb"), "-D", str(data), "-U", "xco2", f"--pwfile={root / 'pwfile'}",
-       "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--locale=C")
-    pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "120",
-       "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+    """A throwaway PostgreSQL cluster with the databases `prefect` and `mlflow`, owned by role
+    xco2 with a random password."""
     try:
-        with psycopg.connect(host="127.0.0.1", port=port, user="xco2", password=password, dbname="postgres",
-                             autocommit=True) as conn:
-            for db in ("prefect", "mlflow"):
-                conn.execute(f"CREATE DATABASE {db}")
-        base = f"xco2:{password}@127.0.0.1:{port}"
-        yield {"password": password, "port": port,
-               "prefect_url": f"postgresql+asyncpg://{base}/prefect",
-               "mlflow_url": f"postgresql+psycopg://{base}/mlflow",
-               "dsn": lambda db: f"postgresql://{base}/{db}"}
-    finally:
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
+        with postgres_cluster("xco2", f"pw-{secrets.token_hex(8)}", ("prefect", "mlflow")) as cluster:
+            yield cluster
+    except PostgresNotFound as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -115,7 +65,7 @@ def stack(request, tmp_path_factory):
     state, data = root / "state", root / "xco2-data"
     write_demo_world(data / "demo", SMALL_REGION, START, NEW_DAY, grid_step=0.01, seed=DemoOptions().seed,
                      dense=True)
-    prefect_port, mlflow_port = _free_port(), _free_port()
+    prefect_port, mlflow_port = free_port(), free_port()
     settings = {  # what the worker's flow runs get through the stack's environment
         "XCO2_DATA_DIR": str(data), "XCO2_SOURCE": "demo", "XCO2_ARCHIVE_LOOKBACK_DAYS": "1",
         "XCO2_COMPARISON_PROTOCOLS": "[]",  # no baseline comparison in the retrains: minutes on CPU
@@ -125,7 +75,8 @@ def stack(request, tmp_path_factory):
            "XCO2_STACK_MLFLOW_PORT": str(mlflow_port), "XCO2_STACK_TIMEOUT": "600"}
     database = request.getfixturevalue("postgres") if request.param == "postgresql" else None
     if database:
-        env.update(XCO2_STACK_DATABASE_URL=database["prefect_url"], XCO2_STACK_MLFLOW_BACKEND_URI=database["mlflow_url"])
+        env.update(XCO2_STACK_DATABASE_URL=database.url("prefect", "asyncpg"),
+                   XCO2_STACK_MLFLOW_BACKEND_URI=database.url("mlflow", "psycopg"))
     t0 = time.perf_counter()
     try:
         started = _stack("up", env)
@@ -273,21 +224,17 @@ def test_stack_runs_the_daily_deployment_with_the_champion(stack):
 def _check_postgres_holds_the_state(stack, versions: list[int]) -> None:
     """The runs, deployments and model versions are in PostgreSQL, no SQLite file was made, and
     the database password is in none of the stack's files (logs, env, stack.json, artifacts)."""
-    import psycopg
-
     database = stack["database"]
-    with psycopg.connect(database["dsn"]("prefect")) as conn:
-        deployments = {r[0] for r in conn.execute("SELECT name FROM deployment")}
-        completed = conn.execute("SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'").fetchone()[0]
+    deployments = {r[0] for r in database.execute("SELECT name FROM deployment", "prefect")}
+    completed = database.execute("SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'", "prefect")[0][0]
     assert {"daily-update", "monthly-retrain", "backfill", "archive-report"} <= deployments
     assert completed >= 3  # two daily runs and a retrain through the worker
-    with psycopg.connect(database["dsn"]("mlflow")) as conn:
-        rows = conn.execute("SELECT version FROM model_versions WHERE name = %s", (MODEL,)).fetchall()
-        alias = conn.execute("SELECT version FROM registered_model_aliases WHERE name = %s AND alias = 'champion'",
-                             (MODEL,)).fetchone()
-    assert sorted(int(r[0]) for r in rows) == versions and str(alias[0]) == _champion_version(stack)
+    rows = database.execute(f"SELECT version FROM model_versions WHERE name = '{MODEL}'", "mlflow")
+    alias = database.execute("SELECT version FROM registered_model_aliases "
+                             f"WHERE name = '{MODEL}' AND alias = 'champion'", "mlflow")
+    assert sorted(int(r[0]) for r in rows) == versions and str(alias[0][0]) == _champion_version(stack)
     assert not list(stack["state"].rglob("*.db"))
-    secret = database["password"].encode()
+    secret = database.password.encode()
     leaked = [p for p in stack["state"].rglob("*") if p.is_file() and secret in p.read_bytes()]
     assert not leaked, f"the database password is written in {leaked}"
 
