@@ -82,7 +82,12 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     if pulled.failed:
         create_table_artifact(key="daily-source-failures", description="Products that could not be pulled this run",
                               table=[{"product": p, "problem": why} for p, why in pulled.failed.items()])
-    create_table_artifact(key="daily-archive-days", table=mapped or [{"day": "none"}],
+    waiting = [r["day"] for r in rows if r["era5"] == "waiting"]
+    if champion is None:
+        archive_state = "waiting for a first champion (no model version holds alias `champion`): run the monthly retrain"
+    else:
+        archive_state = f"{len(mapped)} days written by {champion.name} v{champion.version}"
+    create_table_artifact(key="daily-archive-days", table=mapped or [{"day": "none", "why": archive_state}],
                           description="Archive days written in this run")
     if champion is not None:
         create_table_artifact(key="daily-model", description="The champion that mapped this run's days",
@@ -101,7 +106,8 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
         f"{fit.n_collocations} collocations ({fit.method})\n"
         f"- quarantined inputs: {len(quarantined)}\n"
         f"- products that failed to pull: {', '.join(pulled.failed) or 'none'}\n"
-        f"- archive days written: {len(mapped)}\n"))
+        f"- days waiting for ERA5: {', '.join(waiting) or 'none'}\n"
+        f"- archive: {archive_state}\n"))
     return {"window": [first.isoformat(), last.isoformat()], "days": rows, "archive_days": mapped,
             "quarantined": quarantined, "source_failures": pulled.failed, "recomputed_days": sorted(
                 d.isoformat() for d in refreshed), "gosat_fit": fit.to_dict(), "new_granules": pulled.n_fetched}

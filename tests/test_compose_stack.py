@@ -239,7 +239,10 @@ def test_compose_worker_runs_the_daily_deployment(compose_stack):
         with get_client(sync_client=True) as client:
             artifacts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
-    assert {"daily-days-processed", "daily-summary"} <= {a.key for a in artifacts}
+    by_key = {a.key: a for a in artifacts}
+    assert {"daily-days-processed", "daily-archive-days", "daily-summary"} <= set(by_key)
+    # No champion in this stack yet: the run says so where an operator looks.
+    assert "waiting for a first champion" in by_key["daily-summary"].data
     samples = list(compose_stack["data"].glob(f"regions/*/samples/day={DAY.isoformat()}/*.parquet"))
     assert samples, f"no samples under {compose_stack['data']}"
     print(f"\ncompose daily run: {time.perf_counter() - t:.1f} s, {len(samples)} sample file(s)")
