@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pg_cluster import PostgresNotFound, free_port, postgres_cluster
+from stack_support import PostgresNotFound, free_port, postgres_cluster, tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -107,12 +107,6 @@ def _start_order(services: dict) -> list[str]:
     return order
 
 
-def _tail(path: Path, n: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return f"(no {path})"
-
 
 @pytest.fixture(scope="module")
 def compose_stack(tmp_path_factory):
@@ -159,9 +153,9 @@ def compose_stack(tmp_path_factory):
             while not healthy(name):
                 proc = processes.get(name)
                 if proc is not None and proc.poll() is not None:
-                    pytest.fail(f"{name} exited ({proc.returncode}):\n{_tail(logs / f'{name}.log')}")
+                    pytest.fail(f"{name} exited ({proc.returncode}):\n{tail(logs / f'{name}.log')}")
                 if time.monotonic() > deadline:
-                    pytest.fail(f"{name} not healthy after {DEADLINE_S} s:\n{_tail(logs / f'{name}.log')}")
+                    pytest.fail(f"{name} not healthy after {DEADLINE_S} s:\n{tail(logs / f'{name}.log')}")
                 time.sleep(2)
 
         timings = {}
@@ -235,7 +229,7 @@ def test_compose_worker_runs_the_daily_deployment(compose_stack):
         run = run_deployment("xco2-daily-update/daily-update", timeout=1200, poll_interval=3,
                              parameters={"start": DAY.isoformat(), "end": DAY.isoformat()})
         assert run.state is not None and run.state.is_completed(), (
-            f"{run.state}\n--- worker ---\n{_tail(compose_stack['logs'] / 'worker.log', 80)}")
+            f"{run.state}\n--- worker ---\n{tail(compose_stack['logs'] / 'worker.log', 80)}")
         with get_client(sync_client=True) as client:
             artifacts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))

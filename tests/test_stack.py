@@ -24,7 +24,7 @@ from datetime import date, timezone
 from pathlib import Path
 
 import pytest
-from pg_cluster import PostgresNotFound, free_port, postgres_cluster
+from stack_support import PostgresNotFound, free_port, postgres_cluster, tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -37,12 +37,6 @@ def _stack(command: str, env: dict[str, str], timeout: float = 900) -> subproces
     return subprocess.run([sys.executable, "-m", "deployments.stack", command], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
-
-def _tail(path: Path, n: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return f"(no {path})"
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +99,7 @@ def _run_deployment(stack, name: str, parameters: dict):
     with temporary_settings(updates={PREFECT_API_URL: stack["api"]}):
         run = run_deployment(name, parameters=parameters, timeout=1200, poll_interval=3)
     assert run.state is not None and run.state.is_completed(), (
-        f"{name}: {run.state}\n--- worker log ---\n{_tail(stack['state'] / 'logs' / 'worker.log')}")
+        f"{name}: {run.state}\n--- worker log ---\n{tail(stack['state'] / 'logs' / 'worker.log')}")
     return run
 
 
@@ -153,7 +147,7 @@ def test_scheduler_creates_the_nightly_runs(stack):
                 time.sleep(5)
     assert runs, ("no scheduled run of daily-update: the scheduler failed, see the end of "
                   f"{stack['state'] / 'logs' / 'prefect-server.log'}:\n"
-                  f"{_tail(stack['state'] / 'logs' / 'prefect-server.log', 15)}")
+                  f"{tail(stack['state'] / 'logs' / 'prefect-server.log', 15)}")
     assert all(r.state.is_scheduled() for r in runs)
     starts = [r.expected_start_time.astimezone(timezone.utc) for r in runs]
     assert {(t.hour, t.minute) for t in starts} == {(2, 30)}

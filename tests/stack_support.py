@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL cluster for the stack tests, started with the machine's server programs.
+"""What the stack tests share: free ports, log tails, and a throwaway PostgreSQL cluster started
+with the machine's server programs.
 
 The cluster lives in a fresh temporary folder, listens on a free loopback port (and a socket in
 that folder), and is stopped and removed on exit. Running as root, its programs run as the
@@ -26,6 +27,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tail(path: Path, n: int = 60) -> str:
+    """The last lines of a log, for an assertion message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return f"(no {path})"
 
 
 def server_bin() -> Path:
