@@ -199,8 +199,13 @@ def compose_stack(tmp_path_factory):
 
 def test_compose_services_start_healthy_in_order(compose_stack):
     """Every service's healthcheck passes; the worker applied the deployments and polls the pool."""
-    with urllib.request.urlopen(f"{compose_stack['api']}/work_pools/xco2-process", timeout=10) as r:
-        assert json.loads(r.read())["status"] == "READY"
+    # The worker's healthcheck answers once it runs; the pool turns READY at its first poll.
+    deadline, status = time.monotonic() + 120, None
+    while status != "READY" and time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{compose_stack['api']}/work_pools/xco2-process", timeout=10) as r:
+            status = json.loads(r.read())["status"]
+        time.sleep(1 if status != "READY" else 0)
+    assert status == "READY", f"pool xco2-process is {status}:\n{tail(compose_stack['logs'] / 'worker.log')}"
     names = {r[0] for r in compose_stack["cluster"].execute("SELECT name FROM deployment", "prefect")}
     assert {"daily-update", "monthly-retrain", "backfill", "archive-report"} <= names
     # MLflow keeps its tables in its own database, created by the init script.
