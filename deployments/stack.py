@@ -49,7 +49,7 @@ BIN = Path(sys.executable).parent
 POOL = "xco2-process"
 # Started in this order, stopped in the reverse one.
 COMPONENTS = ("prefect-server", "mlflow-server", "worker")
-# A pid file names a process of ours only while its command line still contains these words.
+# A pid file of an older stack (a pid only) names a process of ours while its command line has these words.
 _MARKERS = {"prefect-server": ("prefect", "server"), "mlflow-server": ("mlflow", "server"),
             "worker": ("prefect", "worker")}
 
@@ -164,15 +164,20 @@ class StackConfig:
 # --- processes --------------------------------------------------------------------------------
 
 def _process(cfg: StackConfig, name: str):
-    """The live process a pid file names, or None (no file, gone, zombie, or a reused pid)."""
+    """The live process a pid file names, or None (no file, gone, zombie, or a reused pid).
+
+    The pid file holds the pid and the process's start time: a reused pid has another one. (The
+    command line is no test for a process just started: it reads empty while exec completes.)"""
     import psutil
 
     try:
-        pid = int(cfg.pid_file(name).read_text().split()[0])
-        proc = psutil.Process(pid)
+        fields = cfg.pid_file(name).read_text().split()
+        proc = psutil.Process(int(fields[0]))
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
-        cmdline = " ".join(proc.cmdline())
+        if len(fields) > 1:
+            return proc if abs(proc.create_time() - float(fields[1])) < 1e-3 else None
+        cmdline = " ".join(proc.cmdline())  # a pid file of an older stack: only the pid
     except (OSError, ValueError, IndexError, psutil.Error):
         return None
     return proc if all(word in cmdline for word in _MARKERS[name]) else None
@@ -185,7 +190,13 @@ def _spawn(cfg: StackConfig, name: str, argv: list[str], env: dict[str, str]) ->
         log.flush()
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-    cfg.pid_file(name).write_text(f"{proc.pid}\n")
+    import psutil
+
+    try:
+        started = psutil.Process(proc.pid).create_time()
+        cfg.pid_file(name).write_text(f"{proc.pid} {started!r}\n")
+    except psutil.NoSuchProcess:  # gone already: no pid file, and the health wait reports its log
+        pass
     return proc.pid
 
 

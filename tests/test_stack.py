@@ -237,7 +237,7 @@ def test_down_stops_everything(stack):
     import psutil
 
     state = stack["state"]
-    pids = {name: int((state / f"{name}.pid").read_text()) for name in ("prefect-server", "mlflow-server", "worker")}
+    pids = {name: int((state / f"{name}.pid").read_text().split()[0]) for name in ("prefect-server", "mlflow-server", "worker")}
     family = set()
     for pid in pids.values():
         proc = psutil.Process(pid)

@@ -1,0 +1,56 @@
+"""deployments/stack.py's process bookkeeping, without servers (fast)."""
+
+from __future__ import annotations
+
+import sys
+
+import psutil
+import pytest
+
+from deployments import stack
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return stack.StackConfig.from_env({}, state_dir=tmp_path / "state")
+
+
+@pytest.fixture
+def sleeper(cfg):
+    pid = stack._spawn(cfg, "worker", [sys.executable, "-c", "import time; time.sleep(60)"], cfg.process_env())
+    yield pid
+    try:
+        psutil.Process(pid).kill()
+    except psutil.Error:
+        pass
+
+
+def test_a_process_just_spawned_is_ours(cfg, sleeper):
+    # Its command line says nothing of `prefect worker`: the pid file's start time identifies it,
+    # right after the spawn (while exec completes the command line can read empty).
+    proc = stack._process(cfg, "worker")
+    assert proc is not None and proc.pid == sleeper
+    pid, started = cfg.pid_file("worker").read_text().split()
+    assert int(pid) == sleeper and float(started) == psutil.Process(sleeper).create_time()
+
+
+def test_a_reused_pid_is_not_ours(cfg, sleeper):
+    cfg.pid_file("worker").write_text(f"{sleeper} {psutil.Process(sleeper).create_time() - 100.0!r}\n")
+    assert stack._process(cfg, "worker") is None
+
+
+def test_an_older_pid_file_is_checked_by_command_line(cfg, sleeper):
+    cfg.pid_file("worker").write_text(f"{sleeper}\n")
+    assert stack._process(cfg, "worker") is None  # `python -c ...` is not `prefect worker`
+
+
+def test_stop_ends_the_process_and_removes_its_pid_file(cfg, sleeper):
+    assert stack._stop(cfg, "worker", grace=10) == f"stopped (pid {sleeper})"
+    assert not cfg.pid_file("worker").exists()
+    assert not psutil.pid_exists(sleeper) or psutil.Process(sleeper).status() == psutil.STATUS_ZOMBIE
+    assert stack._stop(cfg, "worker") == "not running"
+
+
+def test_status_of_nothing_running_fails(cfg, capsys):
+    assert stack.status(cfg) != 0
+    assert "stopped" in capsys.readouterr().out
