@@ -85,8 +85,10 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     waiting = [r["day"] for r in rows if r["era5"] == "waiting"]
     if champion is None:
         archive_state = "waiting for a first champion (no model version holds alias `champion`): run the monthly retrain"
-    else:
+    elif mapped:
         archive_state = f"{len(mapped)} days written by {champion.name} v{champion.version}"
+    else:
+        archive_state = "nothing to map: the look-back window's days are archived or wait for their inputs"
     create_table_artifact(key="daily-archive-days", table=mapped or [{"day": "none", "why": archive_state}],
                           description="Archive days written in this run")
     if champion is not None:
