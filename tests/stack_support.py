@@ -37,6 +37,14 @@ def tail(path: Path, n: int = 60) -> str:
         return f"(no {path})"
 
 
+def service_env(service: dict) -> dict[str, str]:
+    """A docker compose service's `environment`, as a mapping (compose allows a list too)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
 def server_bin() -> Path:
     """The folder with initdb and pg_ctl (PATH first, then Debian's versioned folders)."""
     found = shutil.which("initdb")

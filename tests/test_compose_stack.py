@@ -15,6 +15,7 @@ that cannot work fails here; the image build itself is not exercised.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stack_support import PostgresNotFound, free_port, postgres_cluster, tail
+from stack_support import PostgresNotFound, free_port, postgres_cluster, service_env, tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -86,13 +87,6 @@ class Host:
         return [self.token(a) for a in rest]
 
 
-def _service_env(service: dict) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {k: str(v) for k, v in env.items()}
-
-
 def _start_order(services: dict) -> list[str]:
     order: list[str] = []
 
@@ -127,13 +121,14 @@ def compose_stack(tmp_path_factory):
     logs.mkdir()
 
     pg_service = services["postgres"]
-    pg_env = _service_env(pg_service)
-    try:
-        cluster_cm = postgres_cluster(pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], (pg_env["POSTGRES_DB"],))
-        cluster = cluster_cm.__enter__()
-    except PostgresNotFound as exc:
-        pytest.fail(str(exc))
-    try:
+    pg_env = service_env(pg_service)
+    with contextlib.ExitStack() as cleanup:
+        try:
+            cluster = cleanup.enter_context(postgres_cluster(
+                pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], (pg_env["POSTGRES_DB"],)))
+        except PostgresNotFound as exc:
+            pytest.fail(str(exc))
+        cleanup.callback(_stop_all, processes)  # before the cluster stops: callbacks run last-in first
         # The postgres image runs the init scripts as POSTGRES_USER in POSTGRES_DB.
         configs = compose.get("configs") or {}
         for ref in pg_service.get("configs") or []:
@@ -158,7 +153,6 @@ def compose_stack(tmp_path_factory):
                     pytest.fail(f"{name} not healthy after {DEADLINE_S} s:\n{tail(logs / f'{name}.log')}")
                 time.sleep(2)
 
-        timings = {}
         t0 = time.perf_counter()
         for name in _start_order(services):
             for dep, rule in (services[name].get("depends_on") or {}).items():
@@ -168,7 +162,7 @@ def compose_stack(tmp_path_factory):
                 continue
             service = services[name]
             env = {**base_env, **{k: host.token(v) for k, v in image_env.items()},
-                   **{k: host.token(v) for k, v in _service_env(service).items()},
+                   **{k: host.token(v) for k, v in service_env(service).items()},
                    # What each container has of its own: a home, and /app/.xco2-stack.
                    "HOME": str(root / "home" / name), "PREFECT_HOME": str(root / "home" / name / ".prefect"),
                    "XCO2_STACK_DIR": str(root / "home" / name / "stack")}
@@ -179,22 +173,21 @@ def compose_stack(tmp_path_factory):
                                                    start_new_session=True)
         for name in processes:
             wait_healthy(name)
-        timings["healthy_s"] = round(time.perf_counter() - t0, 1)
-        yield {"services": services, "host": host, "cluster": cluster, "root": root, "logs": logs,
-               "data": volumes["/data"], "api": f"http://127.0.0.1:{ports[4200]}/api",
-               "mlflow": f"http://127.0.0.1:{ports[5000]}", "timings": timings}
-    finally:
-        for proc in reversed(list(processes.values())):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except OSError:
-                pass
-        for proc in processes.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        cluster_cm.__exit__(None, None, None)
+        yield {"cluster": cluster, "logs": logs, "data": volumes["/data"],
+               "api": f"http://127.0.0.1:{ports[4200]}/api", "healthy_s": round(time.perf_counter() - t0, 1)}
+
+
+def _stop_all(processes: dict[str, subprocess.Popen]) -> None:
+    for proc in reversed(list(processes.values())):
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except OSError:
+            pass
+    for proc in processes.values():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_compose_services_start_healthy_in_order(compose_stack):
@@ -212,7 +205,7 @@ def test_compose_services_start_healthy_in_order(compose_stack):
     tables = {r[0] for r in compose_stack["cluster"].execute(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'", "mlflow")}
     assert {"experiments", "registered_models", "registered_model_aliases"} <= tables
-    print(f"\ncompose services healthy: {compose_stack['timings']}")
+    print(f"\ncompose services healthy after {compose_stack['healthy_s']} s")
 
 
 def test_compose_worker_runs_the_daily_deployment(compose_stack):

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from stack_support import service_env
 
 from flows.serve import PREFECT_YAML, deployment_specs, entrypoint_module, load_flow, to_deployment_kwargs
 
@@ -116,13 +117,6 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def _env(service: dict) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    return {k: str(v) for k, v in env.items()}
-
-
 def test_compose_services_and_healthchecks(compose):
     services = compose["services"]
     assert {"postgres", "prefect-server", "mlflow", "worker"} <= set(services)
@@ -141,10 +135,10 @@ def test_compose_services_and_healthchecks(compose):
 
 def test_compose_environment_is_consistent(compose):
     services = compose["services"]
-    pg = _env(services["postgres"])
+    pg = service_env(services["postgres"])
     user, password = pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"]
 
-    prefect_db = urlsplit(_env(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"])
+    prefect_db = urlsplit(service_env(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"])
     assert prefect_db.scheme == "postgresql+asyncpg"
     assert (prefect_db.hostname, prefect_db.port, prefect_db.username, prefect_db.password) == \
         ("postgres", 5432, user, password)
@@ -153,14 +147,14 @@ def test_compose_environment_is_consistent(compose):
     mlflow_cmd = mlflow_cmd if isinstance(mlflow_cmd, list) else mlflow_cmd.split()
     # The database URL (with its password) goes in the environment, not on the command line.
     assert "--backend-store-uri" not in mlflow_cmd and not any("@" in str(a) for a in mlflow_cmd)
-    backend = urlsplit(_env(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"])
+    backend = urlsplit(service_env(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"])
     assert backend.scheme.startswith("postgresql")
     assert (backend.hostname, backend.username, backend.password) == ("postgres", user, password)
     assert backend.path != prefect_db.path  # one database each: both keep an alembic_version table
     assert "--artifacts-destination" in mlflow_cmd
     mlflow_port = int(mlflow_cmd[mlflow_cmd.index("--port") + 1])
 
-    worker = _env(services["worker"])
+    worker = service_env(services["worker"])
     api = urlsplit(worker["PREFECT_API_URL"])
     assert api.hostname == "prefect-server" and api.path == "/api"
     assert str(api.port) in " ".join(services["prefect-server"]["healthcheck"]["test"])

@@ -38,7 +38,6 @@ def _stack(command: str, env: dict[str, str], timeout: float = 900) -> subproces
                           capture_output=True, text=True, timeout=timeout)
 
 
-
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL cluster with the databases `prefect` and `mlflow`, owned by role
