@@ -2,17 +2,23 @@
 
 Values come from `XCO2_*` environment variables, then an optional TOML file (`XCO2_CONFIG` or
 `./xco2.toml`), then the defaults below. An invalid value stops the command with a message
-that names the setting.
+that names the setting. Configuration is strict: an `XCO2_*` variable or TOML key that is no
+setting (a misspelling would otherwise leave the default silently in force) is an error with a
+did-you-mean, and a TOML file that is not UTF-8 or not TOML is named with its line.
+`XCO2_*` variables that are read elsewhere, not settings, are listed in NON_SETTING_VARIABLES.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import tempfile
+import tomllib
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,6 +35,8 @@ class SourceMode(str, Enum):
 
 class Region(BaseModel):
     """A named bounding box in degrees (WGS84)."""
+
+    model_config = ConfigDict(extra="forbid")  # `westt = 100` must not leave west at its default
 
     name: str = "sichuan"
     west: float = 92.35
@@ -56,15 +64,106 @@ class ConfigError(ValueError):
     """A setting is invalid; the message names it."""
 
 
+ENV_PREFIX = "XCO2_"
+# `XCO2_*` variables that are not settings but are read elsewhere; any other `XCO2_*` variable
+# must name a setting. XCO2_CONFIG: the TOML file (below). XCO2_REPO: the checkout a Prefect
+# worker runs the deployments from (deployments/prefect.yaml, Dockerfile, docker-compose.yml).
+# XCO2_STACK_*: `make up` (deployments/stack.py).
+NON_SETTING_VARIABLES = frozenset({"XCO2_CONFIG", "XCO2_REPO"})
+NON_SETTING_PREFIXES = ("XCO2_STACK_",)
+
+
 def _toml_path() -> Path | None:
     explicit = os.environ.get("XCO2_CONFIG")
     if explicit:
         path = Path(explicit)
-        if not path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"XCO2_CONFIG: {path} is a directory, not a TOML file")
+        if not path.exists():
             raise ConfigError(f"XCO2_CONFIG: file {path} does not exist")
         return path
     default = Path("xco2.toml")
     return default if default.is_file() else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file's table; a file that cannot be read, is not UTF-8 or is not TOML raises a
+    ConfigError naming the file and the line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r} at offset "
+                          f"{exc.start}); TOML files must be UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line L, column C)".
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _nested_models() -> dict[str, type[BaseModel]]:
+    """Settings whose value is a model of its own (set as XCO2_<NAME>__<FIELD> or a [name] table)."""
+    out = {}
+    for name, info in Settings.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            out[name] = info.annotation
+    return out
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _check_toml_keys(data: Mapping[str, Any], path: Path) -> None:
+    nested = _nested_models()
+    fields = list(Settings.model_fields)
+    problems = []
+    for key, value in data.items():
+        if key not in Settings.model_fields:
+            problems.append(f"{path}: unknown setting {key!r}{_did_you_mean(key, fields)}")
+        elif key in nested and isinstance(value, Mapping):
+            known = list(nested[key].model_fields)
+            for sub in value:
+                if sub not in known:
+                    problems.append(f"{path}: unknown setting '{key}.{sub}' in [{key}]"
+                                    f"{_did_you_mean(sub, known)}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def setting_variables() -> list[str]:
+    """Every `XCO2_*` variable that sets something (nested fields as XCO2_<NAME>__<FIELD>)."""
+    names = []
+    nested = _nested_models()
+    for name in Settings.model_fields:
+        names.append(f"{ENV_PREFIX}{name.upper()}")
+        for sub in nested[name].model_fields if name in nested else ():
+            names.append(f"{ENV_PREFIX}{name.upper()}__{sub.upper()}")
+    return names
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Raise a ConfigError for every `XCO2_*` variable that is neither a setting nor allow-listed."""
+    environ = os.environ if environ is None else environ
+    known = setting_variables()
+    known_set = set(known)
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()  # settings are read case-insensitively
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        if upper in known_set or upper in NON_SETTING_VARIABLES or upper.startswith(NON_SETTING_PREFIXES):
+            continue
+        problems.append(f"unknown setting variable {name}{_did_you_mean(upper, known)}: no setting has this "
+                        f"name (`xco2 config` lists them; unset it or correct its name)")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 class Settings(BaseSettings):
@@ -97,6 +196,14 @@ class Settings(BaseSettings):
     # Optional Prefect Secret blocks holding credentials (else environment, ~/.netrc, ~/.cdsapirc).
     earthdata_secret_block: str | None = None
     cds_secret_block: str | None = None
+
+    # The real archives' network (tasks.sources.retry): every request is bounded, and a service
+    # that does not answer this many times in a row is not asked again for the rest of the run.
+    source_connect_timeout_s: float = Field(20.0, gt=0, le=600, description="seconds to connect to an archive")
+    source_read_timeout_s: float = Field(120.0, gt=0, le=3600, description="seconds an archive may stay silent")
+    source_breaker_failures: int = Field(3, ge=1, description="connection failures before a service is given up for the run")
+    cds_client_retries: int = Field(2, ge=1, description="cdsapi's own tries of one HTTP call")
+    cds_client_sleep_s: float = Field(10.0, ge=0, description="cdsapi's longest wait between those tries")
 
     # Training (Table 5); the demo may cap epochs and samples.
     max_epochs: int = Field(200, ge=1)
@@ -143,6 +250,14 @@ class Settings(BaseSettings):
     dask_workers: int = Field(2, ge=1, description="workers of the local Dask cluster (no dask_address)")
     backfill_workers: int = Field(2, ge=1, description="threads of the thread task runner")
 
+    @field_validator("data_dir", "archive_dir", "local_dir", mode="before")
+    @classmethod
+    def _path_not_empty(cls, v: Any) -> Any:
+        # Path("") is ".": an empty variable would quietly put the data in the current directory.
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must not be empty (unset the variable for the default)")
+        return v
+
     @field_validator("registered_model_name")
     @classmethod
     def _model_name(cls, v: str) -> str:
@@ -183,9 +298,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        check_environment()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml = _toml_path()
         if toml is not None:
+            _check_toml_keys(read_toml(toml), toml)
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
         return tuple(sources)
 
@@ -223,5 +340,35 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"]) or "settings"
             env = "XCO2_" + "__".join(str(p) for p in err["loc"]).upper()
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown setting '{name}'{_did_you_mean(env, setting_variables())}")
+                continue
             problems.append(f"setting '{name}' ({env}): {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Create `path` if missing and prove it writable with a probe file; a ConfigError names the
+    directory and the reason. (Permission bits are not enough: a read-only filesystem or a
+    full quota shows only when writing.)"""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be created: {exc.strerror or exc}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".xco2-write-check-", suffix=".tmp", dir=path)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} is not writable: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_data_dir(settings: Settings) -> Settings:
+    """Before a run starts: the data directory (and a separate archive directory) exist or can be
+    created, and can be written. Returns `settings`."""
+    check_writable_dir(settings.data_dir, "data directory (XCO2_DATA_DIR)")
+    if settings.archive_dir is not None:
+        check_writable_dir(settings.archive_dir, "archive directory (XCO2_ARCHIVE_DIR)")
+    return settings

@@ -98,7 +98,8 @@ AREA_STEP_DEG = 0.25  # the ERA5 grid
 GOSAT_ARCHIVE_FORMAT: tuple[str, str] | None = ("data_format", "zip")
 
 # cdsapi retries failed HTTP calls itself up to 500 times, 120 s apart: far too long inside a
-# daily flow whose own retries (tasks.sources.retry) back off and report.
+# daily flow whose own retries (tasks.sources.retry) back off and report. The settings
+# cds_client_retries / cds_client_sleep_s override these defaults (see `cds_remote`).
 CLIENT_RETRY_MAX = 3
 CLIENT_SLEEP_MAX = 30.0
 
@@ -267,6 +268,8 @@ class CdsRemote(ABC):
                     self._client = cdsapi.Client(
                         url=creds.url, key=creds.key, quiet=True, progress=False,
                         retry_max=self.retry_max, sleep_max=self.sleep_max,
+                        # Bounded connect and read: an unanswering CDS costs seconds, not minutes.
+                        timeout=(self.settings.source_connect_timeout_s, self.settings.source_read_timeout_s),
                         info_callback=_cds_log(logging.DEBUG),
                         warning_callback=_cds_log(logging.WARNING),
                         error_callback=_cds_log(logging.WARNING),
@@ -478,6 +481,8 @@ def cds_remote(settings: Settings, product: str, today: date | None = None, **op
     """The Remote for 'gosat' or 'era5'. ERA5's latency and final-data threshold come from
     `options`, else from settings fields `era5_latency_days` / `era5_final_after_days` when those
     exist, else 5 and 90 days."""
+    options.setdefault("retry_max", settings.cds_client_retries)
+    options.setdefault("sleep_max", settings.cds_client_sleep_s)
     if product == "gosat":
         return GosatRemote(settings, today, **options)
     if product == "era5":

@@ -3,12 +3,16 @@
 Each granule is fetched into a hidden sibling temp file (with retries where the archive allows),
 checked to read, then renamed into `<data>/raw/<product>/`; an unreadable one is quarantined
 and fetched again next run. A product that fails altogether (no credentials, archive down) is
-reported and the other products go on.
+reported and the other products go on. Each service (NASA Earthdata, the Copernicus CDS) has a
+circuit breaker for the pull: after `source_breaker_failures` connection failures in a row it is
+not asked again this run, and every request has a bounded connect/read timeout.
+`raise_if_every_source_failed` turns a pull that got nothing from any product into an error.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -20,11 +24,29 @@ from tasks.sources.credentials import redact
 from tasks.sources.manifest import Manifest
 from tasks.sources.products import PRODUCTS
 from tasks.sources.remote import DirectoryRemote, GranuleUnavailable, Remote, SourceError
-from tasks.sources.retry import with_retries
+from tasks.sources.retry import CircuitBreaker, bounded_requests, with_retries
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PullReport", "SourceError", "products_for", "pull", "raw_granules", "remote_for"]
+__all__ = ["EverySourceFailed", "PullReport", "SourceError", "products_for", "pull", "raise_if_every_source_failed",
+           "raw_granules", "remote_for", "service_of"]
+
+# Which service answers for a product in earthdata mode: one breaker per service, since OCO-2 and
+# OCO-3 share NASA's servers and GOSAT and ERA5 share the CDS.
+EARTHDATA_SERVICE = "NASA Earthdata"
+CDS_SERVICE = "Copernicus CDS"
+_SERVICES = {"oco2": EARTHDATA_SERVICE, "oco3": EARTHDATA_SERVICE, "gosat": CDS_SERVICE, "era5": CDS_SERVICE}
+
+
+def service_of(settings: Settings, product: str) -> str:
+    """The service a product's breaker belongs to (a directory remote: the product itself)."""
+    if settings.source == SourceMode.earthdata:
+        return _SERVICES.get(product, product)
+    return product
+
+
+class EverySourceFailed(SourceError):
+    """No product could be pulled at all this run; the message names each product and why."""
 
 
 @dataclass
@@ -35,6 +57,8 @@ class PullReport:
     replaced: dict[str, list[str]] = field(default_factory=dict)  # fetched over an older copy (ERA5T -> final)
     quarantined: list[dict] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # product -> why it could not be pulled
+    unreachable: dict[str, str] = field(default_factory=dict)  # service -> why its breaker opened
+    products: list[str] = field(default_factory=list)  # the products this pull asked for
 
     @property
     def n_fetched(self) -> int:
@@ -90,37 +114,54 @@ def raw_dir(settings: Settings, product: str) -> Path:
 def pull(settings: Settings, products: tuple[str, ...] | None = None, start: date | None = None,
          end: date | None = None, remotes: dict[str, Remote] | None = None) -> PullReport:
     """Fetch every granule of `products` dated in [start, end] (undated: always) not yet present."""
-    manifest = Manifest(settings.raw_dir / "manifest.parquet")
-    report = PullReport()
-    if settings.source == SourceMode.earthdata:
+    real = settings.source == SourceMode.earthdata
+    if real:
         from tasks.sources.credentials import apply_secret_blocks
 
         apply_secret_blocks(settings.earthdata_secret_block, settings.cds_secret_block)
-    for product in products or products_for(settings):
+    network = (bounded_requests(settings.source_connect_timeout_s, settings.source_read_timeout_s)
+               if real else nullcontext())
+    with network:
+        return _pull(settings, products or products_for(settings), start, end, remotes or {})
+
+
+def _pull(settings: Settings, products: tuple[str, ...], start: date | None, end: date | None,
+          remotes: dict[str, Remote]) -> PullReport:
+    manifest = Manifest(settings.raw_dir / "manifest.parquet", data_dir=settings.data_dir)
+    report = PullReport(products=list(products))
+    breakers: dict[str, CircuitBreaker] = {}
+    for product in products:
+        service = service_of(settings, product)
+        breaker = breakers.setdefault(service, CircuitBreaker(service, settings.source_breaker_failures))
         fetched: list[str] = []
         report.fetched[product] = fetched
         report.replaced[product] = []
         report.skipped[product] = 0
         rows: list[dict] = []
         try:
-            remote = (remotes or {}).get(product) or remote_for(settings, product)
-            granules = with_retries(lambda: remote.list(product, start, end), f"listing {product}")
+            remote = remotes.get(product) or remote_for(settings, product)
+            granules = with_retries(lambda: breaker.call(lambda: remote.list(product, start, end)),
+                                    f"listing {product}")
         except Exception as exc:  # noqa: BLE001 - one product's failure must not stop the others
             report.failed[product] = redact(f"{type(exc).__name__}: {exc}")
             log.error("%s: cannot list granules: %s", product, report.failed[product])
+            if breaker.is_open:
+                report.unreachable[service] = breaker.reason or ""
             continue
         present = manifest.present(product)
         asked = manifest.recently_unavailable(product, settings.unavailable_recheck_days)
+        # Read at pull but quarantined at gridding: the same remote id would bring the same bytes.
+        rejected = manifest.rejected(product)
         report.unavailable[product] = 0
         for granule in granules:
-            if granule.remote_id in present or granule.remote_id in asked:
+            if granule.remote_id in present or granule.remote_id in asked or granule.remote_id in rejected:
                 report.skipped[product] += 1
                 continue
             dst = raw_dir(settings, product) / granule.name
             had_copy = dst.is_file()
             try:
                 with atomic_path(dst) as tmp:
-                    with_retries(lambda: remote.fetch(granule, tmp), f"fetching {granule.name}",
+                    with_retries(lambda: breaker.call(lambda: remote.fetch(granule, tmp)), f"fetching {granule.name}",
                                  passthrough=(GranuleUnavailable,))
                     try:
                         _check_readable(product, tmp)
@@ -140,6 +181,9 @@ def pull(settings: Settings, products: tuple[str, ...] | None = None, start: dat
             except Exception as exc:  # noqa: BLE001 - the rest of the day goes on
                 report.failed[product] = redact(f"{granule.name}: {type(exc).__name__}: {exc}")
                 log.error("%s: %s", product, report.failed[product])
+                if breaker.is_open:  # the service is given up for this run: its other granules too
+                    report.unreachable[service] = breaker.reason or ""
+                    break
                 continue
             rows.append(Manifest.row(product, granule.day, granule.remote_id, dst, "ok"))
             fetched.append(granule.name)
@@ -148,6 +192,25 @@ def pull(settings: Settings, products: tuple[str, ...] | None = None, start: dat
         manifest.record(rows)
         log.info("%s: %d new granules, %d already present", product, len(fetched), report.skipped[product])
     return report
+
+
+def every_source_failed(report: PullReport) -> str | None:
+    """When no product of the pull could be pulled (each failed; none merely had nothing new), a
+    message naming each product and why; else None."""
+    asked = report.products or list(report.fetched)
+    if not asked or any(p not in report.failed or report.fetched.get(p) for p in asked):
+        return None
+    lines = [f"every source failed to pull ({', '.join(asked)}):"]
+    lines += [f"  {product}: {report.failed[product]}" for product in asked]
+    lines += [f"  {service}: given up for this run after repeated connection failures; the next run tries again"
+              for service in report.unreachable]
+    return "\n".join(lines)
+
+
+def raise_if_every_source_failed(report: PullReport) -> None:
+    message = every_source_failed(report)
+    if message:
+        raise EverySourceFailed(message)
 
 
 def raw_granules(settings: Settings, product: str) -> dict[date, list[Path]]:

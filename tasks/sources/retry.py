@@ -1,12 +1,25 @@
-"""Retries for the real archives: back off with jitter on transient failures, never on 401/403/404."""
+"""Retries for the real archives: back off with jitter on transient failures, never on 401/403/404.
+
+A run also gives up on a service that cannot be reached at all: `CircuitBreaker` counts the
+connection failures (refused, name not resolved, timed out) of one service (NASA Earthdata, the
+Copernicus CDS) and, after a few, answers every further request of the run at once with
+`ServiceUnreachable` instead of asking again. Each run makes new breakers, so the next run tries
+again. `bounded_requests` puts a connect/read timeout on every HTTP request made through
+`requests` without one (earthaccess and python-cmr set none), so a silent network cannot hang a
+request either.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import re
+import socket
+import threading
 import time
-from typing import Callable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 from tasks.sources.credentials import MissingCredentials, redact
 
@@ -36,9 +49,144 @@ def http_status(exc: BaseException) -> int | None:
 
 
 def is_permanent(exc: BaseException) -> bool:
-    # Missing credentials will be just as missing in two minutes.
-    return (isinstance(exc, (PermanentSourceError, MissingCredentials))
+    # Missing credentials will be just as missing in two minutes; an open breaker stays open
+    # for the rest of the run.
+    return (isinstance(exc, (PermanentSourceError, MissingCredentials, ServiceUnreachable))
             or http_status(exc) in PERMANENT_STATUS)
+
+
+class ServiceUnreachable(RuntimeError):
+    """A service failed to answer at all too often this run: it is not asked again until the next run."""
+
+
+# "The server was never reached or never answered": refused, name not resolved, unreachable,
+# timed out. Class names anywhere in the class hierarchy, since requests, urllib3, httpx and the
+# standard library each have their own. A connection reset or cut-off transfer is not one of
+# them (the server answered): the retries handle those, the breaker does not count them.
+_NO_ANSWER_CLASSES = frozenset({
+    "ConnectionRefusedError", "TimeoutError", "Timeout", "ConnectTimeout", "ConnectTimeoutError",
+    "ReadTimeout", "ReadTimeoutError", "NewConnectionError", "NameResolutionError", "ConnectError",
+    "TimeoutException", "gaierror", "herror",
+})
+_NO_ANSWER_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
+                               errno.ETIMEDOUT, errno.EHOSTDOWN})
+# The remotes re-raise as their own error types; their text keeps the original's name and words.
+_NO_ANSWER_TEXT = re.compile(
+    r"connection refused|failed to establish a new connection|name or service not known|temporary failure "
+    r"in name resolution|nodename nor servname|name resolution|timed out|network is unreachable|no route to "
+    r"host|NewConnectionError|NameResolutionError|ConnectTimeout|ReadTimeout", re.IGNORECASE)
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """True when `exc`, or an exception it was raised from, while handling or with (urllib3's
+    `reason`, requests' first argument), says the server was never reached or never answered."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if getattr(e, "response", None) is not None and http_status(e) is not None:
+            return False  # the server answered, with an error status
+        if {cls.__name__ for cls in type(e).__mro__} & _NO_ANSWER_CLASSES:
+            return True
+        if isinstance(e, OSError) and e.errno in _NO_ANSWER_ERRNOS:
+            return True
+        if _NO_ANSWER_TEXT.search(str(e)):
+            return True
+        todo.extend((e.__cause__, e.__context__, getattr(e, "reason", None), *e.args[:1]))
+    return False
+
+
+class CircuitBreaker:
+    """Counts the connection failures of one service during one run; opens after `threshold`.
+
+    `call(fn)` runs `fn` while the breaker is closed and raises ServiceUnreachable without
+    running it once open. An answer from the server, even an error, resets the count: only
+    consecutive failures to get any answer open it. Thread-safe (the pull may fetch in parallel).
+    """
+
+    def __init__(self, service: str, threshold: int = 3) -> None:
+        if threshold < 1:
+            raise ValueError(f"circuit breaker threshold must be >= 1, got {threshold}")
+        self.service = service
+        self.threshold = threshold
+        self.failures = 0
+        self.reason: str | None = None  # the last connection failure, once open
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self.reason is not None
+
+    def call(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            if self.reason is not None:
+                raise ServiceUnreachable(self._message())
+        try:
+            result = fn()
+        except Exception as exc:
+            if is_connection_failure(exc):
+                with self._lock:
+                    self.failures += 1
+                    if self.failures >= self.threshold and self.reason is None:
+                        self.reason = redact(f"{type(exc).__name__}: {exc}")[:300]
+                        log.error("%s: %d connection failures in a row; not asked again this run (%s)",
+                                  self.service, self.failures, self.reason)
+            elif http_status(exc) is not None:
+                with self._lock:
+                    self.failures = 0
+            raise
+        with self._lock:
+            self.failures = 0
+        return result
+
+    def _message(self) -> str:
+        return (f"{self.service} unreachable: {self.failures} connection failures this run, not asked "
+                f"again until the next run (last: {self.reason})")
+
+
+_timeout_lock = threading.Lock()
+_timeout_users = 0
+_timeout_value: tuple[float, float] | None = None
+_original_request: Callable | None = None
+
+
+@contextmanager
+def bounded_requests(connect_s: float, read_s: float) -> Iterator[None]:
+    """Within the block, an HTTP request made through `requests` without a timeout gets
+    (connect_s, read_s). Requests that set their own timeout keep it. Re-entrant; the process's
+    `requests` is restored when the last user leaves."""
+    global _timeout_users, _timeout_value, _original_request
+    import requests.sessions
+
+    with _timeout_lock:
+        if _timeout_users == 0:
+            _original_request = requests.sessions.Session.request
+            original = _original_request
+
+            def request(self, method, url, *args, **kwargs):
+                # timeout is Session.request's 7th parameter after url (params, data, headers,
+                # cookies, files, auth, timeout): given positionally only when args has 7 or more.
+                if kwargs.get("timeout") is None and len(args) < 7 and _timeout_value is not None:
+                    kwargs["timeout"] = _timeout_value
+                return original(self, method, url, *args, **kwargs)
+
+            requests.sessions.Session.request = request
+        _timeout_users += 1
+        # The shortest asked for wins while two runs overlap in one process.
+        wanted = (float(connect_s), float(read_s))
+        _timeout_value = wanted if _timeout_value is None else min(_timeout_value, wanted)
+    try:
+        yield
+    finally:
+        with _timeout_lock:
+            _timeout_users -= 1
+            if _timeout_users == 0:
+                requests.sessions.Session.request = _original_request
+                _original_request = None
+                _timeout_value = None
 
 
 def with_retries(call: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 2.0,
