@@ -13,14 +13,16 @@ from models.onnx_contract import OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME
 from tasks.covariates import StaticCovariates
 from tasks.features import DayLayers
 from tasks.grid import Grid
-from tasks.meteorology import era5_available, meteo_for_day
+from tasks.meteorology import era5_readiness, meteo_for_day
 
 log = logging.getLogger(__name__)
 
 
-def inputs_available(era5_dir: Path, day: date) -> bool:
-    """A day can be mapped once its meteorology is complete (static layers are built once)."""
-    return era5_available(era5_dir, day)
+def inputs_available(era5_dir: Path, day: date, quarantine_dir: Path | None = None,
+                     manifest_path: Path | None = None) -> bool:
+    """A day can be mapped once its meteorology is complete and plausible (static layers are
+    built once). With `quarantine_dir`, a bad ERA5 file is quarantined (see era5_readiness)."""
+    return era5_readiness(era5_dir, day, quarantine_dir, manifest_path).ready
 
 
 def day_layers(covariates: StaticCovariates, era5_dir: Path, grid: Grid, day: date) -> DayLayers:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -10,6 +14,9 @@ import xarray as xr
 
 from tasks.features import METEO_NAMES
 from tasks.grid import Grid
+from tasks.quarantine import InputFileError, quarantine
+
+log = logging.getLogger(__name__)
 
 
 class MeteorologyError(ValueError):
@@ -23,6 +30,99 @@ def era5_files_for_day(era5_dir: Path, day: date) -> list[Path]:
 
 def era5_available(era5_dir: Path, day: date) -> bool:
     return all(p.is_file() for p in era5_files_for_day(era5_dir, day))
+
+
+# Files that read and passed the plausibility check, by identity (path, inode, size, mtime): each
+# file feeds two days and is asked about by the samples and the archive, but is read once.
+_checked: set[tuple] = set()
+_checked_lock = threading.Lock()
+
+
+def _identity(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def check_era5_file(path: Path) -> None:
+    """InputFileError when an ERA5 file is damaged, foreign, of hostile size, or holds NaN or
+    implausible values (tasks.plausibility); the message names the file, variable and values."""
+    from tasks.readers.era5 import read_era5_file
+
+    key = _identity(path)
+    with _checked_lock:
+        if key in _checked:
+            return
+    read_era5_file(path)
+    with _checked_lock:
+        _checked.add(key)
+
+
+@dataclass
+class Era5Readiness:
+    """Whether a day's meteorology is in the raw cache and usable, and if not, why."""
+
+    day: date
+    missing: list[str] = field(default_factory=list)  # file names not in the raw cache
+    quarantined: list[dict] = field(default_factory=list)  # files set aside by this check
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return not self.missing
+
+    @property
+    def why(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def _last_quarantine_note(quarantine_dir: Path | None, name: str) -> str | None:
+    if quarantine_dir is None or not quarantine_dir.is_dir():
+        return None
+    notes = sorted(quarantine_dir.glob(f"*_{name}.json"))
+    if not notes:
+        return None
+    try:
+        note = json.loads(notes[-1].read_text())
+        return f"quarantined at {note.get('at')}: {note.get('reason')}"
+    except (OSError, ValueError):
+        return None
+
+
+def era5_readiness(era5_dir: Path, day: date, quarantine_dir: Path | None = None,
+                   manifest_path: Path | None = None) -> Era5Readiness:
+    """Are the day's ERA5 files (the day and the next) present and plausible?
+
+    A file that fails its check is moved to `quarantine_dir` with a note (and, with
+    `manifest_path`, marked 'quarantined' in the manifest so the next pull fetches it again):
+    the days it feeds wait, every other day goes on. Without `quarantine_dir` a bad file stays
+    where it is and the day only waits."""
+    out = Era5Readiness(day)
+    for path in era5_files_for_day(era5_dir, day):
+        if not path.is_file():
+            out.missing.append(path.name)
+            earlier = _last_quarantine_note(quarantine_dir, path.name)
+            out.reasons.append(f"{path.name} not in the raw cache" + (f" (last {earlier})" if earlier else ""))
+            continue
+        try:
+            check_era5_file(path)
+        except InputFileError as exc:
+            out.missing.append(path.name)
+            out.reasons.append(f"{path.name}: {exc.problem}")
+            if quarantine_dir is None:
+                log.warning("%s: ERA5 %s is unusable: %s", day, path, exc.problem)
+                continue
+            try:
+                moved = quarantine(path, exc.problem, quarantine_dir)
+            except FileNotFoundError:  # another run set it aside first
+                continue
+            out.quarantined.append({"source": "era5", "file": path.name, "problem": exc.problem,
+                                    "quarantined_as": str(moved)})
+            if manifest_path is not None:
+                from tasks.sources.manifest import Manifest
+
+                Manifest(manifest_path).mark_unusable("era5", path, f"quarantined after the pull as "
+                                                                   f"{moved.name}: {exc.problem}")
+    return out
 
 
 def _bilinear_weights(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ import netCDF4
 
 from tasks.quarantine import InputFileError
 from tasks.readers.era5_layout import ERA5_ALIASES, LATITUDE_NAMES, LONGITUDE_NAMES, TIME_NAMES
+from tasks.readers.limits import check_declared_sizes, check_zip_members
 from tasks.readers.names import oco_mission_from_name
 from tasks.readers.netcdf import container_kind, open_netcdf
 
@@ -36,6 +37,8 @@ def era5_zip_members(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as zf:
             names = [i.filename for i in zf.infolist() if not i.is_dir()]
+            # Before testzip, which inflates every member (minutes of CPU for a ZIP bomb).
+            check_zip_members(zf, path)
             bad = zf.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise InputFileError(path, f"ZIP archive cannot be read: {exc}") from None
@@ -52,7 +55,7 @@ def _detect_zip(path: Path) -> str:
     with zipfile.ZipFile(path) as zf:
         for member in members:
             with open_netcdf(path, memory=zf.read(member), label=member) as ds:
-                found = classify(ds, path)
+                found = classify(ds, path, member)
             if found != "era5":
                 raise InputFileError(
                     path, f"ZIP member {member!r} is {found}: only ERA5 archives are read as "
@@ -60,7 +63,14 @@ def _detect_zip(path: Path) -> str:
     return "era5"
 
 
-def classify(ds: netCDF4.Dataset, path: Path) -> str:
+def classify(ds: netCDF4.Dataset, path: Path, label: str | None = None) -> str:
+    """The format of an open file, once its declared sizes are known to be readable."""
+    fmt = _format_of(ds, path)
+    check_declared_sizes(ds, path, fmt, label)
+    return fmt
+
+
+def _format_of(ds: netCDF4.Dataset, path: Path) -> str:
     variables = set(ds.variables)
     dims = set(ds.dimensions)
     if "sounding_id" in dims and _LITE_VARIABLES <= variables:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from tasks import plausibility
 from tasks.quarantine import InputFileError
 from tasks.readers.detect import classify, era5_zip_members
 from tasks.readers.era5_layout import (
@@ -77,18 +78,44 @@ def read_era5_file(path: Path) -> xr.Dataset:
             pieces = []
             for member in members:
                 with open_netcdf(path, memory=zf.read(member), label=member) as nc:
+                    found = classify(nc, path, member)
+                    if found != "era5":
+                        raise InputFileError(path, f"ZIP member {member!r} is {found}, not ERA5")
                     pieces.append(_normalise(_load(nc, path, member), path, member))
         try:
             merged = xr.merge(pieces, compat="no_conflicts", join="outer",
                               combine_attrs="drop_conflicts")
         except (ValueError, xr.MergeError) as exc:
             raise InputFileError(path, f"ZIP members do not merge: {exc}") from None
+        check_plausible(merged, path)
         return merged
     with open_netcdf(path) as nc:
         found = classify(nc, path)
         if found != "era5":
             raise InputFileError(path, f"expected an ERA5 file, found {found}")
-        return _normalise(_load(nc, path, None), path, None)
+        hourly = _normalise(_load(nc, path, None), path, None)
+    check_plausible(hourly, path)
+    return hourly
+
+
+def check_plausible(hourly: xr.Dataset, path: Path) -> None:
+    """InputFileError naming every variable with NaN or values outside its plausible range.
+
+    ERA5 single levels are complete everywhere, so a NaN (once ERA5 and ERA5T slices are
+    collapsed) is damage as much as `t2m = 1e20`: either would shift a day's map silently."""
+    findings = [f for name in hourly.data_vars if name in plausibility.METEOROLOGY
+                for f in [plausibility.check_values(name, hourly[name].values, plausibility.METEOROLOGY[name])]
+                if f is not None]
+    for axis, bounds in (("latitude", plausibility.LATITUDE), ("longitude", plausibility.LONGITUDE)):
+        finding = plausibility.check_values(axis, hourly[axis].values, bounds)
+        if finding is not None:
+            findings.append(finding)
+    times = pd.DatetimeIndex(hourly.indexes["time"])
+    lo, hi = plausibility.ERA5_YEARS
+    if len(times) and (times.isna().any() or times.min().year < lo or times.max().year > hi):
+        raise InputFileError(path, f"ERA5 times {times.min()}..{times.max()} lie outside {lo}..{hi}")
+    if findings:
+        raise InputFileError(path, "implausible meteorology: " + "; ".join(f.describe() for f in findings))
 
 
 def _load(nc: netCDF4.Dataset, path: Path, member: str | None) -> xr.Dataset:

@@ -17,13 +17,15 @@ import netCDF4
 import numpy as np
 import pandas as pd
 
+from tasks.plausibility import SOUNDING_YEARS
 from tasks.quarantine import InputFileError
+from tasks.readers.limits import check_variable_size
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 NETCDF3_SIGNATURES = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 
 # Observation times outside this span mean the time variable was decoded wrongly.
-PLAUSIBLE_YEARS = (1979, 2100)
+PLAUSIBLE_YEARS = SOUNDING_YEARS
 
 
 def container_kind(path: Path | str) -> str:
@@ -82,6 +84,7 @@ def read_array(ds: netCDF4.Dataset, name: str, path: Path, dtype=np.float64,
         var = ds[name]
     except (IndexError, KeyError):
         raise InputFileError(path, f"variable {name!r} is missing") from None
+    check_variable_size(var, path)  # a declared size is checked before it is allocated
     try:
         raw = var[...]
     except (OSError, RuntimeError, ValueError, IndexError) as exc:
@@ -104,7 +107,8 @@ _UNIT_SECONDS = {"seconds": 1.0, "second": 1.0, "secs": 1.0, "s": 1.0, "minutes"
 
 def decode_times(values: np.ndarray, units: str | None, path: Path) -> pd.DatetimeIndex:
     """CF 'X since EPOCH' numbers to UTC timestamps; no units means seconds since 1970 (the
-    products' documented convention), and implausible results are refused either way."""
+    products' documented convention). A time outside PLAUSIBLE_YEARS becomes NaT (its sounding
+    is dropped, the others kept); when most are, the units are wrong and the file is refused."""
     if units:
         m = _EPOCH_UNITS.match(units)
         if not m:
@@ -120,14 +124,17 @@ def decode_times(values: np.ndarray, units: str | None, path: Path) -> pd.Dateti
         factor = 1.0
     seconds = np.asarray(values, dtype=np.float64) * factor
     finite = np.isfinite(seconds)
+    # Judged in seconds, before nanoseconds: a corrupt 1e15 would overflow int64 silently.
+    first = (pd.Timestamp(f"{PLAUSIBLE_YEARS[0]}-01-01", tz="UTC") - epoch).total_seconds()
+    last = (pd.Timestamp(f"{PLAUSIBLE_YEARS[1] + 1}-01-01", tz="UTC") - epoch).total_seconds()
+    with np.errstate(invalid="ignore"):
+        plausible = finite & (seconds >= first) & (seconds < last)
+    n_finite, n_plausible = int(finite.sum()), int(plausible.sum())
+    if n_finite and n_plausible * 2 < n_finite:
+        shown = seconds[finite & ~plausible][0]
+        raise InputFileError(
+            path, f"{n_finite - n_plausible} of {n_finite} time values (e.g. {shown:.6g}) fall outside "
+            f"{PLAUSIBLE_YEARS[0]}..{PLAUSIBLE_YEARS[1]} with units {units!r}: wrong units or not this product")
     ns = np.full(seconds.shape, np.iinfo(np.int64).min, dtype=np.int64)  # NaT
-    ns[finite] = np.round(seconds[finite] * 1e9).astype(np.int64) + epoch.value
-    times = pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC")
-    ok = times[~times.isna()]
-    if len(ok):
-        lo, hi = ok.min(), ok.max()
-        if lo.year < PLAUSIBLE_YEARS[0] or hi.year > PLAUSIBLE_YEARS[1]:
-            raise InputFileError(
-                path, f"time values decode to {lo:%Y-%m-%d}..{hi:%Y-%m-%d} with units "
-                f"{units!r}: implausible for this product")
-    return times
+    ns[plausible] = np.round(seconds[plausible] * 1e9).astype(np.int64) + epoch.value
+    return pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC")

@@ -33,13 +33,10 @@ def soundings_frame(path: Path, source: str, *, time: pd.DatetimeIndex, latitude
                       ("xco2_uncertainty", uncertainty), ("xco2_quality_flag", quality_flag)):
         if len(arr) != n:
             raise InputFileError(path, f"{name} has {len(arr)} values for {n} soundings")
-    finite_lat = latitude[np.isfinite(latitude)]
-    finite_lon = longitude[np.isfinite(longitude)]
-    if finite_lat.size and np.abs(finite_lat).max() > 90:
-        raise InputFileError(path, f"latitude {np.abs(finite_lat).max():.6g} outside [-90, 90]")
-    if finite_lon.size and np.abs(finite_lon).max() > 360:
-        raise InputFileError(path, f"longitude {np.abs(finite_lon).max():.6g} outside [-360, 360]")
-    longitude = np.where(longitude > 180, longitude - 360, longitude)
+    # Impossible positions are kept as read: tasks.soundings drops those soundings one by one
+    # (and counts them), a few bad values never cost the granule's other soundings.
+    with np.errstate(invalid="ignore"):
+        longitude = np.where((longitude > 180) & (longitude <= 360), longitude - 360, longitude)
     columns: dict[str, object] = {
         "time": pd.Series(time, dtype="datetime64[ns, UTC]"),
         "latitude": latitude.astype(np.float64),
