@@ -5,11 +5,18 @@
     python -m deployments.stack down     # stop everything (idempotent)
     python -m deployments.stack deploy   # only: create the work pool, apply deployments/prefect.yaml
 
-Everything lives in the state directory (default `./.xco2-stack`): one pid file and one log per
-process (`<name>.pid`, `logs/<name>.log`), Prefect's home and SQLite database (`prefect/`), the
-MLflow SQLite database and artifacts (`mlflow.db`, `mlartifacts/`), `stack.json` (what `up`
-started, for `status`) and `env`, the environment that points a shell at the stack
-(`source .xco2-stack/env`): PREFECT_API_URL, XCO2_MLFLOW_TRACKING_URI, XCO2_DATA_DIR, XCO2_SOURCE.
+The state directory (default `./.xco2-stack`) holds one pid file and one log per process
+(`<name>.pid`, `logs/<name>.log`), Prefect's home and SQLite database (`prefect/`), `stack.json`
+(what `up` started, for `status` and for the `xco2` command line) and `env`, the environment that
+points a shell at the stack (`source .xco2-stack/env`): PREFECT_API_URL, XCO2_MLFLOW_TRACKING_URI,
+XCO2_DATA_DIR, XCO2_SOURCE, XCO2_STACK_DIR.
+
+One model registry: the MLflow server serves the data directory's store, the one the command line
+uses without a stack (`<data dir>/mlflow.db`, artifacts in `<data dir>/mlartifacts`), so a champion
+that `xco2 demo` made before `up` is the stack's champion, and runs the stack records stay visible
+to the command line after `down`. With XCO2_STACK_MLFLOW_BACKEND_URI (PostgreSQL) the server keeps
+that database; its artifacts still go to `<data dir>/mlartifacts`. While the stack runs, `xco2`
+commands find it through `stack.json` (use_running_stack) and record into the same server.
 
 Configuration (environment; command-line options win):
 
@@ -19,7 +26,8 @@ Configuration (environment; command-line options win):
     XCO2_STACK_MLFLOW_PORT        MLflow tracking server and UI           5000
     XCO2_STACK_DATABASE_URL       Prefect database (postgresql+asyncpg://user:pw@host/db)
                                                                           SQLite in the state dir
-    XCO2_STACK_MLFLOW_BACKEND_URI MLflow backend store (postgresql://...) SQLite in the state dir
+    XCO2_STACK_MLFLOW_BACKEND_URI MLflow backend store (postgresql://...) XCO2_MLFLOW_TRACKING_URI
+                                  when it names a database, else <data dir>/mlflow.db
     XCO2_STACK_TIMEOUT            seconds to wait for health checks       240
 
 The worker's flow runs start in the repository with the environment above, so they use the
@@ -42,6 +50,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
@@ -52,6 +61,10 @@ COMPONENTS = ("prefect-server", "mlflow-server", "worker")
 # A pid file of an older stack (a pid only) names a process of ours while its command line has these words.
 _MARKERS = {"prefect-server": ("prefect", "server"), "mlflow-server": ("mlflow", "server"),
             "worker": ("prefect", "worker")}
+
+
+# How long the command line waits for a health check of a stack it found: it must never hang.
+PROBE_TIMEOUT_S = 2.0
 
 
 class StackError(RuntimeError):
@@ -75,6 +88,7 @@ class StackConfig:
     pool: str = POOL
     settings_env: dict[str, str] = field(default_factory=dict)  # XCO2_* for the worker and the env file
     api_url: str | None = None  # another Prefect server's API (`deploy` under docker compose)
+    data_store_uri: str | None = None  # XCO2_MLFLOW_TRACKING_URI of `up` when it names a database
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "StackConfig":
@@ -84,6 +98,9 @@ class StackConfig:
                         and k not in ("XCO2_MLFLOW_TRACKING_URI", "XCO2_REPO")}
         settings_env["XCO2_DATA_DIR"] = str(Path(settings_env.get("XCO2_DATA_DIR", "xco2-data")).resolve())
         settings_env.setdefault("XCO2_SOURCE", "demo")
+        # A tracking URI naming a database is the command line's store: the server serves it. An
+        # http one is a server already (this stack's, from a shell that sourced its env file).
+        tracking = env.get("XCO2_MLFLOW_TRACKING_URI") or ""
         values = {
             "state_dir": Path(env.get("XCO2_STACK_DIR", ".xco2-stack")),
             "host": env.get("XCO2_STACK_HOST", "127.0.0.1"),
@@ -93,6 +110,7 @@ class StackConfig:
             "mlflow_backend_uri": env.get("XCO2_STACK_MLFLOW_BACKEND_URI") or None,
             "timeout": float(env.get("XCO2_STACK_TIMEOUT", 240)),
             "settings_env": settings_env,
+            "data_store_uri": tracking if tracking and not tracking.startswith(("http://", "https://")) else None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["state_dir"] = Path(values["state_dir"]).resolve()
@@ -139,8 +157,22 @@ class StackConfig:
         return self.database_url or f"sqlite+aiosqlite:///{self.prefect_home / 'prefect.db'}"
 
     @property
+    def data_dir(self) -> Path:
+        return Path(self.settings_env["XCO2_DATA_DIR"])
+
+    @property
     def mlflow_backend_store(self) -> str:
-        return self.mlflow_backend_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+        """The command line's store: the stack and `xco2` without a stack share one registry."""
+        return self.mlflow_backend_uri or self.data_store_uri or f"sqlite:///{self.data_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        """Where the command line puts a store's artifacts (registry.store.artifact_root_for):
+        beside a SQLite database, else `<data dir>/mlartifacts`. A file: URI, so runs recorded
+        through the server and without it have the same kind of artifact location."""
+        from registry.store import artifact_root_for
+
+        return artifact_root_for(self.mlflow_backend_store) or (self.data_dir / "mlartifacts").resolve().as_uri()
 
     # Environments.
     def client_env(self) -> dict[str, str]:
@@ -300,20 +332,27 @@ def _wait_healthy(cfg: StackConfig, names: list[str], deadline: float) -> None:
 
 # --- the commands -----------------------------------------------------------------------------
 
-def _start_servers(cfg: StackConfig) -> list[str]:
-    started = []
-    plans = {
+def server_plans(cfg: StackConfig) -> dict[str, tuple[int, list[str], dict[str, str]]]:
+    """(port, argv, environment) of each server."""
+    artifacts = cfg.mlflow_artifact_root
+    return {
         "prefect-server": (cfg.prefect_port, [_tool("prefect"), "server", "start", "--host", cfg.host,
                                               "--port", str(cfg.prefect_port), "--no-background"],
                            cfg.process_env(PREFECT_API_DATABASE_CONNECTION_URL=cfg.prefect_database_url)),
         # Database URLs travel in the environment, never on a command line: a password there would
-        # show in `ps` and in the log's header line.
-        "mlflow-server": (cfg.mlflow_port, [_tool("mlflow"), "server",
-                                            "--artifacts-destination", str(cfg.state_dir / "mlartifacts"),
+        # show in `ps` and in the log's header line. New experiments get the command line's artifact
+        # root (a file: URI), which this local server reads for the UI and clients write directly;
+        # proxied mlflow-artifacts:/ locations (experiments an older stack made) land there too.
+        "mlflow-server": (cfg.mlflow_port, [_tool("mlflow"), "server", "--default-artifact-root", artifacts,
+                                            "--artifacts-destination", artifacts,
                                             "--host", cfg.host, "--port", str(cfg.mlflow_port), "--workers", "1"],
                           cfg.process_env(MLFLOW_BACKEND_STORE_URI=cfg.mlflow_backend_store)),
     }
-    for name, (port, argv, env) in plans.items():
+
+
+def _start_servers(cfg: StackConfig) -> list[str]:
+    started = []
+    for name, (port, argv, env) in server_plans(cfg).items():
         if _process(cfg, name) is not None:
             print(f"  {name}: already running (pid {_process(cfg, name).pid})")
             continue
@@ -372,17 +411,22 @@ def apply_deployments(cfg: StackConfig, env: dict[str, str] | None = None) -> li
 def write_env_file(cfg: StackConfig) -> Path:
     lines = ["# The xco2 stack's environment, written by `python -m deployments.stack up`.",
              f"# Load it into a shell with: source {cfg.env_file}"]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in cfg.client_env().items()]
+    lines += [f"export {k}={shlex.quote(v)}"
+              for k, v in {**cfg.client_env(), "XCO2_STACK_DIR": str(cfg.state_dir)}.items()]
     cfg.env_file.write_text("\n".join(lines) + "\n")
     return cfg.env_file
 
 
 def up(cfg: StackConfig) -> None:
-    for d in (cfg.state_dir, cfg.logs_dir, cfg.prefect_home, cfg.state_dir / "mlartifacts"):
+    for d in (cfg.state_dir, cfg.logs_dir, cfg.prefect_home):
         d.mkdir(parents=True, exist_ok=True)
-    Path(cfg.settings_env["XCO2_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + cfg.timeout
     print(f"xco2 stack in {cfg.state_dir}", flush=True)
+    print(f"  MLflow store: {_redact(cfg.mlflow_backend_store)}, artifacts {cfg.mlflow_artifact_root}", flush=True)
+    if (cfg.state_dir / "mlflow.db").exists():
+        print(f"  note: {cfg.state_dir / 'mlflow.db'} is the store of an older stack, no longer served "
+              f"(the stack now serves the data directory's); copy what you need from it with MLflow", flush=True)
     _start_servers(cfg)
     _wait_healthy(cfg, ["prefect-server", "mlflow-server"], deadline)
     apply_deployments(cfg)
@@ -395,11 +439,12 @@ def up(cfg: StackConfig) -> None:
         print(f"  worker: already running (pid {_process(cfg, 'worker').pid})")
     _wait_healthy(cfg, ["worker"], time.monotonic() + cfg.timeout)
     write_env_file(cfg)
-    cfg.state_file.write_text(json.dumps({
+    _write_state(cfg, {
         "prefect_api_url": cfg.prefect_api_url, "prefect_ui": cfg.prefect_url, "mlflow_url": cfg.mlflow_url,
         "pool": cfg.pool, "prefect_database": _redact(cfg.prefect_database_url),
-        "mlflow_backend_store": _redact(cfg.mlflow_backend_store), "data_dir": cfg.settings_env["XCO2_DATA_DIR"],
-        "source": cfg.settings_env["XCO2_SOURCE"]}, indent=2))
+        "mlflow_backend_store": _redact(cfg.mlflow_backend_store), "mlflow_artifact_root": cfg.mlflow_artifact_root,
+        "data_dir": cfg.settings_env["XCO2_DATA_DIR"], "source": cfg.settings_env["XCO2_SOURCE"],
+        "stopped": False})
     print(f"ready\n  Prefect UI  {cfg.prefect_url}\n  MLflow UI   {cfg.mlflow_url}\n"
           f"  data dir    {cfg.settings_env['XCO2_DATA_DIR']} (source {cfg.settings_env['XCO2_SOURCE']})\n"
           f"  logs        {cfg.logs_dir}\n  environment source {cfg.env_file}", flush=True)
@@ -415,9 +460,26 @@ def _redact(url: str) -> str:
     return url
 
 
+def _write_state(cfg: StackConfig, state: dict) -> None:
+    # Read by `xco2` commands at any moment: never a half-written file.
+    tmp = cfg.state_file.with_name(f".{cfg.state_file.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(state, indent=2))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, cfg.state_file)
+
+
 def down(cfg: StackConfig) -> None:
     for name in reversed(COMPONENTS):
         print(f"  {name}: {_stop(cfg, name)}", flush=True)
+    # Marked stopped (kept for `status`): the command line then uses its local stores without a warning.
+    try:
+        state = json.loads(cfg.state_file.read_text())
+    except (OSError, ValueError):
+        state = None
+    if isinstance(state, dict):
+        _write_state(cfg, {**state, "stopped": True})
     print("down")
 
 
@@ -427,8 +489,6 @@ def _saved(cfg: StackConfig) -> StackConfig:
         state = json.loads(cfg.state_file.read_text())
     except (OSError, ValueError):
         return cfg
-    from urllib.parse import urlsplit
-
     p, m = urlsplit(state["prefect_ui"]), urlsplit(state["mlflow_url"])
     cfg.host, cfg.prefect_port, cfg.mlflow_port = p.hostname, p.port, m.port
     return cfg
@@ -446,6 +506,89 @@ def status(cfg: StackConfig) -> int:
     if cfg.env_file.is_file():
         print(f"environment: source {cfg.env_file}")
     return 0 if ok else 3
+
+
+# --- the command line and a running stack --------------------------------------------------------
+
+# Where the command line looks for the stack: XCO2_STACK_DIR (the env file exports it), else here.
+_STACK_URL_VARIABLES = ("PREFECT_API_URL", "XCO2_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI")
+
+
+@dataclass(frozen=True)
+class StackUse:
+    """What use_running_stack decided: `attached` (this process now uses the stack), `local`
+    (no stack, a stopped one, or the environment names other servers) or `fallback` (a stack's
+    state file exists but it cannot be used; `reason` says why, and was logged as a WARNING)."""
+
+    decision: str
+    state_file: Path | None = None
+    reason: str = ""
+
+
+def _probe(url: str, timeout: float) -> str | None:
+    """None when the health check answers 200, else why not."""
+    status, detail = _get(url, timeout=timeout)
+    if status == 200:
+        return None
+    return f"HTTP {status}" if status is not None else (detail or "no answer")
+
+
+def use_running_stack(data_dir: Path | str | None, environ=None, timeout: float = PROBE_TIMEOUT_S,
+                      logger=None) -> StackUse:
+    """Point this process (PREFECT_API_URL, XCO2_MLFLOW_TRACKING_URI) at the running stack when
+    there is one for `data_dir`, so an `xco2` command's flows show in the stack's Prefect UI and
+    its models go to the stack's MLflow, the registry the deployments use.
+
+    Call it before Prefect is imported (Prefect reads PREFECT_API_URL at import). The stack is
+    found through `<XCO2_STACK_DIR or ./.xco2-stack>/stack.json`. Its servers are probed with a
+    short timeout; when they do not answer, or the stack serves another data directory, the
+    command keeps its local stores (a temporary Prefect server, MLflow in the data directory)
+    with a WARNING, and stack URLs that a sourced env file left in the environment are removed.
+    Servers named in the environment that are not this stack's are left as they are."""
+    import logging
+
+    environ = os.environ if environ is None else environ
+    log = logger or logging.getLogger("xco2.stack")
+    state_file = Path(environ.get("XCO2_STACK_DIR") or ".xco2-stack") / "stack.json"
+    try:
+        state = json.loads(state_file.read_text())
+        api, mlflow_url, stack_data = state["prefect_api_url"], state["mlflow_url"], state["data_dir"]
+    except FileNotFoundError:
+        return StackUse("local")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = f"its state file {state_file} is unreadable ({exc})"
+        log.warning("xco2 stack: %s; using the local stores", reason)
+        return StackUse("fallback", state_file, reason)
+    ours = {"PREFECT_API_URL": api, "XCO2_MLFLOW_TRACKING_URI": mlflow_url, "MLFLOW_TRACKING_URI": mlflow_url}
+
+    def leave_stack(reason: str, warn: bool = True) -> StackUse:
+        sourced = [k for k in _STACK_URL_VARIABLES if environ.get(k) == ours[k]]
+        for k in sourced:
+            del environ[k]
+        if warn or sourced:
+            log.warning("xco2 stack (%s): %s; this command uses its local stores: MLflow in the data directory, "
+                        "a temporary Prefect server", state_file, reason)
+        return StackUse("fallback" if warn or sourced else "local", state_file, reason)
+
+    if state.get("stopped"):
+        return leave_stack("it is stopped (`make down`); `make up` starts it", warn=False)
+    others = [k for k in ("PREFECT_API_URL", "XCO2_MLFLOW_TRACKING_URI")
+              if environ.get(k) and environ[k].rstrip("/") != ours[k].rstrip("/")]
+    if others:
+        log.info("xco2 stack (%s) not used: the environment names other servers (%s)", state_file,
+                 ", ".join(f"{k}={environ[k]}" for k in others))
+        return StackUse("local", state_file, "the environment names other servers")
+    if data_dir is not None and Path(data_dir).resolve() != Path(stack_data).resolve():
+        return leave_stack(f"it serves the data directory {stack_data}, not {Path(data_dir).resolve()}")
+    problems = [f"{what} {url}: {why}" for what, url, why in (
+        ("Prefect", api, _probe(f"{api.rstrip('/')}/health", timeout)),
+        ("MLflow", mlflow_url, _probe(f"{mlflow_url.rstrip('/')}/health", timeout))) if why]
+    if problems:
+        return leave_stack(f"its servers do not answer ({'; '.join(problems)}); `make status` tells more")
+    environ.update({"PREFECT_API_URL": api, "XCO2_MLFLOW_TRACKING_URI": mlflow_url})
+    log.info("xco2 stack (%s): flows run on its Prefect server (UI %s), models are recorded in its MLflow %s",
+             state_file.parent, state.get("prefect_ui", api), mlflow_url)
+    return StackUse("attached", state_file)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,14 +56,18 @@ class DemoDataDirError(RuntimeError):
 def _clear_previous_demo(settings) -> None:
     """A new demo world invalidates everything derived from the old one (same file names, new content)."""
     data = settings.data_dir
-    derived = ["raw", "regions", "archive", "quarantine", "models", "mlartifacts", "mlflow.db"]
+    derived = ["raw", "regions", "archive", "quarantine", "models"]
     present = [name for name in derived if (data / name).exists()]
-    if not present:
-        return
-    if not (data / "demo" / "world.json").is_file():
+    old_world = (data / "demo" / "world.json").is_file()
+    if present and not old_world:
         raise DemoDataDirError(
             f"{data} holds data that the demo did not make ({', '.join(present)}); "
             "run the demo with another --data-dir")
+    # The registry goes with an old demo world only when it is the local store. A registry the
+    # running stack serves (`make up`: this very mlflow.db) keeps its history, and one made
+    # before any demo world (the stack's, on a fresh data dir) is recorded into, not deleted.
+    if old_world and settings.mlflow_tracking_uri is None:
+        present += [name for name in ("mlartifacts", "mlflow.db") if (data / name).exists()]
     for name in present:
         path = data / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -27,15 +27,59 @@ MODEL_NAME_IN_RUN = "model"  # log_model(name=...) of the registered (ONNX) flav
 
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
+# Bounds of MLflow's HTTP calls (MLflow reads these variables at every request). Its defaults, 7
+# retries with a doubling back-off and 120 s per request, keep a daily run waiting for minutes on
+# a tracking server that is down; these give up within seconds on a refused connection and after
+# at most 3 x 30 s on a server that accepts but never answers. Values set in the environment win.
+HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
 
 class RegistryError(RuntimeError):
     """The model registry does not hold what was asked for; the message says what to do."""
 
 
+class RegistryUnavailableError(RegistryError):
+    """The tracking server did not answer, after the bounded retries."""
+
+
 def client_for(tracking_uri: str) -> MlflowClient:
+    if tracking_uri.startswith(("http://", "https://")):
+        for variable, value in HTTP_BOUNDS.items():
+            os.environ.setdefault(variable, value)
     # The registry URI is pinned to the tracking URI: otherwise MLflow falls back to the
     # MLFLOW_REGISTRY_URI environment variable and could register into another store.
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def unavailable(exc: BaseException, tracking_uri: str) -> RegistryUnavailableError | None:
+    """A RegistryUnavailableError naming the server when `exc` is an HTTP request to it that
+    failed (refused, timed out, retries used up), else None (the server answered)."""
+    import requests
+
+    from registry.redaction import redact_uri
+
+    seen, cause = set(), exc
+    while cause is not None and id(cause) not in seen and not isinstance(cause, requests.RequestException):
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    text = str(cause)
+    why = ("connection refused" if "refused" in text.lower() else
+           "no answer in time" if isinstance(cause, requests.Timeout) or "timed out" in text.lower() else
+           type(cause).__name__)
+    tries = 1 + int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7"))
+    return RegistryUnavailableError(
+        f"the MLflow tracking server {redact_uri(tracking_uri)} does not answer ({why}, {tries} tries): "
+        "start it (`make up` starts what of the stack is missing; `make status` shows what runs) or point "
+        "XCO2_MLFLOW_TRACKING_URI at a running one; the next run retries")
+
+
+def _raise_if_unavailable(client: MlflowClient, exc: MlflowException) -> None:
+    down = unavailable(exc, client.tracking_uri)
+    if down is not None:
+        raise down from None
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
@@ -56,6 +100,7 @@ def get_version(client: MlflowClient, name: str, version: int | str) -> ModelVer
             raise RegistryError(
                 f"model version {name!r} v{version} does not exist in the model registry"
             ) from None
+        _raise_if_unavailable(client, exc)
         raise
 
 
@@ -66,6 +111,7 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
     except MlflowException as exc:
         if exc.error_code in _NOT_FOUND:
             return None
+        _raise_if_unavailable(client, exc)
         raise
 
 
