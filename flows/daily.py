@@ -13,6 +13,8 @@ from tasks import samples, units
 from tasks.archive import archived_days, day_cog_path, quicklook_markdown
 from tasks.grid import Grid
 from tasks.inference import inputs_available
+from tasks.meteorology import era5_readiness
+from tasks.quarantine import InputFileError
 from tasks.settings import SourceMode, load_settings
 from tasks.sources import raw_granules
 from tasks.sources.pull import raw_dir
@@ -62,14 +64,23 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     fit = units.fit_gosat(settings)
 
     era5_dir = raw_dir(settings, "era5")
-    rows = []
+    rows, meteo_quarantined = [], []
     for g in gridded:
-        ready = inputs_available(era5_dir, g.day)
-        n = units.update_samples(settings, grid, g.day, fit) if ready else 0
+        # A bad ERA5 file is quarantined here: only the days it feeds wait, every other day goes on.
+        meteo = era5_readiness(era5_dir, g.day, settings.quarantine_dir, settings.raw_dir / "manifest.parquet")
+        meteo_quarantined += meteo.quarantined
+        n, ready, problem = 0, meteo.ready, meteo.why
+        if ready:
+            try:
+                n = units.update_samples(settings, grid, g.day, fit)
+            except InputFileError as exc:
+                logger.error("%s waits: %s", g.day, exc)
+                ready, problem = False, str(exc)
         rows.append({"day": g.day.isoformat(), **{f"{s}_granules": g.granules.get(s, 0) for s in SATELLITES},
                      **{f"{s}_soundings": g.soundings.get(s, 0) for s in SATELLITES},
-                     "samples": n, "era5": "yes" if ready else "waiting", "quarantined": len(g.quarantined)})
-    quarantined = pulled.quarantined + [q for g in gridded for q in g.quarantined]
+                     "samples": n, "era5": "yes" if ready else "waiting", "era5_problem": problem,
+                     "quarantined": len(g.quarantined)})
+    quarantined = pulled.quarantined + [q for g in gridded for q in g.quarantined] + meteo_quarantined
     for product, why in pulled.failed.items():
         logger.error("could not pull %s: %s", product, why)
 
@@ -82,7 +93,8 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     if pulled.failed:
         create_table_artifact(key="daily-source-failures", description="Products that could not be pulled this run",
                               table=[{"product": p, "problem": why} for p, why in pulled.failed.items()])
-    waiting = [r["day"] for r in rows if r["era5"] == "waiting"]
+    waiting = [f"{r['day']} ({r['era5_problem']})" if r["era5_problem"] else r["day"]
+               for r in rows if r["era5"] == "waiting"]
     if champion is None:
         archive_state = "waiting for a first champion (no model version holds alias `champion`): run the monthly retrain"
     elif mapped:
@@ -129,7 +141,8 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
     era5_dir = raw_dir(settings, "era5")
     todo = [last - timedelta(days=i) for i in range(settings.archive_lookback_days)]
     todo = {d for d in todo if d not in have} | {d for d in recompute if d in have}
-    todo = sorted(d for d in todo if inputs_available(era5_dir, d))
+    todo = sorted(d for d in todo if inputs_available(era5_dir, d, settings.quarantine_dir,
+                                                      settings.raw_dir / "manifest.parquet"))
     if not todo:
         return [], champion
     predictor = OnnxPredictor(champion.onnx_path)

@@ -37,8 +37,10 @@ def gridded_file(region_dir: Path, source: str, day: date) -> Path:
 
 
 def grid_day(day: date, granules: dict[str, list[Path]], grid: Grid, region_dir: Path,
-             quarantine_dir: Path) -> DayGridding:
-    """Read, filter and grid each satellite's granules of one day; a bad granule is quarantined."""
+             quarantine_dir: Path, manifest_path: Path | None = None) -> DayGridding:
+    """Read, filter and grid each satellite's granules of one day. Implausible soundings are
+    dropped one by one (counted per reason in the log); a granule that cannot be read is
+    quarantined and, with `manifest_path`, marked in the manifest so it is not pulled again."""
     from tasks.readers import read_soundings
 
     result = DayGridding(day=day, cells={})
@@ -46,11 +48,16 @@ def grid_day(day: date, granules: dict[str, list[Path]], grid: Grid, region_dir:
         frames = []
         for path in paths:
             try:
-                frames.append(usable_soundings(read_soundings(path), grid))
+                frames.append(usable_soundings(read_soundings(path), grid, day=day, label=path.name))
             except InputFileError as exc:
                 moved = quarantine(path, exc.problem, quarantine_dir)
                 result.quarantined.append({"source": source, "file": path.name, "problem": exc.problem,
                                            "quarantined_as": str(moved)})
+                if manifest_path is not None:
+                    from tasks.sources.manifest import Manifest
+
+                    Manifest(manifest_path).mark_quarantined(
+                        source, path.name, f"quarantined at gridding as {moved.name}: {exc.problem}")
         soundings = pd.concat(frames, ignore_index=True) if frames else None
         n = 0 if soundings is None else len(soundings)
         cells = grid_soundings(soundings, grid) if n else _empty_cells()

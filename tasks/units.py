@@ -45,7 +45,8 @@ def build_static_covariates(settings: Settings, grid: Grid) -> dict:
 
 @unit(name="grid-day", retries=2, retry_delay_seconds=5)
 def grid_day(settings: Settings, grid: Grid, day: date, granules: dict[str, list[Path]]):
-    return ingest.grid_day(day, granules, grid, settings.region_dir, settings.quarantine_dir)
+    return ingest.grid_day(day, granules, grid, settings.region_dir, settings.quarantine_dir,
+                           manifest_path=settings.raw_dir / "manifest.parquet")
 
 
 @unit(name="fit-gosat-to-oco")

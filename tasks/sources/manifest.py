@@ -117,6 +117,22 @@ class Manifest:
             self._write(df)
         return n
 
+    def mark_unusable(self, product: str, local_file: Path, reason: str) -> int:
+        """Mark the row of the file cached at `local_file` 'quarantined': its contents proved
+        unusable after the pull (ERA5 with NaN or impossible values). Unlike `mark_quarantined`,
+        the pull fetches it again next run, as after a failed read check: the archive may deliver
+        a good copy. Returns the number of rows changed."""
+        df = self.load()
+        if df.empty:
+            return 0
+        hit = ((df["product"] == product) & (df["local_file"] == self._relative(local_file))
+               & (df["status"] == "ok")).to_numpy()
+        if hit.any():
+            df.loc[hit, "status"] = "quarantined"
+            df.loc[hit, "problem"] = reason
+            self._write(df)
+        return int(hit.sum())
+
     def recently_unavailable(self, product: str, within_days: float) -> set[str]:
         """Remote ids the archive said it did not have, asked less than `within_days` ago."""
         df = self.load()
