@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tasks.settings import ConfigError, load_settings
+from tasks.settings import ConfigError, check_data_dir, load_settings
 
 console = Console()
 
@@ -50,9 +50,14 @@ def _cmd_config(args) -> int:
 
 def _cmd_daily(args) -> int:
     from flows.daily import daily_update
+    from tasks.sources.pull import EverySourceFailed
 
-    load_settings()  # fail fast on bad configuration, before any flow starts
-    result = daily_update(start=args.start, end=args.end)
+    check_data_dir(load_settings())  # fail fast on bad configuration, before any flow starts
+    try:
+        result = daily_update(start=args.start, end=args.end)
+    except EverySourceFailed as exc:
+        print(f"xco2 daily: {exc}", file=sys.stderr)
+        return 1
     console.print_json(json.dumps({k: result[k] for k in ("window", "new_granules", "archive_days")}, default=str))
     return 0
 
@@ -60,7 +65,7 @@ def _cmd_daily(args) -> int:
 def _cmd_retrain(args) -> int:
     from flows.retrain import monthly_retrain
 
-    load_settings()
+    check_data_dir(load_settings())
     result = monthly_retrain()
     console.print_json(json.dumps(result, default=str))
     return 0
@@ -75,7 +80,7 @@ def _cmd_backfill(args) -> int:
     if args.dask_address:
         overrides["dask_address"] = args.dask_address
         overrides.setdefault("task_runner", "dask")  # an address means Dask unless told otherwise
-    load_settings(**overrides)  # fail fast on bad configuration, before any flow starts
+    check_data_dir(load_settings(**overrides))  # fail fast on bad configuration, before any flow starts
     result = run_backfill(start=args.start, end=args.end, overrides=overrides or None, stale_only=args.stale_only)
     console.print_json(json.dumps({"window": result["window"], "task_runner": result["task_runner"],
                                    "model": result["model"], "days": [r["day"] for r in result["days"]],
@@ -115,7 +120,7 @@ def _grid_covariates(settings) -> None:
 def _cmd_covariates_import(args) -> int:
     from tasks.sources.static_layers import StaticLayerError, import_layer
 
-    settings = load_settings()
+    settings = check_data_dir(load_settings())
     try:
         path = import_layer(settings, args.layer, Path(args.file),
                             date.fromisoformat(args.start) if args.start else None)
@@ -129,7 +134,7 @@ def _cmd_covariates_import(args) -> int:
 def _cmd_covariates_build(args) -> int:
     from tasks.sources.static_layers import LAYERS, build_static_layers
 
-    settings = load_settings()
+    settings = check_data_dir(load_settings())
     try:
         status = build_static_layers(
             settings, args.year, date.fromisoformat(args.ndvi_start), date.fromisoformat(args.ndvi_end),
@@ -195,7 +200,7 @@ def _cmd_past_window(args) -> int:
     from flows.past_window import MODEL_LABELS, PastWindowOptions, past_window_check
     from tasks.demo_world import truth_for_day
 
-    settings = load_settings()
+    settings = check_data_dir(load_settings())
     if settings.source.value != "demo":
         print("xco2 past-window: needs the demo world's truth (source = demo)", file=sys.stderr)
         return 2
@@ -229,7 +234,7 @@ def _cmd_demo(args) -> int:
         archive_days=args.archive_days, max_epochs=args.epochs, max_training_samples=args.max_samples,
         small=args.small, compare=not args.no_compare,
     )
-    load_settings(data_dir=str(opts.data_dir))
+    check_data_dir(load_settings(data_dir=str(opts.data_dir)))
     summary = run_demo(opts)
     _print_demo_summary(summary)
     out = Path(args.data_dir) / "demo" / "summary.json"
@@ -273,7 +278,7 @@ def _cmd_report(args) -> int:
 def _cmd_serve(args) -> int:
     from flows.serve import serve_all
 
-    load_settings()
+    check_data_dir(load_settings())
     serve_all(limit=args.limit)  # the deployments of deployments/prefect.yaml, until Ctrl-C
     return 0
 

@@ -17,7 +17,7 @@ from tasks.meteorology import era5_readiness
 from tasks.quarantine import InputFileError
 from tasks.settings import SourceMode, load_settings
 from tasks.sources import raw_granules
-from tasks.sources.pull import raw_dir
+from tasks.sources.pull import CDS_SERVICE, EverySourceFailed, every_source_failed, raw_dir
 from tasks.sources.products import PRODUCTS, SATELLITES
 
 
@@ -40,7 +40,19 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                 settings.region.name, grid.nx, grid.ny, first, last, settings.source.value)
 
     pulled = units.pull_inputs(settings, first, last + timedelta(days=1))
-    if settings.source == SourceMode.earthdata:
+    nothing_pulled = every_source_failed(pulled)
+    if nothing_pulled:
+        # Nothing new can come in, and the later steps would fail on the same cause with a vaguer
+        # message (no covariates, no samples): say why, then end Failed so that neither the exit
+        # code nor Prefect calls this a success. The next run starts from where this one stopped.
+        logger.error("%s", nothing_pulled)
+        create_table_artifact(key="daily-source-failures", description="Products that could not be pulled this run",
+                              table=[{"product": p, "problem": why} for p, why in pulled.failed.items()])
+        create_markdown_artifact(key="daily-summary", markdown=(
+            f"# Daily update {first}..{last} ({settings.region.name}): FAILED\n\n```\n{nothing_pulled}\n```\n"))
+        raise EverySourceFailed(nothing_pulled)
+    # A CDS given up on this run is not asked for final ERA5 either.
+    if settings.source == SourceMode.earthdata and CDS_SERVICE not in pulled.unreachable:
         # Final ERA5 replaces ERA5T months later: look for it over a window of older days.
         aged = last - timedelta(days=settings.era5_final_after_days + 1)
         final = units.pull_inputs(settings, aged - timedelta(days=settings.era5_final_window_days - 1), aged,
