@@ -131,7 +131,7 @@ class CircuitBreaker:
                 with self._lock:
                     self.failures += 1
                     if self.failures >= self.threshold and self.reason is None:
-                        self.reason = redact(f"{type(exc).__name__}: {exc}")[:300]
+                        self.reason = redact(f"{type(exc).__name__}: {exc}")[:600]
                         log.error("%s: %d connection failures in a row; not asked again this run (%s)",
                                   self.service, self.failures, self.reason)
             elif http_status(exc) is not None:
