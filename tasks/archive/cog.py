@@ -20,6 +20,11 @@ File choices, and why:
 
 GDAL's COG driver writes the whole file from one in-memory copy of the bands (about 5 MB
 per band for Sichuan), so memory stays a small multiple of the input arrays.
+
+Before a day is published its temp file is read back whole and compared with what was written
+(NaN-aware), and checked as a COG: on a full disk GDAL can return normally from a file whose
+tiles never reached the disk, so only reading it back tells. Any failure raises
+ArchiveWriteError naming the day's path and leaves the previous version of the day in place.
 """
 
 from __future__ import annotations
@@ -32,9 +37,12 @@ from typing import Any, Mapping
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
+from rasterio.errors import RasterioError
 from rio_cogeo.cogeo import cog_validate
 
+from tasks.atomic import PublishError
 from tasks.atomic import atomic_path as publishing
 from tasks.grid import Grid
 
@@ -59,6 +67,48 @@ _CREATION_OPTIONS = {
     # write several days at once on a shared worker.
     "num_threads": 1,
 }
+
+
+class ArchiveWriteError(PublishError):
+    """An archive file (COG, STAC JSON, quicklook) could not be published sound; the message
+    names its final path, and the previous version, if any, is still there."""
+
+
+# What GDAL raises when a file cannot be written or read (rasterio's own, and the CPLE_* errors).
+GDAL_ERRORS = (RasterioError, CPLE_BaseError)
+
+
+def read_back_problems(path: Path | str, grid: Grid | None = None) -> list[str]:
+    """Problems of a COG read back whole (every band, every tile) and checked as a COG; empty
+    when sound. The cheap checks (cog_validate) read headers only, and a file cut short by a
+    full disk can pass them."""
+    problems = validate_cog(path, grid)
+    if problems:
+        return problems
+    try:
+        with rasterio.open(path) as src:
+            for index in src.indexes:
+                src.read(index)
+    except (*GDAL_ERRORS, OSError) as exc:
+        return [f"{path}: does not read back whole: {type(exc).__name__}: {exc}"]
+    return []
+
+
+def _verify_written(temp: Path, bands: list[tuple[str, np.ndarray]], grid: Grid,
+                    dataset_tags: Mapping[str, str]) -> None:
+    problems = validate_cog(temp, grid)
+    if problems:
+        raise ValueError("; ".join(problems))
+    with rasterio.open(temp) as src:
+        if src.count != len(bands):
+            raise ValueError(f"{src.count} bands read back, {len(bands)} written")
+        for index, (name, values) in enumerate(bands, start=1):
+            if not np.array_equal(src.read(index), values, equal_nan=True):
+                raise ValueError(f"band {index} ({name}) reads back different from what was written")
+        tags = src.tags()
+        changed = sorted(k for k, v in dataset_tags.items() if tags.get(k) != v)
+        if changed:
+            raise ValueError(f"tags {changed} read back different from what was written")
 
 
 def _as_band(values: np.ndarray, grid: Grid, name: str) -> np.ndarray:
@@ -129,14 +179,19 @@ def write_day_cog(
         "nodata": NODATA,
         **_CREATION_OPTIONS,
     }
-    with publishing(path) as temp:
-        with rasterio.open(temp, "w", **profile) as dst:
-            for index, (name, values) in enumerate(bands, start=1):
-                dst.write(values, index)
-                dst.set_band_description(index, name)
-                dst.update_tags(index, units=UNITS)
-            dst.units = tuple(UNITS for _ in bands)
-            dst.update_tags(**dataset_tags)
+    try:
+        with publishing(path, verify=lambda temp: _verify_written(temp, bands, grid, dataset_tags),
+                        error=ArchiveWriteError, local_writer=True) as temp:
+            with rasterio.open(temp, "w", **profile) as dst:
+                for index, (name, values) in enumerate(bands, start=1):
+                    dst.write(values, index)
+                    dst.set_band_description(index, name)
+                    dst.update_tags(index, units=UNITS)
+                dst.units = tuple(UNITS for _ in bands)
+                dst.update_tags(**dataset_tags)
+    except GDAL_ERRORS as exc:
+        # GDAL failed while writing (the temp file is already gone): name the day, not the temp.
+        raise ArchiveWriteError(path, f"{type(exc).__name__}: {exc}", getattr(exc, "errno", None)) from exc
     return path
 
 
@@ -152,43 +207,52 @@ def validate_cog(path: Path | str, grid: Grid | None = None) -> list[str]:
     problems = [f"not a valid COG: {e}" for e in errors]
     problems += [f"COG warning: {w}" for w in warnings]
 
-    with rasterio.open(path) as src:
-        if src.crs is None or src.crs.to_epsg() != CRS_EPSG:
-            problems.append(f"CRS is {src.crs}, expected EPSG:{CRS_EPSG}")
-        if src.count not in (1, 2):
-            problems.append(f"{src.count} bands, expected 1 (xco2) or 2 (xco2, xco2_uncertainty)")
-        if any(dtype != "float32" for dtype in src.dtypes):
-            problems.append(f"band types {src.dtypes}, expected float32")
-        if src.nodata is None:
-            problems.append("no nodata value declared")
-        elif not math.isnan(src.nodata):
-            problems.append(f"nodata is {src.nodata}, expected NaN")
+    try:
+        with rasterio.open(path) as src:
+            problems += _dataset_problems(src, grid)
+    except (*GDAL_ERRORS, OSError) as exc:
+        problems.append(f"{path}: cannot be opened: {type(exc).__name__}: {exc}")
+    return problems
 
-        structure = src.tags(ns="IMAGE_STRUCTURE")
-        compression = structure.get("COMPRESSION", "NONE").upper()
-        if compression not in ACCEPTED_COMPRESSIONS:
-            problems.append(f"compression {compression}, expected one of {', '.join(ACCEPTED_COMPRESSIONS)}")
-        predictor = structure.get("PREDICTOR", "1")
-        if predictor != FLOATING_POINT_PREDICTOR:
-            problems.append(f"predictor {predictor}, expected {FLOATING_POINT_PREDICTOR} (floating point)")
-        if any(shape != (TILE_SIZE, TILE_SIZE) for shape in src.block_shapes):
-            problems.append(f"tiles {src.block_shapes}, expected {TILE_SIZE} x {TILE_SIZE}")
-        if max(src.width, src.height) > TILE_SIZE and not src.overviews(1):
-            problems.append("no internal overviews")
-        if src.tags().get("AREA_OR_POINT", "Area") != "Area":
-            problems.append("pixels are points, expected areas (cells of the grid)")
 
-        expected_names = (XCO2_BAND, UNCERTAINTY_BAND)[: src.count]
-        if tuple(src.descriptions) != expected_names:
-            problems.append(f"band descriptions {src.descriptions}, expected {expected_names}")
-        for index in src.indexes:
-            unit = src.units[index - 1] or src.tags(index).get("units")
-            if unit != UNITS:
-                problems.append(f"band {index} unit {unit!r}, expected {UNITS!r}")
+def _dataset_problems(src, grid: Grid | None) -> list[str]:
+    problems: list[str] = []
+    if src.crs is None or src.crs.to_epsg() != CRS_EPSG:
+        problems.append(f"CRS is {src.crs}, expected EPSG:{CRS_EPSG}")
+    if src.count not in (1, 2):
+        problems.append(f"{src.count} bands, expected 1 (xco2) or 2 (xco2, xco2_uncertainty)")
+    if any(dtype != "float32" for dtype in src.dtypes):
+        problems.append(f"band types {src.dtypes}, expected float32")
+    if src.nodata is None:
+        problems.append("no nodata value declared")
+    elif not math.isnan(src.nodata):
+        problems.append(f"nodata is {src.nodata}, expected NaN")
 
-        if grid is not None:
-            if src.shape != grid.shape:
-                problems.append(f"shape {src.shape}, expected the grid's {grid.shape}")
-            if src.transform != grid.transform:
-                problems.append(f"transform {tuple(src.transform)[:6]}, expected {tuple(grid.transform)[:6]}")
+    structure = src.tags(ns="IMAGE_STRUCTURE")
+    compression = structure.get("COMPRESSION", "NONE").upper()
+    if compression not in ACCEPTED_COMPRESSIONS:
+        problems.append(f"compression {compression}, expected one of {', '.join(ACCEPTED_COMPRESSIONS)}")
+    predictor = structure.get("PREDICTOR", "1")
+    if predictor != FLOATING_POINT_PREDICTOR:
+        problems.append(f"predictor {predictor}, expected {FLOATING_POINT_PREDICTOR} (floating point)")
+    if any(shape != (TILE_SIZE, TILE_SIZE) for shape in src.block_shapes):
+        problems.append(f"tiles {src.block_shapes}, expected {TILE_SIZE} x {TILE_SIZE}")
+    if max(src.width, src.height) > TILE_SIZE and not src.overviews(1):
+        problems.append("no internal overviews")
+    if src.tags().get("AREA_OR_POINT", "Area") != "Area":
+        problems.append("pixels are points, expected areas (cells of the grid)")
+
+    expected_names = (XCO2_BAND, UNCERTAINTY_BAND)[: src.count]
+    if tuple(src.descriptions) != expected_names:
+        problems.append(f"band descriptions {src.descriptions}, expected {expected_names}")
+    for index in src.indexes:
+        unit = src.units[index - 1] or src.tags(index).get("units")
+        if unit != UNITS:
+            problems.append(f"band {index} unit {unit!r}, expected {UNITS!r}")
+
+    if grid is not None:
+        if src.shape != grid.shape:
+            problems.append(f"shape {src.shape}, expected the grid's {grid.shape}")
+        if src.transform != grid.transform:
+            problems.append(f"transform {tuple(src.transform)[:6]}, expected {tuple(grid.transform)[:6]}")
     return problems

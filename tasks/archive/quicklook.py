@@ -8,6 +8,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
+from tasks.archive.cog import ArchiveWriteError
 from tasks.atomic import atomic_path as publishing
 
 # Enough pixels for a readable artifact; bigger days are read from their overviews.
@@ -66,9 +67,19 @@ def quicklook_png(cog_path: Path | str, png_path: Path | str, title: str) -> Pat
     colourbar_axes = axes.inset_axes((1.03, 0.0, 0.035, 1.0))
     figure.colorbar(image, cax=colourbar_axes, label=f"XCO2 ({unit})")
 
-    with publishing(png_path) as temp:
+    with publishing(png_path, verify=_decodes_whole, error=ArchiveWriteError, local_writer=True) as temp:
         figure.savefig(temp, format="png")
     return png_path
+
+
+def _decodes_whole(temp: Path) -> None:
+    # A PNG cut short still has a valid header; decoding every row is what finds the cut.
+    from PIL import Image
+
+    with Image.open(temp) as image:
+        if image.format != "PNG":
+            raise ValueError(f"written as {image.format}, not PNG")
+        image.load()
 
 
 def quicklook_markdown(cog_path: Path | str, title: str) -> str:

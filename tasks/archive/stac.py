@@ -28,7 +28,7 @@ import rasterio
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Statistics
 
-from tasks.archive.cog import CRS_EPSG
+from tasks.archive.cog import CRS_EPSG, ArchiveWriteError
 from tasks.archive.layout import (
     COLLECTION_FILE,
     collection_path,
@@ -37,7 +37,7 @@ from tasks.archive.layout import (
     itemised_days,
     region_dir,
 )
-from tasks.atomic import publish_text
+from tasks.atomic import publish_json_text
 from tasks.archive.stac_validation import validate_stac  # noqa: F401  (re-export)
 from tasks.grid import Grid
 from tasks.settings import Region
@@ -120,6 +120,20 @@ def _json_value(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool, list, dict)):
         return value
     raise TypeError(f"property value {value!r} ({type(value).__name__}) is not JSON")
+
+
+# COG tags copied onto the day's item as properties (with the xco2: prefix), in this order.
+ITEM_PROPERTY_TAGS = ("model_name", "model_version", "feature_set_version", "source_mode", "synthetic")
+
+
+def item_properties(tags: Mapping[str, str]) -> dict[str, Any]:
+    """The item properties of a day from its COG's tags: the map run and the repair of a lost
+    item (health.py) both derive them here, so a restored item equals the one first written."""
+    properties: dict[str, Any] = {k: tags[k] for k in ITEM_PROPERTY_TAGS if k in tags}
+    if "anchor_cells" in tags:  # the day was anchored (or tried to be): its offset and support
+        properties.update(anchor_offset_ppm=round(float(tags["anchor_offset_ppm"]), 4),
+                          anchor_cells=int(tags["anchor_cells"]), anchor_days=int(tags["anchor_days"]))
+    return properties
 
 
 def _prefixed(properties: Mapping[str, Any]) -> dict[str, Any]:
@@ -302,7 +316,22 @@ def upsert_day_item(
     item = build_day_item(archive_root, region_name, grid, day, cog_path, properties)
     item_path = day_item_path(archive_root, region_name, day)
     with _region_lock(archive_root, region_name):
-        publish_text(item_path, _stac_json(item))
-        collection = build_collection(archive_root, region_name, grid)
-        publish_text(collection_path(archive_root, region_name), _stac_json(collection))
+        publish_json_text(item_path, _stac_json(item), error=ArchiveWriteError)
+        _publish_collection(archive_root, region_name, grid)
     return item_path
+
+
+def refresh_collection(archive_root: Path | str, region: Region | str, grid: Grid) -> Path | None:
+    """Rebuild the region's collection from the item files on disk (None when there is none)."""
+    region_name = _region_name(region)
+    with _region_lock(archive_root, region_name):
+        if not itemised_days(archive_root, region_name):
+            return None
+        return _publish_collection(archive_root, region_name, grid)
+
+
+def _publish_collection(archive_root: Path | str, region_name: str, grid: Grid) -> Path:
+    """Rebuild the collection from the item files on disk and publish it (under the region lock)."""
+    path = collection_path(archive_root, region_name)
+    collection = build_collection(archive_root, region_name, grid)
+    return publish_json_text(path, _stac_json(collection), error=ArchiveWriteError)
