@@ -52,7 +52,7 @@ def _cmd_daily(args) -> int:
     from flows.daily import daily_update
     from tasks.sources.pull import EverySourceFailed
 
-    check_data_dir(load_settings())  # fail fast on bad configuration, before any flow starts
+    load_settings()  # fail fast on bad configuration, before any flow starts
     try:
         result = daily_update(start=args.start, end=args.end)
     except EverySourceFailed as exc:
@@ -65,7 +65,7 @@ def _cmd_daily(args) -> int:
 def _cmd_retrain(args) -> int:
     from flows.retrain import monthly_retrain
 
-    check_data_dir(load_settings())
+    load_settings()
     result = monthly_retrain()
     console.print_json(json.dumps(result, default=str))
     return 0
@@ -80,7 +80,7 @@ def _cmd_backfill(args) -> int:
     if args.dask_address:
         overrides["dask_address"] = args.dask_address
         overrides.setdefault("task_runner", "dask")  # an address means Dask unless told otherwise
-    check_data_dir(load_settings(**overrides))  # fail fast on bad configuration, before any flow starts
+    load_settings(**overrides)  # fail fast on bad configuration, before any flow starts
     result = run_backfill(start=args.start, end=args.end, overrides=overrides or None, stale_only=args.stale_only)
     console.print_json(json.dumps({"window": result["window"], "task_runner": result["task_runner"],
                                    "model": result["model"], "days": [r["day"] for r in result["days"]],
@@ -120,7 +120,7 @@ def _grid_covariates(settings) -> None:
 def _cmd_covariates_import(args) -> int:
     from tasks.sources.static_layers import StaticLayerError, import_layer
 
-    settings = check_data_dir(load_settings())
+    settings = load_settings()
     try:
         path = import_layer(settings, args.layer, Path(args.file),
                             date.fromisoformat(args.start) if args.start else None)
@@ -134,7 +134,7 @@ def _cmd_covariates_import(args) -> int:
 def _cmd_covariates_build(args) -> int:
     from tasks.sources.static_layers import LAYERS, build_static_layers
 
-    settings = check_data_dir(load_settings())
+    settings = load_settings()
     try:
         status = build_static_layers(
             settings, args.year, date.fromisoformat(args.ndvi_start), date.fromisoformat(args.ndvi_end),
@@ -200,7 +200,7 @@ def _cmd_past_window(args) -> int:
     from flows.past_window import MODEL_LABELS, PastWindowOptions, past_window_check
     from tasks.demo_world import truth_for_day
 
-    settings = check_data_dir(load_settings())
+    settings = load_settings()
     if settings.source.value != "demo":
         print("xco2 past-window: needs the demo world's truth (source = demo)", file=sys.stderr)
         return 2
@@ -234,7 +234,7 @@ def _cmd_demo(args) -> int:
         archive_days=args.archive_days, max_epochs=args.epochs, max_training_samples=args.max_samples,
         small=args.small, compare=not args.no_compare,
     )
-    check_data_dir(load_settings(data_dir=str(opts.data_dir)))
+    load_settings(data_dir=str(opts.data_dir))
     summary = run_demo(opts)
     _print_demo_summary(summary)
     out = Path(args.data_dir) / "demo" / "summary.json"
@@ -278,7 +278,7 @@ def _cmd_report(args) -> int:
 def _cmd_serve(args) -> int:
     from flows.serve import serve_all
 
-    check_data_dir(load_settings())
+    load_settings()
     serve_all(limit=args.limit)  # the deployments of deployments/prefect.yaml, until Ctrl-C
     return 0
 
@@ -365,6 +365,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that write into the data directory.
+WRITING_COMMANDS = frozenset({"demo", "daily", "retrain", "backfill", "report", "serve", "past-window", "covariates"})
+
+
+def _check_data_dir_first(args) -> None:
+    """A data directory that cannot be created or written stops the command before anything
+    starts (stack, Prefect server, flow), so that its name and the reason are the last line,
+    not a later symptom such as "no NDVI composites"."""
+    if args.command in WRITING_COMMANDS:
+        check_data_dir(load_settings(data_dir=args.data_dir) if args.command == "demo" else load_settings())
+
+
 def main(argv: list[str] | None = None) -> int:
     # Offline-friendly defaults: no usage telemetry calls from MLflow or Prefect.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -376,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
+        _check_data_dir_first(args)
         return args.func(args)
     except ConfigError as exc:
         print(f"xco2: {exc}", file=sys.stderr)
