@@ -19,6 +19,7 @@ from tasks.settings import SourceMode, load_settings
 from tasks.sources import raw_granules
 from tasks.sources.pull import CDS_SERVICE, EverySourceFailed, every_source_failed, raw_dir
 from tasks.sources.products import PRODUCTS, SATELLITES
+from tasks.state_check import log_findings
 
 
 def _window(settings, start: str | None, end: str | None) -> tuple[date, date]:
@@ -38,6 +39,9 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     first, last = _window(settings, start, end)
     logger.info("region %s (%d x %d cells), days %s..%s, source %s",
                 settings.region.name, grid.nx, grid.ny, first, last, settings.source.value)
+    # Before anything reads the store: damaged derived files are recomputed, dead writers' temp files go.
+    state_findings = units.check_state(settings, grid)
+    log_findings(logger, state_findings)
 
     pulled = units.pull_inputs(settings, first, last + timedelta(days=1))
     nothing_pulled = every_source_failed(pulled)
@@ -102,6 +106,9 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                           description="Days gridded, fused and sampled in this run")
     if quarantined:
         create_table_artifact(key="daily-quarantined", table=quarantined, description="Inputs set aside as unreadable")
+    if state_findings:
+        create_table_artifact(key="daily-state-check", table=state_findings,
+                              description="Damaged derived state recomputed, dead writers' temp files removed")
     if pulled.failed:
         create_table_artifact(key="daily-source-failures", description="Products that could not be pulled this run",
                               table=[{"product": p, "problem": why} for p, why in pulled.failed.items()])
@@ -135,7 +142,8 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
         f"- days waiting for ERA5: {', '.join(waiting) or 'none'}\n"
         f"- archive: {archive_state}\n"))
     return {"window": [first.isoformat(), last.isoformat()], "days": rows, "archive_days": mapped,
-            "quarantined": quarantined, "source_failures": pulled.failed, "recomputed_days": sorted(
+            "quarantined": quarantined, "state_findings": state_findings, "source_failures": pulled.failed,
+            "recomputed_days": sorted(
                 d.isoformat() for d in refreshed), "gosat_fit": fit.to_dict(), "new_granules": pulled.n_fetched}
 
 

@@ -17,9 +17,12 @@ from models.onnx_export import check_onnx_parity, export_onnx
 from models.training import TrainingConfig, train_resnet_lstm
 from registry.promotion import promote
 from registry.tracking import log_training_run
+from tasks import units
 from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from tasks.grid import Grid
 from tasks.samples import read_samples
 from tasks.settings import Settings, load_settings
+from tasks.state_check import log_findings
 
 
 class NotEnoughSamples(RuntimeError):
@@ -196,6 +199,8 @@ def compare_models(settings: Settings, X: np.ndarray, y: np.ndarray, df, run_id:
 def monthly_retrain(overrides: dict | None = None) -> dict:
     logger = get_run_logger()
     settings = load_settings(**(overrides or {}))
+    # A damaged sample file is recomputed from its inputs here rather than failing the read below.
+    log_findings(logger, units.check_state(settings, Grid.for_region(settings.region, settings.grid_step)))
     X, y, df = load_training_data(settings)
     logger.info("%d samples over %d days", len(y), df["day"].nunique())
     split = split_samples(settings, df["latitude"].to_numpy(), df["longitude"].to_numpy())

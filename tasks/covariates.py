@@ -256,7 +256,7 @@ class StaticCovariates:
         if meta is None:
             raise CovariateError(f"{self.dir}: covariates not built yet (run the daily flow or `xco2 covariates build`)")
         self.meta = meta
-        self.static = np.load(self.dir / "static.npy", mmap_mode="r")
+        self.static = _load_layers(self.dir / "static.npy", mmap_mode="r")
         # Composite centre dates: a 16-day composite represents its middle.
         self.ndvi_centres = sorted(
             (date.fromisoformat(d) + timedelta(days=NDVI_COMPOSITE_DAYS // 2), self.dir / "ndvi" / name)
@@ -266,11 +266,20 @@ class StaticCovariates:
     def ndvi_for_day(self, day: date) -> np.ndarray:
         centres = self.ndvi_centres
         if day <= centres[0][0]:
-            return np.load(centres[0][1])
+            return _load_layers(centres[0][1])
         if day >= centres[-1][0]:
-            return np.load(centres[-1][1])
+            return _load_layers(centres[-1][1])
         for (d0, p0), (d1, p1) in zip(centres, centres[1:]):
             if d0 <= day <= d1:
                 w = (day - d0).days / max((d1 - d0).days, 1)
-                return ((1 - w) * np.load(p0) + w * np.load(p1)).astype(np.float32)
+                return ((1 - w) * _load_layers(p0) + w * _load_layers(p1)).astype(np.float32)
         raise AssertionError("unreachable")
+
+
+def _load_layers(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    # numpy's own errors ("mmap length is greater than file size") do not say which file.
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except (OSError, ValueError, EOFError) as exc:
+        raise CovariateError(f"{path}: unreadable covariate layers ({exc}); the next run's state check "
+                             "sets it aside and rebuilds it from raw/static") from None

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks.atomic import atomic_path, write_json
 from tasks.features import DayLayers
@@ -21,6 +23,11 @@ from tasks.soundings import usable_soundings
 log = logging.getLogger(__name__)
 
 GRIDDED_COLUMNS = {"cell": "int64", "xco2": "float64", "xco2_uncertainty": "float64", "n_soundings": "int32"}
+GRIDDED_SCHEMA = pa.schema([pa.field(name, pa.from_numpy_dtype(np.dtype(kind))) for name, kind in GRIDDED_COLUMNS.items()])
+
+
+class GriddedStoreError(ValueError):
+    """A gridded cells file cannot be read back; the message names it."""
 
 
 @dataclass
@@ -64,9 +71,37 @@ def grid_day(day: date, granules: dict[str, list[Path]], grid: Grid, region_dir:
         result.cells[source] = cells
         result.soundings[source] = n
         result.granules[source] = len(paths)
-        with atomic_path(gridded_file(region_dir, source, day)) as tmp:
-            cells.astype(GRIDDED_COLUMNS).to_parquet(tmp, index=False)
+        write_gridded(region_dir, source, day, cells)
     return result
+
+
+def write_gridded(region_dir: Path, source: str, day: date, cells: pd.DataFrame) -> Path:
+    path = gridded_file(region_dir, source, day)
+    frame = cells.astype(GRIDDED_COLUMNS)
+
+    def reads_back_whole(tmp: Path) -> None:
+        # A short write (full disk) must not replace a good file.
+        written = _read_gridded(tmp, shown_as=path)
+        if len(written) != len(frame):
+            raise GriddedStoreError(f"{path}: wrote {len(frame)} cells, read back {len(written)}")
+
+    with atomic_path(path, verify=reads_back_whole) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return path
+
+
+def _read_gridded(path: Path, shown_as: Path | None = None) -> pd.DataFrame:
+    shown = shown_as or path
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise GriddedStoreError(f"{shown}: unreadable gridded cells file ({exc}); the next run's state check "
+                                "sets it aside and grids the day again") from None
+    got = [(f.name, f.type) for f in table.schema]
+    want = [(f.name, f.type) for f in GRIDDED_SCHEMA]
+    if got != want:
+        raise GriddedStoreError(f"{shown}: columns {got} differ from the gridded cells' {want}")
+    return table.to_pandas()
 
 
 def _empty_cells() -> pd.DataFrame:
@@ -77,7 +112,7 @@ def load_gridded(region_dir: Path, source: str) -> dict[date, pd.DataFrame]:
     folder = region_dir / "gridded" / source
     out = {}
     for p in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-        out[date.fromisoformat(p.stem)] = pd.read_parquet(p)
+        out[date.fromisoformat(p.stem)] = _read_gridded(p)
     return out
 
 
@@ -101,7 +136,23 @@ def fused_targets(region_dir: Path, day: date, fit: GosatFit) -> pd.DataFrame:
 
 
 def load_one(region_dir: Path, source: str, day: date) -> pd.DataFrame:
-    return pd.read_parquet(gridded_file(region_dir, source, day))
+    return _read_gridded(gridded_file(region_dir, source, day))
+
+
+def sample_day(region_dir: Path, era5_dir: Path, grid: Grid, day: date, fit: GosatFit) -> int:
+    """Step 3 for one day: fused targets with their features, stored; the number of samples.
+
+    The daily update and the state check's re-sampling both come through here, so a recomputed
+    day is the day the daily update would have written."""
+    from tasks.covariates import StaticCovariates
+    from tasks.inference import day_layers
+    from tasks.samples import write_day
+
+    targets = fused_targets(region_dir, day, fit)
+    layers = day_layers(StaticCovariates(region_dir), era5_dir, grid, day)
+    frame = day_samples(targets, layers, grid)
+    write_day(region_dir, day, frame)
+    return len(frame)
 
 
 def day_samples(targets: pd.DataFrame, layers: DayLayers, grid: Grid) -> pd.DataFrame:

@@ -67,9 +67,36 @@ def write_day(region_dir: Path, day: date, samples: pd.DataFrame) -> Path:
     _check(samples, f"samples for {day}")
     table = pa.Table.from_pandas(samples[[f.name for f in SCHEMA]], schema=SCHEMA, preserve_index=False)
     table = table.replace_schema_metadata({b"feature_set_version": FEATURE_SET_VERSION.encode()})
-    with atomic_path(path) as tmp:
+
+    def reads_back_whole(tmp: Path) -> None:
+        # A short write (full disk) must not replace a good day.
+        written = _read_file(tmp, shown_as=path)
+        if written.num_rows != table.num_rows:
+            raise SampleStoreError(f"{path}: wrote {table.num_rows} samples, read back {written.num_rows}")
+
+    with atomic_path(path, verify=reads_back_whole) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return path
+
+
+def _read_file(path: Path, shown_as: Path | None = None) -> pa.Table:
+    """One day's file, checked; every failure names the file (shown_as: its published name)."""
+    shown = shown_as or path
+    try:
+        pf = pq.ParquetFile(path)
+        meta = pf.schema_arrow.metadata or {}
+        version = meta.get(b"feature_set_version", b"").decode()
+        if version != FEATURE_SET_VERSION:
+            raise SampleStoreError(
+                f"{shown}: feature set {version or 'unknown'} differs from this code's {FEATURE_SET_VERSION}; re-ingest the day"
+            )
+        table = pf.read()
+    except (OSError, pa.ArrowException) as exc:
+        raise SampleStoreError(f"{shown}: unreadable sample file ({type(exc).__name__}: {exc}); the next daily run "
+                               "or retrain sets it aside and samples the day again") from None
+    if not table.schema.remove_metadata().equals(SCHEMA):
+        raise SampleStoreError(f"{shown}: schema differs from the sample store's schema")
+    return table
 
 
 def stored_days(region_dir: Path) -> list[date]:
@@ -86,18 +113,7 @@ def read_samples(region_dir: Path, start: date | None = None, end: date | None =
     for day in stored_days(region_dir):
         if (start and day < start) or (end and day > end):
             continue
-        path = day_file(region_dir, day)
-        pf = pq.ParquetFile(path)
-        meta = pf.schema_arrow.metadata or {}
-        version = meta.get(b"feature_set_version", b"").decode()
-        if version != FEATURE_SET_VERSION:
-            raise SampleStoreError(
-                f"{path}: feature set {version or 'unknown'} differs from this code's {FEATURE_SET_VERSION}; re-ingest the day"
-            )
-        table = pf.read()
-        if not table.schema.remove_metadata().equals(SCHEMA):
-            raise SampleStoreError(f"{path}: schema differs from the sample store's schema")
-        frames.append(table.to_pandas())
+        frames.append(_read_file(day_file(region_dir, day)).to_pandas())
     if not frames:
         return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in SCHEMA})
     df = pd.concat(frames, ignore_index=True)

@@ -14,7 +14,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import anchoring, ingest, samples
+from tasks import anchoring, ingest
 from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
 from tasks.covariates import StaticCovariates, build_covariates
 from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
@@ -56,12 +56,15 @@ def fit_gosat(settings: Settings):
 
 @unit(name="update-samples", retries=2, retry_delay_seconds=5)
 def update_samples(settings: Settings, grid: Grid, day: date, fit) -> int:
-    covariates = StaticCovariates(settings.region_dir)
-    targets = ingest.fused_targets(settings.region_dir, day, fit)
-    layers = day_layers(covariates, raw_dir(settings, "era5"), grid, day)
-    frame = ingest.day_samples(targets, layers, grid)
-    samples.write_day(settings.region_dir, day, frame)
-    return len(frame)
+    return ingest.sample_day(settings.region_dir, raw_dir(settings, "era5"), grid, day, fit)
+
+
+@unit(name="check-state")
+def check_state(settings: Settings, grid: Grid) -> list[dict]:
+    """Damaged derived state set aside and recomputed, dead writers' temp files removed (what was found)."""
+    from tasks.state_check import check_state as check
+
+    return [f.to_dict() for f in check(settings, grid)]
 
 
 @unit(name="map-day", retries=1)
