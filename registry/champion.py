@@ -8,6 +8,12 @@ without restarting or redeploying anything. The registered version's model is th
 version's run id, since a recreated registry reuses version numbers). Versions registered before
 the ONNX flavour (pytorch flavour) are served from their run's onnx/model.onnx artifact.
 
+The cached file is checked at every load: its size and sha256 against the version's tags
+recorded at registration (registry.tracking), or, for versions registered before those tags,
+its size against the registry's artifact listing and that onnx parses it. A cached file that
+does not match (truncated, damaged on disk) is logged as a WARNING naming it and fetched again
+from the registry, atomically; a download that does not match either is an error.
+
 No torch here: a map-making worker needs mlflow, onnx, onnxruntime and numpy only.
 """
 
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow.artifacts
+import onnx
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -34,9 +41,13 @@ from registry.redaction import redact_uri
 from registry.store import (
     CHAMPION,
     ONNX_ARTIFACT,
+    ONNX_SHA256_TAG,
+    ONNX_SIZE_TAG,
     RegistryError,
     client_for,
     download_onnx,
+    file_digest,
+    model_download_uri,
     version_by_alias,
 )
 
@@ -92,15 +103,60 @@ def _cached(directory: Path, run_id: str) -> bool:
     return (directory / _MODEL_FILE).is_file() and _source(directory).get("run_id") == run_id
 
 
-def _model_download_uri(client: MlflowClient, version: ModelVersion) -> str:
-    """Where the registered version's model files are (file:, s3:, mlflow-artifacts:, ...).
+_model_download_uri = model_download_uri
 
-    Resolved with our own client: mlflow's models:/ artifact repository would look the version
-    up through the process-global registry URI instead of this tracking URI."""
-    uri = client.get_model_version_download_uri(version.name, str(version.version))
-    if uri.startswith("models:/"):  # a logged model id (models:/m-...), not yet a location
-        uri = client.get_logged_model(uri[len("models:/"):].strip("/")).artifact_location
-    return uri.rstrip("/")
+
+def _listed_size(client: MlflowClient, tracking_uri: str, version: ModelVersion, directory: Path,
+                 flavor: str) -> int | None:
+    """The size of the version's ONNX file in the registry's artifact listing (None if unlisted)."""
+    label = f"{version.name!r} v{version.version}"
+    try:
+        if flavor == "onnx":
+            data = _MODEL_FILE
+            try:  # the cached MLmodel names the file the flavour stored (renamed to model.onnx here)
+                mlmodel = yaml.safe_load((directory / _MLMODEL).read_text()) or {}
+                data = str(mlmodel["flavors"]["onnx"].get("data") or _MODEL_FILE)
+            except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+                pass
+            listing = mlflow.artifacts.list_artifacts(artifact_uri=_model_download_uri(client, version),
+                                                      tracking_uri=tracking_uri)
+            wanted = data
+        else:
+            listing = client.list_artifacts(version.run_id, ONNX_ARTIFACT.rsplit("/", 1)[0])
+            wanted = ONNX_ARTIFACT
+    except MlflowException as exc:
+        raise RegistryError(f"model version {label}: cannot list its artifacts: {exc}") from exc
+    for info in listing:
+        if not info.is_dir and (info.path == wanted or info.path.endswith("/" + wanted)):
+            return int(info.file_size) if info.file_size is not None else None
+    return None
+
+
+def _model_problem(client: MlflowClient, tracking_uri: str, version: ModelVersion, directory: Path,
+                   flavor: str) -> str | None:
+    """Why <directory>/model.onnx is not the version's registered model, or None when it is."""
+    path = directory / _MODEL_FILE
+    try:
+        sha256, size = file_digest(path)
+    except OSError as exc:
+        return f"cannot be read: {exc}"
+    tags = version.tags or {}
+    if ONNX_SHA256_TAG in tags:
+        want_size = tags.get(ONNX_SIZE_TAG)
+        if want_size is not None and str(size) != str(want_size):
+            return f"{size} bytes, the registered model has {want_size}"
+        if sha256 != tags[ONNX_SHA256_TAG]:
+            return f"sha256 {sha256}, the registered model has {tags[ONNX_SHA256_TAG]}"
+        return None
+    # Registered before the digest tags: the listing's size, and the file must parse.
+    listed = _listed_size(client, tracking_uri, version, directory, flavor)
+    if listed is not None and size != listed:
+        return f"{size} bytes, the registry lists {listed}"
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError and friends
+        return f"does not parse as an ONNX model: {type(exc).__name__}: {exc}"
+    return None
 
 
 def _registered_flavors(uri: str, tracking_uri: str, workdir: Path) -> dict:
@@ -150,10 +206,10 @@ def _stage(client: MlflowClient, tracking_uri: str, version: ModelVersion,
     return flavor
 
 
-def _place(staging: Path, destination: Path, run_id: str) -> None:
+def _place(staging: Path, destination: Path, run_id: str, replace: bool = False) -> None:
     """Rename the complete `staging` directory to `destination`: readers see the old model or
     the new one, never a part. An existing directory of another run is set aside first; one of
-    the same run (a concurrent download won) is kept."""
+    the same run (a concurrent download won) is kept, unless `replace` (it is damaged)."""
     for _ in range(3):
         try:
             os.rename(staging, destination)  # also replaces an empty directory
@@ -161,7 +217,7 @@ def _place(staging: Path, destination: Path, run_id: str) -> None:
         except FileNotFoundError:
             raise
         except OSError:
-            if _cached(destination, run_id):
+            if _cached(destination, run_id) and not replace:
                 return
             stale = destination.with_name(f".{destination.name}.stale-{uuid.uuid4().hex[:8]}")
             try:
@@ -172,19 +228,39 @@ def _place(staging: Path, destination: Path, run_id: str) -> None:
     raise RegistryError(f"could not put the downloaded model in place at {destination}")
 
 
+def _stamp(directory: Path) -> tuple[int, int] | None:
+    try:
+        stat = (directory / _SOURCE_FILE).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def fetch_version_onnx(client: MlflowClient, tracking_uri: str, version: ModelVersion,
                        destination: str | Path) -> tuple[Path, str]:
     """The version's registered ONNX model as <destination>/model.onnx (+ source.json), downloaded
     unless already there for the same run; returns (path, flavour)."""
     destination = Path(destination)
+    label = f"{version.name!r} v{version.version}"
+    damaged = False
     if _cached(destination, version.run_id):
         # Caches written before the ONNX flavour was registered came from the run artifact.
-        return destination / _MODEL_FILE, _source(destination).get("flavor", "run-artifact")
+        flavor = _source(destination).get("flavor", "run-artifact")
+        problem = _model_problem(client, tracking_uri, version, destination, flavor)
+        if problem is None:
+            return destination / _MODEL_FILE, flavor
+        log.warning("cached model %s of %s is damaged (%s): fetching it again from the registry",
+                    destination / _MODEL_FILE, label, problem)
+        damaged = True
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.dl-"))
     try:
         flavor = _stage(client, tracking_uri, version, staging)
-        _place(staging, destination, version.run_id)
+        problem = _model_problem(client, tracking_uri, version, staging, flavor)
+        if problem is not None:
+            raise RegistryError(f"model version {label}: the {_MODEL_FILE} downloaded from the registry "
+                                f"is not the registered model ({problem}); the registry's copy may be damaged")
+        _place(staging, destination, version.run_id, replace=damaged)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return destination / _MODEL_FILE, flavor
@@ -207,11 +283,11 @@ def load_champion(tracking_uri: str, name: str, cache_dir: str | Path) -> Champi
             "by registry.tracking.log_training_run"
         )
     directory = Path(cache_dir) / str(version.version)
-    cached = _cached(directory, version.run_id)
+    stamp = _stamp(directory)
     onnx_path, flavor = fetch_version_onnx(client, tracking_uri, version, directory)
     log.info("models:/%s@%s -> version %s (run %s, %s flavour): %s %s", name, CHAMPION,
-             version.version, version.run_id, flavor, "cached" if cached else "downloaded to",
-             onnx_path)
+             version.version, version.run_id, flavor,
+             "cached" if stamp is not None and stamp == _stamp(directory) else "downloaded to", onnx_path)
     meta = read_metadata(onnx_path)
     run = client.get_run(version.run_id)
     metrics = dict(run.data.metrics)

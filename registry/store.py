@@ -5,6 +5,7 @@ Shared by tracking (writes), promotion and champion (reads), so the artifact pat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,11 @@ SCALERS_ARTIFACT = "scalers.json"
 FEATURES_ARTIFACT = "features.json"
 FIGURES_DIR = "figures"
 MODEL_NAME_IN_RUN = "model"  # log_model(name=...) of the registered (ONNX) flavour
+
+# Model-version tags recording the registered model.onnx at registration, so a cached copy can be
+# checked at every load (registry.champion) without downloading it again.
+ONNX_SHA256_TAG = "onnx_sha256"
+ONNX_SIZE_TAG = "onnx_size_bytes"
 
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
@@ -90,6 +96,28 @@ def artifact_root_for(tracking_uri: str) -> str | None:
     if not db or db == ":memory:":
         return None
     return (Path(db).expanduser().resolve().parent / "mlartifacts").as_uri()
+
+
+def file_digest(path: Path | str) -> tuple[str, int]:
+    """(sha256 hex, size in bytes) of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def model_download_uri(client: MlflowClient, version: ModelVersion) -> str:
+    """Where the registered version's model files are (file:, s3:, mlflow-artifacts:, ...).
+
+    Resolved with our own client: mlflow's models:/ artifact repository would look the version
+    up through the process-global registry URI instead of this tracking URI."""
+    uri = client.get_model_version_download_uri(version.name, str(version.version))
+    if uri.startswith("models:/"):  # a logged model id (models:/m-...), not yet a location
+        uri = client.get_logged_model(uri[len("models:/"):].strip("/")).artifact_location
+    return uri.rstrip("/")
 
 
 def get_version(client: MlflowClient, name: str, version: int | str) -> ModelVersion:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.artifacts
 import mlflow.onnx
 import mlflow.pytorch
 import numpy as np
@@ -45,11 +46,15 @@ from registry.store import (
     FIGURES_DIR,
     MODEL_NAME_IN_RUN,
     ONNX_ARTIFACT,
+    ONNX_SHA256_TAG,
+    ONNX_SIZE_TAG,
     SCALERS_ARTIFACT,
     RegistryError,
     artifact_root_for,
     client_for,
     copy_as,
+    file_digest,
+    model_download_uri,
     write_json,
 )
 
@@ -241,6 +246,16 @@ def _onnx_signature(model: onnx.ModelProto) -> ModelSignature:
     return ModelSignature(inputs=_tensor_specs(inputs), outputs=_tensor_specs(model.graph.output))
 
 
+def _registered_onnx_digest(client: MlflowClient, tracking_uri: str, name: str, version: int,
+                            workdir: Path) -> tuple[str, int]:
+    """sha256 and size of the registered version's model.onnx as the registry stores it (the
+    bytes every cached copy must have), read back from the registry rather than from our export."""
+    uri = model_download_uri(client, client.get_model_version(name, str(version)))
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{uri}/{Path(ONNX_ARTIFACT).name}", dst_path=str(workdir), tracking_uri=tracking_uri)
+    return file_digest(local)
+
+
 def log_training_run(
     tracking_uri: str,
     experiment_name: str,
@@ -334,12 +349,16 @@ def log_training_run(
             save_as_external_data=False,
         )
         version = int(info.registered_model_version)
+        onnx_sha256, onnx_size = _registered_onnx_digest(client, tracking_uri, registered_model_name,
+                                                         version, staged / "registered")
         version_tags = {
             "feature_set_version": trained.feature_set_version,
             "val_rmse": f"{validation['val_rmse']:.6g}",
             PARITY_KEY: f"{validation[PARITY_KEY]:.3g}",
             MODEL_FLAVOR_TAG: "onnx",
             TORCH_MODEL_URI_TAG: torch_info.model_uri,
+            ONNX_SHA256_TAG: onnx_sha256,
+            ONNX_SIZE_TAG: str(onnx_size),
         }
         for key, value in version_tags.items():
             client.set_model_version_tag(registered_model_name, str(version), key, value)
