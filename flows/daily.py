@@ -19,7 +19,6 @@ from tasks.settings import SourceMode, load_settings
 from tasks.sources import raw_granules
 from tasks.sources.pull import CDS_SERVICE, EverySourceFailed, every_source_failed, raw_dir
 from tasks.sources.products import PRODUCTS, SATELLITES
-from tasks.state_check import log_findings
 
 
 def _window(settings, start: str | None, end: str | None) -> tuple[date, date]:
@@ -41,7 +40,6 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                 settings.region.name, grid.nx, grid.ny, first, last, settings.source.value)
     # Before anything reads the store: damaged derived files are recomputed, dead writers' temp files go.
     state_findings = units.check_state(settings, grid)
-    log_findings(logger, state_findings)
 
     pulled = units.pull_inputs(settings, first, last + timedelta(days=1))
     nothing_pulled = every_source_failed(pulled)

@@ -22,7 +22,6 @@ from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.grid import Grid
 from tasks.samples import read_samples
 from tasks.settings import Settings, load_settings
-from tasks.state_check import log_findings
 
 
 class NotEnoughSamples(RuntimeError):
@@ -200,7 +199,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     logger = get_run_logger()
     settings = load_settings(**(overrides or {}))
     # A damaged sample file is recomputed from its inputs here rather than failing the read below.
-    log_findings(logger, units.check_state(settings, Grid.for_region(settings.region, settings.grid_step)))
+    units.check_state(settings, Grid.for_region(settings.region, settings.grid_step))
     X, y, df = load_training_data(settings)
     logger.info("%d samples over %d days", len(y), df["day"].nunique())
     split = split_samples(settings, df["latitude"].to_numpy(), df["longitude"].to_numpy())

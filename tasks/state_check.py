@@ -44,6 +44,7 @@ from tasks.sources.products import SATELLITES
 from tasks.sources.pull import raw_dir, raw_granules
 
 log = logging.getLogger(__name__)
+Logger = logging.Logger | logging.LoggerAdapter
 
 # Long enough for any single write or download we make; a temp file untouched for this long has
 # no writer left even where its pid cannot be checked (no pid in the name, another host).
@@ -69,16 +70,18 @@ class Finding:
         return asdict(self)
 
 
-def check_state(settings: Settings, grid: Grid, stale_after_s: float = STALE_TEMP_AFTER_S) -> list[Finding]:
-    """Check and heal every piece of derived state of the configured region; what was found."""
-    findings = remove_dead_temp_files(_temp_roots(settings), stale_after_s)
-    findings += _check_covariates(settings, grid)
-    findings += _check_gridded(settings, grid)
-    findings += _check_samples(settings, grid)
-    for f in findings:
-        if f.kind != "temp file":
-            log.warning("state check: %s %s: %s; %s", f.kind, f.path, f.problem, f.action)
-    return findings
+def check_state(settings: Settings, grid: Grid, stale_after_s: float = STALE_TEMP_AFTER_S,
+                logger: Logger | None = None) -> list[Finding]:
+    """Check and heal every piece of derived state of the configured region; what was found.
+
+    Each finding is logged naming its file (`logger`: a flow's run logger, so the run's own log
+    says it)."""
+    logger = logger or log
+    findings = remove_dead_temp_files(_temp_roots(settings), stale_after_s, logger)
+    repairs = _check_covariates(settings, grid) + _check_gridded(settings, grid) + _check_samples(settings, grid)
+    for f in repairs:
+        logger.warning("state check: %s %s: %s; %s", f.kind, f.path, f.problem, f.action)
+    return findings + repairs
 
 
 # ---- temp files of dead writers -------------------------------------------------------------
@@ -90,7 +93,8 @@ def _temp_roots(settings: Settings) -> list[Path]:
     return list(dict.fromkeys(roots))
 
 
-def remove_dead_temp_files(roots: list[Path], stale_after_s: float = STALE_TEMP_AFTER_S) -> list[Finding]:
+def remove_dead_temp_files(roots: list[Path], stale_after_s: float = STALE_TEMP_AFTER_S,
+                           logger: Logger | None = None) -> list[Finding]:
     """Remove temp files and folders under `roots` whose writer is gone; a live writer's stay."""
     now = time.time()
     findings: list[Finding] = []
@@ -113,10 +117,12 @@ def remove_dead_temp_files(roots: list[Path], stale_after_s: float = STALE_TEMP_
                         (here / name).unlink(missing_ok=True)
                         findings.append(Finding("temp file", str(here / name), why, "removed"))
     if findings:
-        log.warning("removed %d temp files of writers that are no longer running under %s", len(findings),
-                    ", ".join(str(r) for r in roots if r.is_dir()))
+        logger = logger or log
+        # A count (there can be many after a crash), then each one for whoever needs the detail.
+        logger.warning("removed %d temp files of writers that are no longer running, e.g. %s (%s)",
+                       len(findings), findings[0].path, findings[0].problem)
         for f in findings:
-            log.info("removed %s: %s", f.path, f.problem)
+            logger.info("removed %s: %s", f.path, f.problem)
     return findings
 
 
@@ -355,13 +361,3 @@ def _check_samples(settings: Settings, grid: Grid) -> list[Finding]:
         findings.append(Finding("samples", str(path), why, f"moved to {moved}; {outcome}"))
     return findings
 
-
-def log_findings(logger: logging.Logger | logging.LoggerAdapter, findings: list[dict]) -> None:
-    """Each repair named on the run's own log; temp files as one count (there can be many)."""
-    temps = [f for f in findings if f["kind"] == "temp file"]
-    if temps:
-        logger.warning("removed %d temp files of writers that are no longer running (e.g. %s: %s)",
-                       len(temps), temps[0]["path"], temps[0]["problem"])
-    for f in findings:
-        if f["kind"] != "temp file":
-            logger.warning("state check: %s %s: %s; %s", f["kind"], f["path"], f["problem"], f["action"])

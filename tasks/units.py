@@ -62,9 +62,11 @@ def update_samples(settings: Settings, grid: Grid, day: date, fit) -> int:
 @unit(name="check-state")
 def check_state(settings: Settings, grid: Grid) -> list[dict]:
     """Damaged derived state set aside and recomputed, dead writers' temp files removed (what was found)."""
+    from prefect import get_run_logger
+
     from tasks.state_check import check_state as check
 
-    return [f.to_dict() for f in check(settings, grid)]
+    return [f.to_dict() for f in check(settings, grid, logger=get_run_logger())]
 
 
 @unit(name="map-day", retries=1)

@@ -101,7 +101,7 @@ def test_an_undisturbed_store_has_nothing_to_report(store):
     assert not (settings.quarantine_dir / "state").exists()
 
 
-def test_truncated_sample_file_is_named_set_aside_and_sampled_again(store):
+def test_truncated_sample_file_is_named_set_aside_and_sampled_again(store, caplog):
     settings, grid = store
     path = day_file(settings.region_dir, DAMAGED_DAY)
     original = truncate(path)
@@ -110,8 +110,10 @@ def test_truncated_sample_file_is_named_set_aside_and_sampled_again(store):
     with pytest.raises(SampleStoreError, match=f"{path}: unreadable sample file"):
         read_samples(settings.region_dir)
 
-    [finding] = findings_of(settings, grid, "samples")
+    with caplog.at_level("WARNING", logger="tasks.state_check"):
+        [finding] = findings_of(settings, grid, "samples")
     assert "Parquet footer" in finding["problem"] and "sampled again" in finding["action"]
+    assert f"state check: samples {path}: unreadable Parquet footer" in caplog.text
     assert_set_aside(settings, finding, path, damaged)
     assert path.read_bytes() == original
     assert len(read_samples(settings.region_dir)) > 1000
@@ -221,7 +223,7 @@ def _touch(path: Path, age_s: float = 0.0) -> Path:
     return path
 
 
-def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(store):
+def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(store, caplog):
     settings, grid = store
     data = settings.data_dir
     dead, live = _dead_pid(), os.getpid()
@@ -247,7 +249,9 @@ def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(store):
         _touch(settings.archive_root / SMALL_REGION.name / ".stac.lock"),              # not a temp file
     ]
 
-    findings = check_state(settings, grid)
+    with caplog.at_level("WARNING", logger="tasks.state_check"):
+        findings = check_state(settings, grid)
+    assert "removed 8 temp files of writers that are no longer running" in caplog.text
     assert sorted(f.path for f in findings) == sorted(str(p) for p in gone)
     assert {f.kind for f in findings} == {"temp file"}
     assert not [p for p in gone if p.exists()]
