@@ -161,7 +161,7 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
         if upper in known_set or upper in NON_SETTING_VARIABLES or upper.startswith(NON_SETTING_PREFIXES):
             continue
         problems.append(f"unknown setting variable {name}{_did_you_mean(upper, known)}: no setting has this "
-                        f"name (`xco2 config` lists them; unset it or correct its name)")
+                        "name; correct or unset it")
     if problems:
         raise ConfigError("\n".join(problems))
 
