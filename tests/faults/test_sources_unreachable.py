@@ -180,3 +180,28 @@ def test_breaker_counts_consecutive_failures_only():
     with pytest.raises(ServiceUnreachable, match="CDS unreachable"):
         breaker.call(lambda: ran.append(1))
     assert ran == []
+
+
+def test_bounded_requests_gives_every_untimed_request_a_timeout(monkeypatch):
+    from tasks.sources.retry import bounded_requests
+
+    seen = []
+
+    def send(self, request, **kwargs):  # the transport: record the timeout requests would use
+        seen.append(kwargs.get("timeout"))
+        response = requests.Response()
+        response.status_code = 200
+        response.request = request
+        return response
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    original = requests.sessions.Session.request
+    with bounded_requests(3, 30):
+        requests.get("http://127.0.0.1:9/untimed")  # as earthaccess and python-cmr call it
+        requests.get("http://127.0.0.1:9/timed", timeout=7)  # a caller's own timeout stays
+        with bounded_requests(5, 60):  # nested (two pulls in one process): the shorter wins
+            requests.Session().get("http://127.0.0.1:9/nested")
+        requests.get("http://127.0.0.1:9/still")
+    requests.get("http://127.0.0.1:9/after")
+    assert seen == [(3.0, 30.0), 7, (3.0, 30.0), (3.0, 30.0), None]
+    assert requests.sessions.Session.request is original
