@@ -86,7 +86,7 @@ def _remove_leftovers(temp: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     # GDAL's real reason ("TIFFFillTile: got 1272 bytes, expected 10602") sits in the chain of
     # causes under a generic "Read failed. See previous exception".
     parts: list[str] = []
@@ -129,7 +129,7 @@ def atomic_path(path: Path | str, verify: Verifier | None = None,
             yield temp
         except OSError as exc:
             if local_writer or exc.errno in STORAGE_ERRNOS:
-                raise error(path, f"{_describe(exc)}{_free_space_note(path.parent)}", exc.errno) from exc
+                raise error(path, f"{describe_error(exc)}{_free_space_note(path.parent)}", exc.errno) from exc
             raise
         if not temp.is_file():
             raise error(path, f"nothing was written to the temp file {temp.name}")
@@ -137,17 +137,17 @@ def atomic_path(path: Path | str, verify: Verifier | None = None,
         try:
             _fsync_file(temp)
         except OSError as exc:
-            raise error(path, f"fsync: {_describe(exc)}", exc.errno) from exc
+            raise error(path, f"fsync: {describe_error(exc)}", exc.errno) from exc
         if verify is not None:
             try:
                 verify(temp)
             except Exception as exc:  # noqa: BLE001 - whatever the check found, nothing is published
                 raise error(path, f"the written file does not read back sound{_free_space_note(path.parent)}: "
-                            f"{_describe(exc)}", getattr(exc, "errno", None)) from exc
+                            f"{describe_error(exc)}", getattr(exc, "errno", None)) from exc
         try:
             os.replace(temp, path)
         except OSError as exc:
-            raise error(path, f"rename: {_describe(exc)}", exc.errno) from exc
+            raise error(path, f"rename: {describe_error(exc)}", exc.errno) from exc
     except BaseException:
         _remove_leftovers(temp)
         raise

@@ -42,7 +42,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rio_cogeo.cogeo import cog_validate
 
-from tasks.atomic import PublishError
+from tasks.atomic import PublishError, describe_error
 from tasks.atomic import atomic_path as publishing
 from tasks.grid import Grid
 
@@ -90,7 +90,7 @@ def read_back_problems(path: Path | str, grid: Grid | None = None) -> list[str]:
             for index in src.indexes:
                 src.read(index)
     except (*GDAL_ERRORS, OSError) as exc:
-        return [f"{path}: does not read back whole: {type(exc).__name__}: {exc}"]
+        return [f"{path}: does not read back whole: {describe_error(exc)}"]
     return []
 
 
@@ -191,7 +191,7 @@ def write_day_cog(
                 dst.update_tags(**dataset_tags)
     except GDAL_ERRORS as exc:
         # GDAL failed while writing (the temp file is already gone): name the day, not the temp.
-        raise ArchiveWriteError(path, f"{type(exc).__name__}: {exc}", getattr(exc, "errno", None)) from exc
+        raise ArchiveWriteError(path, describe_error(exc), getattr(exc, "errno", None)) from exc
     return path
 
 
