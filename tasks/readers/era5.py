@@ -32,7 +32,7 @@ from tasks.readers.era5_layout import (
     LONGITUDE_NAMES,
     TIME_NAMES,
 )
-from tasks.readers.netcdf import container_kind, open_netcdf
+from tasks.readers.netcdf import HDF5_LOCK, container_kind, open_netcdf
 
 
 class MissingEra5Steps(ValueError):
@@ -74,7 +74,9 @@ def read_era5_file(path: Path) -> xr.Dataset:
     """One ERA5 file (plain NetCDF or CDS ZIP), normalised and loaded into memory."""
     if container_kind(path) == "zip":
         members = era5_zip_members(path)
-        with zipfile.ZipFile(path) as zf:
+        # One critical section for the whole archive rather than one per member: another
+        # thread's file never interleaves with this one's members inside HDF5.
+        with zipfile.ZipFile(path) as zf, HDF5_LOCK:
             pieces = []
             for member in members:
                 with open_netcdf(path, memory=zf.read(member), label=member) as nc:

@@ -3,11 +3,18 @@
 netCDF4 reports a truncated HDF5 file as "NetCDF: HDF error" and a foreign file as "Unknown file
 format"; neither names the file in a way an operator can act on, and some damage only shows when
 a variable is read. Everything that touches file bytes goes through here.
+
+The netCDF4 wheels bundle an HDF5 built without its thread-safety option: two threads inside
+the library at once (backfill maps days on a thread pool) fail with "NetCDF: HDF error" or
+crash the process with SIGBUS. HDF5_LOCK, one re-entrant lock per process, is held from before
+a file is opened until after it is closed, so a whole file read is serialized; ONNX inference,
+the costly part of a day, still runs in parallel.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +30,9 @@ from tasks.readers.limits import check_variable_size
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 NETCDF3_SIGNATURES = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
+
+# Re-entrant: a reader that holds it for a whole file may open ZIP members through open_netcdf.
+HDF5_LOCK = threading.RLock()
 
 # Observation times outside this span mean the time variable was decoded wrongly.
 PLAUSIBLE_YEARS = SOUNDING_YEARS
@@ -57,22 +67,24 @@ def container_kind(path: Path | str) -> str:
 @contextmanager
 def open_netcdf(path: Path | str, memory: bytes | None = None, label: str | None = None
                 ) -> Iterator[netCDF4.Dataset]:
-    """netCDF4.Dataset on a file (or on bytes taken from an archive member)."""
+    """netCDF4.Dataset on a file (or on bytes taken from an archive member), used under
+    HDF5_LOCK: this thread holds it until the dataset is closed."""
     path = Path(path)
     where = f"{label}: " if label else ""
-    try:
-        if memory is not None:
-            ds = netCDF4.Dataset(label or path.name, mode="r", memory=memory)
-        else:
-            ds = netCDF4.Dataset(path, mode="r")
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InputFileError(
-            path, f"{where}cannot be opened as NetCDF (truncated or corrupt?): {exc}"
-        ) from None
-    try:
-        yield ds
-    finally:
-        ds.close()
+    with HDF5_LOCK:
+        try:
+            if memory is not None:
+                ds = netCDF4.Dataset(label or path.name, mode="r", memory=memory)
+            else:
+                ds = netCDF4.Dataset(path, mode="r")
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise InputFileError(
+                path, f"{where}cannot be opened as NetCDF (truncated or corrupt?): {exc}"
+            ) from None
+        try:
+            yield ds
+        finally:
+            ds.close()
 
 
 def read_array(ds: netCDF4.Dataset, name: str, path: Path, dtype=np.float64,

@@ -79,6 +79,13 @@ def _index_range(coord: np.ndarray, lo: float, hi: float) -> tuple[int, int]:
 
 def read_lccs(path: Path, box: tuple[float, float, float, float]) -> tuple[np.ndarray, Grid]:
     """LCCS codes (uint8, north-up) over `box` and their grid, from a CCI land cover NetCDF."""
+    from tasks.readers.netcdf import HDF5_LOCK
+
+    with HDF5_LOCK:  # HDF5 is not thread-safe: every access in the process takes the readers' lock
+        return _read_lccs_locked(path, box)
+
+
+def _read_lccs_locked(path: Path, box: tuple[float, float, float, float]) -> tuple[np.ndarray, Grid]:
     import netCDF4
 
     west, south, east, north = box
