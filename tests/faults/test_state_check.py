@@ -16,6 +16,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -24,7 +25,7 @@ from tasks import ingest
 from tasks.covariates import CovariateError, StaticCovariates, build_covariates
 from tasks.grid import Grid
 from tasks.meteorology import era5_available
-from tasks.samples import SampleStoreError, day_file, read_samples
+from tasks.samples import SampleStoreError, day_file, read_samples, write_day
 from tasks.settings import load_settings
 from tasks.sources import pull, raw_granules
 from tasks.sources.pull import raw_dir
@@ -160,6 +161,49 @@ def test_truncated_ndvi_layers_are_rebuilt(store):
         StaticCovariates(settings.region_dir).ndvi_for_day(DAMAGED_DAY)
     [finding] = findings_of(settings, grid, "NDVI covariates")
     assert path.read_bytes() == original and "rebuilt from" in finding["action"]
+
+
+def test_unreadable_covariates_metadata_rebuilds_the_covariates(store):
+    settings, grid = store
+    folder = settings.region_dir / "covariates"
+    originals = {p: p.read_bytes() for p in [folder / "static.json", folder / "static.npy", *folder.glob("ndvi/*.npy")]}
+    truncate(folder / "static.json", 0.4)
+    [finding] = findings_of(settings, grid, "covariates metadata")
+    assert finding["path"] == str(folder / "static.json") and "rebuilt from" in finding["action"]
+    assert {p: p.read_bytes() for p in originals} == originals
+
+
+@pytest.mark.parametrize("what", ["samples", "gridded cells"])
+def test_a_short_write_is_not_published_and_the_previous_file_stays(store, monkeypatch, what):
+    """A write that returns normally but leaves a cut file (a full disk can) is caught by reading
+    the temp file back; the published file stays the previous, whole one and no temp is left."""
+    from tasks.atomic import PublishError
+
+    settings, grid = store
+    target = "tasks.samples.pq.write_table" if what == "samples" else "pandas.DataFrame.to_parquet"
+    real = pq.write_table if what == "samples" else pd.DataFrame.to_parquet
+
+    def short_write(*args, **kwargs):
+        real(*args, **kwargs)
+        truncate(Path(args[1]), 0.6)
+
+    if what == "samples":
+        path = day_file(settings.region_dir, DAMAGED_DAY)
+        frame = read_samples(settings.region_dir, DAMAGED_DAY, DAMAGED_DAY)
+        write = lambda: write_day(settings.region_dir, DAMAGED_DAY, frame)  # noqa: E731
+    else:
+        path = ingest.gridded_file(settings.region_dir, "oco3", DAMAGED_DAY)
+        cells = ingest.load_one(settings.region_dir, "oco3", DAMAGED_DAY)
+        write = lambda: ingest.write_gridded(settings.region_dir, "oco3", DAMAGED_DAY, cells)  # noqa: E731
+    before = path.read_bytes()
+    monkeypatch.setattr(target, short_write)
+    with pytest.raises(PublishError, match=f"{path}: not published: the written file does not read back sound"):
+        write()
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+    write()
+    assert path.read_bytes() == before
 
 
 def test_damage_upstream_and_downstream_at_once_is_healed_in_order(store):
