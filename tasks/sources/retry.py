@@ -127,16 +127,20 @@ class CircuitBreaker:
         try:
             result = fn()
         except Exception as exc:
+            opened = False
             if is_connection_failure(exc):
                 with self._lock:
                     self.failures += 1
                     if self.failures >= self.threshold and self.reason is None:
                         self.reason = redact(f"{type(exc).__name__}: {exc}")[:600]
+                        opened = True
                         log.error("%s: %d connection failures in a row; not asked again this run (%s)",
                                   self.service, self.failures, self.reason)
             elif http_status(exc) is not None:
                 with self._lock:
                     self.failures = 0
+            if opened:  # permanent for the retries too: no back-off wait before giving up
+                raise ServiceUnreachable(self._message()) from exc
             raise
         with self._lock:
             self.failures = 0

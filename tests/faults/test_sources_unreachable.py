@@ -96,6 +96,8 @@ def test_breaker_gives_up_each_service_after_three_failures(tmp_path, unreachabl
     # Every CDS request carried the configured connect/read timeouts.
     assert set(unreachable["cds_requests"]) == {(settings.source_connect_timeout_s, settings.source_read_timeout_s)}
     assert elapsed + sum(unreachable["sleeps"]) < 60, (elapsed, unreachable["sleeps"])
+    # Back-off waits only between the failures before the breaker opens: two per service.
+    assert len(unreachable["sleeps"]) == 2 * (settings.source_breaker_failures - 1), unreachable["sleeps"]
     # The next run tries again (a breaker lives for one run).
     again = pull(settings, products=("oco2",), start=DAY, end=DAY)
     assert "oco2" in again.failed and unreachable["calls"]["earthdata"] == 2 * settings.source_breaker_failures
@@ -173,9 +175,9 @@ def test_breaker_counts_consecutive_failures_only():
         with pytest.raises(Exception):
             breaker.call(fn)
     assert not breaker.is_open
-    with pytest.raises(ConnectionRefusedError):
+    with pytest.raises(ServiceUnreachable) as opened:  # the failure that opens it says so at once
         breaker.call(refuse)
-    assert breaker.is_open
+    assert breaker.is_open and isinstance(opened.value.__cause__, ConnectionRefusedError)
     ran = []
     with pytest.raises(ServiceUnreachable, match="CDS unreachable"):
         breaker.call(lambda: ran.append(1))
