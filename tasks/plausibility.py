@@ -55,11 +55,12 @@ SOUNDING_YEARS = (1979, 2100)
 # start before midnight (and any product that labels by local day).
 SOUNDING_DAY_SLACK_DAYS = 1
 
-# Static covariates as the raw layers hold them (before area-weighting and log1p).
+# Static covariates as the raw layers hold them (before area-weighting and log1p); NDVI after
+# MOD13Q1's 1e-4 scaling, whose valid range is -2000..10000.
 COVARIATES = {
     "elevation": Range(-500.0, 9000.0, "m"),
     "population": Range(0.0, 1e6, "people/km2"),
-    "ndvi": Range(-1.0, 1.0, ""),
+    "ndvi": Range(-0.2, 1.0, ""),
     "landcover_fraction": Range(0.0, 1.0, "fraction"),
 }
 

@@ -7,7 +7,10 @@ Public facade:
 - era5_daily(hourly, days) -> daily Dataset (day, latitude, longitude) in the paper's units
 - inspect_file(path) -> dict for `xco2 inspect`
 - day_of_granule(path) -> date from the real file name
-Every damaged, foreign or implausible file raises tasks.quarantine.InputFileError.
+Every damaged, foreign or implausible file raises tasks.quarantine.InputFileError, and so does
+one that declares sizes no product can hold (checked before reading: tasks.readers.limits).
+An implausible sounding is kept in the table and dropped alone by tasks.soundings; implausible
+meteorology refuses its whole file (tasks.plausibility).
 """
 
 from __future__ import annotations
