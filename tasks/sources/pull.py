@@ -6,7 +6,8 @@ and fetched again next run. A product that fails altogether (no credentials, arc
 reported and the other products go on. Each service (NASA Earthdata, the Copernicus CDS) has a
 circuit breaker for the pull: after `source_breaker_failures` connection failures in a row it is
 not asked again this run, and every request has a bounded connect/read timeout.
-`raise_if_every_source_failed` turns a pull that got nothing from any product into an error.
+`every_source_failed` tells a pull that got nothing from any product (the daily run then ends
+Failed with EverySourceFailed).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tasks.sources.retry import CircuitBreaker, bounded_requests, with_retries
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EverySourceFailed", "PullReport", "SourceError", "products_for", "pull", "raise_if_every_source_failed",
+__all__ = ["EverySourceFailed", "PullReport", "SourceError", "every_source_failed", "products_for", "pull",
            "raw_granules", "remote_for", "service_of"]
 
 # Which service answers for a product in earthdata mode: one breaker per service, since OCO-2 and
@@ -205,12 +206,6 @@ def every_source_failed(report: PullReport) -> str | None:
     lines += [f"  {service}: given up for this run after repeated connection failures; the next run tries again"
               for service in report.unreachable]
     return "\n".join(lines)
-
-
-def raise_if_every_source_failed(report: PullReport) -> None:
-    message = every_source_failed(report)
-    if message:
-        raise EverySourceFailed(message)
 
 
 def raw_granules(settings: Settings, product: str) -> dict[date, list[Path]]:
