@@ -105,6 +105,10 @@ def era5_readiness(era5_dir: Path, day: date, quarantine_dir: Path | None = None
             continue
         try:
             check_era5_file(path)
+        except FileNotFoundError:  # another run quarantined or replaced it meanwhile
+            out.missing.append(path.name)
+            out.reasons.append(f"{path.name} left the raw cache while being checked")
+            continue
         except InputFileError as exc:
             out.missing.append(path.name)
             out.reasons.append(f"{path.name}: {exc.problem}")
