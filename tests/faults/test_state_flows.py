@@ -13,7 +13,10 @@ import pytest
 
 from flows.demo import SMALL_REGION
 from tasks.samples import day_file, read_samples
-from test_state_check import DAMAGED_DAY, END, START, build_store, settings_for, truncate
+
+# The store builder lives with the plain tests; importable whether or not tests/ is a package.
+sys.path.insert(0, str(Path(__file__).parent))
+from test_state_check import DAMAGED_DAY, END, START, build_store, settings_for, truncate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
