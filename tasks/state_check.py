@@ -230,8 +230,9 @@ def npy_problem(path: Path, shape: tuple[int, ...] | None = None) -> str | None:
 
 # ---- setting aside --------------------------------------------------------------------------
 
-def set_aside(path: Path, kind: str, problem: str, settings: Settings) -> Path:
-    """Move a damaged state file to quarantine/state/ with a .json note; the new location."""
+def set_aside(path: Path, kind: str, problem: str, settings: Settings) -> Path | None:
+    """Move a damaged state file to quarantine/state/ with a .json note; the new location, or
+    None when the file is gone already (a concurrent run set it aside and is repairing it)."""
     folder = settings.quarantine_dir / "state"
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -245,7 +246,10 @@ def set_aside(path: Path, kind: str, problem: str, settings: Settings) -> Path:
     while target.exists():
         target = target.with_name(f"{stamp}-{n}_{'__'.join(relative.parts).lstrip('/')}")
         n += 1
-    shutil.move(str(path), target)
+    try:
+        shutil.move(str(path), target)
+    except FileNotFoundError:
+        return None
     write_json(target.with_name(target.name + ".json"),
                {"file": str(path), "kind": kind, "problem": problem, "quarantined_as": str(target), "at": stamp})
     return target
@@ -284,6 +288,9 @@ def _check_covariates(settings: Settings, grid: Grid) -> list[Finding]:
     if not damaged:
         return []
     moved = {path: set_aside(path, kind, why, settings) for path, kind, why in damaged}
+    damaged = [(path, kind, why) for path, kind, why in damaged if moved[path] is not None]
+    if not damaged:
+        return []
     static_dir = settings.raw_dir / "static"
     try:
         # What is missing now is built again; what is intact is kept (build_covariates' own rule).
@@ -308,6 +315,8 @@ def _check_gridded(settings: Settings, grid: Grid) -> list[Finding]:
             if why is None:
                 continue
             moved = set_aside(path, "gridded cells", why, settings)
+            if moved is None:
+                continue
             try:
                 day = date.fromisoformat(path.stem)
                 granules = raw_granules(settings, source).get(day, []) if source in SATELLITES else None
@@ -342,8 +351,9 @@ def _check_samples(settings: Settings, grid: Grid) -> list[Finding]:
     for day in samples.stored_days(region_dir):
         path = samples.day_file(region_dir, day)
         why = parquet_problem(path, samples.SCHEMA)
-        if why:
-            damaged.append((day, path, why, set_aside(path, "samples", why, settings)))
+        moved = set_aside(path, "samples", why, settings) if why else None
+        if moved is not None:
+            damaged.append((day, path, why, moved))
     findings: list[Finding] = []
     if not damaged:
         return findings

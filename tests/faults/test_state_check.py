@@ -30,7 +30,7 @@ from tasks.settings import load_settings
 from tasks.sources import pull, raw_granules
 from tasks.sources.pull import raw_dir
 from tasks.sources.products import SATELLITES
-from tasks.state_check import check_state, npy_problem, parquet_problem, remove_dead_temp_files
+from tasks.state_check import check_state, npy_problem, parquet_problem, remove_dead_temp_files, set_aside
 
 START, END = date(2020, 6, 1), date(2020, 6, 3)
 DAMAGED_DAY = date(2020, 6, 2)
@@ -248,6 +248,15 @@ def test_cheap_checks_see_schema_and_size(store, tmp_path):
     with open(layers, "ab") as fh:
         fh.write(b"\0" * 4)
     assert "bytes, but its header" in npy_problem(layers)
+
+
+def test_a_file_another_run_set_aside_first_is_left_to_that_run(store):
+    settings, _grid = store
+    path = day_file(settings.region_dir, DAMAGED_DAY)
+    first = set_aside(path, "samples", "unreadable", settings)
+    assert first is not None and first.is_file()
+    assert set_aside(path, "samples", "unreadable", settings) is None
+    assert len(list((settings.quarantine_dir / "state").glob("*.json"))) == 1
 
 
 # ---- temp files of dead writers -----------------------------------------------------------
