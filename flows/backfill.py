@@ -35,6 +35,7 @@ from prefect.utilities.annotations import unmapped
 
 from models.onnx_runtime import OnnxPredictor
 from registry.champion import ChampionModel, load_champion
+from tasks.archive.health import check_archive
 from tasks.archive.provenance import stale_days
 from tasks import units
 from tasks.grid import Grid
@@ -111,14 +112,19 @@ def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bo
     grid = Grid.for_region(settings.region, settings.grid_step)
     window = _days(start, end)
     label = f"Backfill {window[0]}..{window[-1]}"
+    # Unsound COGs of the window are quarantined (and so mapped again), lost STAC items restored.
+    health = check_archive(settings.archive_root, settings.region.name, grid, window,
+                           settings.quarantine_dir / "archive")
+    for repair in health.repairs:
+        logger.warning("archive repair: %s: %s -> %s", repair.file, repair.problem, repair.action)
 
     # The champion is resolved once: every day of the backfill comes from the same version.
     champion = load_champion(settings.tracking_uri, settings.registered_model_name, settings.data_dir / "models")
     era5_dir = raw_dir(settings, "era5")
     candidates = window
     if stale_only:
-        candidates = stale_days(settings.archive_root, settings.region.name, champion.name, champion.version,
-                                window[0], window[-1])
+        candidates = sorted(set(stale_days(settings.archive_root, settings.region.name, champion.name,
+                                           champion.version, window[0], window[-1])) | set(health.to_remap))
         logger.info("%d archived days of the window were made by another model than %s v%s",
                     len(candidates), champion.name, champion.version)
     todo = [d for d in candidates if inputs_available(era5_dir, d)]
@@ -145,6 +151,9 @@ def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bo
         with wanted as runner:
             rows, failed = _collect(runner.map(backfill_day, parameters), todo, progress_id, label, logger)
 
+    if health.repairs:
+        create_table_artifact(key="backfill-archive-repairs", table=health.rows(),
+                              description="Archive days found unsound (COG or STAC item) and repaired")
     create_table_artifact(
         key=DAYS_KEY, description=f"Archive days written by the backfill {window[0]}..{window[-1]}",
         table=[{"day": r["day"], "path": r["path"], "mean_ppm": r["mean_ppm"], "model_version": r["model_version"]}
@@ -153,6 +162,7 @@ def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bo
         raise RuntimeError(f"backfill failed for {len(failed)} of {len(todo)} days: "
                            + "; ".join(f"{d}: {why}" for d, why in sorted(failed.items())))
     return {"window": [window[0].isoformat(), window[-1].isoformat()], "days": rows, "skipped_days": skipped,
+            "archive_repairs": health.rows(),
             "model": {"name": champion.name, "version": champion.version}, "task_runner": settings.task_runner,
             "task_runner_started_in_run": bool(todo) and not own_runner}
 

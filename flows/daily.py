@@ -11,6 +11,7 @@ from registry.champion import ChampionNotFoundError, load_champion
 from models.onnx_runtime import OnnxPredictor
 from tasks import samples, units
 from tasks.archive import archived_days, day_cog_path, quicklook_markdown
+from tasks.archive.health import check_archive
 from tasks.grid import Grid
 from tasks.inference import inputs_available
 from tasks.meteorology import era5_readiness
@@ -98,7 +99,7 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     for product, why in pulled.failed.items():
         logger.error("could not pull %s: %s", product, why)
 
-    mapped, champion = extend_archive(settings, grid, last, recompute=refreshed)
+    mapped, champion, archive_repairs = extend_archive(settings, grid, last, recompute=refreshed)
 
     create_table_artifact(key="daily-days-processed", table=rows or [{"day": "none new"}],
                           description="Days gridded, fused and sampled in this run")
@@ -107,6 +108,9 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     if state_findings:
         create_table_artifact(key="daily-state-check", table=state_findings,
                               description="Damaged derived state recomputed, dead writers' temp files removed")
+    if archive_repairs:
+        create_table_artifact(key="daily-archive-repairs", table=archive_repairs,
+                              description="Archive days found unsound (COG or STAC item) and repaired")
     if pulled.failed:
         create_table_artifact(key="daily-source-failures", description="Products that could not be pulled this run",
                               table=[{"product": p, "problem": why} for p, why in pulled.failed.items()])
@@ -138,23 +142,33 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
         f"- quarantined inputs: {len(quarantined)}\n"
         f"- products that failed to pull: {', '.join(pulled.failed) or 'none'}\n"
         f"- days waiting for ERA5: {', '.join(waiting) or 'none'}\n"
-        f"- archive: {archive_state}\n"))
+        f"- archive: {archive_state}\n"
+        f"- archive repairs: {len(archive_repairs) or 'none'}\n"))
     return {"window": [first.isoformat(), last.isoformat()], "days": rows, "archive_days": mapped,
-            "quarantined": quarantined, "state_findings": state_findings, "source_failures": pulled.failed,
+            "quarantined": quarantined, "state_findings": state_findings, "archive_repairs": archive_repairs,
+            "source_failures": pulled.failed,
             "recomputed_days": sorted(
                 d.isoformat() for d in refreshed), "gosat_fit": fit.to_dict(), "new_granules": pulled.n_fetched}
 
 
 def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = frozenset()):
     """Map every day of the archive look-back missing from the archive whose inputs exist, and
-    re-map archived days in `recompute` (their inputs changed). Returns (rows, champion or None)."""
+    re-map archived days in `recompute` (their inputs changed). Returns (rows, champion or None,
+    repairs): first the look-back's COG + STAC item pairs are checked, a lost item written
+    again, an unsound COG quarantined (and so mapped again below)."""
     logger = get_run_logger()
+    lookback = [last - timedelta(days=i) for i in range(settings.archive_lookback_days)]
+    health = check_archive(settings.archive_root, settings.region.name, grid, lookback,
+                           settings.quarantine_dir / "archive")
+    for repair in health.repairs:
+        logger.warning("archive repair: %s: %s -> %s", repair.file, repair.problem, repair.action)
+    repairs = health.rows()
     try:
         champion = load_champion(settings.tracking_uri, settings.registered_model_name,
                                  settings.data_dir / "models")
     except ChampionNotFoundError:
         logger.warning("no champion model registered yet: the archive waits for the first retrain")
-        return [], None
+        return [], None, repairs
     have = set(archived_days(settings.archive_root, settings.region.name))
     era5_dir = raw_dir(settings, "era5")
     todo = [last - timedelta(days=i) for i in range(settings.archive_lookback_days)]
@@ -162,8 +176,8 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
     todo = sorted(d for d in todo if inputs_available(era5_dir, d, settings.quarantine_dir,
                                                       settings.raw_dir / "manifest.parquet"))
     if not todo:
-        return [], champion
+        return [], champion, repairs
     predictor = OnnxPredictor(champion.onnx_path)
     logger.info("champion %s v%s on %s; mapping %d days", champion.name, champion.version, predictor.provider,
                 len(todo))
-    return [units.map_day(settings, grid, d, predictor, champion) for d in todo], champion
+    return [units.map_day(settings, grid, d, predictor, champion) for d in todo], champion, repairs

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import anchoring, ingest
 from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
+from tasks.archive.stac import item_properties
 from tasks.covariates import StaticCovariates, build_covariates
 from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.grid import Grid
@@ -109,11 +110,8 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
         tags["note"] = "SYNTHETIC demo output: not real XCO2"
     path = day_cog_path(settings.archive_root, settings.region.name, day)
     write_day_cog(path, xco2, grid, tags, uncertainty=prediction.uncertainty)
-    properties = {k: tags[k] for k in ("model_name", "model_version", "feature_set_version", "source_mode", "synthetic")}
-    if anchor:
-        properties.update(anchor_offset_ppm=round(anchor.offset_ppm, 4), anchor_cells=anchor.n_cells,
-                          anchor_days=anchor.n_days)
-    upsert_day_item(settings.archive_root, settings.region, grid, day, path, properties)
+    # From the tags, as the archive check derives them when it restores a lost item.
+    upsert_day_item(settings.archive_root, settings.region, grid, day, path, item_properties(tags))
     finite = xco2[np.isfinite(xco2)]
     return {"day": day.isoformat(), "path": str(path), "cells": int(finite.size),
             "mean_ppm": round(float(finite.mean()), 3) if finite.size else None,
