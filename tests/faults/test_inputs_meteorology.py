@@ -136,8 +136,8 @@ def test_bad_era5_days_wait_while_the_rest_of_the_window_is_sampled(prefect_harn
 
     source, data_dir = tmp_path / "source", tmp_path / "xco2-data"
     shutil.copytree(world, source)
-    hot_file = source / "era5" / "era5_single_levels_20200603.nc"  # feeds June 2 and 3
-    nan_file = source / "era5" / "era5_single_levels_20200604.nc"  # closes June 3's sums
+    hot_file = source / "era5" / "era5_single_levels_20200601.nc"  # feeds June 1
+    nan_file = source / "era5" / "era5_single_levels_20200602.nc"  # feeds June 1 and 2
     _damage(nan_file, "t2m", (slice(0, 24), slice(None), slice(None)), np.nan)
     _damage(hot_file, "t2m", (0, 1, 1), 1e20)
     overrides = {"data_dir": str(data_dir), "source": "local", "local_dir": str(source),
@@ -148,12 +148,13 @@ def test_bad_era5_days_wait_while_the_rest_of_the_window_is_sampled(prefect_harn
 
     rows = {r["day"]: r for r in result["days"]}
     assert sorted(rows) == ["2020-06-01", "2020-06-02", "2020-06-03"]
-    assert rows["2020-06-01"]["era5"] == "yes" and rows["2020-06-01"]["samples"] > 100
-    for day in ("2020-06-02", "2020-06-03"):
+    # The report's failure: a day after the bad one was never reached. Now it is sampled.
+    assert rows["2020-06-03"]["era5"] == "yes" and rows["2020-06-03"]["samples"] > 100
+    for day in ("2020-06-01", "2020-06-02"):
         assert rows[day]["era5"] == "waiting" and rows[day]["samples"] == 0
-        assert hot_file.name in rows[day]["era5_problem"] and "t2m" in rows[day]["era5_problem"]
-    assert "1e+20" in rows["2020-06-02"]["era5_problem"]
-    assert nan_file.name in rows["2020-06-03"]["era5_problem"] and "NaN" in rows["2020-06-03"]["era5_problem"]
+        assert nan_file.name in rows[day]["era5_problem"] and "t2m" in rows[day]["era5_problem"]
+    assert hot_file.name in rows["2020-06-01"]["era5_problem"] and "1e+20" in rows["2020-06-01"]["era5_problem"]
+    assert "NaN" in rows["2020-06-02"]["era5_problem"]
     quarantined = {q["file"]: q for q in result["quarantined"]}
     assert set(quarantined) == {nan_file.name, hot_file.name}
     assert "NaN" in quarantined[nan_file.name]["problem"] and "1e+20" in quarantined[hot_file.name]["problem"]
@@ -167,7 +168,7 @@ def test_bad_era5_days_wait_while_the_rest_of_the_window_is_sampled(prefect_harn
     shutil.copy2(world / "era5" / hot_file.name, hot_file)
     again = daily_update(start=START.isoformat(), end=END.isoformat(), overrides=overrides)
     rows = {r["day"]: r for r in again["days"]}
-    assert sorted(rows) == ["2020-06-02", "2020-06-03"]
+    assert sorted(rows) == ["2020-06-01", "2020-06-02"]
     assert all(r["era5"] == "yes" and r["samples"] > 100 for r in rows.values())
     assert again["quarantined"] == []
     # A new delivery is a new remote id: its row is 'ok', the quarantined one stays as history.
