@@ -155,22 +155,28 @@ def check_archive(archive_root: Path | str, region_name: str, grid: Grid, days: 
         health.repairs.append(repair)
         log.warning("archive %s: %s -> %s", path, problem, action)
 
+    def set_aside(path: Path, reason: str) -> Path | None:
+        try:
+            return quarantine(path, reason, quarantine_dir)
+        except FileNotFoundError:  # a concurrent run's check moved it first
+            return None
+
     for day in health.checked:
         cog = day_cog_path(archive_root, region_name, day)
         item = day_item_path(archive_root, region_name, day)
         if not cog.is_file():
             if item.is_file():  # an item pointing at nothing: set aside, the day maps again
-                moved = quarantine(item, f"STAC item without its COG {cog.name}", quarantine_dir)
+                moved = set_aside(item, f"STAC item without its COG {cog.name}")
                 repaired(day, item, f"item without its COG {cog.name}", "item quarantined", moved)
                 catalog_changed = True
             continue
         problems = read_back_problems(cog)
         if problems:
             problem = "; ".join(p.removeprefix(f"{cog}: ") for p in problems)
-            moved = quarantine(cog, problem, quarantine_dir)
+            moved = set_aside(cog, problem)
             repaired(day, cog, problem, "COG quarantined; the day is mapped again", moved)
             if item.is_file():
-                moved_item = quarantine(item, f"its COG {cog.name} was quarantined: {problem}", quarantine_dir)
+                moved_item = set_aside(item, f"its COG {cog.name} was quarantined: {problem}")
                 repaired(day, item, f"item of the quarantined COG {cog.name}", "item quarantined", moved_item)
             health.to_remap.append(day)
             catalog_changed = True
@@ -180,7 +186,7 @@ def check_archive(archive_root: Path | str, region_name: str, grid: Grid, days: 
             try:
                 _restore_item(archive_root, region_name, grid, day, cog)
             except (*GDAL_ERRORS, OSError, ValueError) as exc:
-                log.error("archive %s: cannot write the item again: %s", item, exc)
+                repaired(day, item, "; ".join(problems), f"NOT repaired: cannot write the item again: {exc}")
                 continue
             repaired(day, item, "; ".join(p.removeprefix(f"{item}: ") for p in problems),
                      "item written again from the COG's tags")
@@ -193,6 +199,6 @@ def check_archive(archive_root: Path | str, region_name: str, grid: Grid, days: 
             if problem:
                 repaired(None, collection, problem, "collection rebuilt from the items on disk")
         elif collection.is_file():  # no item left: a collection listing days would lie
-            moved = quarantine(collection, problem or "no STAC item left to list", quarantine_dir)
+            moved = set_aside(collection, problem or "no STAC item left to list")
             repaired(None, collection, problem or "no STAC item left to list", "collection quarantined", moved)
     return health
