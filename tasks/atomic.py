@@ -105,7 +105,7 @@ def _free_space_note(folder: Path) -> str:
         free = shutil.disk_usage(folder).free
     except OSError:
         return ""
-    return f" ({free / 2**20:.1f} MiB free on its filesystem)"
+    return f" ({free:,} bytes free on its filesystem)"
 
 
 @contextmanager

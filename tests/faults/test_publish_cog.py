@@ -206,7 +206,7 @@ def test_text_json_and_npy_writers_fail_on_a_full_disk_naming_the_file(tmp_path)
     lines = [line.split("|", 2) for line in done.stdout.strip().splitlines()]
     assert [name for name, _, _ in lines] == ["a.txt", "b.json", "c.npy"], done.stdout + done.stderr
     for name, code, message in lines:
-        assert message.startswith(f"{name}: not published: ") and "MiB free on its filesystem" in message
+        assert message.startswith(f"{name}: not published: ") and "bytes free on its filesystem" in message
     # numpy reports the short write without an errno ("1000 requested and 234 written").
     assert [code for _, code, _ in lines] == [str(errno.EFBIG), str(errno.EFBIG), "None"]
     assert all_names(tmp_path) == []
