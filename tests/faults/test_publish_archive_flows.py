@@ -6,6 +6,9 @@
   final bytes equal the undisturbed run's;
 - a truncated cached champion: the next daily run fetches it again and maps.
 Each repair shows in the run's result.
+
+Slow (about 40 s of CPU for the world: ingest, one short retrain, two mapped days); the same
+repairs are unit-tested fast in test_publish_archive_health.py and test_publish_champion.py.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from tasks.archive import collection_path, day_cog_path, day_item_path, validate
 from tasks.archive.health import sound_archived_days
 from tasks.demo_world import write_demo_world
 from tasks.settings import Region, load_settings
+
+pytestmark = pytest.mark.slow
 
 MODEL = "faults-publish-archive"
 START = date(2020, 6, 1)
