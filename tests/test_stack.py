@@ -2,11 +2,17 @@
 
 Slow (a few minutes on two cores), so out of `make test`; run it with
     .venv/bin/python -m pytest -q -m slow tests/test_stack.py
-It starts the stack on free loopback ports into a temporary directory, seeds a champion in the
-stack's MLflow server, runs the daily-update deployment through the worker, checks the run's
-state, artifacts and the archive's model version, registers a second version, moves the
-`champion` alias to it as an operator would in the MLflow UI, runs again and sees the new
-version used, then stops the stack and checks that nothing is left running.
+It starts the stack on free loopback ports into a temporary directory. The samples and a first
+champion come from the `xco2` command line (`xco2 daily`, `xco2 retrain`, subprocesses as a user
+runs them): on SQLite BEFORE `up`, into the data directory's store, which the stack's MLflow
+server must then serve (one registry, issue 10 case 9); on PostgreSQL AFTER `up`, where the
+command line must find the running stack and record into its servers. Then the daily-update
+deployment runs through the worker with that champion (run state, artifacts, the archive's model
+version); a second version comes from the retrain deployment and the `champion` alias is moved to
+it as an operator would in the MLflow UI; the next run uses it; an `xco2 daily` run after `up`
+shows in the stack's Prefect API. With the MLflow server stopped, a daily run fails within a
+bounded time naming the tracking URI, and after `up` restarts the server the next run completes.
+Finally the stack stops and nothing is left running.
 
 It runs twice: on the default SQLite databases, and on PostgreSQL (both servers' databases in a
 throwaway PostgreSQL cluster that the test starts on a free loopback port with the machine's
@@ -30,12 +36,28 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "xco2-resnet-lstm"  # the default registered model name: the worker is not told another
-START, LAST_SEEDED, NEW_DAY = date(2020, 6, 1), date(2020, 6, 6), date(2020, 6, 7)
+START, LAST_SEEDED, NEW_DAY, LAST_DAY = date(2020, 6, 1), date(2020, 6, 6), date(2020, 6, 7), date(2020, 6, 8)
+ATTACHED = "flows run on its Prefect server"  # the command line's log line when it uses the stack
 
 
 def _stack(command: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deployments.stack", command], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _xco2(env: dict[str, str], cwd: Path, *argv: str) -> subprocess.CompletedProcess:
+    """An `xco2` command as a user runs it (its own process, finding the stack by itself)."""
+    done = subprocess.run([str(Path(sys.executable).parent / "xco2"), *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, f"xco2 {' '.join(argv)}: {done.returncode}\n{done.stdout}\n{done.stderr[-6000:]}"
+    return done
+
+
+def _seed_with_the_command_line(env: dict[str, str], cwd: Path) -> dict[str, str]:
+    """Samples of START..LAST_SEEDED and a first champion, through `xco2 daily` and `xco2 retrain`."""
+    daily = _xco2(env, cwd, "daily", "--start", START.isoformat(), "--end", LAST_SEEDED.isoformat())
+    retrain = _xco2(env, cwd, "retrain")
+    return {"daily": daily.stderr, "retrain": retrain.stderr}
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +78,13 @@ def stack(request, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("stack")
     state, data = root / "state", root / "xco2-data"
-    write_demo_world(data / "demo", SMALL_REGION, START, NEW_DAY, grid_step=0.01, seed=DemoOptions().seed,
+    write_demo_world(data / "demo", SMALL_REGION, START, LAST_DAY, grid_step=0.01, seed=DemoOptions().seed,
                      dense=True)
     prefect_port, mlflow_port = free_port(), free_port()
     settings = {  # what the worker's flow runs get through the stack's environment
         "XCO2_DATA_DIR": str(data), "XCO2_SOURCE": "demo", "XCO2_ARCHIVE_LOOKBACK_DAYS": "1",
         "XCO2_COMPARISON_PROTOCOLS": "[]",  # no baseline comparison in the retrains: minutes on CPU
+        "XCO2_MAX_EPOCHS": "2", "XCO2_MAX_TRAINING_SAMPLES": "2000", "XCO2_MAX_VALIDATION_SAMPLES": "500",
         **{f"XCO2_REGION__{k.upper()}": str(v) for k, v in SMALL_REGION.model_dump().items()},
     }
     env = {**os.environ, **settings, "XCO2_STACK_DIR": str(state), "XCO2_STACK_PREFECT_PORT": str(prefect_port),
@@ -70,13 +93,23 @@ def stack(request, tmp_path_factory):
     if database:
         env.update(XCO2_STACK_DATABASE_URL=database.url("prefect", "asyncpg"),
                    XCO2_STACK_MLFLOW_BACKEND_URI=database.url("mlflow", "psycopg"))
-    t0 = time.perf_counter()
+    seeded, timings = None, {}
     try:
+        if not database:  # `make demo` (here: `xco2 daily` + `xco2 retrain`), then `make up`
+            t = time.perf_counter()
+            seeded = _seed_with_the_command_line(env, root)
+            timings["seed_before_up_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
         started = _stack("up", env)
         assert started.returncode == 0, started.stdout + started.stderr
         assert "ready" in started.stdout
-        yield {"env": env, "state": state, "data": data, "region": SMALL_REGION, "up_s": time.perf_counter() - t0,
-               "database": database,
+        timings["up_s"] = round(time.perf_counter() - t, 1)
+        if database:  # `make up`, then the command line: it must record into the stack
+            t = time.perf_counter()
+            seeded = _seed_with_the_command_line(env, root)
+            timings["seed_after_up_s"] = round(time.perf_counter() - t, 1)
+        yield {"env": env, "state": state, "data": data, "root": root, "region": SMALL_REGION, "timings": timings,
+               "database": database, "seeded": seeded, "up": started.stdout,
                "api": f"http://127.0.0.1:{prefect_port}/api", "mlflow": f"http://127.0.0.1:{mlflow_port}"}
     finally:
         _deliver_events()
@@ -91,15 +124,27 @@ def _deliver_events() -> None:
     EventsWorker.drain_all(timeout=120, at_exit=False)
 
 
-def _run_deployment(stack, name: str, parameters: dict):
+def _run_deployment(stack, name: str, parameters: dict, completed: bool = True):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: stack["api"]}):
         run = run_deployment(name, parameters=parameters, timeout=1200, poll_interval=3)
-    assert run.state is not None and run.state.is_completed(), (
+    assert run.state is not None and run.state.is_completed() == completed, (
         f"{name}: {run.state}\n--- worker log ---\n{tail(stack['state'] / 'logs' / 'worker.log')}")
     return run
+
+
+def _command_line_runs(stack) -> list:
+    """Completed runs of the daily flow that no deployment made: the command line's."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: stack["api"]}):
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["xco2-daily-update"])))
+    return [r for r in runs if r.deployment_id is None and r.state is not None and r.state.is_completed()]
 
 
 def _artifact_keys(stack, flow_run_id) -> set[str]:
@@ -154,12 +199,8 @@ def test_scheduler_creates_the_nightly_runs(stack):
 
 def test_stack_runs_the_daily_deployment_with_the_champion(stack):
     from mlflow.tracking import MlflowClient
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.daily import daily_update
-    from flows.retrain import monthly_retrain
-
-    timings = {"up_s": round(stack["up_s"], 1)}
+    timings = dict(stack["timings"])
     state = stack["state"]
     env_file = (state / "env").read_text()
     assert f"export PREFECT_API_URL={stack['api']}" in env_file
@@ -167,18 +208,22 @@ def test_stack_runs_the_daily_deployment_with_the_champion(stack):
     status = _stack("status", stack["env"], timeout=120)
     assert status.returncode == 0, status.stdout + status.stderr
 
-    # Seed: samples and a first champion in the stack's MLflow server (this process, same API).
-    t = time.perf_counter()
-    overrides = {"data_dir": str(stack["data"]), "source": "demo", "region": stack["region"].model_dump(),
-                 "mlflow_tracking_uri": stack["mlflow"], "max_epochs": 2, "max_training_samples": 2000,
-                 "max_validation_samples": 500, "comparison_protocols": []}
-    with temporary_settings(updates={PREFECT_API_URL: stack["api"]}):
-        seeded = daily_update(start=START.isoformat(), end=LAST_SEEDED.isoformat(), overrides=overrides)
-        assert sum(r["samples"] for r in seeded["days"]) > 200 and seeded["archive_days"] == []
-        first = monthly_retrain(overrides=overrides)
-        _deliver_events()
-    assert first["alias"] == "champion" and _champion_version(stack) == str(first["version"])
-    timings["seed_s"] = round(time.perf_counter() - t, 1)
+    # The first champion, made by the command line (before `up` on SQLite, after it on PostgreSQL),
+    # is the champion of the stack's MLflow server, read over HTTP.
+    client = MlflowClient(tracking_uri=stack["mlflow"])
+    versions = client.search_model_versions(f"name='{MODEL}'")
+    assert len(versions) == 1, f"the stack's registry holds {[v.version for v in versions]}\n{stack['up']}"
+    first = {"version": versions[0].version}
+    assert _champion_version(stack) == first["version"]
+    assert stack["data"].as_uri() + "/mlartifacts/" in client.get_run(versions[0].run_id).info.artifact_uri
+    seeded = stack["seeded"]
+    if stack["database"]:
+        assert ATTACHED in seeded["daily"] and ATTACHED in seeded["retrain"], seeded["daily"][-3000:]
+        assert not (stack["data"] / "mlflow.db").exists()  # nothing recorded beside the stack
+        assert len(_command_line_runs(stack)) == 1  # `xco2 daily` shows in the stack's Prefect UI
+    else:
+        assert ATTACHED not in seeded["daily"] + seeded["retrain"]  # no stack yet: the local stores
+        assert f"sqlite:///{stack['data'] / 'mlflow.db'}" in stack["up"]  # `up` names the store it serves
 
     # The nightly deployment, through the worker: it finds the champion through the stack's env.
     t = time.perf_counter()
@@ -209,6 +254,16 @@ def test_stack_runs_the_daily_deployment_with_the_champion(stack):
     assert {"daily-days-processed", "daily-archive-days", "daily-summary"} <= _artifact_keys(stack, run.id)
     assert _cog_model_version(stack, NEW_DAY) == _champion_version(stack) == second
     assert _cog_model_version(stack, LAST_SEEDED) == str(first["version"])  # not recomputed
+
+    # `xco2 daily` while the stack runs: it says so, maps with the stack's champion and its run
+    # is in the stack's Prefect API.
+    t = time.perf_counter()
+    before = len(_command_line_runs(stack))
+    cli = _xco2(stack["env"], stack["root"], "daily", "--start", LAST_DAY.isoformat(), "--end", LAST_DAY.isoformat())
+    timings["daily_cli_s"] = round(time.perf_counter() - t, 1)
+    assert ATTACHED in cli.stderr and stack["mlflow"] in cli.stderr, cli.stderr[-3000:]
+    assert len(_command_line_runs(stack)) == before + 1
+    assert _cog_model_version(stack, LAST_DAY) == second
     if stack["database"]:
         _check_postgres_holds_the_state(stack, versions)
     print(f"\nstack test timings ({'postgresql' if stack['database'] else 'sqlite'}): {timings}")
@@ -230,6 +285,30 @@ def _check_postgres_holds_the_state(stack, versions: list[int]) -> None:
     secret = database.password.encode()
     leaked = [p for p in stack["state"].rglob("*") if p.is_file() and secret in p.read_bytes()]
     assert not leaked, f"the database password is written in {leaked}"
+
+
+def test_a_daily_run_with_mlflow_down_fails_fast_and_the_next_one_completes(stack):
+    """The MLflow server stops: the nightly run fails within a bounded time, its state naming the
+    tracking URI; `up` starts the server again (what of the stack is missing) and the next run
+    completes."""
+    from deployments.stack import StackConfig, _stop
+
+    cfg = StackConfig.from_env(stack["env"])
+    assert _stop(cfg, "mlflow-server").startswith("stopped")
+    failed = _run_deployment(stack, "xco2-daily-update/daily-update",
+                             {"start": LAST_DAY.isoformat(), "end": LAST_DAY.isoformat()}, completed=False)
+    assert failed.state.is_failed(), failed.state
+    message = failed.state.message or ""
+    assert stack["mlflow"] in message and "does not answer" in message, message
+    took = (failed.end_time - failed.start_time).total_seconds()
+    print(f"\ndaily run with MLflow down: failed after {took:.0f} s: {message}")
+    assert took < 240, f"the run took {took:.0f} s to give up"  # MLflow's default retries: ~4 min per call
+
+    restarted = _stack("up", stack["env"])
+    assert restarted.returncode == 0 and "mlflow-server: starting" in restarted.stdout, restarted.stdout + restarted.stderr
+    run = _run_deployment(stack, "xco2-daily-update/daily-update",
+                          {"start": LAST_DAY.isoformat(), "end": LAST_DAY.isoformat()})
+    assert "daily-model" in _artifact_keys(stack, run.id)  # the champion was found again
 
 
 def test_down_stops_everything(stack):
