@@ -7,12 +7,14 @@ import json
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from datetime import date
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from flows.prefect_server import PrefectServerError
 from tasks.settings import ConfigError, check_data_dir, load_settings
 
 console = Console()
@@ -365,6 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that run Prefect flows and so need its API (the others must not pay for a server).
+FLOW_COMMANDS = frozenset({"demo", "daily", "retrain", "backfill", "report", "serve"})
+
+
+def _prefect_api_for(args):
+    """The configured Prefect API, or a temporary server that dies with this process even when
+    it is killed (flows/prefect_server.py), for a command that runs flows."""
+    if args.command not in FLOW_COMMANDS:
+        return nullcontext()
+    from flows.prefect_server import prefect_api
+
+    return prefect_api()
+
+
 # Commands that write into the data directory.
 WRITING_COMMANDS = frozenset({"demo", "daily", "retrain", "backfill", "report", "serve", "past-window", "covariates"})
 
@@ -389,10 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_data_dir_first(args)
-        return args.func(args)
+        with _prefect_api_for(args):
+            return args.func(args)
     except ConfigError as exc:
         print(f"xco2: {exc}", file=sys.stderr)
         return 2
+    except PrefectServerError as exc:
+        print(f"xco2: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
