@@ -381,6 +381,23 @@ def _prefect_api_for(args):
     return prefect_api()
 
 
+def _join_running_stack(args) -> None:
+    """A command that runs flows uses the running stack (`make up`) of its data directory: its
+    Prefect server and MLflow registry, one system (deployments/stack.py use_running_stack).
+    Before anything imports Prefect, which reads PREFECT_API_URL at import."""
+    if args.command not in FLOW_COMMANDS:
+        return
+    from deployments.stack import use_running_stack
+
+    use_running_stack(Path(args.data_dir) if args.command == "demo" else load_settings().data_dir)
+
+
+def _registry_unavailable(exc: BaseException) -> bool:
+    # Only registry.store raises it, so it is loaded when this can be true (no MLflow import here).
+    store = sys.modules.get("registry.store")
+    return store is not None and isinstance(exc, store.RegistryUnavailableError)
+
+
 # Commands that write into the data directory.
 WRITING_COMMANDS = frozenset({"demo", "daily", "retrain", "backfill", "report", "serve", "past-window", "covariates"})
 
@@ -405,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_data_dir_first(args)
+        _join_running_stack(args)
         with _prefect_api_for(args):
             return args.func(args)
     except ConfigError as exc:
@@ -412,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except PrefectServerError as exc:
         print(f"xco2: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not _registry_unavailable(exc):
+            raise
+        print(f"xco2 {args.command}: {exc}", file=sys.stderr)
         return 1
 
 
