@@ -225,3 +225,34 @@ def test_the_env_file_names_the_state_directory(tmp_path):
     text = stack.write_env_file(cfg).read_text()
     assert f"export XCO2_STACK_DIR={cfg.state_dir}" in text
     assert f"export XCO2_MLFLOW_TRACKING_URI={cfg.mlflow_url}" in text
+
+
+# --- `make demo` and a registry it did not make ---------------------------------------------------
+
+def test_the_demo_records_into_a_registry_made_before_it(tmp_path):
+    """`make up` on a fresh data dir makes its MLflow store there; `make demo` then (attached or
+    not) records into it instead of refusing the data dir or deleting the store."""
+    from flows.demo import _clear_previous_demo
+    from tasks.settings import load_settings
+
+    data = tmp_path / "xco2-data"
+    (data / "mlartifacts").mkdir(parents=True)
+    (data / "mlflow.db").write_text("the stack's store")
+    _clear_previous_demo(load_settings(data_dir=str(data)))
+    assert (data / "mlflow.db").read_text() == "the stack's store" and (data / "mlartifacts").is_dir()
+
+
+def test_a_new_demo_world_keeps_a_served_registry(tmp_path):
+    """With the stack attached (tracking URI: its server, which serves this mlflow.db), a new demo
+    world clears what the old one derived but not the database under the running server."""
+    from flows.demo import _clear_previous_demo
+    from tasks.settings import load_settings
+
+    data = tmp_path / "xco2-data"
+    for sub in ("raw/oco2", "archive/chengdu", "models/1", "demo", "mlartifacts"):
+        (data / sub).mkdir(parents=True)
+    (data / "demo" / "world.json").write_text("{}")
+    (data / "mlflow.db").write_text("served")
+    _clear_previous_demo(load_settings(data_dir=str(data), mlflow_tracking_uri="http://127.0.0.1:5000"))
+    assert not (data / "raw").exists() and not (data / "archive").exists() and not (data / "models").exists()
+    assert (data / "mlflow.db").read_text() == "served" and (data / "mlartifacts").is_dir()
