@@ -4,9 +4,13 @@ With no PREFECT_API_URL, Prefect starts an ephemeral API server as a child proce
 own: that child inherits the command's stdout and stderr and is stopped only by an atexit
 hook. A command killed with SIGKILL (or crashing in native code) never runs the hook, so the
 server lives on, orphaned, holding the caller's pipes: a script that captures the output of
-`xco2 daily` waits forever. So the command line starts the server itself:
+`xco2 daily` waits forever. So the command line hands Prefect a server of its own making, in
+the slot where Prefect looks for its ephemeral server (`SubprocessASGIServer._instances[None]`,
+as Prefect's own test harness does): Prefect still starts it only when a flow first needs the
+API (a command that fails before its flow starts none), and it is started
 
-- through a tiny launcher that sets PR_SET_PDEATHSIG to SIGKILL (Linux) and then execs the
+- from a thread that lives as long as the process (the death signal follows the thread that
+  forked the child, not the process), through a tiny launcher that sets PR_SET_PDEATHSIG to SIGKILL (Linux) and then execs the
   same uvicorn command Prefect would run: the kernel kills the server the moment the process
   that started it dies, however it dies. Checked after the prctl: if the parent is already
   gone, the launcher exits instead of serving;
@@ -16,6 +20,8 @@ server lives on, orphaned, holding the caller's pipes: a script that captures th
   (`xco2-servers/server-<pid>.log`, removed after a clean stop), never the caller's pipes;
 - on a free loopback port, against the SQLite database Prefect's settings name (PREFECT_HOME's
   by default, as the ephemeral server would), waited on until /api/health answers;
+- with PREFECT_API_URL set in the environment once it answers, so that processes the command
+  starts later (a local Dask cluster) report to it instead of starting servers of their own;
 - and stopped (SIGTERM, then SIGKILL after a grace period) when the command ends normally or
   by an exception, after the log and event workers have drained into it.
 
@@ -27,13 +33,16 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -83,6 +92,34 @@ def _free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
+_spawner_lock = threading.Lock()
+_spawn_requests: "queue.SimpleQueue | None" = None
+
+
+def _spawner(requests: "queue.SimpleQueue") -> None:
+    while True:  # never returns: the thread must outlive every child it started
+        argv, kwargs, done = requests.get()
+        try:
+            done.set_result(subprocess.Popen(argv, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            done.set_exception(exc)
+
+
+def _popen_from_lifetime_thread(argv: list[str], **kwargs) -> subprocess.Popen:
+    """subprocess.Popen run on a daemon thread that lives until the process exits. The parent
+    death signal fires when the *thread* that forked the child ends: Prefect may ask for the
+    server from a worker thread that ends long before the command does."""
+    global _spawn_requests
+    with _spawner_lock:
+        if _spawn_requests is None:
+            _spawn_requests = queue.SimpleQueue()
+            threading.Thread(target=_spawner, args=(_spawn_requests,), name="xco2-server-spawner",
+                             daemon=True).start()
+    done: Future = Future()
+    _spawn_requests.put((argv, kwargs, done))
+    return done.result()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -94,7 +131,8 @@ def _alive(pid: int) -> bool:
 
 
 class TemporaryPrefectServer:
-    """One Prefect API server for the life of this process (see the module docstring)."""
+    """One Prefect API server for the life of this process (see the module docstring). It offers
+    what Prefect uses of its SubprocessASGIServer: start(timeout), server_process, api_url, stop()."""
 
     def __init__(self, log_dir: Path, startup_timeout: float = STARTUP_TIMEOUT_S):
         self.log_dir = Path(log_dir)
@@ -102,10 +140,23 @@ class TemporaryPrefectServer:
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
         self.log_path = self.log_dir / f"server-{os.getpid()}.log"
+        self._lock = threading.Lock()  # Prefect's log and event threads may ask at the same time
+
+    @property
+    def server_process(self) -> subprocess.Popen | None:
+        return self.process
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
+        return f"{self.address}/api"
 
     def _argv(self) -> list[str]:
         import prefect
@@ -149,15 +200,23 @@ class TemporaryPrefectServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def start(self) -> str:
-        """Start the server and wait until it answers; its API URL."""
+    def start(self, timeout: float | None = None) -> str:
+        """Start the server (once) and wait until it answers; its API URL. Prefect's own startup
+        timeout is ignored: 20 s is too short for a first migration on a busy host."""
+        with self._lock:
+            if not self.running:
+                self._start()
+                os.environ["PREFECT_API_URL"] = self.api_url
+        return self.api_url
+
+    def _start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_logs()
         deadline = time.monotonic() + self.startup_timeout
         for _attempt in range(_PORT_ATTEMPTS):
             self.port = _free_loopback_port()
             with open(self.log_path, "ab") as log_file:
-                self.process = subprocess.Popen(
+                self.process = _popen_from_lifetime_thread(
                     self._argv(), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                     env=self._env(), close_fds=True)
             log.info("starting a temporary Prefect server on %s (pid %d, log %s)",
@@ -167,7 +226,7 @@ class TemporaryPrefectServer:
                 if code is not None:
                     break
                 if self._healthy():
-                    return self.api_url
+                    return
                 time.sleep(0.2)
             else:
                 self.stop(keep_log=True)
@@ -184,7 +243,8 @@ class TemporaryPrefectServer:
     def stop(self, keep_log: bool = False) -> None:
         """Stop the server (SIGTERM, SIGKILL after a grace period); idempotent."""
         process, self.process = self.process, None
-        clean = True
+        # A server that died on its own keeps its log: it is all there is to say why.
+        clean = process is None or process.poll() in (None, 0)
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -226,30 +286,31 @@ def _drain_prefect_workers() -> None:
 
 
 @contextmanager
-def prefect_api() -> Iterator[str]:
-    """The Prefect API for this command: the configured one, else a temporary server that dies
-    with this process. Enter it from the main thread (the death signal follows the thread that
-    started the server)."""
-    url = configured_api_url()
-    if url:
-        yield url
+def prefect_api() -> Iterator[TemporaryPrefectServer | None]:
+    """For one command: None when a Prefect API is configured (used as it is); else the
+    temporary server Prefect will start when a flow first needs it, stopped on the way out."""
+    if configured_api_url():
+        yield None
         return
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_HOME
 
     server = TemporaryPrefectServer(Path(PREFECT_HOME.value()) / "xco2-servers")
-    url = server.start()
-    previous = os.environ.get("PREFECT_API_URL")
-    # The environment too: processes this command starts (a local Dask cluster) report to it.
-    os.environ["PREFECT_API_URL"] = url
+    registry = SubprocessASGIServer._instances
+    previous = registry.get(None)
+    registry[None] = server  # what `SubprocessASGIServer()` returns from now on
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            try:
-                yield url
-            finally:
-                _drain_prefect_workers()
+        yield server
     finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
-        server.stop()
+        try:
+            if server.running:
+                _drain_prefect_workers()
+        finally:
+            server.stop()
+            if registry.get(None) is server:
+                if previous is None:
+                    registry.pop(None, None)
+                else:
+                    registry[None] = previous
+            if os.environ.get("PREFECT_API_URL") == server.api_url:
+                os.environ.pop("PREFECT_API_URL", None)

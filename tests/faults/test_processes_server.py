@@ -3,7 +3,8 @@
 Before, Prefect's own ephemeral server inherited the command's stdout/stderr and was stopped only
 by an atexit hook: each kill -9 of `xco2 daily` left one running (parent 1), holding the caller's
 pipe, so a script capturing the output hung. Here a child process enters
-flows.prefect_server.prefect_api() exactly as the command line does, and is killed or exits.
+flows.prefect_server.prefect_api() exactly as the command line does, makes a Prefect client (which
+is when Prefect starts its ephemeral server: here, ours), and is killed or exits.
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ from test_processes_support import REPO, SERVER_MARK, child_env, live_processes,
 
 STARTUP_S = 240  # the first start migrates a fresh SQLite database; two busy cores are slow at it
 
-# What `xco2 daily` does around its flow, without the flow: the API for this command, then work.
+# What `xco2 daily` does around its flow, without the flow: the API for this command, then what
+# a flow run does first (a client, from a worker thread here: the server must outlive that thread).
 _COMMAND = """
-import json, sys, time
+import json, os, sys, threading, time
 from flows.prefect_server import prefect_api
-with prefect_api() as url:
-    from prefect.settings import PREFECT_API_URL
-    print("API " + json.dumps({"url": url, "setting": PREFECT_API_URL.value()}), flush=True)
+with prefect_api() as server:
+    from prefect.client.orchestration import get_client
+    from prefect.server.api.server import SubprocessASGIServer
+    asked = threading.Thread(target=lambda: get_client(sync_client=True))
+    asked.start()
+    asked.join()
+    print("API " + json.dumps({"url": server.api_url, "prefect": SubprocessASGIServer().api_url,
+                               "env": os.environ.get("PREFECT_API_URL")}), flush=True)
     if sys.argv[1] == "hang":
         time.sleep(600)
 print("DONE", flush=True)
@@ -57,7 +64,7 @@ def test_a_killed_command_leaves_no_server_and_its_pipe_reaches_eof(prefect_home
     proc, out = _run(prefect_home, "hang")
     try:
         api = json.loads(out.wait_for("API ", STARTUP_S).split(" ", 1)[1])
-        assert api["setting"] == api["url"]  # the flows of the command report to this server
+        assert api["prefect"] == api["url"] == api["env"]  # Prefect and child processes use ours
         assert _health(api["url"])
         servers = {pid: cmd for pid, cmd in live_processes(proc.pid).items() if SERVER_MARK in cmd}
         assert len(servers) == 1, live_processes(proc.pid)
@@ -108,9 +115,23 @@ def test_a_configured_api_is_used_and_no_server_started(prefect_harness, tmp_pat
 
     started = []
     monkeypatch.setattr(prefect_server.TemporaryPrefectServer, "start", lambda self: started.append(self))
-    with prefect_server.prefect_api() as url:
-        assert url == PREFECT_API_URL.value()
+    assert PREFECT_API_URL.value()
+    with prefect_server.prefect_api() as server:
+        assert server is None
     assert started == []
+
+
+def test_a_command_that_fails_before_its_flow_starts_no_server(tmp_path, monkeypatch, capsys):
+    """Prefect starts the server only when a flow needs it: a bad report window fails at once."""
+    import flows.cli as cli
+    from flows import prefect_server
+
+    started = []
+    monkeypatch.setattr(prefect_server.TemporaryPrefectServer, "start", lambda self, timeout=None: started.append(1))
+    monkeypatch.setattr(prefect_server, "configured_api_url", lambda: None)  # as outside the tests
+    monkeypatch.setenv("XCO2_DATA_DIR", str(tmp_path / "data"))
+    assert cli.main(["report", "--start", "2021-03-02", "--end", "2021-03-01"]) == 2
+    assert "after end" in capsys.readouterr().err and started == []
 
 
 def test_only_commands_that_run_flows_get_a_server(monkeypatch, tmp_path):
