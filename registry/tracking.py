@@ -11,12 +11,20 @@ scalers.json and features.json, and two logged models:
 
 For a sqlite tracking DB the artifacts land in <db dir>/mlartifacts (the experiment's artifact
 location), not in ./mlruns.
+
+A run names the process that writes it (run tag `xco2.writer`: host, pid and the process's start
+time), and a version is complete once its last tag, `xco2.registration = complete`, is set. A
+retrain killed between registering a version and tagging it (kill -9, OOM, a lost worker) leaves
+a version its writer will never finish: the next registration deletes it (and marks the dead
+runs KILLED), so the registry holds no half-described version. Versions of other hosts, or from
+before these tags, are left alone: liveness cannot be told from here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -71,6 +79,9 @@ _MAX_PARAMS_PER_BATCH = 100
 TORCH_MODEL_NAME_IN_RUN = "torch_model"
 TORCH_MODEL_URI_TAG = "torch_model_uri"
 MODEL_FLAVOR_TAG = "model_flavor"
+WRITER_TAG = "xco2.writer"
+REGISTRATION_TAG = "xco2.registration"
+REGISTRATION_COMPLETE = "complete"
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,61 @@ class ModelVersionInfo:
     @property
     def model_uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot): with the pid, it tells a process from a
+    later one that reused the pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+def writer_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid()) or '?'}"
+
+
+def writer_is_gone(writer: str) -> bool:
+    """True only when `writer` names a process of this host that no longer runs."""
+    parts = writer.rsplit(":", 2)
+    if len(parts) != 3:
+        return False
+    host, pid, ticks = parts
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    now = _start_ticks(int(pid))
+    return now is None or (ticks != "?" and now != ticks)
+
+
+def discard_unfinished(client: MlflowClient, name: str, experiment_id: str) -> list[int]:
+    """Delete the versions of `name` whose registration a dead process left unfinished, and mark
+    the runs such processes left RUNNING as KILLED; the deleted version numbers."""
+    discarded = []
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        versions = []  # no such model yet
+    for version in versions:
+        if (version.tags or {}).get(REGISTRATION_TAG) == REGISTRATION_COMPLETE or version.aliases:
+            continue
+        try:
+            writer = client.get_run(version.run_id).data.tags.get(WRITER_TAG)
+        except MlflowException:
+            continue
+        if writer and writer_is_gone(writer):
+            log.warning("model version %s v%s was registered by a process that died before finishing it "
+                        "(%s, run %s): deleted", name, version.version, writer, version.run_id)
+            client.delete_model_version(name, str(version.version))
+            discarded.append(int(version.version))
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        writer = run.data.tags.get(WRITER_TAG)
+        if writer and writer_is_gone(writer):
+            log.warning("run %s was left running by a process that died (%s): marked KILLED",
+                        run.info.run_id, writer)
+            client.set_terminated(run.info.run_id, "KILLED")
+    return discarded
 
 
 def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
@@ -290,12 +356,14 @@ def log_training_run(
     if missing:
         raise FileNotFoundError(f"figures not found: {', '.join(missing)}")
     run_params = _run_params(trained, params)
-    run_tags = {**redact_mapping(tags), "feature_set_version": trained.feature_set_version}
+    run_tags = {**redact_mapping(tags), "feature_set_version": trained.feature_set_version,
+                WRITER_TAG: writer_identity()}
 
     onnx_model = onnx.load(str(onnx_path))
     signature = _onnx_signature(onnx_model)
     client = client_for(tracking_uri)
     experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
+    discard_unfinished(client, registered_model_name, experiment_id)
     with (
         _fluent_tracking(tracking_uri),
         mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run,
@@ -363,6 +431,9 @@ def log_training_run(
         for key, value in version_tags.items():
             client.set_model_version_tag(registered_model_name, str(version), key, value)
         client.set_tag(run_id, "registered_model_version", f"{registered_model_name}/{version}")
+        # Last: until this tag is set, the version is an unfinished registration (module docstring).
+        client.set_model_version_tag(registered_model_name, str(version), REGISTRATION_TAG,
+                                     REGISTRATION_COMPLETE)
 
     log.info(
         "logged training run %s (experiment %r) at %s; registered %s v%d (val RMSE %.3f ppm)",
