@@ -17,6 +17,12 @@ opens its own ONNX Runtime predictor (a session can be neither pickled nor share
 threads). Paths are made absolute before the tasks are sent, so workers need the data
 directory at the same path (a shared filesystem), not the same working directory. An archived
 day is replaced (write-then-rename), so re-running a window is idempotent: the same bytes.
+
+Threads are safe here because what the days share is serialized: HDF5 (the bundled netCDF4 one
+is not thread-safe; two threads reading ERA5 crashed the process) behind the readers' process-wide
+lock (tasks/readers/netcdf.py HDF5_LOCK, a whole file at a time), STAC upserts behind a file lock.
+Only the file reads wait on each other; ONNX inference, most of a day's time, runs in parallel,
+so processes (Dask) are not needed for safety, only to use more than one machine.
 """
 
 from __future__ import annotations

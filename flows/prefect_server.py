@@ -61,10 +61,11 @@ _PORT_ATTEMPTS = 3
 _LAUNCHER = r"""
 import ctypes, os, signal, sys
 parent = int(sys.argv[1])
-os.setpgid(0, 0)
+if hasattr(os, "setpgid"):
+    os.setpgid(0, 0)
 try:
     prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (AttributeError, OSError):
+except (AttributeError, OSError, TypeError):
     prctl = None  # not Linux: the parent's clean stop is all there is
 if prctl is not None and prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
     sys.exit(f"prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}")
