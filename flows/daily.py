@@ -99,7 +99,7 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     for product, why in pulled.failed.items():
         logger.error("could not pull %s: %s", product, why)
 
-    mapped, champion, archive_repairs = extend_archive(settings, grid, last, recompute=refreshed)
+    mapped, champion, archive_repairs, unmapped = extend_archive(settings, grid, last, recompute=refreshed)
 
     create_table_artifact(key="daily-days-processed", table=rows or [{"day": "none new"}],
                           description="Days gridded, fused and sampled in this run")
@@ -124,6 +124,9 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
         archive_state = "nothing to map: the look-back window's days are archived or wait for their inputs"
     create_table_artifact(key="daily-archive-days", table=mapped or [{"day": "none", "why": archive_state}],
                           description="Archive days written in this run")
+    if unmapped:
+        create_table_artifact(key="daily-archive-failures", description="Archive days that could not be written",
+                              table=[{"day": d, "problem": why} for d, why in sorted(unmapped.items())])
     if champion is not None:
         create_table_artifact(key="daily-model", description="The champion that mapped this run's days",
                               table=[{"metric": "model", "value": f"{champion.name} v{champion.version} (@champion)"}]
@@ -143,7 +146,11 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
         f"- products that failed to pull: {', '.join(pulled.failed) or 'none'}\n"
         f"- days waiting for ERA5: {', '.join(waiting) or 'none'}\n"
         f"- archive: {archive_state}\n"
-        f"- archive repairs: {len(archive_repairs) or 'none'}\n"))
+        f"- archive repairs: {len(archive_repairs) or 'none'}\n"
+        f"- archive days that could not be written: {', '.join(sorted(unmapped)) or 'none'}\n"))
+    if unmapped:
+        # After the artifacts, so the operator sees what did work; the state says the run did not.
+        raise ArchiveDaysFailed(unmapped)
     return {"window": [first.isoformat(), last.isoformat()], "days": rows, "archive_days": mapped,
             "quarantined": quarantined, "state_findings": state_findings, "archive_repairs": archive_repairs,
             "source_failures": pulled.failed,
@@ -154,7 +161,7 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
 def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = frozenset()):
     """Map every day of the archive look-back missing from the archive whose inputs exist, and
     re-map archived days in `recompute` (their inputs changed). Returns (rows, champion or None,
-    repairs): first the look-back's COG + STAC item pairs are checked, a lost item written
+    repairs, {day: why} of days that could not be written): first the look-back's COG + STAC item pairs are checked, a lost item written
     again, an unsound COG quarantined (and so mapped again below)."""
     logger = get_run_logger()
     lookback = [last - timedelta(days=i) for i in range(settings.archive_lookback_days)]
@@ -168,7 +175,7 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
                                  settings.data_dir / "models")
     except ChampionNotFoundError:
         logger.warning("no champion model registered yet: the archive waits for the first retrain")
-        return [], None, repairs
+        return [], None, repairs, {}
     have = set(archived_days(settings.archive_root, settings.region.name))
     era5_dir = raw_dir(settings, "era5")
     todo = [last - timedelta(days=i) for i in range(settings.archive_lookback_days)]
@@ -176,8 +183,26 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
     todo = sorted(d for d in todo if inputs_available(era5_dir, d, settings.quarantine_dir,
                                                       settings.raw_dir / "manifest.parquet"))
     if not todo:
-        return [], champion, repairs
+        return [], champion, repairs, {}
     predictor = OnnxPredictor(champion.onnx_path)
     logger.info("champion %s v%s on %s; mapping %d days", champion.name, champion.version, predictor.provider,
                 len(todo))
-    return [units.map_day(settings, grid, d, predictor, champion) for d in todo], champion, repairs
+    rows, unmapped = [], {}
+    for day in todo:
+        # One day that cannot be written (a full disk, a bad input found late) must not keep the
+        # other days of the look-back out of the archive; the run still ends Failed for it.
+        try:
+            rows.append(units.map_day(settings, grid, day, predictor, champion))
+        except Exception as exc:  # noqa: BLE001 - reported per day, raised by the flow at its end
+            unmapped[day.isoformat()] = f"{type(exc).__name__}: {exc}"
+            logger.error("archive day %s not written: %s", day, unmapped[day.isoformat()])
+    return rows, champion, repairs, unmapped
+
+
+class ArchiveDaysFailed(RuntimeError):
+    """Some archive days of the run could not be written; the message names each day and why."""
+
+    def __init__(self, unmapped: dict[str, str]) -> None:
+        self.unmapped = unmapped
+        super().__init__(f"{len(unmapped)} archive days could not be written: "
+                         + "; ".join(f"{d}: {why}" for d, why in sorted(unmapped.items())))

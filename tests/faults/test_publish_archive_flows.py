@@ -147,3 +147,33 @@ def test_a_stale_only_backfill_repairs_the_window(world):
     assert [r["day"] for r in result["days"]] == [days[0].isoformat()]
     assert_archive_as_undisturbed(overrides, undisturbed, days)
     shutil.rmtree(Path(overrides["data_dir"]) / "quarantine" / "archive")
+
+
+def test_a_day_that_cannot_be_written_fails_the_run_but_not_the_other_days(world):
+    """One archive day that cannot be published (here a directory squats on its COG's name, as a
+    full disk or a permission error would stop it) fails the run, naming the day and the path;
+    the other day of the look-back is still mapped, and the next run completes the archive."""
+    from flows.daily import ArchiveDaysFailed
+
+    overrides, undisturbed, days = world
+    root = archive_root(overrides)
+    for d in days:
+        day_cog_path(root, REGION.name, d).unlink()
+    squatter = day_cog_path(root, REGION.name, days[0])
+    squatter.mkdir()
+    (squatter / "keep").write_text("not a COG")
+
+    with pytest.raises(ArchiveDaysFailed) as failed:
+        daily(overrides)
+
+    assert list(failed.value.unmapped) == [days[0].isoformat()]
+    assert str(squatter) in str(failed.value)
+    late = day_cog_path(root, REGION.name, days[-1])
+    assert late.read_bytes() == undisturbed[str(late)]  # the other day went on
+    assert not list(late.parent.glob(".*.tmp"))
+
+    shutil.rmtree(squatter)
+    result = daily(overrides)
+    assert [r["day"] for r in result["archive_days"]] == [days[0].isoformat()]
+    assert_archive_as_undisturbed(overrides, undisturbed, days)
+    shutil.rmtree(Path(overrides["data_dir"]) / "quarantine" / "archive", ignore_errors=True)
