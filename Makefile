@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-stack test-packaging bench install clean up down status
+.PHONY: demo test test-faults test-stack test-packaging bench install clean up down status
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 # PostgreSQL, and the docker compose services run as local processes (about 5 min on two cores).
 test-stack: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_stack.py tests/test_compose_stack.py -p no:cacheprovider
+
+# The slow half of the fault-injection suite (docs/faults.md), test-packaging included: about 4 min
+# on two cores.
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/faults -p no:cacheprovider
 
 # A wheel, not the editable install, in a fresh venv: every subpackage and data file ships, `xco2 --help`
 # runs and every module imports from the installed copy (issue 10, case 8; about a minute).
