@@ -118,6 +118,9 @@ def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bo
     grid = Grid.for_region(settings.region, settings.grid_step)
     window = _days(start, end)
     label = f"Backfill {window[0]}..{window[-1]}"
+    # Mapping reads the covariates and (anchoring) the sample store: damaged files are recomputed
+    # first, and temp files of writers that died are removed, as at the start of a daily run.
+    state_findings = units.check_state(settings, grid)
     # Unsound COGs of the window are quarantined (and so mapped again), lost STAC items restored.
     health = check_archive(settings.archive_root, settings.region.name, grid, window,
                            settings.quarantine_dir / "archive")
@@ -133,7 +136,9 @@ def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bo
                                            champion.version, window[0], window[-1])) | set(health.to_remap))
         logger.info("%d archived days of the window were made by another model than %s v%s",
                     len(candidates), champion.name, champion.version)
-    todo = [d for d in candidates if inputs_available(era5_dir, d)]
+    # A bad ERA5 file is quarantined here as in the daily run (and pulled again by the next one).
+    todo = [d for d in candidates if inputs_available(era5_dir, d, settings.quarantine_dir,
+                                                      settings.raw_dir / "manifest.parquet")]
     skipped = [d.isoformat() for d in candidates if d not in todo]
     logger.info("backfill %s..%s (%s): %d days to map with %s v%s on the %s task runner, %d without inputs",
                 window[0], window[-1], settings.region.name, len(todo), champion.name, champion.version,
@@ -157,6 +162,9 @@ def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bo
         with wanted as runner:
             rows, failed = _collect(runner.map(backfill_day, parameters), todo, progress_id, label, logger)
 
+    if state_findings:
+        create_table_artifact(key="backfill-state-check", table=state_findings,
+                              description="Damaged derived state recomputed, dead writers' temp files removed")
     if health.repairs:
         create_table_artifact(key="backfill-archive-repairs", table=health.rows(),
                               description="Archive days found unsound (COG or STAC item) and repaired")
@@ -168,7 +176,7 @@ def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bo
         raise RuntimeError(f"backfill failed for {len(failed)} of {len(todo)} days: "
                            + "; ".join(f"{d}: {why}" for d, why in sorted(failed.items())))
     return {"window": [window[0].isoformat(), window[-1].isoformat()], "days": rows, "skipped_days": skipped,
-            "archive_repairs": health.rows(),
+            "archive_repairs": health.rows(), "state_findings": state_findings,
             "model": {"name": champion.name, "version": champion.version}, "task_runner": settings.task_runner,
             "task_runner_started_in_run": bool(todo) and not own_runner}
 

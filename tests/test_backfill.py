@@ -170,3 +170,30 @@ def test_stale_only_recomputes_the_days_another_model_made(thread_run):
     assert [r["day"] for r in again["days"]] == [DAYS[1]]
     assert stale_days(archive, SMALL_REGION.name, MODEL, version) == []
     assert old.read_bytes() == before[DAYS[1]]  # remade by the champion: the same map as before
+
+
+def test_backfill_heals_damaged_covariates_and_removes_dead_writers_temp_files(world, thread_run):
+    """As a daily run does, the backfill first recomputes damaged derived state (here the static
+    covariates it maps with, truncated) and removes temp files a dead writer left in the archive;
+    the day it then maps is the same map as before."""
+    import subprocess
+    import sys
+
+    _, base = world
+    archive, overrides, _, before = thread_run
+    static = load_settings(**overrides).region_dir / "covariates" / "static.npy"
+    undamaged = static.read_bytes()
+    static.write_bytes(undamaged[: len(undamaged) // 3])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    cog = day_cog_path(archive, SMALL_REGION.name, date.fromisoformat(DAYS[0]))
+    litter = cog.with_name(f".{cog.name}.{dead}.0badc0de.tmp")
+    litter.write_bytes(b"half a COG")
+
+    result = backfill(start=DAYS[0], end=DAYS[0], overrides=overrides)
+
+    found = {f["path"]: f for f in result["state_findings"]}
+    assert str(static) in found, found
+    assert not litter.exists()
+    assert static.read_bytes() == undamaged
+    assert cog.read_bytes() == before[DAYS[0]]
