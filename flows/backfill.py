@@ -137,8 +137,10 @@ def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bo
         logger.info("%d archived days of the window were made by another model than %s v%s",
                     len(candidates), champion.name, champion.version)
     # A bad ERA5 file is quarantined here as in the daily run (and pulled again by the next one).
+    # So are the days a quarantined NDVI composite feeds: they wait for a good copy.
     todo = [d for d in candidates if inputs_available(era5_dir, d, settings.quarantine_dir,
-                                                      settings.raw_dir / "manifest.parquet")]
+                                                      settings.raw_dir / "manifest.parquet",
+                                                      region_dir=settings.region_dir)]
     skipped = [d.isoformat() for d in candidates if d not in todo]
     logger.info("backfill %s..%s (%s): %d days to map with %s v%s on the %s task runner, %d without inputs",
                 window[0], window[-1], settings.region.name, len(todo), champion.name, champion.version,

@@ -13,8 +13,8 @@ from tasks import samples, units
 from tasks.archive import archived_days, day_cog_path, quicklook_markdown
 from tasks.archive.health import check_archive
 from tasks.grid import Grid
-from tasks.inference import inputs_available
-from tasks.meteorology import era5_readiness
+from tasks.covariates import CovariateError
+from tasks.inference import day_readiness, inputs_available
 from tasks.quarantine import InputFileError
 from tasks.settings import SourceMode, load_settings
 from tasks.sources import raw_granules
@@ -63,7 +63,21 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
         pulled.fetched["era5"] += final.fetched.get("era5", [])
         pulled.replaced["era5"] = pulled.replaced.get("era5", []) + final.replaced.get("era5", [])
         pulled.failed.update({f"era5 final: {k}": v for k, v in final.failed.items()})
-    units.build_static_covariates(settings, grid)
+    try:
+        # A bad NDVI composite is quarantined here and holds back only its days (below).
+        covariates_quarantined = units.build_static_covariates(settings, grid, set_aside=pulled.quarantined)
+    except CovariateError as exc:
+        # A bad static layer feeds every day: nothing can be sampled or mapped. Say which file and
+        # why as the run's last word, after artifacts that show what the pull did.
+        logger.error("%s", exc)
+        set_aside = pulled.quarantined + getattr(exc, "quarantined", [])
+        if set_aside:
+            create_table_artifact(key="daily-quarantined", table=set_aside,
+                                  description="Inputs set aside as unreadable")
+        create_markdown_artifact(key="daily-summary", markdown=(
+            f"# Daily update {first}..{last} ({settings.region.name}): FAILED\n\n"
+            f"- new granules: {pulled.n_fetched}\n- static covariates could not be built:\n\n```\n{exc}\n```\n"))
+        raise
 
     # Days to (re)grid: any day in the window with a granule that is new or not yet sampled, and
     # any day whose meteorology was replaced (ERA5T -> final: day e's file closes day e-1's sums).
@@ -82,10 +96,15 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     rows, meteo_quarantined = [], []
     for g in gridded:
         # A bad ERA5 file is quarantined here: only the days it feeds wait, every other day goes on.
-        meteo = era5_readiness(era5_dir, g.day, settings.quarantine_dir, settings.raw_dir / "manifest.parquet")
+        # So do the days a quarantined NDVI composite feeds.
+        inputs = day_readiness(era5_dir, g.day, settings.region_dir, settings.quarantine_dir,
+                               settings.raw_dir / "manifest.parquet")
+        meteo = inputs.era5
         meteo_quarantined += meteo.quarantined
         n, ready, problem = 0, meteo.ready, meteo.why
-        if ready:
+        if ready and inputs.ndvi_problem:
+            logger.warning("%s waits: %s", g.day, inputs.ndvi_problem)
+        elif ready:
             try:
                 n = units.update_samples(settings, grid, g.day, fit)
             except InputFileError as exc:
@@ -94,8 +113,10 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
         rows.append({"day": g.day.isoformat(), **{f"{s}_granules": g.granules.get(s, 0) for s in SATELLITES},
                      **{f"{s}_soundings": g.soundings.get(s, 0) for s in SATELLITES},
                      "samples": n, "era5": "yes" if ready else "waiting", "era5_problem": problem,
+                     "ndvi": "waiting" if inputs.ndvi_problem else "yes", "ndvi_problem": inputs.ndvi_problem,
                      "quarantined": len(g.quarantined)})
-    quarantined = pulled.quarantined + [q for g in gridded for q in g.quarantined] + meteo_quarantined
+    quarantined = (pulled.quarantined + covariates_quarantined + [q for g in gridded for q in g.quarantined]
+                   + meteo_quarantined)
     for product, why in pulled.failed.items():
         logger.error("could not pull %s: %s", product, why)
 
@@ -116,6 +137,7 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                               table=[{"product": p, "problem": why} for p, why in pulled.failed.items()])
     waiting = [f"{r['day']} ({r['era5_problem']})" if r["era5_problem"] else r["day"]
                for r in rows if r["era5"] == "waiting"]
+    waiting_ndvi = [f"{r['day']} ({r['ndvi_problem']})" for r in rows if r["ndvi"] == "waiting"]
     if champion is None:
         archive_state = "waiting for a first champion (no model version holds alias `champion`): run the monthly retrain"
     elif mapped:
@@ -145,6 +167,7 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
         f"- quarantined inputs: {len(quarantined)}\n"
         f"- products that failed to pull: {', '.join(pulled.failed) or 'none'}\n"
         f"- days waiting for ERA5: {', '.join(waiting) or 'none'}\n"
+        f"- days waiting for NDVI: {', '.join(waiting_ndvi) or 'none'}\n"
         f"- archive: {archive_state}\n"
         f"- archive repairs: {len(archive_repairs) or 'none'}\n"
         f"- archive days that could not be written: {', '.join(sorted(unmapped)) or 'none'}\n"))
@@ -181,7 +204,8 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
     todo = [last - timedelta(days=i) for i in range(settings.archive_lookback_days)]
     todo = {d for d in todo if d not in have} | {d for d in recompute if d in have}
     todo = sorted(d for d in todo if inputs_available(era5_dir, d, settings.quarantine_dir,
-                                                      settings.raw_dir / "manifest.parquet"))
+                                                      settings.raw_dir / "manifest.parquet",
+                                                      region_dir=settings.region_dir))
     if not todo:
         return [], champion, repairs, {}
     predictor = OnnxPredictor(champion.onnx_path)

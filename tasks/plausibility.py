@@ -6,7 +6,9 @@ it depends on the input:
 - meteorology (ERA5): one value outside its range (or NaN: ERA5 single levels are complete over
   the globe) makes the whole file suspect, so the file is quarantined and the days it feeds wait;
 - soundings: each sounding stands alone, so a bad one is dropped and its granule kept;
-- static covariates: a layer outside its range is refused, naming the layer and the value.
+- static covariates: a few values outside their range are masked, filled from their neighbours
+  and logged; a layer mostly outside it (wrong units or scale) is quarantined, naming the file,
+  the variable, the count and a value (tasks.covariates).
 
 The bounds are generous physical limits, not climatology: they catch damage without ever
 refusing a real extreme (Vostok's -89 degC, Everest's 330 hPa, a cloudburst).
@@ -18,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from tasks.features import LANDCOVER_CLASSES
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ COVARIATES = {
     "elevation": Range(-500.0, 9000.0, "m"),
     "population": Range(0.0, 1e6, "people/km2"),
     "ndvi": Range(-0.2, 1.0, ""),
+    "landcover": Range(1, len(LANDCOVER_CLASSES), "class code"),  # 0 is no data
     "landcover_fraction": Range(0.0, 1.0, "fraction"),
 }
 

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import anchoring, ingest
 from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
 from tasks.archive.stac import item_properties
-from tasks.covariates import StaticCovariates, build_covariates
+from tasks.covariates import CovariateError, StaticCovariates, build_covariates
 from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.grid import Grid
 from tasks.inference import day_layers, predict_day, predict_xco2
@@ -37,11 +37,34 @@ def pull_inputs(settings: Settings, start: date | None, end: date | None, produc
     return pull(settings, products=products, start=start, end=end)
 
 
-@unit(name="build-covariates", retries=1)
-def build_static_covariates(settings: Settings, grid: Grid) -> dict:
-    with progress_bar("static covariates", 1) as advance:
-        return build_covariates(settings.raw_dir / "static", grid, settings.region_dir,
-                                progress=lambda _s, done, total: advance(done * 1 // max(total, 1)))
+def _retry_unless_bad_input(_task, _task_run, state) -> bool:
+    # A layer refused for its contents would be refused again; only I/O hiccups are worth a retry.
+    return not isinstance(getattr(state, "data", None), CovariateError)
+
+
+@unit(name="build-covariates", retries=1, retry_condition_fn=_retry_unless_bad_input)
+def build_static_covariates(settings: Settings, grid: Grid, set_aside: list[dict] | tuple = ()) -> list[dict]:
+    """Grid the static layers and NDVI composites; the raw layers quarantined as unusable (rows
+    as the daily run's). A bad NDVI composite holds back only its days; a bad static layer raises
+    CovariateError naming it, with `.quarantined` set. `set_aside`: the pull's quarantined rows."""
+    quarantined: list[dict] = []
+    composites = [q for q in set_aside if q.get("product") == "static"]
+    try:
+        with progress_bar("static covariates", 1) as advance:
+            build_covariates(settings.raw_dir / "static", grid, settings.region_dir,
+                             progress=lambda _s, done, total: advance(done * 1 // max(total, 1)),
+                             quarantine_dir=settings.quarantine_dir,
+                             manifest_path=settings.raw_dir / "manifest.parquet",
+                             set_aside=composites, quarantined=quarantined)
+    except CovariateError as exc:
+        exc.quarantined = quarantined
+        raise
+    from prefect import get_run_logger
+
+    for q in quarantined:
+        get_run_logger().warning("NDVI composite %s quarantined as %s: %s; only the days it feeds wait",
+                                 q["file"], q["quarantined_as"], q["problem"])
+    return quarantined
 
 
 @unit(name="grid-day", retries=2, retry_delay_seconds=5)
