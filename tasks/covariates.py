@@ -96,9 +96,8 @@ def _read_band(path: Path, band: int = 1, default_nodata: float | None = None):
             nodata = src.nodata if src.nodata is not None else default_nodata
             src_transform, src_crs = src.transform, src.crs or WGS84
     except (rasterio.errors.RasterioError, OSError, ValueError) as exc:
-        # rasterio's own message ("Read failed") hides GDAL's ("TIFFReadEncodedTile() failed").
-        cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        raise CovariateInputError(path, f"not a readable GeoTIFF ({exc}{cause})") from None
+        # rasterio's own message ("Read failed. See previous exception") hides GDAL's, the cause.
+        raise CovariateInputError(path, f"not a readable GeoTIFF ({exc.__cause__ or exc})") from None
     if nodata is None:
         missing = np.zeros(data.shape, dtype=bool)
     elif math.isnan(nodata):

@@ -1,0 +1,357 @@
+"""Issue 10: a bad static layer or NDVI composite is quarantined with its reason; only the days it feeds wait.
+
+Before: a corrupt raw NDVI composite or static layer raised inside `build_covariates` and failed
+the whole daily run; values outside their plausible range were masked and filled from their
+neighbours silently, even when most of the layer was implausible (a layer in the wrong units).
+Now every raw layer is checked over the region against tasks.plausibility.COVARIATES: a few bad
+cells are still masked and filled, with a WARNING naming the file, the count and a value; a
+layer that cannot be read or is mostly implausible or missing is quarantined with a .json note
+(and marked in the manifest, so the next pull fetches it again). A bad NDVI composite holds back
+only the days it feeds; a bad static layer feeds every day, so the daily run ends Failed naming
+it, and the next run with a good file completes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from affine import Affine
+
+from flows.demo import SMALL_REGION
+from tasks.covariates import (
+    CovariateError, CovariateInputError, StaticCovariates, build_covariates, ndvi_problem,
+)
+from tasks.demo_world import write_demo_world
+from tasks.demo_world.writers.geotiff import write_geotiff
+from tasks.grid import Grid
+from tasks.inference import day_readiness, inputs_available
+from tasks.sources.manifest import Manifest
+
+GRID = Grid(west=104.0, south=30.0, east=104.2, north=30.1, step=0.01)
+WEST, NORTH = 102.0, 32.0  # a generous margin around GRID for the 150 km windows
+NDVI_RES = 0.05
+
+
+def _tif(path: Path, data: np.ndarray, res: float, nodata=None, west: float = WEST, north: float = NORTH) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_geotiff(path, data, Affine(res, 0, west, 0, -res, north), nodata=nodata)
+
+
+def _ndvi(rng, shape=(100, 100)) -> np.ndarray:
+    return rng.integers(1000, 8000, shape).astype(np.int16)  # MOD13Q1 int16, 0.1..0.8 once scaled
+
+
+def _static_dir(tmp_path: Path, composites=("001", "017", "033", "049")) -> Path:
+    rng = np.random.default_rng(0)
+    static = tmp_path / "xco2-data" / "raw" / "static"
+    _tif(static / "elevation.tif", rng.uniform(300, 3000, (1000, 1000)).astype(np.float32), 0.005)
+    _tif(static / "population.tif", rng.uniform(0, 500, (50, 50)).astype(np.float32), 0.1, nodata=-1.0)
+    _tif(static / "landcover.tif", rng.integers(1, 8, (400, 400)).astype(np.uint8), 0.0125, nodata=0)
+    for doy in composites:
+        _tif(static / f"ndvi_2020{doy}.tif", _ndvi(rng), NDVI_RES, nodata=-3000)
+    return static
+
+
+def _truncate(path: Path, fraction: float = 0.6) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _build(static: Path, quarantined: list | None = None, **kw) -> dict:
+    data = static.parent.parent
+    return build_covariates(static, GRID, data / "regions" / "test", quarantine_dir=data / "quarantine",
+                            manifest_path=data / "raw" / "manifest.parquet", quarantined=quarantined, **kw)
+
+
+def _record_in_manifest(static: Path, name: str) -> Manifest:
+    manifest = Manifest(static.parent / "manifest.parquet")
+    manifest.record([Manifest.row("static", None, f"static/{name}@1:1", static / name, "ok")])
+    return manifest
+
+
+# ---- NDVI composites -----------------------------------------------------------------------------
+
+
+def test_a_truncated_ndvi_composite_is_quarantined_and_only_its_days_wait(tmp_path):
+    static = _static_dir(tmp_path)
+    bad = static / "ndvi_2020033.tif"  # Feb 2..17, centre Feb 10; neighbours' centres Jan 25 and Feb 26
+    _truncate(bad)
+    manifest = _record_in_manifest(static, bad.name)
+    quarantined: list[dict] = []
+
+    meta = _build(static, quarantined)
+
+    assert not bad.exists()
+    [row] = quarantined
+    assert row["file"] == bad.name and "not a readable GeoTIFF" in row["problem"]
+    note = json.loads(Path(row["quarantined_as"] + ".json").read_text())
+    assert note["file"] == bad.name and "not a readable GeoTIFF" in note["reason"]
+    assert manifest.load()["status"].tolist() == ["quarantined"]  # the next pull fetches it again
+    assert set(meta["ndvi"]) == {"2020-01-01", "2020-01-17", "2020-02-18"}
+    assert meta["ndvi_quarantined"]["2020-02-02"]["file"] == bad.name
+    region_dir = static.parent.parent / "regions" / "test"
+    recorded = json.loads((region_dir / "covariates" / "static.json").read_text())
+    assert recorded["ndvi_quarantined"] == meta["ndvi_quarantined"]
+
+    # Waiting: the composite's own 16 days and every day between its neighbours' centres.
+    waiting = {d for d in _days(date(2020, 1, 1), date(2020, 3, 31)) if ndvi_problem(region_dir, d)}
+    assert waiting == set(_days(date(2020, 1, 26), date(2020, 2, 25)))
+    problem = ndvi_problem(region_dir, date(2020, 2, 10))
+    assert problem.startswith(f"waiting: NDVI composite {bad.name} quarantined (") and "not a readable" in problem
+    covariates = StaticCovariates(region_dir)
+    with pytest.raises(CovariateError, match=f"2020-02-10: waiting: NDVI composite {bad.name}"):
+        covariates.ndvi_for_day(date(2020, 2, 10))
+    # Every other day is interpolated as before, from the good composites only.
+    assert np.isfinite(covariates.ndvi_for_day(date(2020, 1, 25))).all()
+    np.testing.assert_allclose(covariates.ndvi_for_day(date(2020, 1, 13)),  # a quarter of the way
+                               0.75 * covariates.ndvi_for_day(date(2020, 1, 9))
+                               + 0.25 * covariates.ndvi_for_day(date(2020, 1, 25)), rtol=1e-5)
+
+    # The readiness the daily run and the backfill use says so; ERA5 is judged as before.
+    era5_dir = tmp_path / "era5"
+    era5_dir.mkdir()
+    ready = day_readiness(era5_dir, date(2020, 2, 10), region_dir)
+    assert not ready.ready and ready.ndvi_problem == problem and problem in ready.why
+    assert not inputs_available(era5_dir, date(2020, 2, 10), region_dir=region_dir)
+
+    # The next build (file still absent) keeps the days waiting; a good copy releases them.
+    assert _build(static)["ndvi_quarantined"].keys() == {"2020-02-02"}
+    _tif(bad, _ndvi(np.random.default_rng(7)), NDVI_RES, nodata=-3000)
+    again = _build(static)
+    assert again["ndvi_quarantined"] == {} and "2020-02-02" in again["ndvi"]
+    assert ndvi_problem(region_dir, date(2020, 2, 10)) is None
+    assert np.isfinite(StaticCovariates(region_dir).ndvi_for_day(date(2020, 2, 10))).all()
+
+
+@pytest.mark.parametrize("data, dtype, expected", [
+    (lambda rng: rng.integers(10_001, 90_000, (100, 100)), np.int32, "8 outside [-0.2, 1]"),  # NDVI x 1e5
+    (lambda rng: np.full((100, 100), np.nan), np.float32, "8 NaN/inf"),
+], ids=["wrong-scale", "all-nan"])
+def test_a_mostly_implausible_ndvi_composite_is_quarantined_naming_file_variable_count_value(
+        tmp_path, data, dtype, expected):
+    static = _static_dir(tmp_path)
+    bad = _tif(static / "ndvi_2020017.tif", data(np.random.default_rng(3)).astype(dtype), NDVI_RES)
+    quarantined: list[dict] = []
+
+    meta = _build(static, quarantined)
+
+    [row] = quarantined
+    assert row["file"] == bad.name and not bad.exists()
+    # The region's 4 x 2 pixels of the 0.05-degree composite: all of them bad.
+    assert row["problem"].startswith("ndvi: 8 of 8 values over the region are implausible or missing")
+    assert expected in row["problem"]
+    if dtype == np.int32:
+        assert "(e.g. " in row["problem"] and "wrong units or scale?" in row["problem"]
+    assert list(meta["ndvi_quarantined"]) == ["2020-01-17"]
+    region_dir = static.parent.parent / "regions" / "test"
+    assert ndvi_problem(region_dir, date(2020, 1, 20)).startswith("waiting: NDVI composite ndvi_2020017.tif")
+    assert ndvi_problem(region_dir, date(2020, 2, 26)) is None
+
+
+def test_a_composite_of_another_place_is_quarantined(tmp_path):
+    static = _static_dir(tmp_path)
+    far = _tif(static / "ndvi_2020017.tif", _ndvi(np.random.default_rng(4), (20, 20)), NDVI_RES, nodata=-3000,
+               west=80.0, north=40.0)
+    quarantined: list[dict] = []
+    _build(static, quarantined)
+    [row] = quarantined
+    assert row["file"] == far.name and "8 not covered by the file" in row["problem"]
+
+
+def test_a_handful_of_bad_ndvi_cells_are_masked_filled_and_logged(tmp_path, caplog):
+    static = _static_dir(tmp_path)
+    path = static / "ndvi_2020017.tif"
+    values = _ndvi(np.random.default_rng(5))
+    values[38, 41] = 30000  # inside the region (rows 38-39, columns 40-43 of the 0.05-degree raster)
+    _tif(path, values, NDVI_RES, nodata=-3000)
+    quarantined: list[dict] = []
+
+    with caplog.at_level(logging.WARNING, logger="tasks.covariates"):
+        meta = _build(static, quarantined)
+
+    assert quarantined == [] and path.exists() and meta["ndvi_quarantined"] == {}
+    [warning] = [r for r in caplog.records if path.name in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    message = warning.getMessage()
+    assert str(path) in message and "ndvi: 1 of 8 values" in message and "e.g. 3" in message
+    assert "masked and filled" in message
+    layers = StaticCovariates(static.parent.parent / "regions" / "test").ndvi_for_day(date(2020, 1, 25))
+    assert np.isfinite(layers).all() and float(layers[0].max()) <= 1.0
+
+
+def test_a_composite_the_pull_quarantined_holds_its_days_back(tmp_path):
+    static = _static_dir(tmp_path, composites=("001", "017", "049"))
+    pulled = [{"product": "static", "file": "ndvi_2020033.tif", "problem": "not a readable GeoTIFF (cut short)",
+               "quarantined_as": "somewhere"}, {"product": "oco2", "file": "x.nc4", "problem": "-"}]
+    meta = _build(static, set_aside=pulled)
+    assert list(meta["ndvi_quarantined"]) == ["2020-02-02"]
+    region_dir = static.parent.parent / "regions" / "test"
+    assert "cut short" in ndvi_problem(region_dir, date(2020, 2, 10))
+    assert ndvi_problem(region_dir, date(2020, 1, 25)) is None
+
+
+def test_without_a_quarantine_folder_a_bad_composite_is_named_and_left_in_place(tmp_path):
+    static = _static_dir(tmp_path)
+    bad = static / "ndvi_2020033.tif"
+    _truncate(bad)
+    with pytest.raises(CovariateInputError, match="ndvi_2020033.tif: not a readable GeoTIFF"):
+        build_covariates(static, GRID, tmp_path / "region")
+    assert bad.exists()
+
+
+# ---- static layers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer, damage, expected", [
+    ("elevation", "truncate", "not a readable GeoTIFF"),
+    ("elevation", lambda rng: rng.uniform(300, 3000, (1000, 1000)).astype(np.float32) * 1000,  # in mm
+     "elevation: 800 of 800 values over the region are implausible or missing (800 outside [-500, 9000] m"),
+    ("population", lambda rng: np.full((50, 50), -5.0, np.float32), "population: 2 of 2 values"),
+    ("landcover", lambda rng: rng.choice([10, 50, 130], (400, 400)).astype(np.uint8),  # ESA CCI codes, not remapped
+     "landcover: 128 of 128 values over the region are implausible or missing (128 outside [1, 7] class code"),
+], ids=["elevation-truncated", "elevation-in-mm", "population-negative", "landcover-raw-codes"])
+def test_a_bad_static_layer_is_quarantined_and_the_build_fails_naming_it(tmp_path, layer, damage, expected):
+    static = _static_dir(tmp_path)
+    path = static / f"{layer}.tif"
+    if damage == "truncate":
+        _truncate(path)
+    else:
+        res = {"elevation": 0.005, "population": 0.1, "landcover": 0.0125}[layer]
+        _tif(path, damage(np.random.default_rng(6)), res)
+    manifest = _record_in_manifest(static, path.name)
+    quarantined: list[dict] = []
+
+    with pytest.raises(CovariateError) as err:
+        _build(static, quarantined)
+
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and expected in message and "feeds every day" in message
+    [row] = quarantined
+    assert row["file"] == path.name and not path.exists() and expected in row["problem"]
+    assert json.loads(Path(row["quarantined_as"] + ".json").read_text())["file"] == path.name
+    assert manifest.load()["status"].tolist() == ["quarantined"]
+    # A second try (another run, a task retry) still names the cause, not only a missing file.
+    with pytest.raises(CovariateError) as again:
+        _build(static)
+    assert f"{path}: static covariate file is missing (last quarantined at" in str(again.value)
+    assert expected in str(again.value)
+
+
+# ---- through the daily flow, local mode ------------------------------------------------------------
+
+START, END = date(2020, 5, 31), date(2020, 6, 2)  # inside composite 2020-145 (May 24..Jun 8, centre Jun 1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("covariates-world") / "world"
+    write_demo_world(root, SMALL_REGION, START, END, grid_step=0.01, seed=5, dense=True)
+    return root / "remote"
+
+
+def _overrides(source: Path, data_dir: Path, tracking_uri: str) -> dict:
+    return {"data_dir": str(data_dir), "source": "local", "local_dir": str(source),
+            "region": SMALL_REGION.model_dump(), "mlflow_tracking_uri": tracking_uri,
+            "registered_model_name": "inputs-covariates-no-model", "archive_lookback_days": 1}
+
+
+def _manifest_statuses(data_dir: Path, name: str) -> list[str]:
+    df = pd.read_parquet(data_dir / "raw" / "manifest.parquet")
+    return df.loc[df["local_file"].map(lambda f: Path(f).name.endswith(name)), "status"].tolist()
+
+
+def test_bad_ndvi_composites_hold_back_only_their_days(prefect_harness, tracking_uri, world, tmp_path):
+    from flows.daily import daily_update
+
+    source, data_dir = tmp_path / "source", tmp_path / "xco2-data"
+    shutil.copytree(world, source)
+    good = source / "static" / "ndvi" / "ndvi_2020145.tif"
+    # Neighbours of the window's composite: one cut short (centre May 17, feeds May 31), one in the
+    # wrong scale (centre Jun 17, feeds Jun 2). Jun 1 is the centre of the good one: it needs only it.
+    truncated = shutil.copy2(good, good.with_name("ndvi_2020129.tif"))
+    _truncate(Path(truncated))
+    with rasterio.open(good) as src:
+        rescaled = src.read(1).astype(np.int32) * 100
+        transform = src.transform
+    wrong_scale = write_geotiff(good.with_name("ndvi_2020161.tif"), rescaled, transform)
+    overrides = _overrides(source, data_dir, tracking_uri)
+
+    result = daily_update(start=START.isoformat(), end=END.isoformat(), overrides=overrides)
+
+    rows = {r["day"]: r for r in result["days"]}
+    assert sorted(rows) == ["2020-05-31", "2020-06-01", "2020-06-02"]
+    assert rows["2020-06-01"]["ndvi"] == "yes" and rows["2020-06-01"]["samples"] > 100
+    for day, name, why in (("2020-05-31", "ndvi_2020129.tif", "not a readable GeoTIFF"),
+                           ("2020-06-02", "ndvi_2020161.tif", "outside [-0.2, 1]")):
+        assert rows[day]["era5"] == "yes" and rows[day]["ndvi"] == "waiting" and rows[day]["samples"] == 0
+        assert rows[day]["ndvi_problem"].startswith(f"waiting: NDVI composite {name} quarantined (")
+        assert why in rows[day]["ndvi_problem"]
+    quarantined = {q["file"]: q for q in result["quarantined"]}
+    assert set(quarantined) == {"ndvi_2020129.tif", "ndvi_2020161.tif"}
+    for name in quarantined:
+        assert not (data_dir / "raw" / "static" / name).exists()
+        assert list((data_dir / "quarantine").glob(f"*_{name}.json"))
+        assert _manifest_statuses(data_dir, name) == ["quarantined"]
+    meta = json.loads((data_dir / "regions" / SMALL_REGION.name / "covariates" / "static.json").read_text())
+    assert set(meta["ndvi_quarantined"]) == {"2020-05-08", "2020-06-09"}
+
+    # Good copies arrive: the next run pulls them again and the waiting days are sampled.
+    shutil.copy2(good, truncated)
+    shutil.copy2(good, wrong_scale)
+    again = daily_update(start=START.isoformat(), end=END.isoformat(), overrides=overrides)
+    rows = {r["day"]: r for r in again["days"]}
+    assert sorted(rows) == ["2020-05-31", "2020-06-02"]
+    assert all(r["ndvi"] == "yes" and r["samples"] > 100 for r in rows.values())
+    assert again["quarantined"] == []
+
+
+def _elevation_in_mm(path: Path) -> None:
+    with rasterio.open(path) as src:
+        metres, transform = src.read(1), src.transform
+    write_geotiff(path, metres * np.float32(1000), transform)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    # Cut short, its directory is gone: the pull's read check sets it aside before the build.
+    (_truncate, "not a readable GeoTIFF"),
+    # Readable but in the wrong units: the build's plausibility check sets it aside.
+    (_elevation_in_mm, "outside [-500, 9000] m"),
+], ids=["truncated", "in-mm"])
+def test_a_corrupt_elevation_fails_the_daily_run_naming_it_and_the_next_run_completes(
+        prefect_harness, tracking_uri, world, tmp_path, damage, expected):
+    from flows.daily import daily_update
+
+    source, data_dir = tmp_path / "source", tmp_path / "xco2-data"
+    shutil.copytree(world, source)
+    elevation = source / "static" / "elevation.tif"
+    damage(elevation)
+    overrides = _overrides(source, data_dir, tracking_uri)
+
+    state = daily_update(start=START.isoformat(), end=END.isoformat(), overrides=overrides, return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(CovariateError) as err:
+        state.result()
+    message = str(err.value)
+    assert f"{data_dir / 'raw' / 'static' / 'elevation.tif'}: " in message and expected in message
+    assert "quarantined" in message and not (data_dir / "raw" / "static" / "elevation.tif").exists()
+    assert list((data_dir / "quarantine").glob("*_elevation.tif.json"))
+    assert not list((data_dir / "regions" / SMALL_REGION.name / "samples").glob("day=*"))
+
+    shutil.copy2(world / "static" / "elevation.tif", elevation)
+    result = daily_update(start=START.isoformat(), end=END.isoformat(), overrides=overrides)
+    rows = result["days"]
+    assert [r["day"] for r in rows] == ["2020-05-31", "2020-06-01", "2020-06-02"]
+    assert all(r["era5"] == "yes" and r["ndvi"] == "yes" and r["samples"] > 100 for r in rows)
