@@ -38,7 +38,7 @@ from tasks.covariates import CovariateError, build_covariates, covariates_dir
 from tasks.features import NDVI_NAMES, STATIC_NAMES
 from tasks.fusion import GosatFit
 from tasks.grid import Grid
-from tasks.meteorology import era5_readiness
+from tasks.inference import day_readiness
 from tasks.settings import Settings
 from tasks.sources.products import SATELLITES
 from tasks.sources.pull import raw_dir, raw_granules
@@ -361,10 +361,13 @@ def _check_samples(settings: Settings, grid: Grid) -> list[Finding]:
     fit = None
     for day, path, why, moved in damaged:
         try:
-            # As the daily update judges it: a bad ERA5 file is quarantined and the day waits.
-            meteo = era5_readiness(era5_dir, day, settings.quarantine_dir, settings.raw_dir / "manifest.parquet")
-            if not meteo.ready:
-                raise FileNotFoundError(f"ERA5 for {day} is not usable ({meteo.why}); the daily update samples "
+            # As the daily update judges it: a bad ERA5 file is quarantined and the day waits, as
+            # does a day fed by a quarantined NDVI composite.
+            inputs = day_readiness(era5_dir, day, region_dir, settings.quarantine_dir,
+                                   settings.raw_dir / "manifest.parquet")
+            if not inputs.ready:
+                what = "ERA5" if not inputs.era5.ready else "NDVI"
+                raise FileNotFoundError(f"{what} for {day} is not usable ({inputs.why}); the daily update samples "
                                         "the day when it is")
             fit = fit or _current_fit(region_dir)
             n = ingest.sample_day(region_dir, era5_dir, grid, day, fit)
