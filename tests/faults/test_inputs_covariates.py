@@ -355,3 +355,59 @@ def test_a_corrupt_elevation_fails_the_daily_run_naming_it_and_the_next_run_comp
     rows = result["days"]
     assert [r["day"] for r in rows] == ["2020-05-31", "2020-06-01", "2020-06-02"]
     assert all(r["era5"] == "yes" and r["ndvi"] == "yes" and r["samples"] > 100 for r in rows)
+
+
+# ---- the archive: daily run and backfill with a champion (slow) ------------------------------------
+
+ARCHIVE_REGION_NAME = "chengdu-tiny-covariates"
+
+
+@pytest.mark.slow
+def test_days_fed_by_a_quarantined_composite_are_not_archived_until_a_good_copy_comes(
+        prefect_harness, tracking_uri, tmp_path):
+    """A tiny world with a champion: a wrong-scale composite arriving later keeps the days it
+    feeds out of the archive (daily run and backfill), the others are mapped; a good copy lets
+    the next daily run map them."""
+    from flows.backfill import run_backfill
+    from flows.daily import daily_update
+    from flows.retrain import monthly_retrain
+    from tasks.archive import day_cog_path, day_item_path
+    from tasks.settings import Region, load_settings
+
+    region = Region(name=ARCHIVE_REGION_NAME, west=103.95, south=30.55, east=104.15, north=30.75)
+    start, end = date(2020, 6, 1), date(2020, 6, 4)
+    overrides = {"data_dir": str(tmp_path / "xco2-data"), "source": "demo", "region": region.model_dump(),
+                 "archive_lookback_days": 2, "max_epochs": 1, "max_training_samples": 1000,
+                 "max_validation_samples": 300, "comparison_protocols": [],
+                 "mlflow_tracking_uri": tracking_uri, "registered_model_name": "faults-inputs-covariates"}
+    settings = load_settings(**overrides)
+    write_demo_world(settings.data_dir / "demo", settings.region, start, end, grid_step=settings.grid_step,
+                     seed=20200601, dense=True)
+    window = {"start": start.isoformat(), "end": end.isoformat(), "overrides": overrides}
+    daily_update(**window)
+    monthly_retrain(overrides=overrides)
+    assert [r["day"] for r in daily_update(**window)["archive_days"]] == ["2020-06-03", "2020-06-04"]
+
+    # A composite of Jun 9..24 in the wrong scale arrives; Jun 4's map is lost meanwhile.
+    ndvi_dir = settings.data_dir / "demo" / "remote" / "static" / "ndvi"
+    good = ndvi_dir / "ndvi_2020145.tif"  # centre Jun 1: Jun 1 needs only it
+    with rasterio.open(good) as src:
+        rescaled, transform = src.read(1).astype(np.int32) * 100, src.transform
+    bad = write_geotiff(ndvi_dir / "ndvi_2020161.tif", rescaled, transform)
+    root = settings.archive_root
+    for path in (day_cog_path(root, region.name, end), day_item_path(root, region.name, end)):
+        path.unlink()
+
+    result = daily_update(**window)
+
+    assert [q["file"] for q in result["quarantined"]] == [bad.name]
+    assert result["archive_days"] == [] and not day_cog_path(root, region.name, end).exists()
+    assert ndvi_problem(settings.region_dir, end).startswith(f"waiting: NDVI composite {bad.name} quarantined")
+    backfill = run_backfill(start.isoformat(), end.isoformat(), overrides=overrides)
+    assert [r["day"] for r in backfill["days"]] == ["2020-06-01"]
+    assert backfill["skipped_days"] == ["2020-06-02", "2020-06-03", "2020-06-04"]
+
+    shutil.copy2(good, bad)  # a good copy of the composite comes in
+    again = daily_update(**window)
+    assert again["quarantined"] == [] and [r["day"] for r in again["archive_days"]] == ["2020-06-04"]
+    assert ndvi_problem(settings.region_dir, end) is None
