@@ -51,13 +51,15 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_daily(args) -> int:
-    from flows.daily import daily_update
+    from flows.daily import ArchiveDaysFailed, daily_update
+    from tasks.covariates import CovariateError
     from tasks.sources.pull import EverySourceFailed
 
     load_settings()  # fail fast on bad configuration, before any flow starts
     try:
         result = daily_update(start=args.start, end=args.end)
-    except EverySourceFailed as exc:
+    except (EverySourceFailed, ArchiveDaysFailed, CovariateError) as exc:
+        # Failures the run has already reported (artifacts, log): the cause, not a traceback.
         print(f"xco2 daily: {exc}", file=sys.stderr)
         return 1
     console.print_json(json.dumps({k: result[k] for k in ("window", "new_granules", "archive_days")}, default=str))

@@ -168,8 +168,10 @@ def _pull(settings: Settings, products: tuple[str, ...], start: date | None, end
                         _check_readable(product, tmp)
                     except InputFileError as exc:
                         # Kept for inspection; the manifest does not count it, so it is fetched again.
-                        moved = quarantine(tmp, exc.problem, settings.quarantine_dir, name=granule.name)
-                        raise _Quarantined(exc.problem.replace(str(tmp), granule.name), moved) from None
+                        # The note names the granule, not the download's temp file.
+                        problem = exc.problem.replace(str(tmp), granule.name).replace(tmp.name, granule.name)
+                        moved = quarantine(tmp, problem, settings.quarantine_dir, name=granule.name)
+                        raise _Quarantined(problem, moved) from None
             except GranuleUnavailable as why:
                 rows.append(Manifest.row(product, granule.day, granule.remote_id, dst, "unavailable", str(why)))
                 report.unavailable[product] += 1

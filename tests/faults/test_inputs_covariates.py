@@ -411,3 +411,25 @@ def test_days_fed_by_a_quarantined_composite_are_not_archived_until_a_good_copy_
     again = daily_update(**window)
     assert again["quarantined"] == [] and [r["day"] for r in again["archive_days"]] == ["2020-06-04"]
     assert ndvi_problem(settings.region_dir, end) is None
+
+
+@pytest.mark.parametrize("failure", ["covariates", "archive"])
+def test_cli_daily_ends_with_the_cause_not_a_traceback(tmp_path, monkeypatch, capsys, failure):
+    """A daily run that ends Failed for a cause it has reported (a bad static layer, archive days
+    that could not be written) makes `xco2 daily` exit 1 with that cause as its last line."""
+    import flows.daily
+    from flows.cli import main
+
+    def failed_run(**_):
+        if failure == "covariates":
+            raise CovariateError("/data/raw/static/elevation.tif: quarantined: unreadable")
+        raise flows.daily.ArchiveDaysFailed({"2020-06-02": "ArchiveWriteError: /a/x.tif: No space left on device"})
+
+    monkeypatch.setattr(flows.daily, "daily_update", failed_run)
+    monkeypatch.setenv("XCO2_DATA_DIR", str(tmp_path / "data"))
+    rc = main(["daily", "--start", "2020-06-01", "--end", "2020-06-02"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith("xco2 daily: ")
+    assert ("elevation.tif" if failure == "covariates" else "No space left on device") in err[-1]
+    assert not any("Traceback" in line for line in err)
