@@ -17,6 +17,7 @@ Credentials never enter it: only file names, sizes and checksums.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -24,6 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.atomic import atomic_path
+from tasks.quarantine import quarantine
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ["product", "day", "remote_id", "local_file", "size", "sha256", "retrieved_at", "status", "problem"]
 
@@ -55,7 +59,19 @@ class Manifest:
         """The rows, `local_file` relative to the data directory wherever it lies inside it."""
         if not self.path.is_file():
             return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
-        df = pd.read_parquet(self.path)
+        try:
+            df = pd.read_parquet(self.path)
+            missing = [c for c in COLUMNS if c not in df.columns]
+            if missing:
+                raise ValueError(f"columns {missing} missing")
+        except Exception as exc:  # noqa: BLE001 - pyarrow's errors for a cut or foreign file vary
+            # Only a record of what was pulled: set it aside (kept for inspection) and start anew.
+            # The granules in the raw cache are pulled again over their copies; nothing is lost.
+            moved = quarantine(self.path, f"unreadable manifest ({type(exc).__name__}: {exc}); a new one "
+                               "is started and the granules are pulled again", self.data_dir / "quarantine" / "state")
+            log.warning("the manifest %s could not be read (%s): set aside as %s, a new one is started",
+                        self.path, exc, moved)
+            return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
         df["local_file"] = [self._relative(f) for f in df["local_file"]]
         return df
 
@@ -156,7 +172,12 @@ class Manifest:
     def _write(self, df: pd.DataFrame) -> None:
         df = df.astype({"size": "int64"})
         df["day"] = df["day"].astype("string")
-        with atomic_path(self.path) as tmp:
+        def reads_back_whole(temp: Path) -> None:
+            n = len(pd.read_parquet(temp, columns=["remote_id"]))
+            if n != len(df):
+                raise ValueError(f"{n} rows read back, {len(df)} written")
+
+        with atomic_path(self.path, verify=reads_back_whole) as tmp:
             df.to_parquet(tmp, index=False)
 
     @staticmethod

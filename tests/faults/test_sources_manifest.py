@@ -88,3 +88,23 @@ def test_granule_quarantined_at_gridding_is_not_pulled_again_until_it_changes(tm
     original = next((source / "oco2").iterdir())
     os.utime(original, ns=(original.stat().st_atime_ns, original.stat().st_mtime_ns + 10**9))
     assert pull(settings, products=("oco2",)).fetched["oco2"] == [cached.name]
+
+
+def test_an_unreadable_manifest_is_set_aside_and_the_granules_pulled_again(tmp_path, source):
+    """A manifest cut short (a crash of an older version, a damaged disk) is named, moved to
+    quarantine/state with a note, and a new one started: the next pull fetches the granules again
+    over their cached copies, and nothing already pulled is lost."""
+    settings = _settings(tmp_path / "data", source)
+    first = pull(settings, products=PRODUCTS)
+    manifest = settings.raw_dir / "manifest.parquet"
+    whole = manifest.read_bytes()
+    manifest.write_bytes(whole[: len(whole) // 2])
+
+    again = pull(settings, products=PRODUCTS)
+
+    assert sorted(again.fetched) == sorted(first.fetched) and again.n_fetched == first.n_fetched
+    notes = list((settings.data_dir / "quarantine" / "state").glob("*manifest.parquet.json"))
+    assert len(notes) == 1 and "unreadable manifest" in notes[0].read_text()
+    rows = Manifest(manifest).load()
+    assert set(rows["status"]) == {"ok"} and len(rows) == first.n_fetched
+    assert all((settings.data_dir / f).is_file() for f in rows["local_file"])
