@@ -29,7 +29,7 @@ from tasks.demo_world.vegetation import (
     to_mod13q1,
     water_mask,
 )
-from tasks.demo_world.writers.geotiff import write_geotiff
+from tasks.geotiff import write_geotiff
 
 Progress = Callable[[str, int, int], None]
 LANDCOVER_STRIP_ROWS = 512  # bounds memory on the 25-million-pixel class raster

@@ -38,7 +38,7 @@ from tasks.demo_world.truth import TREND_PPM_PER_YEAR, TruthModel
 from tasks.demo_world.weather import Weather
 from tasks.atomic import atomic_path
 from tasks.demo_world.writers.era5 import write_era5_zip
-from tasks.demo_world.writers.geotiff import write_geotiff
+from tasks.geotiff import write_geotiff
 from tasks.demo_world.writers.gosat_c3s import write_gosat_c3s
 from tasks.demo_world.writers.oco_lite import write_oco_lite
 from tasks.readers.names import era5_demo_name

@@ -30,7 +30,7 @@ from tasks.covariates import (
     CovariateError, CovariateInputError, StaticCovariates, build_covariates, ndvi_problem,
 )
 from tasks.demo_world import write_demo_world
-from tasks.demo_world.writers.geotiff import write_geotiff
+from tasks.geotiff import write_geotiff
 from tasks.grid import Grid
 from tasks.inference import day_readiness, inputs_available
 from tasks.sources.manifest import Manifest

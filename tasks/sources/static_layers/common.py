@@ -33,7 +33,7 @@ from rasterio.windows import Window
 
 from tasks.atomic import write_json
 from tasks.covariates import CovariateError
-from tasks.demo_world.writers.geotiff import write_geotiff
+from tasks.geotiff import write_geotiff
 from tasks.grid import Grid
 from tasks.settings import Settings
 from tasks.sources.static_layers.landcover_codes import LCCS_TO_CLASS, OUR_CLASSES, map_lccs

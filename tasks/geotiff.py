@@ -1,4 +1,7 @@
-"""Writing north-up EPSG:4326 GeoTIFFs (DEFLATE, tiled) through a sibling temporary file."""
+"""Writing north-up EPSG:4326 GeoTIFFs (DEFLATE, tiled) through a sibling temporary file.
+
+Used by the static layers (`xco2 covariates build/import`) and by the demo world; the file is read
+back whole and compared before it is renamed, so a full disk never leaves a layer cut short."""
 
 from __future__ import annotations
 
@@ -28,7 +31,14 @@ def write_geotiff(path: Path | str, data: np.ndarray, transform: Affine, *, noda
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     if nodata is not None:
         profile["nodata"] = nodata
-    with atomic_path(path) as tmp:
+    def reads_back_as_written(temp: Path) -> None:
+        with rasterio.open(temp) as src:
+            back = src.read(1)
+        same = (back == data) | (np.isnan(back) & np.isnan(data)) if floating else back == data
+        if back.shape != data.shape or not bool(np.all(same)):
+            raise ValueError("the band read back differs from what was written")
+
+    with atomic_path(path, verify=reads_back_as_written) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data, 1)
             if scale is not None:
