@@ -19,7 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/xco2 demo $(DEMO_ARGS)
 
+# The linter first (rules in pyproject.toml, [tool.ruff]): seconds, and it names the line.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 # Against real servers on loopback: the stack (Prefect server, MLflow server, worker) on SQLite and on

@@ -184,8 +184,9 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
 def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = frozenset()):
     """Map every day of the archive look-back missing from the archive whose inputs exist, and
     re-map archived days in `recompute` (their inputs changed). Returns (rows, champion or None,
-    repairs, {day: why} of days that could not be written): first the look-back's COG + STAC item pairs are checked, a lost item written
-    again, an unsound COG quarantined (and so mapped again below)."""
+    repairs, {day: why} of days that could not be written): first the look-back's COG + STAC item
+    pairs are checked, a lost item written again, an unsound COG quarantined (and so mapped
+    again below)."""
     logger = get_run_logger()
     lookback = [last - timedelta(days=i) for i in range(settings.archive_lookback_days)]
     health = check_archive(settings.archive_root, settings.region.name, grid, lookback,

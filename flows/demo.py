@@ -111,7 +111,7 @@ def run_demo(opts: DemoOptions) -> dict:
     retrain = monthly_retrain(overrides=overrides)
     timings["retrain_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    second = daily_update(start=opts.start.isoformat(), end=opts.end.isoformat(), overrides=overrides)
+    daily_update(start=opts.start.isoformat(), end=opts.end.isoformat(), overrides=overrides)
     timings["daily_archive_s"] = round(time.perf_counter() - t, 1)
 
     # Every archived day of the window, including those an earlier `xco2 demo` already wrote.

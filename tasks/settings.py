@@ -236,7 +236,8 @@ class Settings(BaseSettings):
     # observations of the trailing window, so the archive holds its level past the training window.
     anchoring: bool = Field(True, description="offset each map by the recent observations' mean residual")
     anchor_window_days: int = Field(24, ge=1, le=90, description="trailing days of observations")
-    anchor_method: Literal["trend", "mean"] = Field("trend", description="line through the daily residuals at the day, or their mean")
+    anchor_method: Literal["trend", "mean"] = Field(
+        "trend", description="line through the daily residuals at the day, or their mean")
     anchor_min_cells_per_day: int = Field(20, ge=1, description="observed cells a day needs to count")
     anchor_max_cells_per_day: int = Field(500, ge=10, description="observed cells per day predicted (seeded subsample)")
     promotion_margin_ppm: float = Field(0.0, ge=0, description="a challenger must beat the champion by this much")

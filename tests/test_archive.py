@@ -113,7 +113,7 @@ def test_archived_days_lists_finished_cogs_only(tmp_path):
     (year / f".xco2_{REGION}_20240303.tif.123.abcd.tmp").write_bytes(b"half written")
     (year / f"xco2_{REGION}_20240304.tif.tmp").write_bytes(b"half written")
     (year / f"xco2_{REGION}_20240231.tif").write_bytes(b"not a day")
-    (year / f"xco2_other_20240305.tif").write_bytes(b"another region")
+    (year / "xco2_other_20240305.tif").write_bytes(b"another region")
     (year / f"xco2_{REGION}_20230101.tif").write_bytes(b"wrong year folder")
 
     assert archived_days(tmp_path, REGION) == [date(2023, 12, 31), DAY1, DAY2]

@@ -73,7 +73,6 @@ def test_registry_has_a_champion_with_an_onnx_matching_torch(demo_run, tracking_
     champion = load_champion(tracking_uri, "e2e-resnet-lstm", tmp_path)
     assert champion.version == 1 and champion.onnx_path.is_file()
     import onnxruntime as ort
-    import pandas as pd
 
     from tasks.features import FEATURE_NAMES
     from tasks.samples import read_samples

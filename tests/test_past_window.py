@@ -23,8 +23,8 @@ START, TRAIN_END, END = date(2020, 6, 1), date(2020, 7, 10), date(2020, 9, 8)
 
 
 def test_anchored_maps_stay_within_0_3_ppm_for_60_days_after_training(prefect_harness, tmp_path):
-    overrides = {"data_dir": str(tmp_path / "data"), "source": "demo", "seed": 20200601, "max_epochs": 8, "max_training_samples": 16000, "max_validation_samples": 5000,
-                 "comparison_protocols": []}
+    overrides = {"data_dir": str(tmp_path / "data"), "source": "demo", "seed": 20200601, "max_epochs": 8,
+                 "max_training_samples": 16000, "max_validation_samples": 5000, "comparison_protocols": []}
     settings = load_settings(**overrides)
     write_demo_world(settings.data_dir / "demo", settings.region, START, END, grid_step=settings.grid_step, seed=20200601)
     daily_update(start=START.isoformat(), end=END.isoformat(), overrides=overrides)

@@ -202,7 +202,7 @@ def validate_cog(path: Path | str, grid: Grid | None = None) -> list[str]:
         return [f"{path}: no such file"]
     try:
         _, errors, warnings = cog_validate(str(path), quiet=True)
-    except Exception as exc:  # a truncated or foreign file: report it, don't crash the check
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: report it, don't crash the check
         return [f"{path}: cannot be read as a GeoTIFF: {exc}"]
     problems = [f"not a valid COG: {e}" for e in errors]
     problems += [f"COG warning: {w}" for w in warnings]

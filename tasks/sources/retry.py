@@ -15,7 +15,6 @@ import errno
 import logging
 import random
 import re
-import socket
 import threading
 import time
 from contextlib import contextmanager

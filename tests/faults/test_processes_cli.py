@@ -12,7 +12,6 @@ import os
 import signal
 import time
 from datetime import date
-from pathlib import Path
 
 import pytest
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from tasks.archive import day_cog_path, day_item_path, quicklook_png, upsert_day_item, validate_cog, write_day_cog
+from tasks.archive import day_cog_path, quicklook_png, upsert_day_item, validate_cog, write_day_cog
 from tasks.archive.cog import ArchiveWriteError
 from tasks.atomic import PublishError, atomic_path, publish_text, save_npy, write_json
 from tasks.grid import Grid

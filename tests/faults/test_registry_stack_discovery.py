@@ -198,7 +198,7 @@ def test_the_server_serves_the_data_directorys_store(tmp_path):
     # Experiments made through the server get the command line's artifact location (file: URI).
     assert _option(argv, "--default-artifact-root") == artifact_root_for(cli_uri) == (data / "mlartifacts").as_uri()
     assert _option(argv, "--artifacts-destination") == (data / "mlartifacts").as_uri()
-    assert "mlflow.db" not in " ".join(argv) and not str(cfg.state_dir) in " ".join(argv)
+    assert "mlflow.db" not in " ".join(argv) and str(cfg.state_dir) not in " ".join(argv)
 
 
 def test_a_database_tracking_uri_of_up_is_served_and_an_http_one_ignored(tmp_path):
