@@ -25,11 +25,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 # Against real servers on loopback: the stack (Prefect server, MLflow server, worker) on SQLite and on
-# PostgreSQL, and the docker compose services run as local processes (about 5 min on two cores).
+# PostgreSQL, and the docker compose services run as local processes (about 13 min on two cores).
 test-stack: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_stack.py tests/test_compose_stack.py -p no:cacheprovider
 
-# The slow half of the fault-injection suite (docs/faults.md), test-packaging included: about 4 min
+# The slow half of the fault-injection suite (docs/faults.md), test-packaging included: about 4.5 min
 # on two cores.
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/faults -p no:cacheprovider
