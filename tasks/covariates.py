@@ -39,7 +39,7 @@ from tasks.atomic import save_npy, write_json
 from tasks.features import FEATURE_SET_VERSION, LANDCOVER_CLASSES, NDVI_NAMES, SCALES_KM, STATIC_NAMES
 from tasks.grid import Grid
 from tasks.plausibility import COVARIATES, Range
-from tasks.quarantine import InputFileError, quarantine
+from tasks.quarantine import InputFileError, last_quarantine_note, quarantine
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def build_covariates(static_dir: Path, grid: Grid, region_dir: Path, progress=No
         for name in STATIC_LAYERS:
             path = static_dir / f"{name}.tif"
             if not path.is_file():
-                earlier = _last_quarantine_note(quarantine_dir, path.name)
+                earlier = last_quarantine_note(quarantine_dir, path.name)
                 raise CovariateError(f"{path}: static covariate file is missing"
                                      + (f" (last {earlier})" if earlier else ""))
         try:
@@ -410,20 +410,6 @@ def _set_aside(exc: CovariateInputError, quarantine_dir: Path, manifest_path: Pa
         quarantined.append({"source": "static", "file": exc.path.name, "problem": exc.problem,
                             "quarantined_as": str(moved)})
     return moved
-
-
-def _last_quarantine_note(quarantine_dir: Path | None, name: str) -> str | None:
-    """The reason the latest quarantine of a file called `name` gave, if any."""
-    if quarantine_dir is None or not quarantine_dir.is_dir():
-        return None
-    notes = sorted(quarantine_dir.glob(f"*_{name}.json"))
-    if not notes:
-        return None
-    try:
-        note = json.loads(notes[-1].read_text())
-        return f"quarantined at {note.get('at')}: {note.get('reason')}"
-    except (OSError, ValueError):
-        return None
 
 
 def _ndvi_timeline(meta: dict, folder: Path) -> list[tuple[date, date, Path | None, dict | None]]:

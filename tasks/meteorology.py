@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ import xarray as xr
 
 from tasks.features import METEO_NAMES
 from tasks.grid import Grid
-from tasks.quarantine import InputFileError, quarantine
+from tasks.quarantine import InputFileError, last_quarantine_note, quarantine
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +74,6 @@ class Era5Readiness:
         return "; ".join(self.reasons)
 
 
-def _last_quarantine_note(quarantine_dir: Path | None, name: str) -> str | None:
-    if quarantine_dir is None or not quarantine_dir.is_dir():
-        return None
-    notes = sorted(quarantine_dir.glob(f"*_{name}.json"))
-    if not notes:
-        return None
-    try:
-        note = json.loads(notes[-1].read_text())
-        return f"quarantined at {note.get('at')}: {note.get('reason')}"
-    except (OSError, ValueError):
-        return None
-
-
 def era5_readiness(era5_dir: Path, day: date, quarantine_dir: Path | None = None,
                    manifest_path: Path | None = None) -> Era5Readiness:
     """Are the day's ERA5 files (the day and the next) present and plausible?
@@ -100,7 +86,7 @@ def era5_readiness(era5_dir: Path, day: date, quarantine_dir: Path | None = None
     for path in era5_files_for_day(era5_dir, day):
         if not path.is_file():
             out.missing.append(path.name)
-            earlier = _last_quarantine_note(quarantine_dir, path.name)
+            earlier = last_quarantine_note(quarantine_dir, path.name)
             out.reasons.append(f"{path.name} not in the raw cache" + (f" (last {earlier})" if earlier else ""))
             continue
         try:

@@ -34,3 +34,18 @@ def quarantine(path: Path, reason: str, quarantine_dir: Path, name: str | None =
     target.with_name(target.name + ".json").write_text(json.dumps(note, indent=2))
     log.warning("quarantined %s: %s", path, reason)
     return target
+
+
+def last_quarantine_note(quarantine_dir: Path | None, name: str) -> str | None:
+    """The reason the latest quarantine of a file called `name` gave, if any: what a day waiting
+    for that file reports while no good copy has come."""
+    if quarantine_dir is None or not quarantine_dir.is_dir():
+        return None
+    notes = sorted(quarantine_dir.glob(f"*_{name}.json"))
+    if not notes:
+        return None
+    try:
+        note = json.loads(notes[-1].read_text())
+        return f"quarantined at {note.get('at')}: {note.get('reason')}"
+    except (OSError, ValueError):
+        return None
