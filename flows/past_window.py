@@ -27,6 +27,7 @@ from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.grid import Grid
 from tasks.inference import day_layers, inputs_available
 from tasks.progress import progress_bar
+from tasks.regions.boundary import region_mask
 from tasks.samples import read_samples, stored_days
 from tasks.settings import Settings
 from tasks.sources.pull import raw_dir
@@ -85,10 +86,12 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
     residuals = {name: daily_residuals(observations, model.predict(X_obs)) for name, model in predictors.items()}
 
     covariates = StaticCovariates(settings.region_dir)
+    inside = np.flatnonzero(region_mask(settings.region, grid))  # the cells the archive maps
     rows = []
     with progress_bar("past-window days", len(after)) as advance:
         for i, day in enumerate(after, 1):
-            cells = np.random.default_rng(day.toordinal()).choice(grid.n_cells, opts.cells_per_day, replace=False)
+            cells = np.random.default_rng(day.toordinal()).choice(inside, min(opts.cells_per_day, inside.size),
+                                                                  replace=False)
             r, c = np.divmod(cells, grid.nx)
             X = day_layers(covariates, era5, grid, day).for_cells(r, c)
             truth = np.asarray(truth_for_day(day), dtype=np.float64).ravel()[cells]

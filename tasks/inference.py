@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -71,21 +71,72 @@ class DayPrediction:
     uncertainty: np.ndarray | None
 
 
-def predict_day(predictor, layers: DayLayers, grid: Grid, batch_size: int, progress=None) -> DayPrediction:
+def _rows_of(layers: DayLayers, start: int, stop: int) -> DayLayers:
+    # Slicing the rows first keeps the gather in memory: on the static memory map, fancy
+    # indexing over the whole grid would touch pages all over the file.
+    return replace(layers, static=layers.static[:, start:stop], ndvi=layers.ndvi[:, start:stop],
+                   meteo=layers.meteo[:, start:stop], lats=layers.lats[start:stop])
+
+
+def _row_blocks(cells_per_row: np.ndarray, cells_per_batch: int) -> list[tuple[int, int]]:
+    """[start, stop) row blocks of about `cells_per_batch` cells to predict each (whole rows, at
+    least one row); rows with none are skipped."""
+    blocks: list[tuple[int, int]] = []
+    start, count = None, 0
+    for row, n in enumerate(cells_per_row.tolist()):
+        if n == 0:
+            if start is not None:
+                blocks.append((start, row))
+                start, count = None, 0
+            continue
+        if start is None:
+            start = row
+        elif count + n > cells_per_batch:
+            blocks.append((start, row))
+            start, count = row, 0
+        count += n
+    if start is not None:
+        blocks.append((start, len(cells_per_row)))
+    return blocks
+
+
+def predict_day(predictor, layers: DayLayers, grid: Grid, batch_size: int, progress=None,
+                inside: np.ndarray | None = None) -> DayPrediction:
     """XCO2 (and its uncertainty when the model has one) for every cell with a
     models.onnx_runtime.OnnxPredictor; memory bounded by the batch (on a GPU, sized from free
-    memory, at least `batch_size` cells' worth of whole rows)."""
+    memory, at least `batch_size` cells' worth of whole rows).
+
+    `inside`: boolean [ny, nx], the region's cells (tasks.regions.boundary.region_mask); the
+    others get no features and no model run, and are NaN (nodata) in both maps. None: every cell."""
     wanted = [OUTPUT_NAME] + [n for n in predictor.output_names if n == UNCERTAINTY_OUTPUT_NAME]
-    maps = {name: np.empty(grid.shape, dtype=np.float32) for name in wanted}
-    rows_per_batch = max(1, predictor.cells_per_batch(batch_size) // grid.nx)
-    for start in range(0, grid.ny, rows_per_batch):
-        stop = min(grid.ny, start + rows_per_batch)
-        outputs = predictor.run(layers.for_rows(start, stop))
-        for name, out in maps.items():
-            out[start:stop] = np.asarray(outputs[name], dtype=np.float32).reshape(stop - start, grid.nx)
+    if inside is not None and inside.shape != grid.shape:
+        raise ValueError(f"inside mask of shape {inside.shape} does not match the grid {grid.shape} (ny, nx)")
+    whole_box = inside is None or bool(inside.all())
+    maps = {name: np.full(grid.shape, np.nan, dtype=np.float32) for name in wanted}
+    cells_per_batch = predictor.cells_per_batch(batch_size)
+    if whole_box:
+        # Contiguous rows are sliced, not gathered: the hot path when every cell is mapped.
+        rows_per_batch = max(1, cells_per_batch // grid.nx)
+        blocks = [(start, min(grid.ny, start + rows_per_batch)) for start in range(0, grid.ny, rows_per_batch)]
+    else:
+        blocks = _row_blocks(inside.sum(axis=1), cells_per_batch)
+    for start, stop in blocks:
+        if whole_box:
+            outputs = predictor.run(layers.for_rows(start, stop))
+            for name, out in maps.items():
+                out[start:stop] = np.asarray(outputs[name], dtype=np.float32).reshape(stop - start, grid.nx)
+        else:
+            rows, cols = np.nonzero(inside[start:stop])
+            outputs = predictor.run(_rows_of(layers, start, stop).for_cells(rows, cols))
+            for name, out in maps.items():
+                out[start + rows, cols] = np.asarray(outputs[name], dtype=np.float32)
         if progress:
             progress(stop, grid.ny)
+    if progress and blocks and blocks[-1][1] < grid.ny:
+        progress(grid.ny, grid.ny)
     bad = ~np.isfinite(maps[OUTPUT_NAME])
+    if not whole_box:
+        bad &= inside
     if bad.any():
         log.warning("%s: %d cells predicted non-finite; written as nodata", layers.day, int(bad.sum()))
     return DayPrediction(maps[OUTPUT_NAME], maps.get(UNCERTAINTY_OUTPUT_NAME))

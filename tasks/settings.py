@@ -26,6 +26,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tasks.regions.boundary import BoundaryError, check_boundary, shipped_boundary
+
 
 class SourceMode(str, Enum):
     demo = "demo"
@@ -43,6 +45,28 @@ class Region(BaseModel):
     south: float = 26.05
     east: float = 108.20
     north: float = 34.32
+    # A polygon (GeoJSON or ESRI shapefile path) narrowing the box to the cells whose centre lies in
+    # it: only those are mapped and reported. Unset: the boundary shipped for the region's name
+    # (tasks/regions/boundaries: sichuan), else none; "none": the whole box.
+    boundary: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_boundary(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "boundary" not in data:
+                shipped = shipped_boundary(data.get("name", cls.model_fields["name"].default))
+                data = {**data, "boundary": str(shipped) if shipped else None}
+            elif isinstance(data["boundary"], str) and data["boundary"].strip().lower() == "none":
+                data = {**data, "boundary": None}  # TOML has no null; str(None) from a dumped region
+        return data
+
+    @field_validator("boundary")
+    @classmethod
+    def _boundary_not_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty (\"none\" for the whole box)")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -57,6 +81,11 @@ class Region(BaseModel):
             raise ValueError(f"west {self.west} must be < east {self.east}, both in [-180, 180]")
         if not (-90 <= self.south < self.north <= 90):
             raise ValueError(f"south {self.south} must be < north {self.north}, both in [-90, 90]")
+        if self.boundary is not None:
+            try:
+                check_boundary(self.boundary, self.west, self.south, self.east, self.north)
+            except BoundaryError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
 

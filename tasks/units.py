@@ -22,6 +22,7 @@ from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.grid import Grid
 from tasks.inference import day_layers, predict_day, predict_xco2
 from tasks.progress import progress_bar
+from tasks.regions.boundary import region_mask
 from tasks.settings import Settings
 from tasks.sources import pull
 from tasks.sources.pull import raw_dir
@@ -112,7 +113,7 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
                         settings.anchor_window_days)
     with progress_bar(f"mapping {day}", grid.ny) as advance:
         prediction = predict_day(predictor, layers, grid, settings.inference_batch_size,
-                                 progress=lambda d, _t: advance(d))
+                                 progress=lambda d, _t: advance(d), inside=region_mask(settings.region, grid))
     xco2 = prediction.xco2 + np.float32(anchor.offset_ppm if anchor else 0.0)
     synthetic = settings.source.value == "demo"
     tags = {
