@@ -90,7 +90,9 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                    if (first <= d <= last and (any(f.name in new_files for f in files) or d not in sampled))
                    or d in refreshed})
     gridded = [units.grid_day(settings, grid, d, {s: granules[s].get(d, []) for s in SATELLITES}) for d in days]
-    fit = units.fit_gosat(settings)
+    # The fit stays as the last retrain stored it (fitted here only when none is stored yet), so
+    # every sample day carries the same fit_id; the retrain refits it and re-fuses the store.
+    fit = units.current_gosat_fit(settings)
 
     era5_dir = raw_dir(settings, "era5")
     rows, meteo_quarantined = [], []
@@ -162,8 +164,8 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
         f"# Daily update {first}..{last} ({settings.region.name})\n\n"
         f"- new granules: {pulled.n_fetched} ({', '.join(f'{k}: {len(v)}' for k, v in pulled.fetched.items())})\n"
         f"- days sampled: {sum(1 for r in rows if r['samples'])} of {len(rows)} gridded\n"
-        f"- GOSAT->OCO fit: intercept {fit.intercept:.3f} ppm, slope {fit.slope:.4f}, "
-        f"{fit.n_collocations} collocations ({fit.method})\n"
+        f"- GOSAT->OCO fit {fit.fit_id}: intercept {fit.intercept:.3f} ppm, slope {fit.slope:.4f}, "
+        f"{fit.n_collocations} collocated GOSAT soundings ({fit.method})\n"
         f"- quarantined inputs: {len(quarantined)}\n"
         f"- products that failed to pull: {', '.join(pulled.failed) or 'none'}\n"
         f"- days waiting for ERA5: {', '.join(waiting) or 'none'}\n"

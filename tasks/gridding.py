@@ -14,6 +14,12 @@ Coverage is decided on the global 0.01 degree lattice before clipping to the gri
 value does not depend on where a region's edge happens to fall; covered cells outside the grid
 are then dropped. Soundings sharing a cell are combined by inverse variance.
 
+Each cell also carries `weight`, the number of independent soundings it stands for: the sum,
+over the soundings averaged into it, of 1 / (the number of cells that sounding covers on the
+global lattice). A GOSAT sounding spread over ~80 cells thus counts 1/80 in each, an OCO one
+~1/3, and a day's weights add up to its number of soundings (less the part of a footprint that
+falls outside the grid), so training and fit counts see each sounding once.
+
 Everything is vectorised over soundings: each footprint's bounding box of candidate cells is
 expanded into one flat array (np.repeat), the candidates are tested in one pass and the
 survivors aggregated with np.bincount.
@@ -27,9 +33,14 @@ import pandas as pd
 from tasks.grid import Grid
 from tasks.soundings import VERTEX_LAT, VERTEX_LON
 
-CELL_COLUMNS = ["cell", "xco2", "xco2_uncertainty", "n_soundings"]
+CELL_COLUMNS = ["cell", "xco2", "xco2_uncertainty", "n_soundings", "weight"]
 CELL_DTYPES = {"cell": "int64", "xco2": "float64", "xco2_uncertainty": "float64",
-               "n_soundings": "int32"}
+               "n_soundings": "int32", "weight": "float64"}
+# Each sounding's footprint on the grid, one row per covered cell: what the GOSAT -> OCO fit
+# collocates (tasks.fusion.collocations). weight = 1 / cells the sounding covers.
+FOOTPRINT_COLUMNS = ["sounding", "cell", "xco2", "xco2_uncertainty", "weight"]
+FOOTPRINT_DTYPES = {"sounding": "int32", "cell": "int64", "xco2": "float64", "xco2_uncertainty": "float64",
+                    "weight": "float64"}
 
 # WGS84: km per degree must follow the ellipsoid's radii of curvature at the footprint's
 # latitude, or a 10.5 km circle at 30N is stretched by ~0.5% north-south.
@@ -63,16 +74,56 @@ def grid_soundings(soundings: pd.DataFrame, grid: Grid) -> pd.DataFrame:
     """Average one source's good soundings of one day into the cells their footprints cover.
 
     Returns one row per covered cell, sorted by cell: cell (int64), xco2 (float64, ppm),
-    xco2_uncertainty (float64, ppm, 1 sigma of the weighted mean), n_soundings (int32).
+    xco2_uncertainty (float64, ppm, 1 sigma of the weighted mean), n_soundings (int32),
+    weight (float64, independent soundings the cell stands for; see the module's note).
     Soundings sharing a cell are weighted by 1 / xco2_uncertainty**2.
     """
     _check_soundings(soundings)
     if len(soundings) == 0:
         return empty_cells()
+    sounding, cell, n_cells = footprint_cells(soundings, grid)
+    if len(sounding) == 0:
+        return empty_cells()
+    return _inverse_variance_cells(
+        cell,
+        soundings["xco2"].to_numpy(np.float64)[sounding],
+        soundings["xco2_uncertainty"].to_numpy(np.float64)[sounding],
+        1.0 / n_cells[sounding],
+    )
+
+
+def empty_footprints() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in FOOTPRINT_DTYPES.items()})
+
+
+def sounding_footprints(soundings: pd.DataFrame, grid: Grid) -> pd.DataFrame:
+    """Each sounding's covered cells inside the grid (FOOTPRINT_COLUMNS), sorted by sounding
+    then cell; `sounding` is the row's position in `soundings`."""
+    sounding, cell, n_cells = footprint_cells(soundings, grid)
+    if len(sounding) == 0:
+        return empty_footprints()
+    order = np.lexsort((cell, sounding))
+    sounding, cell = sounding[order], cell[order]
+    return pd.DataFrame({
+        "sounding": sounding.astype(np.int32),
+        "cell": cell,
+        "xco2": soundings["xco2"].to_numpy(np.float64)[sounding],
+        "xco2_uncertainty": soundings["xco2_uncertainty"].to_numpy(np.float64)[sounding],
+        "weight": 1.0 / n_cells[sounding],
+    })
+
+
+def footprint_cells(soundings: pd.DataFrame, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which grid cells each sounding covers: (sounding index, cell id) pairs inside the grid, and
+    per sounding the number of cells it covers on the global lattice (at least 1, outside the
+    grid included, so a footprint cut by the region's edge counts only its inside share)."""
+    _check_soundings(soundings)
+    n = len(soundings)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
 
     lat = soundings["latitude"].to_numpy(np.float64)
     lon = soundings["longitude"].to_numpy(np.float64)
-    n = len(soundings)
 
     diameter = _column(soundings, "footprint_diameter_km", n)
     vertex_lat = np.column_stack([_column(soundings, c, n) for c in VERTEX_LAT])
@@ -101,16 +152,10 @@ def grid_soundings(soundings: pd.DataFrame, grid: Grid) -> pd.DataFrame:
     row = np.concatenate([row, fallback_row])
     col = np.concatenate([col, fallback_col])
 
+    n_cells = np.bincount(sounding, minlength=n)
     inside = (row >= 0) & (row < grid.ny) & (col >= 0) & (col < grid.nx)
     sounding, row, col = sounding[inside], row[inside], col[inside]
-    if len(sounding) == 0:
-        return empty_cells()
-
-    return _inverse_variance_cells(
-        grid.cell_id(row, col),
-        soundings["xco2"].to_numpy(np.float64)[sounding],
-        soundings["xco2_uncertainty"].to_numpy(np.float64)[sounding],
-    )
+    return sounding, grid.cell_id(row, col).astype(np.int64), n_cells
 
 
 def _check_soundings(soundings: pd.DataFrame) -> None:
@@ -222,7 +267,7 @@ def _circle_cover(
 
 
 def _inverse_variance_cells(
-    cell: np.ndarray, xco2: np.ndarray, sigma: np.ndarray
+    cell: np.ndarray, xco2: np.ndarray, sigma: np.ndarray, share: np.ndarray
 ) -> pd.DataFrame:
     cells, slot = np.unique(cell, return_inverse=True)
     weight = 1.0 / sigma**2
@@ -236,4 +281,5 @@ def _inverse_variance_cells(
         "xco2": reference + sum_wx / sum_w,
         "xco2_uncertainty": np.sqrt(1.0 / sum_w),
         "n_soundings": count.astype(np.int32),
+        "weight": np.bincount(slot, weights=share),
     })

@@ -3,6 +3,12 @@
 `<region_dir>/samples/day=YYYY-MM-DD/part-0.parquet`; re-ingesting a day replaces its file
 atomically (idempotent). The schema is checked on write and on read, and the feature-set
 version travels in the Parquet metadata of every file.
+
+Every row carries `weight`, the number of independent soundings it stands for (a GOSAT cell
+~1/80, an OCO cell ~1/3: tasks.gridding), and `fit_id`, the id of the GOSAT -> OCO fit that
+mapped its target ('' for OCO rows, which no fit touches). A file of the previous schema (no
+weight, no fit_id) is re-fused from its gridded files by the state check of the next daily run
+or retrain; reading one says so.
 """
 
 from __future__ import annotations
@@ -26,8 +32,12 @@ TARGET_SCHEMA = [
     pa.field("xco2_uncertainty", pa.float64(), nullable=False),
     pa.field("source", pa.string(), nullable=False),
     pa.field("n_soundings", pa.int32(), nullable=False),
+    pa.field("weight", pa.float64(), nullable=False),
+    pa.field("fit_id", pa.string(), nullable=False),
 ]
 SCHEMA = pa.schema(TARGET_SCHEMA + [pa.field(n, pa.float32(), nullable=False) for n in FEATURE_NAMES])
+# Before rows carried their weight and fit id; such a file is sampled again, never read as is.
+PREVIOUS_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in ("weight", "fit_id")])
 VALID_SOURCES = {"oco2", "oco3", "oco2+oco3", "gosat"}
 
 
@@ -50,13 +60,16 @@ def _check(df: pd.DataFrame, where: str) -> None:
     bad_sources = set(df["source"].unique()) - VALID_SOURCES
     if bad_sources:
         raise SampleStoreError(f"{where}: unknown sources {sorted(bad_sources)}")
-    values = df[list(FEATURE_NAMES) + ["xco2"]]
+    values = df[list(FEATURE_NAMES) + ["xco2", "weight", "fit_id"]]
     if values.isna().any().any():
         cols = values.columns[values.isna().any()].tolist()
         raise SampleStoreError(f"{where}: missing values in {cols[:8]}")
     if len(df) and (df["xco2"].min() < 300 or df["xco2"].max() > 500):
         lo, hi = df["xco2"].min(), df["xco2"].max()
         raise SampleStoreError(f"{where}: xco2 outside 300-500 ppm ({lo:.1f}..{hi:.1f})")
+    weight = df["weight"].to_numpy(dtype="float64")
+    if len(df) and not ((weight > 0) & (weight < float("inf"))).all():
+        raise SampleStoreError(f"{where}: weight must be finite and > 0 (independent soundings per sample)")
 
 
 def write_day(region_dir: Path, day: date, samples: pd.DataFrame) -> Path:
@@ -94,9 +107,18 @@ def _read_file(path: Path, shown_as: Path | None = None) -> pa.Table:
     except (OSError, pa.ArrowException) as exc:
         raise SampleStoreError(f"{shown}: unreadable sample file ({type(exc).__name__}: {exc}); the next daily run "
                                "or retrain sets it aside and samples the day again") from None
+    if table.schema.remove_metadata().equals(PREVIOUS_SCHEMA):
+        raise SampleStoreError(f"{shown}: written by an earlier version (no weight or fit_id column); the state "
+                               "check of the next daily run or retrain re-fuses the day from its gridded files "
+                               "(run `xco2 daily` or `xco2 retrain`)")
     if not table.schema.remove_metadata().equals(SCHEMA):
         raise SampleStoreError(f"{shown}: schema differs from the sample store's schema")
     return table
+
+
+def read_day(region_dir: Path, day: date) -> pd.DataFrame:
+    """One stored day's samples, checked."""
+    return _read_file(day_file(region_dir, day)).to_pandas()
 
 
 def stored_days(region_dir: Path) -> list[date]:

@@ -13,6 +13,9 @@ side files named after them, the download folders of the sources and the model c
 of writers that are no longer running are removed here too.
 
 A sample file of another feature-set version is not damage: reading it says to re-ingest.
+Files of the previous schema (gridded cells without `weight`, a GOSAT day without footprints,
+samples without `weight`/`fit_id`) are not damage either: they are recomputed in place, not
+set aside.
 """
 
 from __future__ import annotations
@@ -303,6 +306,14 @@ def _check_covariates(settings: Settings, grid: Grid) -> list[Finding]:
 
 # ---- gridded cells ------------------------------------------------------------------------
 
+# A file of the previous schema is whole: it is recomputed where it lies, not set aside.
+UPGRADED = "upgraded in place"
+
+
+def _where(moved, outcome: str) -> str:
+    return f"{UPGRADED}: {outcome}" if moved == UPGRADED else f"moved to {moved}; {outcome}"
+
+
 def _check_gridded(settings: Settings, grid: Grid) -> list[Finding]:
     root = settings.region_dir / "gridded"
     findings: list[Finding] = []
@@ -312,9 +323,25 @@ def _check_gridded(settings: Settings, grid: Grid) -> list[Finding]:
         source = source_dir.name
         for path in sorted(source_dir.glob("*.parquet")):
             why = parquet_problem(path, ingest.GRIDDED_SCHEMA)
+            upgrade = why is not None and parquet_problem(path, ingest.PREVIOUS_GRIDDED_SCHEMA) is None
+            if upgrade:
+                why = "gridded by an earlier version (no weight column)"
+            elif why is None and source in ingest.FOOTPRINT_SOURCES:
+                footprints = settings.region_dir / "footprints" / source / path.name
+                if not footprints.is_file():
+                    why, upgrade = f"gridded by an earlier version (no footprints file {footprints})", True
+                else:
+                    broken = parquet_problem(footprints, ingest.FOOTPRINT_SCHEMA)
+                    if broken is None:
+                        continue
+                    # The footprints are what is damaged; the cells are re-made with them.
+                    path, why = footprints, broken
             if why is None:
                 continue
-            moved = set_aside(path, "gridded cells", why, settings)
+            if upgrade:
+                moved = UPGRADED
+            else:
+                moved = set_aside(path, "gridded cells", why, settings)
             if moved is None:
                 continue
             try:
@@ -322,6 +349,10 @@ def _check_gridded(settings: Settings, grid: Grid) -> list[Finding]:
                 granules = raw_granules(settings, source).get(day, []) if source in SATELLITES else None
                 if granules is None:
                     raise ValueError(f"{source} is not a satellite product")
+                if upgrade and not granules:
+                    # Gridding nothing would replace whole cells with none: keep them and say so.
+                    raise FileNotFoundError(f"no raw {source} granules of {day} left to grid it from; restore them "
+                                            f"under {raw_dir(settings, source)}")
                 # Only this source: the day's other gridded files are intact and stay as they are.
                 result = ingest.grid_day(day, {source: granules}, grid, settings.region_dir,
                                          settings.quarantine_dir, manifest_path=settings.raw_dir / "manifest.parquet")
@@ -331,18 +362,15 @@ def _check_gridded(settings: Settings, grid: Grid) -> list[Finding]:
                     outcome += f"; {len(result.quarantined)} of them quarantined"
             except Exception as exc:  # noqa: BLE001 - one day's repair must not stop the run's check
                 outcome = f"could not be gridded again: {type(exc).__name__}: {exc}"
-            findings.append(Finding("gridded cells", str(path), why, f"moved to {moved}; {outcome}"))
+            findings.append(Finding("gridded cells", str(path), why, _where(moved, outcome)))
     return findings
 
 
 # ---- samples ------------------------------------------------------------------------------
 
 def _current_fit(region_dir: Path) -> GosatFit:
-    # The fit the store's latest days were sampled with; refit from gridded cells if it is gone.
-    try:
-        return GosatFit.from_dict(json.loads((region_dir / "fusion" / "gosat_fit.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        return ingest.fit_gosat(region_dir)
+    # The fit the store's days are sampled with; fitted from gridded cells if none is stored.
+    return ingest.current_gosat_fit(region_dir)
 
 
 def _check_samples(settings: Settings, grid: Grid) -> list[Finding]:
@@ -351,6 +379,11 @@ def _check_samples(settings: Settings, grid: Grid) -> list[Finding]:
     for day in samples.stored_days(region_dir):
         path = samples.day_file(region_dir, day)
         why = parquet_problem(path, samples.SCHEMA)
+        if why and parquet_problem(path, samples.PREVIOUS_SCHEMA) is None:
+            # Written before weights and fit ids: re-fused from the gridded files, in place.
+            damaged.append((day, path, "written by an earlier version (no weight or fit_id column)",
+                            UPGRADED))
+            continue
         moved = set_aside(path, "samples", why, settings) if why else None
         if moved is not None:
             damaged.append((day, path, why, moved))
@@ -374,6 +407,6 @@ def _check_samples(settings: Settings, grid: Grid) -> list[Finding]:
             outcome = f"sampled again: {n} samples"
         except Exception as exc:  # noqa: BLE001 - one day's repair must not stop the run's check
             outcome = f"could not be sampled again: {type(exc).__name__}: {exc}"
-        findings.append(Finding("samples", str(path), why, f"moved to {moved}; {outcome}"))
+        findings.append(Finding("samples", str(path), why, _where(moved, outcome)))
     return findings
 

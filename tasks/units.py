@@ -74,9 +74,16 @@ def grid_day(settings: Settings, grid: Grid, day: date, granules: dict[str, list
                            manifest_path=settings.raw_dir / "manifest.parquet")
 
 
-@unit(name="fit-gosat-to-oco")
-def fit_gosat(settings: Settings):
-    return ingest.fit_gosat(settings.region_dir)
+@unit(name="gosat-fit")
+def current_gosat_fit(settings: Settings):
+    """The stored GOSAT -> OCO fit the daily update maps with (fitted only when none is stored)."""
+    return ingest.current_gosat_fit(settings.region_dir)
+
+
+@unit(name="refit-gosat-to-oco")
+def refit_gosat(settings: Settings, grid: Grid) -> dict:
+    """At retrain: refit GOSAT -> OCO on every gridded day and re-fuse the sample days it changes."""
+    return ingest.refit_gosat_and_refuse(settings.region_dir, raw_dir(settings, "era5"), grid).to_dict()
 
 
 @unit(name="update-samples", retries=2, retry_delay_seconds=5)

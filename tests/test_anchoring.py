@@ -77,6 +77,7 @@ def test_a_model_that_drifted_is_pulled_back_to_the_observations(tmp_path):
         frame["xco2_uncertainty"] = 0.5
         frame["source"] = "oco2"
         frame["n_soundings"] = np.ones(n, dtype=np.int32)
+        frame["weight"], frame["fit_id"] = 1.0, ""
         write_day(tmp_path, day, frame)
 
     def stale_model(X):  # right pattern, level of two ppm ago

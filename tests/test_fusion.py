@@ -19,17 +19,24 @@ from tasks.fusion import (
     merge_oco,
 )
 
-FUSED_DTYPES = ["int64", "float64", "float64", "int32", "str"]
+FUSED_DTYPES = ["int64", "float64", "float64", "int32", "float64", "str", "str"]
 
 
-def cells(cell, xco2, sigma=0.5, n=1) -> pd.DataFrame:
+def cells(cell, xco2, sigma=0.5, n=1, weight=0.25) -> pd.DataFrame:
     k = len(cell)
     return pd.DataFrame({
         "cell": np.asarray(cell, dtype=np.int64),
         "xco2": np.asarray(xco2, dtype=np.float64) * np.ones(k),
         "xco2_uncertainty": np.asarray(sigma, dtype=np.float64) * np.ones(k),
         "n_soundings": (np.asarray(n) * np.ones(k)).astype(np.int32),
+        "weight": np.asarray(weight, dtype=np.float64) * np.ones(k),
     })
+
+
+def footprints(soundings: dict[int, tuple[list[int], float]], sigma=1.5) -> pd.DataFrame:
+    """GOSAT footprints {sounding: (cells, xco2)}: each cell holds 1 / (the sounding's cells)."""
+    rows = [(s, c, x, sigma, 1.0 / len(cs)) for s, (cs, x) in soundings.items() for c in cs]
+    return pd.DataFrame(rows, columns=["sounding", "cell", "xco2", "xco2_uncertainty", "weight"])
 
 
 def test_merge_oco_averages_where_both_observe():
@@ -43,6 +50,8 @@ def test_merge_oco_averages_where_both_observe():
     assert out["xco2"].tolist() == pytest.approx([400.0, 404.0, 408.0, 404.0])
     assert out["xco2_uncertainty"].tolist() == pytest.approx([0.6, 0.5, 0.8, 0.6])
     assert out["n_soundings"].tolist() == [2, 5, 3, 2]
+    assert out["weight"].tolist() == pytest.approx([0.25, 0.5, 0.25, 0.25])  # different soundings add
+    assert set(out["fit_id"]) == {""}
 
 
 def test_merge_oco_with_an_empty_side():
@@ -61,54 +70,104 @@ def test_merge_oco_refuses_duplicate_cells():
         merge_oco(cells([1, 1], [400.0, 401.0]), None)
 
 
-def test_collocations_are_the_cell_days_both_observe():
+def test_one_gosat_sounding_is_one_collocation():
+    """An 80-cell GOSAT footprint over OCO cells is one collocation against their weighted mean."""
     d1, d2, d3 = date(2021, 3, 1), date(2021, 3, 2), date(2021, 3, 3)
-    oco_days = {d1: cells([1, 2, 3], [400.0, 401.0, 402.0]), d2: cells([7], [410.0]),
-                d3: cells([9], [411.0])}
-    gosat_days = {d1: cells([2, 3, 4], [405.0, 406.0, 407.0]), d2: cells([8], [409.0])}
+    disc = list(range(100, 180))  # one sounding's ~80 cells
+    oco_days = {
+        # Three OCO cells inside sounding 0's footprint, one inside sounding 1's, one outside both.
+        d1: cells([100, 101, 150, 200, 900], [400.0, 402.0, 404.0, 406.0, 420.0], sigma=[0.5, 0.5, 1.0, 0.5, 0.5],
+                  weight=[1 / 3, 1 / 3, 1 / 3, 1.0, 1.0]),
+        d2: cells([7], [410.0]),
+        d3: cells([9], [411.0]),
+    }
+    gosat_days = {d1: footprints({0: (disc, 405.0), 1: ([200, 201], 407.0), 2: ([300], 399.0)}),
+                  d2: footprints({0: ([8], 409.0)})}
     out = collocations(oco_days, gosat_days)
-    assert list(out.columns) == ["day", "cell", "gosat", "oco"]
-    assert out["day"].tolist() == [d1, d1]
-    assert out["cell"].tolist() == [2, 3]
-    assert out["gosat"].tolist() == [405.0, 406.0]
-    assert out["oco"].tolist() == [401.0, 402.0]
+    assert list(out.columns) == ["day", "sounding", "gosat", "gosat_uncertainty", "oco", "oco_uncertainty",
+                                 "oco_weight", "oco_cells", "weight"]
+    assert out["day"].tolist() == [d1, d1] and out["sounding"].tolist() == [0, 1]
+    assert out["gosat"].tolist() == [405.0, 407.0]
+    inverse_variance = np.array([4.0, 4.0, 1.0])
+    assert out["oco"].iloc[0] == pytest.approx((inverse_variance * [400.0, 402.0, 404.0]).sum() / 9.0)
+    assert out["oco"].iloc[1] == pytest.approx(406.0)
+    assert out["oco_weight"].tolist() == pytest.approx([1.0, 1.0])  # one OCO sounding's worth each
+    assert out["oco_cells"].tolist() == [3, 1]
+    assert out["weight"].tolist() == pytest.approx([1.0, 1.0])  # whole footprints
+    assert out["oco_uncertainty"].iloc[0] == pytest.approx(math.sqrt((0.25 + 0.25 + 1.0) / 3))
     assert len(collocations({}, gosat_days)) == 0
 
 
-def known_bias(n: int, seed: int = 1) -> pd.DataFrame:
-    """Collocations with gosat = 5 + 0.985 * oco + noise over n cell-days."""
+def known_bias(n: int, seed: int = 1, gosat_sigma: float = 1.5, oco_sigma: float = 0.5,
+               spread: float = 3.0) -> pd.DataFrame:
+    """n collocated GOSAT soundings: gosat = 5 + 0.985 * truth, both sides measured with noise.
+
+    The true values spread like a region's seasonal cycle and trend (a few ppm), comparable to
+    GOSAT's own errors: the regime where least squares of OCO on GOSAT flattens the slope."""
     rng = np.random.default_rng(seed)
-    oco = rng.uniform(395.0, 430.0, n)
-    gosat = 5.0 + 0.985 * oco + rng.normal(0.0, 0.3, n)
+    truth = 412.0 + rng.normal(0.0, spread, n)
+    oco = truth + rng.normal(0.0, oco_sigma, n)
+    gosat = 5.0 + 0.985 * truth + rng.normal(0.0, gosat_sigma, n)
     start = date(2021, 1, 1)
     return pd.DataFrame({
         "day": [start + timedelta(days=int(i % 40)) for i in range(n)],
-        "cell": np.arange(n, dtype=np.int64),
+        "sounding": np.arange(n, dtype=np.int64),
         "gosat": gosat,
+        "gosat_uncertainty": np.full(n, gosat_sigma),
         "oco": oco,
+        "oco_uncertainty": np.full(n, oco_sigma),
+        "oco_weight": np.ones(n),
+        "oco_cells": np.full(n, 3, dtype=np.int64),
+        "weight": np.ones(n),
     })
 
 
-def test_fit_recovers_a_known_linear_bias():
-    data = known_bias(2000)
+def test_deming_recovers_a_known_line_where_least_squares_attenuates():
+    data = known_bias(4000, seed=3)
     fit = fit_gosat_to_oco(data)
-    assert fit.method == "ols"
-    assert fit.n_collocations == 2000
-    # OCO regressed on GOSAT inverts the bias: oco = (gosat - 5) / 0.985.
-    assert fit.slope == pytest.approx(1 / 0.985, abs=0.005)
-    for gosat_value in (400.0, 415.0, 430.0):
-        assert fit.apply(gosat_value) == pytest.approx((gosat_value - 5.0) / 0.985, abs=0.05)
-    assert fit.rmse == pytest.approx(0.3 / 0.985, rel=0.1)
-    assert fit.r2 > 0.99
+    assert fit.method == "deming"
+    assert fit.n_collocations == 4000 and fit.n_independent == pytest.approx(4000.0)
+    # The true map inverts the bias: oco = (gosat - 5) / 0.985.
+    assert fit.slope == pytest.approx(1 / 0.985, abs=0.03)
+    for gosat_value in (405.0, 412.0, 420.0):
+        assert fit.apply(gosat_value) == pytest.approx((gosat_value - 5.0) / 0.985, abs=0.15)
+    # The standard errors are honest: the truth lies within a few of them.
+    assert abs(fit.slope - 1 / 0.985) < 4 * fit.slope_se and 0 < fit.slope_se < 0.05
+    assert abs(fit.intercept - (-5.0 / 0.985)) < 4 * fit.intercept_se
+    assert fit.error_ratio == pytest.approx((0.5 / 1.5) ** 2)
     assert fit.fitted_days == (date(2021, 1, 1), date(2021, 2, 9))
+    # Least squares of OCO on GOSAT on the same data: slope attenuated by var(truth) / var(gosat).
+    g, o = data["gosat"].to_numpy(), data["oco"].to_numpy()
+    ols = np.cov(g, o)[0, 1] / np.var(g, ddof=1)
+    assert ols < 0.85 and abs(ols - 1 / 0.985) > 5 * fit.slope_se
+
+
+def test_jackknife_standard_errors_match_the_scatter_over_repeats():
+    slopes, ses = [], []
+    for seed in range(30):
+        fit = fit_gosat_to_oco(known_bias(200, seed=seed))
+        slopes.append(fit.slope)
+        ses.append(fit.slope_se)
+    assert np.std(slopes) == pytest.approx(np.mean(ses), rel=0.35)
 
 
 def test_fit_falls_back_to_an_offset_with_few_collocations():
     data = known_bias(10)
-    fit = fit_gosat_to_oco(data, min_collocations=30)
-    assert fit.method == "offset" and fit.slope == 1.0
-    assert fit.intercept == pytest.approx(float((data["oco"] - data["gosat"]).mean()))
+    fit = fit_gosat_to_oco(data, min_soundings=20)
+    assert fit.method == "offset" and fit.slope == 1.0 and fit.slope_se == 0.0
+    difference = (data["oco"] - data["gosat"]).to_numpy()
+    assert fit.intercept == pytest.approx(float(difference.mean()))
+    assert fit.intercept_se == pytest.approx(float(difference.std(ddof=1) / math.sqrt(10)))
     assert fit.n_collocations == 10
+
+
+def test_minimum_counts_are_in_independent_soundings():
+    # 30 collocations, but each GOSAT footprint only a tenth inside the region: 3 soundings' worth.
+    data = known_bias(30)
+    data["weight"] = 0.1
+    assert fit_gosat_to_oco(data, min_soundings=20).method == "offset"
+    data["weight"] = 0.09
+    assert fit_gosat_to_oco(data).method == "identity"
 
 
 def test_fit_is_the_identity_below_three_collocations():
@@ -126,15 +185,35 @@ def test_fit_guards_against_degenerate_gosat_variance():
     assert fit.method == "offset"
     assert fit.intercept == pytest.approx(float(data["oco"].mean()) - 410.0)
     assert math.isfinite(fit.rmse)
+    # GOSAT spread no larger than its own errors: the slope would be noise.
+    assert fit_gosat_to_oco(known_bias(100, spread=0.5)).method == "offset"
 
 
 def test_fit_refuses_a_noise_dominated_slope():
-    # OCO unrelated to GOSAT: the OLS slope is ~0, which would flatten every mapped GOSAT cell.
+    # OCO unrelated to GOSAT: the slope is ~0, which would flatten every mapped GOSAT cell.
     rng = np.random.default_rng(3)
     data = known_bias(200)
     data["oco"] = rng.normal(410.0, 1.0, 200)
     assert fit_gosat_to_oco(data).method == "offset"
-    assert fit_gosat_to_oco(data, slope_bounds=None).method == "ols"
+    assert fit_gosat_to_oco(data, slope_bounds=None).method == "deming"
+
+
+def test_fit_id_is_stable_and_changes_with_the_fit():
+    data = known_bias(100)
+    fit = fit_gosat_to_oco(data)
+    assert len(fit.fit_id) == 12
+    assert fit_gosat_to_oco(data.copy()).fit_id == fit.fit_id  # same collocations, same id
+    assert GosatFit.from_dict(json.loads(json.dumps(fit.to_dict()))).fit_id == fit.fit_id
+    more = fit_gosat_to_oco(known_bias(101))
+    assert more.fit_id != fit.fit_id  # one more collocation
+    changed = data.copy()
+    changed.loc[0, "oco"] += 0.5
+    assert fit_gosat_to_oco(changed).fit_id != fit.fit_id  # same soundings, another value
+    assert fit_gosat_to_oco(data, min_soundings=200).fit_id != fit.fit_id  # another method
+    assert GosatFit.identity().fit_id == GosatFit.identity().fit_id
+    edited = {**fit.to_dict(), "slope": fit.slope + 0.1}
+    with pytest.raises(ValueError, match="fit_id"):
+        GosatFit.from_dict(edited)
 
 
 def test_fit_round_trips_through_json():
@@ -151,7 +230,7 @@ def test_fit_round_trips_through_json():
 def test_fuse_day_prefers_oco_and_maps_gosat_elsewhere():
     oco = merge_oco(cells([1, 2], [400.0, 401.0], sigma=0.5), cells([2, 3], [403.0, 404.0]))
     gosat = cells([2, 3, 10, 11], [420.0, 421.0, 410.0, 412.0], sigma=1.5, n=1)
-    fit = GosatFit(-5.0, 1.02, 100, 0.5, 0.9, "ols", (date(2021, 1, 1), date(2021, 1, 31)))
+    fit = GosatFit(-5.0, 1.02, 100, 0.5, 0.9, "deming", (date(2021, 1, 1), date(2021, 1, 31)))
     out = fuse_day(oco, gosat, fit)
     assert list(out.columns) == FUSED_COLUMNS
     assert out.dtypes.astype(str).tolist() == FUSED_DTYPES
@@ -161,6 +240,8 @@ def test_fuse_day_prefers_oco_and_maps_gosat_elsewhere():
         [400.0, 402.0, 404.0, -5.0 + 1.02 * 410.0, -5.0 + 1.02 * 412.0]
     )
     assert out["xco2_uncertainty"].tolist()[3:] == pytest.approx([1.5 * 1.02, 1.5 * 1.02])
+    assert out["fit_id"].tolist() == ["", "", "", fit.fit_id, fit.fit_id]
+    assert out["weight"].tolist() == pytest.approx([0.25, 0.5, 0.25, 0.25, 0.25])  # GOSAT keeps its weight
 
 
 def test_fuse_day_with_missing_sides():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tasks.grid import Grid
-from tasks.gridding import CELL_COLUMNS, grid_soundings, km_per_degree
+from tasks.gridding import CELL_COLUMNS, grid_soundings, km_per_degree, sounding_footprints
 from tasks.soundings import VERTEX_LAT, VERTEX_LON, empty_soundings
 
 GRID = Grid(west=104.0, south=30.0, east=104.5, north=30.5, step=0.01)  # 50 x 50 cells
@@ -191,7 +191,7 @@ def test_empty_input_gives_an_empty_frame_with_the_right_dtypes():
     out = grid_soundings(empty_soundings(), GRID)
     assert list(out.columns) == CELL_COLUMNS
     assert len(out) == 0
-    assert out.dtypes.astype(str).tolist() == ["int64", "float64", "float64", "int32"]
+    assert out.dtypes.astype(str).tolist() == ["int64", "float64", "float64", "int32", "float64"]
 
 
 def test_output_dtypes_and_order():
@@ -202,7 +202,7 @@ def test_output_dtypes_and_order():
     ])
     out = grid_soundings(soundings, GRID)
     assert list(out.columns) == CELL_COLUMNS
-    assert out.dtypes.astype(str).tolist() == ["int64", "float64", "float64", "int32"]
+    assert out.dtypes.astype(str).tolist() == ["int64", "float64", "float64", "int32", "float64"]
     assert out["cell"].is_monotonic_increasing and out["cell"].is_unique
 
 
@@ -257,3 +257,35 @@ def test_realistic_oco_footprints_cover_one_to_four_cells_and_time():
     # 1.29 x 2.25 km = 2.9 km^2 over ~1.07 km^2 cells: ~2.7 cells per sounding on average.
     cells_per_sounding = out["n_soundings"].sum() / len(soundings)
     assert 2.0 < cells_per_sounding < 3.5
+
+
+def test_weights_sum_to_the_number_of_soundings_for_circles_and_polygons():
+    """Each sounding counts once however many cells it fills: ~1/80 per GOSAT cell, ~1/3 per OCO one."""
+    oco_day = random_oco_day(GRID, 300, seed=4)
+    out = grid_soundings(oco_day, GRID)
+    assert out["weight"].sum() == pytest.approx(300.0, rel=1e-12)
+    assert out["n_soundings"].sum() > 2 * 300  # the cell count that used to be the sample count
+    rng = np.random.default_rng(5)
+    gosat_day = pd.DataFrame([gosat(la, lo, xco2=x) for la, lo, x in zip(
+        rng.uniform(30.1, 30.4, 12), rng.uniform(104.1, 104.4, 12), rng.normal(412, 1, 12))])
+    out = grid_soundings(gosat_day, GRID)
+    assert out["weight"].sum() == pytest.approx(12.0, rel=1e-12)
+    assert out["n_soundings"].sum() > 70 * 12
+    # A lone GOSAT footprint: every cell holds 1 / (its ~80 cells).
+    lone = grid_soundings(pd.DataFrame([gosat(*centre(25, 25))]), GRID)
+    assert lone["weight"].to_numpy() == pytest.approx(np.full(len(lone), 1.0 / len(lone)))
+    # Footprints sharing cells: the shared cell holds both shares.
+    top, left = centre(10, 10)
+    two = grid_soundings(pd.DataFrame([
+        oco(box(top - 0.005, top + 0.005, left - 0.004, left + 0.014)),   # (10,10) and (10,11)
+        oco(box(top - 0.005, top + 0.005, left + 0.006, left + 0.014)),   # (10,11) only
+    ]), GRID).set_index("cell")["weight"]
+    assert two.tolist() == pytest.approx([0.5, 1.5])
+
+
+def test_a_footprint_cut_by_the_grid_edge_counts_its_inside_share():
+    out = grid_soundings(pd.DataFrame([gosat(30.49, 104.01)]), GRID)
+    footprints = sounding_footprints(pd.DataFrame([gosat(30.49, 104.01)]), GRID)
+    assert 0.15 < out["weight"].sum() < 0.5  # about a quarter of the disc lies inside
+    assert footprints["weight"].sum() == pytest.approx(out["weight"].sum())
+    assert footprints["cell"].tolist() == out["cell"].tolist()

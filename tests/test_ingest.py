@@ -37,9 +37,11 @@ def test_fused_targets_and_samples(tmp_path):
     gosat = write_gosat_c3s(tmp_path / "in", tiny_soundings("gosat", DAY, center=(30.8, 104.2)), day=DAY)
     ingest.grid_day(DAY, {"oco2": [oco2], "oco3": [], "gosat": [gosat]}, GRID, region, tmp_path / "q")
     fit = ingest.fit_gosat(region)
-    assert (region / "fusion" / "gosat_fit.json").is_file()
+    assert (region / "gosat_fit.json").is_file()
     targets = ingest.fused_targets(region, DAY, fit)
     assert set(targets["source"]) == {"oco2", "gosat"} and targets["cell"].is_unique
+    gosat = targets["source"] == "gosat"
+    assert set(targets.loc[gosat, "fit_id"]) == {fit.fit_id} and set(targets.loc[~gosat, "fit_id"]) == {""}
     ny, nx = GRID.shape
     layers = DayLayers(DAY, np.zeros((len(STATIC_NAMES), ny, nx), np.float32),
                        np.zeros((len(NDVI_NAMES), ny, nx), np.float32),
@@ -50,3 +52,5 @@ def test_fused_targets_and_samples(tmp_path):
     np.testing.assert_allclose(samples["latitude"], lat, rtol=1e-6)
     np.testing.assert_allclose(samples["longitude"], lon, rtol=1e-6)
     assert list(samples.columns[-len(FEATURE_NAMES):]) == list(FEATURE_NAMES)
+    assert samples["weight"].tolist() == targets["weight"].tolist()
+    assert samples["fit_id"].tolist() == targets["fit_id"].tolist()
