@@ -18,6 +18,7 @@ DEMO_WORLD_ALLOWED = {
     "flows/demo.py": "the demo: writes the demo world and scores against its truth",
     "flows/cli.py": "`xco2 past-window` scores the demo world's truth",
     "flows/retrain.py": "demo truth scoring in the retrain (issue 13 moves it out of the flow)",
+    "flows/benchmark_real.py": "the real-value benchmark writes real retrievals with the demo's real-format writers",
 }
 
 

@@ -1,0 +1,183 @@
+"""The real-value benchmark (issue 11 item 1): split, inputs in the real formats, baselines, scores."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows import benchmark_real as br
+from models import real_benchmark as rb
+
+BOX = br.BenchmarkBox("tiny", -60.0, -10.0, -58.0, -8.0, date(2016, 3, 1), date(2016, 3, 12))
+SPLIT = rb.SplitConfig(block_deg=0.5, block_fraction=0.2, day_every=4, day_offset=1, seed=7)
+
+
+def tiny_table(seed: int = 0, coverage: float = 0.9) -> pd.DataFrame:
+    """Bins of 0.25 degree (centres on the 0.25 grid's cell centres) over the tiny box, most of
+    them observed every day: a smooth gradient, a slow trend and 0.4 ppm of noise."""
+    rng = np.random.default_rng(seed)
+    centres = np.arange(0.125, 2.0, 0.25)
+    lon, lat = np.meshgrid(BOX.west + centres, BOX.south + centres)
+    rows = []
+    for i in range((BOX.end - BOX.start).days + 1):
+        day = BOX.start + timedelta(days=i)
+        keep = rng.random(lon.size) < coverage
+        x = 400.0 + 0.3 * (lat.ravel() - BOX.south) + 0.02 * i + rng.normal(0, 0.4, lon.size)
+        rows.append(pd.DataFrame({"day": day, "lon": lon.ravel()[keep], "lat": lat.ravel()[keep],
+                                  "xco2_ppm": x[keep]}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_split_holds_out_whole_blocks_and_whole_days():
+    df = tiny_table()
+    label = rb.split_holdouts(df, BOX.bounds, BOX.start, BOX.end, SPLIT)
+    assert set(label) == {"train", "spatial", "days"}
+    days_out = set(rb.held_out_days(BOX.start, BOX.end, SPLIT))
+    assert days_out == {date(2016, 3, 2), date(2016, 3, 6), date(2016, 3, 10)}
+    assert set(df["day"][label == "days"]) == days_out
+    assert not set(df["day"][label != "days"]) & days_out  # a held-out day is out whole
+    blocks = rb.block_ids(df["lon"], df["lat"], BOX.west, BOX.south, SPLIT.block_deg)
+    held_blocks = set(blocks[label == "spatial"])
+    assert len(held_blocks) == 3  # 20% of 16 blocks
+    assert not held_blocks & set(blocks[label == "train"])  # a held-out block is out whole
+    again = rb.split_holdouts(df, BOX.bounds, BOX.start, BOX.end, SPLIT)
+    assert (again == label).all()  # seeded
+
+
+def test_outliers_are_dropped_the_way_inputs_are():
+    df = tiny_table()
+    df.loc[0, "xco2_ppm"] = 332.4  # inside the readers' range, a failed retrieval all the same
+    df.loc[1, "xco2_ppm"] = 520.0  # outside it
+    kept, counts = br.select_box(df, BOX)
+    assert counts["outside_plausible_range"] == 1 and counts["robust_outliers"] == 1
+    assert len(kept) == len(df) - 2 and kept["xco2_ppm"].between(395, 405).all()
+
+
+def test_lite_files_round_trip_through_the_reader(tmp_path):
+    from tasks.readers import read_soundings
+    from tasks.soundings import good_soundings
+
+    df = tiny_table()
+    train = df[df["day"] <= date(2016, 3, 3)]
+    paths = br.write_lite_files(train, tmp_path)
+    assert len(paths) == 3 and all(p.name.startswith("oco2_LtCO2_1603") for p in paths)
+    for path in paths:
+        got = good_soundings(read_soundings(path))
+        day = got["time"].dt.date.unique()
+        assert len(day) == 1
+        want = train[train["day"] == day[0]].sort_values(["lat", "lon"]).reset_index(drop=True)
+        got = got.sort_values(["latitude", "longitude"]).reset_index(drop=True)
+        assert len(got) == len(want)
+        np.testing.assert_allclose(got["latitude"], want["lat"], atol=1e-5)
+        np.testing.assert_allclose(got["longitude"], want["lon"], atol=1e-5)
+        np.testing.assert_allclose(got["xco2"], want["xco2_ppm"], atol=1e-4)  # float32 in the file
+        assert (got["xco2_uncertainty"] == br.SOUNDING_UNCERTAINTY_PPM).all()
+
+
+def test_baselines_recover_a_known_harmonic_signal():
+    origin = date(2015, 1, 1)
+    days = pd.date_range(origin, periods=730, freq="D")
+    t = np.arange(730) / rb.YEAR_DAYS
+    truth = np.array([398.0, 2.4, 1.2, -0.8, 0.3, 0.2])
+    signal = rb.harmonic_design(t) @ truth
+    df = pd.DataFrame({"day": days.date, "lon": 0.0, "lat": 0.0, "xco2_ppm": signal})
+    fit = rb.HarmonicFit(origin).fit(df)
+    np.testing.assert_allclose(fit.coef_, truth, atol=1e-8)
+    # A daily anomaly on top: the anomaly model takes it on training days and interpolates between.
+    anomaly = np.where(np.arange(730) % 2 == 0, 0.5, 0.7)
+    df["xco2_ppm"] = signal + anomaly
+    held = df.iloc[1::10]  # odd days: anomaly 0.7, neighbours (even days) at 0.5 -> 0.5 interpolated
+    train = df.drop(held.index)
+    model = rb.HarmonicDailyAnomaly(origin).fit(train)
+    seen = train.iloc[::7]
+    assert np.abs(model.predict(seen) - seen["xco2_ppm"]).max() < 0.02
+    # The held-out days' anomaly is their neighbours' (0.5 ppm), up to the harmonic fit's bit of it.
+    assert np.abs(model.predict(held) - (rb.harmonic_design(t[held.index]) @ truth + 0.5)).max() < 0.05
+    assert rb.TrainingMean().fit(train).predict(held)[0] == pytest.approx(train["xco2_ppm"].mean())
+
+
+def test_scores_and_noise_floor():
+    s = rb.score(np.array([1.0, 2.0, 3.0, np.nan]), np.array([1.5, 2.0, 2.5, 9.0]), np.array([0.6, 0.1, 0.4, 1]))
+    assert s["n"] == 3 and s["bias"] == pytest.approx(0.0) and s["rmse"] == pytest.approx(np.sqrt(0.5 / 3))
+    assert s["coverage68"] == pytest.approx(2 / 3) and s["r2"] == pytest.approx(1 - 0.5 / 2)
+    rng = np.random.default_rng(3)
+    df = tiny_table(coverage=1.0)
+    df["xco2_ppm"] = 400 + rng.normal(0, 0.8, len(df))
+    floor = rb.noise_floor(df)
+    assert floor["pairs"] == 12 * 2 * 8 * 7  # every day, 2 x 8 x 7 edge neighbours on the 8 x 8 bins
+    assert floor["rmse"] == pytest.approx(0.8, rel=0.08)
+
+
+def test_scoring_reads_the_cog_cell_holding_the_bin_centre(tmp_path):
+    from affine import Affine
+    import rasterio
+
+    # 4 x 3 cells of 0.25 degree, band 1 = 400 + 10 * row + col, band 2 = 0.1 * (1 + col).
+    transform = Affine(0.25, 0, -60.0, 0, -0.25, -9.25)
+    rows, cols = np.mgrid[0:3, 0:4]
+    bands = np.stack([400 + 10 * rows + cols, 0.1 * (1 + cols)]).astype(np.float32)
+    bands[0, 2, 3] = -9999.0
+    path = tmp_path / "day.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=4, height=3, count=2, dtype="float32", crs="EPSG:4326",
+                       transform=transform, nodata=-9999.0) as dst:
+        dst.write(bands)
+    lon = np.array([-59.875, -59.375, -59.625, -59.125, -61.0])
+    lat = np.array([-9.375, -9.625, -9.875, -9.875, -9.5])
+    x, h = rb.read_cog_at(path, lon, lat)
+    np.testing.assert_allclose(x[:3], [400, 412, 421])  # (row, col) (0, 0), (1, 2), (2, 1)
+    assert np.isnan(x[3]) and np.isnan(x[4])  # (2, 3) is nodata; the last point lies outside
+    np.testing.assert_allclose(h[:3], [0.1, 0.3, 0.2])
+    rows_df = pd.DataFrame({"day": [date(2016, 3, 1), date(2016, 3, 2)], "lon": lon[:2], "lat": lat[:2]})
+    ax, _ = rb.archive_at(rows_df, lambda d: path if d == date(2016, 3, 1) else tmp_path / "none.tif")
+    assert ax[0] == 400 and np.isnan(ax[1])  # a day not archived scores nothing
+
+
+def test_goal_verdict_names_the_baseline_that_wins():
+    s = {"rmse": 1.0, "r2": 0.5, "bias": 0.0, "n": 10, "coverage68": 0.68}
+    table = {"xco2 archive": {"spatial": s, "days": {**s, "coverage68": 0.5}},
+             "harmonic trend + season": {"spatial": {**s, "rmse": 0.94}, "days": {**s, "rmse": 0.97}},
+             "noise floor": {"spatial": {**s, "rmse": 0.2}, "days": {**s, "rmse": 0.2}}}
+    v = rb.goal_verdict(table)
+    assert not v["no_baseline_better"] and v["beaten_by"] == ["harmonic trend + season on spatial blocks (0.94 < 1.00)"]
+    assert not v["coverage_ok"] and v["coverage_outside"] == ["whole days 50%"]
+    assert "| tiny 2016-03..2016-03 | xco2 archive | 1.00 |" in rb.markdown_table({BOX.label: table})
+
+
+def test_a_missing_table_is_named(tmp_path):
+    with pytest.raises(br.BenchmarkInputError, match="no such table"):
+        br.read_retrievals(tmp_path / "absent.parquet")
+    with pytest.raises(br.BenchmarkInputError, match="NAME:WEST"):
+        br.parse_box("nowhere")
+    assert br.parse_box("x:-1,-2,3,4:2016-01-01:2016-02-01").east == 3.0
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_end_to_end(tmp_path, prefect_harness):
+    table = tiny_table()
+    path = tmp_path / "retrievals.parquet"
+    table.to_parquet(path)
+    opts = br.BenchmarkOptions(table=path, out_root=tmp_path / "bench", grid_step=0.25, split=SPLIT, max_epochs=2,
+                               max_training_samples=1000, max_validation_samples=200)
+    result = br.run_benchmark(opts, BOX)
+    counts = result["counts"]
+    assert counts["train"] + counts["held_spatial"] + counts["held_days"] == len(table)
+    assert result["system"]["samples"] == counts["train"]  # one sample per training bin, nothing else
+    assert result["system"]["quarantined"] == 0
+    # Held-out rows never reached the inputs: the Lite files hold exactly the training rows.
+    from tasks.readers import read_soundings
+
+    run_dir = tmp_path / "bench" / next(p.name for p in (tmp_path / "bench").iterdir() if p.is_dir())
+    written = pd.concat([read_soundings(p) for p in sorted((run_dir / "inputs" / "remote" / "oco2").glob("*.nc4"))])
+    assert len(written) == counts["train"]
+    held_days = set(rb.held_out_days(BOX.start, BOX.end, SPLIT))
+    assert not set(written["time"].dt.date) & held_days
+    arch = result["table"]["xco2 archive"]
+    for h in rb.HOLDOUTS:
+        assert arch[h]["n"] == counts[f"held_{h}"]  # every held-out cell-day was mapped and scored
+        assert np.isfinite(arch[h]["rmse"]) and arch[h]["rmse"] < 5
+    assert {"training mean", "harmonic trend + season", "harmonic + daily anomaly", "noise floor"} <= set(result["table"])
+    assert (run_dir / "table.md").is_file() and (run_dir / "benchmark.png").is_file()
+    assert (run_dir / "result.json").is_file() and result["mlflow_run_id"]
