@@ -213,7 +213,7 @@ def test_damage_upstream_and_downstream_at_once_is_healed_in_order(store):
              ingest.gridded_file(settings.region_dir, "gosat", DAMAGED_DAY),
              day_file(settings.region_dir, DAMAGED_DAY)]
     originals = [truncate(p, 0.3) for p in paths]
-    (settings.region_dir / "fusion" / "gosat_fit.json").write_text("{")  # the fit is refitted
+    (settings.region_dir / "gosat_fit.json").write_text("{")  # the fit is refitted
 
     findings = check_state(settings, grid)
     assert [f.kind for f in findings] == ["static covariates", "gridded cells", "samples"]
@@ -322,3 +322,62 @@ def test_temp_cleanup_spares_everything_when_writers_are_alive(tmp_path):
              _touch(tmp_path / "raw" / "granule.nc")]
     assert remove_dead_temp_files([tmp_path / "raw", tmp_path / "missing"]) == []
     assert all(p.exists() for p in files)
+
+
+def test_files_of_the_previous_schema_are_upgraded_in_place(store):
+    """Gridded cells without weight, a GOSAT day without footprints and samples without weight or
+    fit_id (the store before issue 11) are recomputed where they lie, equal to today's files."""
+    from tasks.ingest import GriddedStoreError
+
+    settings, grid = store
+    region = settings.region_dir
+    gridded = ingest.gridded_file(region, "oco2", DAMAGED_DAY)
+    footprints = ingest.footprint_file(region, "gosat", DAMAGED_DAY)
+    sample = day_file(region, DAMAGED_DAY)
+    originals = [p.read_bytes() for p in (gridded, footprints, sample)]
+    pq.write_table(pq.read_table(gridded).drop(["weight"]), gridded)
+    footprints.unlink()
+    pq.write_table(pq.read_table(sample).drop(["weight", "fit_id"]), sample)
+    with pytest.raises(GriddedStoreError, match=f"{gridded}: gridded by an earlier version"):
+        ingest.load_one(region, "oco2", DAMAGED_DAY)
+    with pytest.raises(GriddedStoreError, match=f"{footprints}: missing"):
+        ingest.load_footprints(region, "gosat", [DAMAGED_DAY])
+    with pytest.raises(SampleStoreError, match=f"{sample}: written by an earlier version"):
+        read_samples(region)
+
+    findings = [f.to_dict() for f in check_state(settings, grid)]
+    assert [(f["kind"], f["path"]) for f in findings] == [
+        ("gridded cells", str(ingest.gridded_file(region, "gosat", DAMAGED_DAY))),
+        ("gridded cells", str(gridded)), ("samples", str(sample))]
+    assert all(f["action"].startswith("upgraded in place") for f in findings)
+    assert [p.read_bytes() for p in (gridded, footprints, sample)] == originals
+    assert not (settings.quarantine_dir / "state").exists()  # not damage: nothing set aside
+    assert check_state(settings, grid) == []
+
+
+def test_refit_re_fuses_only_the_days_on_another_fit_and_is_idempotent(store):
+    from tasks.fusion import GosatFit
+
+    settings, grid = store
+    region, era5 = settings.region_dir, raw_dir(settings, "era5")
+    pristine = read_samples(region)
+    fit = ingest.current_gosat_fit(region)
+    gosat = pristine["source"] == "gosat"
+    assert gosat.any() and set(pristine.loc[gosat, "fit_id"]) == {fit.fit_id}
+    assert set(pristine.loc[~gosat, "fit_id"]) == {""}
+    assert fit.n_collocations >= 3  # the demo's GOSAT soundings do meet OCO
+
+    # The store as an older fit left it: two days mapped with another line.
+    older = GosatFit(1.5, 1.0, 4, float("nan"), float("nan"), "offset")
+    stale = [START, END]
+    for day in stale:
+        ingest.sample_day(region, era5, grid, day, older)
+    untouched = day_file(region, DAMAGED_DAY).stat().st_mtime_ns
+    refit = ingest.refit_gosat_and_refuse(region, era5, grid)
+    assert refit.fit.fit_id == fit.fit_id and refit.previous_fit_id == fit.fit_id
+    assert refit.rewritten == stale and refit.resampled == [] and refit.unchanged == 1
+    assert day_file(region, DAMAGED_DAY).stat().st_mtime_ns == untouched
+    # Reusing the stored features gives exactly what sampling the day afresh gives.
+    pd.testing.assert_frame_equal(read_samples(region), pristine)
+    again = ingest.refit_gosat_and_refuse(region, era5, grid)
+    assert again.rewritten == [] and again.fit.fit_id == fit.fit_id
