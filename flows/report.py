@@ -35,8 +35,9 @@ def select_days(archive_root: Path, region_name: str, first: date, last: date) -
 
 
 @unit(name="report-scan-archive")
-def scan_and_map(archive_root: Path, region_name: str, grid: Grid, days: list[date], out_dir: Path):
-    return report.scan_and_map(archive_root, region_name, grid, days, out_dir)
+def scan_and_map(archive_root: Path, region_name: str, grid: Grid, days: list[date], out_dir: Path,
+                 area: report.ReportArea | None = None):
+    return report.scan_and_map(archive_root, region_name, grid, days, out_dir, area)
 
 
 @unit(name="report-summarise")
@@ -65,9 +66,10 @@ def archive_report(start: str, end: str, out_dir: str | None = None, overrides: 
 
     days = select_days(settings.archive_root, region, first, last)
     logger.info("report of %d archived days of %s, %s..%s, into %s", len(days), region, first, last, target)
-    daily, maps = scan_and_map(settings.archive_root, region, grid, days, target)
+    area = report.ReportArea.for_region(settings.region, grid)  # the boundary's cells, or the whole box
+    daily, maps = scan_and_map(settings.archive_root, region, grid, days, target, area)
     tables = summarise(daily)
-    context = report.report_context(settings.archive_root, region, grid, first, last)
+    context = report.report_context(settings.archive_root, region, grid, first, last, area)
     result = write_outputs(target, tables, maps, context)
 
     window = f"{first}..{last} ({region})"

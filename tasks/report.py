@@ -8,8 +8,13 @@
     # or all at once: build_report(archive_root, region_name, grid, start, end, out_dir)
 
 What is computed, and how:
-- Daily regional mean: the mean of band 1 (XCO2, ppm) over the cells with a value (NaN is no
-  data), each cell weighted by cos(latitude). A 0.01 degree cell's area shrinks with the cosine
+- The area: the cells of the region's boundary polygon (a cell counts when its centre lies inside;
+  tasks/regions/boundary.py), or the whole box when the region has none. Everything below (means,
+  coverage, growth, maps) is over those cells only, so a Sichuan report is over the province
+  (about 0.48 M km2), not its bounding box (1.40 M km2), and compares with the paper's Table 6
+  (PAPER_TABLE6_ANNUAL_PPM, set beside the annual means).
+- Daily regional mean: the mean of band 1 (XCO2, ppm) over the area's cells with a value (NaN is
+  no data), each cell weighted by cos(latitude). A 0.01 degree cell's area shrinks with the cosine
   of its latitude; over Sichuan's 8.3 degrees (26-34 N) that is a 10 % difference between the
   southern and northern edges, so an unweighted mean would over-count the north. Coverage is
   the area fraction of the region with a value.
@@ -55,6 +60,7 @@ from tasks.archive import archived_days, day_cog_path
 from tasks.archive.layout import region_dir
 from tasks.atomic import atomic_path, publish_text
 from tasks.grid import Grid
+from tasks.regions.boundary import boundary_mask, read_boundary
 
 SEASONS = ("DJF", "MAM", "JJA", "SON")
 SEASON_NAMES = {"DJF": "winter", "MAM": "spring", "JJA": "summer", "SON": "autumn"}
@@ -75,6 +81,18 @@ CSV_FILES = {
     "seasonal_climatology": "seasonal_climatology.csv",
     "growth": "growth_rates.csv",
 }
+# Zhang et al. (2024), the project's reference paper (its text does not ship with the project):
+# Table 6, annual mean XCO2 over Sichuan province from their ResNet-LSTM maps (ppm), and the growth
+# rate its text gives for 2015-2022. The table's own least-squares slope is about 2.49 ppm/yr and
+# (2022 - 2015) / 7 is 2.53, so the text's 2.21 is reported as the paper states it, beside both.
+PAPER_CITATION = ("Zhang H., Chang Z., Teng Y., Wei Y., Chen Y., Ma S. (2024), Reconstruction on High-Resolution "
+                  "XCO2 Spatiotemporal Distribution in Sichuan Province Using ResNet-LSTM Model, Table 6")
+PAPER_TABLE6_ANNUAL_PPM = {2015: 398.92, 2016: 402.52, 2017: 404.93, 2018: 407.07,
+                           2019: 409.72, 2020: 412.38, 2021: 414.57, 2022: 416.60}
+PAPER_GROWTH_PPM_PER_YR = 2.21  # 2015-2022, as the paper's text states it
+PAPER_AREA = "Sichuan province"
+EARTH_RADIUS_KM = 6371.0072  # authalic: a sphere of the WGS84 ellipsoid's area
+
 TIMESERIES_PNG = "timeseries.png"
 SEASONAL_CYCLE_PNG = "seasonal_cycle.png"
 
@@ -190,17 +208,51 @@ class MapInfo:
     mean_ppm: float | None
 
 
+@dataclass(frozen=True)
+class ReportArea:
+    """The cells a report averages over: inside the region's boundary, or the whole box."""
+
+    inside: np.ndarray | None = None  # bool [ny, nx]; None: every cell of the box
+    outline: Any = None  # the boundary polygon (shapely), drawn on the maps
+    boundary: str | None = None  # its file
+
+    @classmethod
+    def for_region(cls, region, grid: Grid) -> "ReportArea":
+        """From a tasks.settings.Region; the boundary file is read now (nothing is cached)."""
+        if region.boundary is None:
+            return cls()
+        outline = read_boundary(region.boundary)
+        return cls(boundary_mask(outline, grid), outline, str(region.boundary))
+
+    def describe(self, grid: Grid) -> dict:
+        """Cells and km2 of the area and of the box (cell areas on the authalic sphere)."""
+        north = np.radians(grid.north - np.arange(grid.ny) * grid.step)
+        row_km2 = EARTH_RADIUS_KM ** 2 * np.radians(grid.step) * (np.sin(north) - np.sin(north - np.radians(grid.step)))
+        box_km2 = float(row_km2.sum() * grid.nx)
+        if self.inside is None:
+            return {"boundary": None, "cells": grid.n_cells, "km2": round(box_km2), "box_cells": grid.n_cells,
+                    "box_km2": round(box_km2)}
+        return {"boundary": self.boundary, "cells": int(self.inside.sum()),
+                "km2": round(float((self.inside * row_km2[:, None]).sum())), "box_cells": grid.n_cells,
+                "box_km2": round(box_km2)}
+
+
 def _area_weights(grid: Grid) -> np.ndarray:
     # cos(latitude) of the cell centres, (ny, 1): a cell's area is proportional to it.
     return np.cos(np.radians(grid.lats))[:, None]
 
 
-def regional_mean(xco2: np.ndarray, grid: Grid) -> tuple[float | None, int, float]:
-    """(area-weighted mean ppm or None, cells with a value, area fraction with a value)."""
+def regional_mean(xco2: np.ndarray, grid: Grid, inside: np.ndarray | None = None) -> tuple[float | None, int, float]:
+    """(area-weighted mean ppm or None, cells with a value, area fraction with a value), over the
+    cells `inside` (bool [ny, nx]; None: all)."""
     xco2 = np.asarray(xco2, dtype=np.float64)
     valid = np.isfinite(xco2)
     weights = np.broadcast_to(_area_weights(grid), xco2.shape)
-    total = float(weights.sum())
+    if inside is not None:
+        valid &= inside
+        total = float(weights[inside].sum())
+    else:
+        total = float(weights.sum())
     w_valid = float(weights[valid].sum())
     n = int(valid.sum())
     if n == 0 or w_valid <= 0:
@@ -226,8 +278,10 @@ def scan_archive(
     grid: Grid,
     days: Iterable[date],
     on_map: Callable[[MeanAccumulator], None] | None = None,
+    area: ReportArea | None = None,
 ) -> list[DayStat]:
     """One pass over the days: their regional means and tags; `on_map` gets each finished mean map.
+    `area`: the cells to average and map (default: the whole box).
 
     Annual accumulators are handed over as soon as their year ends (days are processed in
     order), the four season ones at the end, so at most five exist at a time.
@@ -238,13 +292,14 @@ def scan_archive(
     season_accs: dict[str, MeanAccumulator] = {}
     for day in days:
         xco2, tags = _read_day(day_cog_path(archive_root, region_name, day), grid)
-        mean, n, coverage = regional_mean(xco2, grid)
+        inside = area.inside if area is not None else None
+        mean, n, coverage = regional_mean(xco2, grid, inside)
         stats.append(DayStat(day=day, mean_ppm=mean, valid_cells=n, coverage=coverage,
                              model_name=tags.get("model_name"), model_version=tags.get("model_version"),
                              synthetic=tags.get("synthetic", "").strip().lower() == "true"))
         if on_map is None or n == 0:
             continue
-        valid = np.isfinite(xco2)
+        valid = np.isfinite(xco2) if inside is None else np.isfinite(xco2) & inside
         if year_acc is not None and year_acc.label != str(day.year):
             on_map(year_acc)
             year_acc = None
@@ -314,6 +369,27 @@ def seasonal_means(daily: list[DayStat]) -> list[dict]:
         rows.append({"season_year": season_year, "season": season, "label": f"{season} {season_year}",
                      **_period_row(group, _season_days(season_year, season))})
     return rows
+
+
+def with_paper(annual: list[dict]) -> list[dict]:
+    """The annual rows with the paper's Table 6 mean of the year (None outside 2015-2022) and the
+    difference (this archive - paper)."""
+    rows = []
+    for row in annual:
+        paper = PAPER_TABLE6_ANNUAL_PPM.get(row["year"])
+        rows.append({**row, "paper_ppm": paper,
+                     "minus_paper_ppm": _r(row["mean_ppm"] - paper) if paper is not None and row["mean_ppm"] is not None
+                     else None})
+    return rows
+
+
+def paper_growth() -> dict:
+    years = sorted(PAPER_TABLE6_ANNUAL_PPM)
+    values = [PAPER_TABLE6_ANNUAL_PPM[y] for y in years]
+    return {"citation": PAPER_CITATION, "area": PAPER_AREA, "years": f"{years[0]}-{years[-1]}",
+            "text_ppm_per_yr": PAPER_GROWTH_PPM_PER_YR,
+            "table_slope_ppm_per_yr": _r(float(np.polyfit(years, values, 1)[0])),
+            "table_mean_ppm": _r(float(np.mean(values)))}
 
 
 def annual_means(daily: list[DayStat]) -> list[dict]:
@@ -447,10 +523,11 @@ def summarise(daily: list[DayStat]) -> dict:
         "daily": [s.row() for s in daily],
         "monthly": monthly,
         "seasonal": seasonal,
-        "annual": annual,
+        "annual": with_paper(annual),
         "monthly_climatology": monthly_clim,
         "seasonal_climatology": seasonal_clim,
         "growth": growth_rates(annual),
+        "paper": paper_growth(),
         "seasonal_cycle": seasonal_cycle(monthly_clim, seasonal_clim),
         "models": model_versions(daily),
         "synthetic_days": sum(s.synthetic for s in daily),
@@ -493,8 +570,16 @@ def _block_mean(acc: MeanAccumulator, factor: int) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def plot_mean_map(acc: MeanAccumulator, grid: Grid, png_path: Path | str, title: str) -> Path:
-    """A mean map as PNG: lon/lat axes, colourbar in ppm, the period and its day count in the title."""
+def _draw_outline(axes, outline) -> None:
+    for polygon in getattr(outline, "geoms", [outline]):
+        for ring in (polygon.exterior, *polygon.interiors):
+            x, y = ring.xy
+            axes.plot(x, y, color="black", linewidth=0.8)
+
+
+def plot_mean_map(acc: MeanAccumulator, grid: Grid, png_path: Path | str, title: str, outline=None) -> Path:
+    """A mean map as PNG: lon/lat axes, colourbar in ppm, the period and its day count in the title,
+    and the region's boundary (`outline`, a shapely polygon) when it has one."""
     from matplotlib.ticker import MaxNLocator
 
     png_path = Path(png_path)
@@ -524,6 +609,10 @@ def plot_mean_map(acc: MeanAccumulator, grid: Grid, png_path: Path | str, title:
     axes.set_ylabel("Latitude (°N)")
     axes.set_title(f"{title}\n{acc.n_days} day{'s' if acc.n_days != 1 else ''}, {acc.first} .. {acc.last}",
                    fontsize=10)
+    if outline is not None:
+        _draw_outline(axes, outline)
+        axes.set_xlim(grid.west, grid.east)  # the outline may reach past the box
+        axes.set_ylim(grid.south, grid.north)
     colourbar_axes = axes.inset_axes((1.03, 0.0, 0.035, 1.0))
     figure.colorbar(image, cax=colourbar_axes, label="XCO2 (ppm)")
     return _save(figure, png_path)
@@ -592,9 +681,11 @@ def plot_seasonal_cycle(monthly_clim: list[dict], seasonal_clim: list[dict], png
 
 
 def scan_and_map(archive_root: Path | str, region_name: str, grid: Grid, days: list[date],
-                 out_dir: Path | str) -> tuple[list[DayStat], list[MapInfo]]:
-    """Scan the days once, writing each annual and season mean map to `out_dir` as it finishes."""
+                 out_dir: Path | str, area: ReportArea | None = None) -> tuple[list[DayStat], list[MapInfo]]:
+    """Scan the days once, writing each annual and season mean map to `out_dir` as it finishes.
+    `area`: the cells averaged and mapped (default: the whole box)."""
     out_dir = Path(out_dir)
+    area = area or ReportArea()
     maps: list[MapInfo] = []
 
     def write(acc: MeanAccumulator) -> None:
@@ -603,12 +694,12 @@ def scan_and_map(archive_root: Path | str, region_name: str, grid: Grid, days: l
         else:
             name = f"season_{acc.label}.png"
             title = f"Mean XCO2 {acc.label} ({SEASON_NAMES[acc.label]}, all years in the window), {region_name}"
-        path = plot_mean_map(acc, grid, out_dir / name, title)
-        mean, _, _ = regional_mean(acc.mean(), grid)
+        path = plot_mean_map(acc, grid, out_dir / name, title, area.outline)
+        mean, _, _ = regional_mean(acc.mean(), grid, area.inside)
         maps.append(MapInfo(kind=acc.kind, label=acc.label, path=str(path), n_days=acc.n_days,
                             first=str(acc.first), last=str(acc.last), mean_ppm=_r(mean)))
 
-    daily = scan_archive(archive_root, region_name, grid, days, on_map=write)
+    daily = scan_archive(archive_root, region_name, grid, days, on_map=write, area=area)
     return daily, maps
 
 
@@ -661,8 +752,17 @@ def summary_markdown(tables: dict, maps: list[MapInfo], context: dict, figures: 
                   f"{tables['n_days']} archived days in this window are tagged `synthetic=true` (made from the "
                   "demo world). Nothing below describes the real atmosphere.", ""]
     calendar_days = (date.fromisoformat(last) - date.fromisoformat(first)).days + 1
+    area = context.get("area") or {}
+    if area.get("boundary"):
+        over = (f"the {area['cells']:,} cells inside the boundary `{area['boundary']}`, {area['km2']:,} km2 (of the "
+                f"box's {area['box_cells']:,} cells, {area['box_km2']:,} km2)")
+    elif area:
+        over = f"the whole box, {area['cells']:,} cells, {area['km2']:,} km2 (the region has no boundary)"
+    else:
+        over = "the whole box"
     lines += [
         f"- region: `{region}`, {context['grid']}",
+        f"- averaged over: {over}",
         f"- archive: `{context['archive']}`",
         f"- days archived in the window: {tables['n_days']} of {calendar_days} "
         f"({tables['daily'][0]['day']} .. {tables['daily'][-1]['day']})",
@@ -680,11 +780,16 @@ def summary_markdown(tables: dict, maps: list[MapInfo], context: dict, figures: 
         lines += ["## Needs more data", ""] + [f"- {note}" for note in tables["needs_more_data"]] + [""]
 
     annual = tables["annual"]
+    paper = tables["paper"]
     lines += ["## Annual means (Table 6)", "",
               _md_table([{**r, "day_coverage": _pct(r["day_coverage"]), "cells": _pct(r["mean_cell_coverage"])}
                          for r in annual],
-                        [("year", "year"), ("mean_ppm", "mean (ppm)"), ("n_days", "days"),
-                         ("day_coverage", "coverage"), ("partial", "partial"), ("cells", "area with values")])]
+                        [("year", "year"), ("mean_ppm", "mean (ppm)"), ("paper_ppm", "paper (ppm)"),
+                         ("minus_paper_ppm", "minus paper"), ("n_days", "days"),
+                         ("day_coverage", "coverage"), ("partial", "partial"), ("cells", "area with values")]),
+              f"`paper`: {paper['citation']}, annual means over {paper['area']} {paper['years']} (mean "
+              f"{paper['table_mean_ppm']:.2f} ppm); comparable only when this report averages over that province.",
+              ""]
 
     growth = tables["growth"]
     lines += ["## Growth rates", ""]
@@ -701,6 +806,8 @@ def summary_markdown(tables: dict, maps: list[MapInfo], context: dict, figures: 
                                if trend["partial_years"] else ""), ""]
     else:
         lines += ["_Needs at least 2 calendar years with archived days (see above)._", ""]
+    lines += [f"Paper, {paper['area']} {paper['years']}: {paper['text_ppm_per_yr']:.2f} ppm/yr as its text states it; "
+              f"the least-squares slope of its Table 6 means is {paper['table_slope_ppm_per_yr']:.2f} ppm/yr.", ""]
 
     cycle = tables["seasonal_cycle"]
     lines += ["## Seasonal means (Fig. 9)", "", "All years in the window:", "",
@@ -811,10 +918,12 @@ def write_outputs(out_dir: Path | str, tables: dict, maps: list[MapInfo], contex
     return result
 
 
-def report_context(archive_root: Path | str, region_name: str, grid: Grid, start: date, end: date) -> dict:
+def report_context(archive_root: Path | str, region_name: str, grid: Grid, start: date, end: date,
+                   area: ReportArea | None = None) -> dict:
     from datetime import datetime, timezone
 
     return {
+        "area": (area or ReportArea()).describe(grid),
         "region": region_name,
         "window": [start.isoformat(), end.isoformat()],
         "grid": f"{grid.west:.2f}-{grid.east:.2f} E, {grid.south:.2f}-{grid.north:.2f} N, "
@@ -825,10 +934,10 @@ def report_context(archive_root: Path | str, region_name: str, grid: Grid, start
 
 
 def build_report(archive_root: Path | str, region_name: str, grid: Grid, start: str | date, end: str | date,
-                 out_dir: Path | str) -> dict:
-    """The whole report in one call (the flow runs the same steps as tasks)."""
+                 out_dir: Path | str, area: ReportArea | None = None) -> dict:
+    """The whole report in one call (the flow runs the same steps as tasks); `area` as scan_and_map."""
     first, last = report_window(start, end)
     days = select_days(archive_root, region_name, first, last)
-    daily, maps = scan_and_map(archive_root, region_name, grid, days, out_dir)
+    daily, maps = scan_and_map(archive_root, region_name, grid, days, out_dir, area)
     tables = summarise(daily)
-    return write_outputs(out_dir, tables, maps, report_context(archive_root, region_name, grid, first, last))
+    return write_outputs(out_dir, tables, maps, report_context(archive_root, region_name, grid, first, last, area))

@@ -12,6 +12,8 @@ import pytest
 from tasks.archive import day_cog_path, write_day_cog
 from tasks.grid import Grid
 from tasks.report import (
+    PAPER_TABLE6_ANNUAL_PPM,
+    ReportArea,
     build_report,
     growth_rates,
     regional_mean,
@@ -163,6 +165,38 @@ def test_mean_maps_accumulate_cell_by_cell_with_nan(tmp_path):
     np.testing.assert_allclose(annual, expected, rtol=0, atol=1e-4)
     assert annual[0, 0] == pytest.approx(404.0) and annual[1, 0] == pytest.approx(400.0)
     assert annual[5, 5] == pytest.approx(402.0)
+
+
+def test_a_boundary_narrows_means_maps_and_coverage_to_its_cells(tmp_path):
+    """West half 400 ppm, east half 410: the box averages 405, a boundary over the west half 400."""
+    root = tmp_path / "archive"
+    values = np.full(GRID.shape, 400.0, np.float32)
+    values[:, 10:] = 410.0
+    values[0, 0] = np.nan  # one cell without a value inside the boundary
+    for day in (date(2021, 3, 1), date(2021, 3, 2)):
+        write_day(root, day, values)
+    west_half = tmp_path / "west.geojson"  # reaches past the box; its east edge is between cells
+    west_half.write_text('{"type": "Polygon", "coordinates": '
+                         '[[[99.9, 29.9], [100.1, 29.9], [100.1, 30.3], [99.9, 30.3], [99.9, 29.9]]]}')
+    area = ReportArea.for_region(Region(**{**REGION.model_dump(), "boundary": str(west_half)}), GRID)
+    assert area.inside.sum() == 200 and area.inside[:, :10].all()
+
+    box = build_report(root, REGION.name, GRID, "2021-01-01", "2021-12-31", tmp_path / "box")
+    province = build_report(root, REGION.name, GRID, "2021-01-01", "2021-12-31", tmp_path / "province", area)
+    box_day, province_day = box["tables"]["daily"][0], province["tables"]["daily"][0]
+    assert box_day["mean_ppm"] == pytest.approx(405.0, abs=0.05) and box_day["valid_cells"] == 399
+    assert province_day["mean_ppm"] == pytest.approx(400.0) and province_day["valid_cells"] == 199
+    assert province_day["coverage"] == pytest.approx(199 / 200, abs=1e-3)  # of the boundary's area, not the box's
+    assert province["maps"][0]["mean_ppm"] == pytest.approx(400.0)
+    assert province["context"]["area"]["cells"] == 200 and province["context"]["area"]["box_cells"] == 400
+    assert box["context"]["area"]["boundary"] is None
+    annual = province["tables"]["annual"][0]
+    assert annual["paper_ppm"] == PAPER_TABLE6_ANNUAL_PPM[2021]
+    assert annual["minus_paper_ppm"] == pytest.approx(400.0 - PAPER_TABLE6_ANNUAL_PPM[2021], abs=1e-3)
+    summary = Path(province["summary"]).read_text()
+    assert f"the 200 cells inside the boundary `{west_half}`" in summary
+    assert "2.21 ppm/yr" in summary and "Table 6" in summary
+    assert read_csv(Path(province["csv"]["annual"]))[0]["paper_ppm"] == "414.57"
 
 
 def test_a_short_synthetic_window_still_reports_and_says_what_needs_more_data(tmp_path):
