@@ -139,7 +139,7 @@ def log_comparison(
     run_name: str = "model-comparison",
     tags: Mapping[str, Any] | None = None,
 ) -> str:
-    """Log a models x protocols table (models.comparison.compare) and its figure; returns the
+    """Log a models x protocols table (models.comparison.run_comparison(...).table) and its figure; returns the
     run id. Into `run_id` when given (the run is left as it was: open or finished), else into a
     new finished run tagged run kind 'comparison'.
 
@@ -149,7 +149,7 @@ def log_comparison(
 
     for column in ("model", "protocol", "rmse"):
         if column not in table.columns:
-            raise ValueError(f"table lacks column {column!r}: pass models.comparison.compare's")
+            raise ValueError(f"table lacks column {column!r}: pass models.comparison.run_comparison(...).table")
     figures = _figures([figure_path] if figure_path is not None else [])
     metrics = {}
     for _, row in table.iterrows():
@@ -160,7 +160,7 @@ def log_comparison(
                     float(value))
     client = client_for(tracking_uri)
     created = run_id is None
-    if created:
+    if run_id is None:
         run_id = _start_run(client, tracking_uri, experiment_name, run_name,
                             {**redact_mapping(tags), RUN_KIND_TAG: "comparison"})
     elif tags:

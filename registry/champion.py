@@ -106,6 +106,13 @@ def _cached(directory: Path, run_id: str) -> bool:
 _model_download_uri = model_download_uri
 
 
+def _run_id(version: ModelVersion) -> str:
+    # Every version this project registers comes from a run; one without names no artifacts to fetch.
+    if not version.run_id:
+        raise RegistryError(f"model version {version.name!r} v{version.version} has no run: no artifacts to fetch")
+    return version.run_id
+
+
 def _listed_size(client: MlflowClient, tracking_uri: str, version: ModelVersion, directory: Path,
                  flavor: str) -> int | None:
     """The size of the version's ONNX file in the registry's artifact listing (None if unlisted)."""
@@ -122,7 +129,7 @@ def _listed_size(client: MlflowClient, tracking_uri: str, version: ModelVersion,
                                                       tracking_uri=tracking_uri)
             wanted = data
         else:
-            listing = client.list_artifacts(version.run_id, ONNX_ARTIFACT.rsplit("/", 1)[0])
+            listing = client.list_artifacts(_run_id(version), ONNX_ARTIFACT.rsplit("/", 1)[0])
             wanted = ONNX_ARTIFACT
     except MlflowException as exc:
         raise RegistryError(f"model version {label}: cannot list its artifacts: {exc}") from exc
@@ -243,7 +250,7 @@ def fetch_version_onnx(client: MlflowClient, tracking_uri: str, version: ModelVe
     destination = Path(destination)
     label = f"{version.name!r} v{version.version}"
     damaged = False
-    if _cached(destination, version.run_id):
+    if _cached(destination, _run_id(version)):
         # Caches written before the ONNX flavour was registered came from the run artifact.
         flavor = _source(destination).get("flavor", "run-artifact")
         problem = _model_problem(client, tracking_uri, version, destination, flavor)
@@ -260,7 +267,7 @@ def fetch_version_onnx(client: MlflowClient, tracking_uri: str, version: ModelVe
         if problem is not None:
             raise RegistryError(f"model version {label}: the {_MODEL_FILE} downloaded from the registry "
                                 f"is not the registered model ({problem}); the registry's copy may be damaged")
-        _place(staging, destination, version.run_id, replace=damaged)
+        _place(staging, destination, _run_id(version), replace=damaged)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return destination / _MODEL_FILE, flavor

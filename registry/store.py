@@ -65,7 +65,8 @@ def unavailable(exc: BaseException, tracking_uri: str) -> RegistryUnavailableErr
 
     from registry.redaction import redact_uri
 
-    seen, cause = set(), exc
+    seen: set[int] = set()
+    cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen and not isinstance(cause, requests.RequestException):
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__

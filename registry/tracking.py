@@ -44,7 +44,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 from models.onnx_runtime import read_metadata
 from models.training import TrainedModel
@@ -129,12 +129,14 @@ def discard_unfinished(client: MlflowClient, name: str, experiment_id: str) -> l
     the runs such processes left RUNNING as KILLED; the deleted version numbers."""
     discarded = []
     try:
-        versions = client.search_model_versions(f"name = '{name}'")
+        versions = list(client.search_model_versions(f"name = '{name}'"))
     except MlflowException:
         versions = []  # no such model yet
     for version in versions:
         if (version.tags or {}).get(REGISTRATION_TAG) == REGISTRATION_COMPLETE or version.aliases:
             continue
+        if not version.run_id:
+            continue  # no run to name its writer
         try:
             writer = client.get_run(version.run_id).data.tags.get(WRITER_TAG)
         except MlflowException:
@@ -164,6 +166,9 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise RegistryError(f"MLflow experiment {name!r} was created by another process and then vanished; "
+                                    "run again") from exc
     wanted = artifact_root_for(tracking_uri)
     if wanted and experiment.artifact_location.rstrip("/") != wanted:
         log.warning(
@@ -203,8 +208,9 @@ def _fluent_tracking(tracking_uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(tracking_before)
-        mlflow.set_registry_uri(registry_before)
+        # None puts back MLflow's "not set" (see above), which its annotations do not admit.
+        mlflow.set_tracking_uri(tracking_before)  # type: ignore[arg-type]
+        mlflow.set_registry_uri(registry_before)  # type: ignore[arg-type]
         for key, value in env_before.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -295,7 +301,7 @@ def _onnx_pip_requirements() -> list[str]:
 
 def _tensor_specs(values) -> Schema:
     """An MLflow tensor schema of ONNX graph inputs/outputs (symbolic dimensions as -1)."""
-    specs = []
+    specs: list[ColSpec | TensorSpec] = []
     for value in values:
         tensor = value.type.tensor_type
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
@@ -351,8 +357,8 @@ def log_training_run(
             f"no {PARITY_KEY}: run models.onnx_export.check_onnx_parity on the export and pass "
             "its result, so only verified ONNX files are registered"
         )
-    figures = [Path(f) for f in figures]
-    missing = [str(f) for f in figures if not f.is_file()]
+    figure_paths = [Path(f) for f in figures]
+    missing = [str(f) for f in figure_paths if not f.is_file()]
     if missing:
         raise FileNotFoundError(f"figures not found: {', '.join(missing)}")
     run_params = _run_params(trained, params)
@@ -390,7 +396,7 @@ def log_training_run(
             "n_features": trained.n_features,
         })
         client.log_artifact(run_id, str(features))
-        for figure in figures:
+        for figure in figure_paths:
             client.log_artifact(run_id, str(figure), FIGURES_DIR)
 
         # The deployable torch form (scalers baked in), kept with the run but not registered:

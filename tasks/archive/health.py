@@ -192,13 +192,13 @@ def check_archive(archive_root: Path | str, region_name: str, grid: Grid, days: 
                      "item written again from the COG's tags")
         health.sound.append(day)
 
-    problem = collection_problem
-    if problem or catalog_changed:
+    if collection_problem or catalog_changed:
         collection = collection_path(archive_root, region_name)
         if refresh_collection(archive_root, region_name, grid) is not None:
-            if problem:
-                repaired(None, collection, problem, "collection rebuilt from the items on disk")
+            if collection_problem:
+                repaired(None, collection, collection_problem, "collection rebuilt from the items on disk")
         elif collection.is_file():  # no item left: a collection listing days would lie
-            moved = set_aside(collection, problem or "no STAC item left to list")
-            repaired(None, collection, problem or "no STAC item left to list", "collection quarantined", moved)
+            why = collection_problem or "no STAC item left to list"
+            moved = set_aside(collection, why)
+            repaired(None, collection, why, "collection quarantined", moved)
     return health

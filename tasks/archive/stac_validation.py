@@ -63,7 +63,9 @@ class OfflineSTACValidator(STACValidator):
     def __init__(self) -> None:
         self._schemas = _offline_schemas()
         self._uri_map = DefaultSchemaUriMap()
-        self._registry: Registry = Registry(retrieve=self._refuse).with_resources(
+        # `retrieve` is referencing's documented keyword (the attrs field `_retrieve`); mypy's attrs
+        # plugin does not see the alias.
+        self._registry: Registry = Registry(retrieve=self._refuse).with_resources(  # type: ignore[call-arg]
             (uri, Resource.from_contents(schema, default_specification=DRAFT7))
             for uri, schema in self._schemas.items()
         )
@@ -217,8 +219,8 @@ def _item_problems(item: dict[str, Any], file: Path, collection: dict[str, Any])
     if not (west <= i_west and south <= i_south and i_east <= east and i_north <= north):
         problems.append(f"{file}: bbox {item['bbox']} outside the collection's {[west, south, east, north]}")
     properties = item.get("properties") or {}
-    moments = [_parse_time(properties.get(f)) for f in ("start_datetime", "datetime", "end_datetime")]
-    moments = [m for m in moments if m is not None]
+    moments = [m for m in (_parse_time(properties.get(f)) for f in ("start_datetime", "datetime", "end_datetime"))
+               if m is not None]
     if moments and ((start and min(moments) < start) or (end and max(moments) > end)):
         problems.append(
             f"{file}: {min(moments).isoformat()}..{max(moments).isoformat()} outside the collection's"

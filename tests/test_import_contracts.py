@@ -1,0 +1,29 @@
+"""The import contracts in pyproject.toml ([tool.importlinter], run by `lint-imports`) and the
+AST rules of tests/test_layering.py state the same design card: they must not drift apart."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from test_layering import DEMO_WORLD_ALLOWED
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _contract(contract_id: str) -> dict:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+    [contract] = [c for c in config["contracts"] if c.get("id") == contract_id]
+    return contract
+
+
+def test_demo_world_importers_match_the_layering_allowances():
+    allowed = set(_contract("demo-world")["allowed_importers"]) - {"tasks.demo_world"}
+    assert allowed == {rel.removesuffix(".py").replace("/", ".") for rel in DEMO_WORLD_ALLOWED}
+
+
+def test_the_nightly_path_contract_covers_map_day():
+    # map_day (tasks/units.py) is where a nightly worker's imports start.
+    sources = _contract("nightly-without-torch")["source_modules"]
+    assert {"tasks.units", "tasks.inference", "models.onnx_runtime", "tasks.archive"} <= set(sources)
+    assert _contract("nightly-without-torch")["forbidden_modules"] == ["torch"]
