@@ -19,13 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/xco2 demo $(DEMO_ARGS)
 
-# The linter first (rules in pyproject.toml, [tool.ruff]): seconds, and it names the line. Then the
-# import contracts ([tool.importlinter]: the design card's layering, a second) and the type check
-# ([tool.mypy]: about a minute on a fresh clone, seconds once .mypy_cache exists).
+# The linter first (rules in pyproject.toml, [tool.ruff]): seconds, and it names the line.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/lint-imports
-	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests
 
 # Against real servers on loopback: the stack (Prefect server, MLflow server, worker) on SQLite and on
@@ -45,6 +41,14 @@ test-packaging: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m slow tests/benchmarks -p no:cacheprovider
+
+# The real-value benchmark (docs/benchmark-real.md): real OCO-2 retrievals over three boxes x windows
+# of the development set (../shared/data; SKIPPED when absent), one combined table. About 10 min a box
+# on two cores.
+.PHONY: bench-real
+BENCH_REAL_ARGS ?= --box amazon --box andes --box south
+bench-real: $(STAMP)
+	$(BIN)/xco2 benchmark real $(BENCH_REAL_ARGS)
 
 # The local stack (Prefect server, MLflow server, worker): README, "Operating the stack".
 up: $(STAMP)

@@ -397,3 +397,11 @@ def parse_box(text: str) -> BenchmarkBox:
     if not (w < e and s < n and box.start <= box.end):
         raise BenchmarkInputError(f"box {text!r}: west < east, south < north and start <= end are needed")
     return box
+
+
+def write_combined(out_root: Path, markdown: str, results: dict) -> Path:
+    """The combined table of several boxes (Markdown) and their numbers (JSON) under out_root."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = _write_text(Path(out_root) / f"combined_{stamp}.md", markdown)
+    _write_text(path.with_suffix(".json"), json.dumps(results, indent=2, default=str))
+    return path

@@ -247,6 +247,50 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_benchmark_real(args) -> int:
+    from flows import benchmark_real as br
+    from flows.prefect_server import prefect_api
+    from models.real_benchmark import HOLDOUT_LABELS, SplitConfig, markdown_table
+
+    table_path = Path(args.table)
+    if not table_path.is_file():
+        # The development set is optional (CI and most users lack it): say so and succeed.
+        console.print(f"xco2 benchmark real: SKIPPED: no table of retrievals at {table_path} "
+                      "(see docs/benchmark-real.md)")
+        return 0
+    try:
+        boxes = [br.parse_box(b) for b in (args.box or [br.DEFAULT_BOXES[0].name])]
+        table = br.read_retrievals(table_path)
+    except br.BenchmarkInputError as exc:
+        print(f"xco2 benchmark real: {exc}", file=sys.stderr)
+        return 2
+    opts = br.BenchmarkOptions(
+        table=table_path, out_root=Path(args.out), grid_step=args.grid_step, max_epochs=args.epochs,
+        max_training_samples=args.max_samples, seed=args.seed,
+        split=SplitConfig(block_deg=args.block_deg, block_fraction=args.block_fraction, day_every=args.day_every,
+                          seed=args.split_seed))
+    results = {}
+    with prefect_api():
+        for box in boxes:
+            result = br.run_benchmark(opts, box, table=table, log=console.print)
+            results[box.label] = result
+            console.print(f"{box.label}: written to {result['run_dir']} ({result['timings']})")
+    md = markdown_table({label: r["table"] for label, r in results.items()})
+    from rich.markdown import Markdown
+
+    console.print(Markdown(md))
+    for label, r in results.items():
+        g = r["goal"]
+        console.print(f"{label}: no baseline better than xco2 by more than 0.05 ppm on either holdout: "
+                      f"{'YES' if g['no_baseline_better'] else 'NO (' + '; '.join(g['beaten_by']) + ')'}")
+        cov = ", ".join(f"{HOLDOUT_LABELS[h]} {s['coverage68']:.0%}" for h, s in r["table"]["xco2 archive"].items())
+        console.print(f"{label}: 68% coverage in 60-76%: {'YES' if g['coverage_ok'] else 'NO'} ({cov})")
+    if len(results) > 1:
+        out = br.write_combined(opts.out_root, md, results)
+        console.print(f"combined table written to {out}")
+    return 0
+
+
 def _cmd_report(args) -> int:
     from tasks.report import report_window, select_days
 
@@ -363,6 +407,25 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--end", required=True, help="last day of the window (YYYY-MM-DD)")
     rep.add_argument("--out", help="output folder (default: <data>/reports/<region>/<start>_<end>)")
     rep.set_defaults(func=_cmd_report)
+    bench = sub.add_parser("benchmark", help="measure the system against simple baselines")
+    bench_sub = bench.add_subparsers(dest="benchmark_command", required=True)
+    br_ = bench_sub.add_parser("real", help="real OCO-2 retrievals: hold out blocks and days, run the system, "
+                                            "score the archive beside baselines (docs/benchmark-real.md)")
+    br_.add_argument("--table", default="../shared/data/oco2-south-america-2015-2017.parquet",
+                     help="Parquet table with day, lon, lat, xco2_ppm (a missing table: SKIPPED, exit 0)")
+    br_.add_argument("--box", action="append",
+                     help="amazon, andes, south, or NAME:WEST,SOUTH,EAST,NORTH:START:END; repeat for several "
+                          "(default: amazon)")
+    br_.add_argument("--out", default="xco2-data/benchmark-real", help="folder of the runs (a fresh one per run)")
+    br_.add_argument("--grid-step", type=float, default=0.1, help="grid step in degrees (the system's: 0.01)")
+    br_.add_argument("--block-deg", type=float, default=2.0, help="side of the held-out spatial blocks (degrees)")
+    br_.add_argument("--block-fraction", type=float, default=0.2, help="fraction of the blocks held out")
+    br_.add_argument("--day-every", type=int, default=7, help="hold out every N-th day of the window")
+    br_.add_argument("--split-seed", type=int, default=20150101, help="seed of the blocks held out")
+    br_.add_argument("--seed", type=int, default=42, help="the system's seed (training) and the tree baseline's")
+    br_.add_argument("--epochs", type=int, default=30, help="training epoch cap of the benchmark's retrain")
+    br_.add_argument("--max-samples", type=int, default=20000, help="cap on training samples of the retrain")
+    br_.set_defaults(func=_cmd_benchmark_real)
     srv = sub.add_parser("serve", help="serve the deployments of deployments/prefect.yaml from this process")
     srv.add_argument("--limit", type=int, help="most flow runs at once (default: no limit)")
     srv.set_defaults(func=_cmd_serve)
