@@ -34,7 +34,7 @@ class Range:
         return f"[{self.low:g}, {self.high:g}] {self.unit}".rstrip()
 
 
-# ERA5 hourly single levels, in the units the CDS delivers (formats.md). The accumulations'
+# ERA5 hourly single levels, in the units the CDS delivers (docs/formats.md). The accumulations'
 # lower bounds leave room for the rounding of the old CDS's int16 packing around zero.
 METEOROLOGY = {
     "t2m": Range(170.0, 345.0, "K"),

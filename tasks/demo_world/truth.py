@@ -32,7 +32,7 @@ from tasks.demo_world.vegetation import (
 )
 from tasks.demo_world.weather import Weather
 
-# real-anchors.md: Sichuan-box mean XCO2 (NIES GOSAT L3) and the mean seasonal anomaly.
+# docs/anchors.md: Sichuan-box mean XCO2 (NIES GOSAT L3) and the mean seasonal anomaly.
 ANCHOR_YEAR_MEANS = {2015: 399.0, 2016: 402.0, 2017: 405.0, 2018: 407.5, 2019: 410.8,
                      2020: 412.9, 2021: 415.3, 2022: 417.8}
 ANCHOR_MONTHLY_ANOMALY = (0.3, 0.8, 1.2, 2.5, 2.5, 0.6, -1.6, -3.2, -3.2, -1.7, 0.2, 1.7)

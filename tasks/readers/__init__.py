@@ -1,4 +1,4 @@
-"""Readers of the real input formats (formats.md): OCO-2/OCO-3 Lite, C3S GOSAT, ERA5.
+"""Readers of the real input formats (docs/formats.md): OCO-2/OCO-3 Lite, C3S GOSAT, ERA5.
 
 Public facade:
 - detect_format(path) -> 'oco2_lite' | 'oco3_lite' | 'gosat_c3s' | 'era5'

@@ -1,4 +1,4 @@
-"""Names and metadata of the ERA5 single-level variables the system uses (formats.md)."""
+"""Names and metadata of the ERA5 single-level variables the system uses (docs/formats.md)."""
 
 from __future__ import annotations
 

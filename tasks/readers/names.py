@@ -17,7 +17,7 @@ OCO_LITE_MISSION = re.compile(r"^(oco2|oco3|acos)_LtCO2_", re.IGNORECASE)
 GOSAT_C3S_DAY = re.compile(r"^(\d{8})-C3S")
 ERA5_DEMO_DAY = re.compile(r"^era5_single_levels_(\d{8})\.nc$")
 
-# Build/version tags of the product versions the system was written against (formats.md);
+# Build/version tags of the product versions the system was written against (docs/formats.md);
 # other versions keep the same layout, so readers never depend on these.
 OCO_LITE_TAGS = {"oco2": "B11100Ar", "oco3": "B10400Br"}
 GOSAT_C3S_SUFFIX = "-C3S-L2_GHG-GHG_PRODUCTS-TANSO-GOSAT-OCFP-DAILY-v7.3.nc"

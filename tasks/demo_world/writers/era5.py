@@ -1,4 +1,4 @@
-"""Writing ERA5 hourly single-level files in the CDS layouts (formats.md).
+"""Writing ERA5 hourly single-level files in the CDS layouts (docs/formats.md).
 
 Input is an hourly Dataset on (time, latitude, longitude) with canonical variable names
 (e, tp, sp, t2m, d2m, u10, v10, sund) in ERA5 units and optionally `expver(time)` strings.

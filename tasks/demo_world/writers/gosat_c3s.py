@@ -1,4 +1,4 @@
-"""Writing daily C3S GOSAT L2 XCO2 files (CCI-style layout on `sounding_dim`, formats.md).
+"""Writing daily C3S GOSAT L2 XCO2 files (CCI-style layout on `sounding_dim`, docs/formats.md).
 
 `xco2_units` is the units attribute to write. 'mol/mol' (or '1') stores mole fractions
 (~4e-4); any other label stores ppm, including the real header quirk '1e-9' over ppm values.

@@ -1,4 +1,4 @@
-"""Writing OCO-2 / OCO-3 Lite FP granules in the real layout (formats.md).
+"""Writing OCO-2 / OCO-3 Lite FP granules in the real layout (docs/formats.md).
 
 Input is a soundings DataFrame in the tasks.soundings schema (xco2 in ppm, NaN for fill) plus
 optional extra columns that the real product carries: operation_mode, land_fraction, orbit,
