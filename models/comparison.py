@@ -1,7 +1,7 @@
 """Models x validation protocols on identical features and splits: one table and a Fig. 7-like PNG.
 
-`compare(models, protocols, X, y, latitude, longitude, days, seed, budget)` returns one row per
-(model, protocol). For every protocol the folds are drawn once (models.validation.make_split) and
+`run_comparison(models, protocols, X, y, latitude, longitude, days, seed, budget).table` holds one
+row per (model, protocol). For every protocol the folds are drawn once (models.validation.make_split) and
 every model sees the same rows of each fold:
 
 - the held-out rows of the fold are scored (capped by `budget.max_test_samples`, the same rows for
@@ -49,7 +49,6 @@ __all__ = [
     "METRIC_KEYS",
     "TABLE_COLUMNS",
     "ComparisonResult",
-    "compare",
     "comparison_figure",
     "metrics_by_protocol",
     "run_comparison",
@@ -218,24 +217,6 @@ def _truth_scores(truth: TruthFunction, cells: np.ndarray, days: np.ndarray | No
     return {f"{TRUTH_PREFIX}{k}": m[k] for k in keys}
 
 
-def compare(
-    models: Sequence[str],
-    protocols: Sequence[str],
-    X: Any,
-    y: Any,
-    latitude: Any,
-    longitude: Any,
-    days: Any,
-    seed: int = 0,
-    budget: Budget | None = None,
-    truth: TruthFunction | None = None,
-    **options: Any,
-) -> pd.DataFrame:
-    """One row per (model, protocol); see the module doc (options: run_comparison's keywords)."""
-    return run_comparison(models, protocols, X, y, latitude, longitude, days, seed, budget,
-                          truth, **options).table
-
-
 # --------------------------------------------------------------------------------------------
 # Reporting
 
@@ -289,7 +270,7 @@ def comparison_figure(table: pd.DataFrame, path: str | Path,
 
     missing = [c for c in ("model", "protocol", "rmse", "r2") if c not in table.columns]
     if missing or table.empty:
-        raise ValueError(f"table lacks rows or columns {missing}: pass compare()'s result")
+        raise ValueError(f"table lacks rows or columns {missing}: pass run_comparison(...).table")
     models = list(dict.fromkeys(table["model"]))
     protocols = list(dict.fromkeys(table["protocol"]))
     panels = [("rmse", "RMSE (ppm)"), ("r2", "R²")]

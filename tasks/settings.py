@@ -26,6 +26,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+# The source of truth for the protocol names (plain Python and numpy: the nightly path may import it).
+from models.validation import PROTOCOLS
 from tasks.regions.boundary import BoundaryError, check_boundary, shipped_boundary
 
 
@@ -100,6 +102,10 @@ ENV_PREFIX = "XCO2_"
 # XCO2_STACK_*: `make up` (deployments/stack.py).
 NON_SETTING_VARIABLES = frozenset({"XCO2_CONFIG", "XCO2_REPO"})
 NON_SETTING_PREFIXES = ("XCO2_STACK_",)
+
+# The names of models.baselines.MODELS, copied because that module reaches torch (the ResNet's fit)
+# and settings are on the nightly path; tests/test_settings_lists.py checks the two agree.
+COMPARISON_MODELS = ("resnet_lstm", "random_forest", "xgboost")
 
 
 def _toml_path() -> Path | None:
@@ -212,7 +218,7 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None  # default: sqlite:///<data_dir>/mlflow.db
     registered_model_name: str = "xco2-resnet-lstm"
 
-    # Product versions (formats.md: newer versions exist, so they are configuration).
+    # Product versions (docs/formats.md: newer versions exist, so they are configuration).
     oco2_short_name: str = "OCO2_L2_Lite_FP"
     oco2_version: str = "11.1r"
     oco3_short_name: str = "OCO3_L2_Lite_FP"
@@ -298,7 +304,7 @@ class Settings(BaseSettings):
     @field_validator("comparison_protocols")
     @classmethod
     def _known_protocols(cls, v: list[str]) -> list[str]:
-        known = ("random_holdout", "random_kfold", "spatial_blocks", "temporal_blocks")
+        known = PROTOCOLS
         unknown = [p for p in v if p not in known]
         if unknown:
             raise ValueError(f"unknown protocols {unknown}; choose from {list(known)}")
@@ -307,7 +313,7 @@ class Settings(BaseSettings):
     @field_validator("comparison_models")
     @classmethod
     def _known_models(cls, v: list[str]) -> list[str]:
-        known = ("resnet_lstm", "random_forest", "xgboost")
+        known = COMPARISON_MODELS
         unknown = [m for m in v if m not in known]
         if unknown:
             raise ValueError(f"unknown models {unknown}; choose from {list(known)}")

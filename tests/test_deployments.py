@@ -85,8 +85,7 @@ def test_serve_table_agrees_with_prefect_yaml(specs):
 
     for name, spec in specs.items():
         path = REPO / spec["entrypoint"].partition(":")[0]
-        if not path.is_file():
-            continue
+        assert path.is_file(), f"deployment {name}: entrypoint {spec['entrypoint']} does not exist"
         kwargs = to_deployment_kwargs(spec)
         flow = load_flow(spec["entrypoint"])
         d = flow.to_deployment(entrypoint_type=EntrypointType.MODULE_PATH, **kwargs)
@@ -103,11 +102,21 @@ def test_serve_table_agrees_with_prefect_yaml(specs):
         assert d.entrypoint == f"{module}.{func}"
 
 
-def test_cli_has_serve():
+def test_cli_serve_serves_every_deployment_of_prefect_yaml(monkeypatch, tmp_path):
+    import prefect
+
     from flows.cli import build_parser
 
-    args = build_parser().parse_args(["serve"])
-    assert args.func.__name__ == "_cmd_serve"
+    served = []
+    monkeypatch.setattr(prefect, "serve", lambda *deployments, **kw: served.append((deployments, kw)))
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["serve", "--limit", "3"])
+    assert args.func(args) == 0
+    [(deployments, kw)] = served
+    assert [d.name for d in deployments] == list(EXPECTED)
+    assert [d.entrypoint for d in deployments] == [
+        "{}.{}".format(*entrypoint_module(entrypoint)) for entrypoint, *_ in EXPECTED.values()]
+    assert kw == {"limit": 3}
 
 
 # --- docker compose ---------------------------------------------------------------------------

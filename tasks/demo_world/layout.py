@@ -164,10 +164,6 @@ class WorldLayout:
     def static_dir(self) -> Path:
         return self.remote / "static"
 
-    @property
-    def truth_dir(self) -> Path:
-        return self.root / "truth"
-
     def truth_path(self, day: date) -> Path:
         return truth_path(self.root, day)
 

@@ -85,7 +85,3 @@ def ndvi_composite(s: Sampler, seed: int, elevation: np.ndarray, peak: np.ndarra
 
 def to_mod13q1(ndvi: np.ndarray) -> np.ndarray:
     return np.round(ndvi / NDVI_SCALE).astype(np.int16)
-
-
-def from_mod13q1(raw: np.ndarray) -> np.ndarray:
-    return np.where(raw == NDVI_NODATA, np.nan, raw * NDVI_SCALE).astype(np.float32)

@@ -82,7 +82,7 @@ GOSAT_DATASET = "satellite-carbon-dioxide"
 ERA5_DATASET = "reanalysis-era5-single-levels"
 PORTAL = "https://cds.climate.copernicus.eu"
 
-# Request name -> NetCDF name (formats.md); the reader maps the NetCDF names.
+# Request name -> NetCDF name (docs/formats.md); the reader maps the NetCDF names.
 ERA5_REQUEST_VARIABLES = (
     "evaporation", "total_precipitation", "surface_pressure", "2m_temperature",
     "2m_dewpoint_temperature", "10m_u_component_of_wind", "10m_v_component_of_wind",
@@ -94,7 +94,7 @@ ERA5_FINAL_AFTER_DAYS = 90  # final ERA5 replaces ERA5T 2-3 months later
 AREA_MARGIN_DEG = 0.5
 AREA_STEP_DEG = 0.25  # the ERA5 grid
 # The archive-format key of the GOSAT request: 'format' in old-CDS scripts, 'data_format' in
-# new-CDS ones (unverified, formats.md). Either way the answer is detected by its content.
+# new-CDS ones (unverified, docs/formats.md). Either way the answer is detected by its content.
 GOSAT_ARCHIVE_FORMAT: tuple[str, str] | None = ("data_format", "zip")
 
 # cdsapi retries failed HTTP calls itself up to 500 times, 120 s apart: far too long inside a
@@ -108,7 +108,6 @@ _NO_DATA = re.compile(
     r"is not yet available|latest date available|nothing to retrieve", re.IGNORECASE)
 _OUT_OF_CONSTRAINTS = re.compile(r"valid combination of values", re.IGNORECASE)
 _LICENCE = re.compile(r"licen[cs]e|accept the terms|terms of use|required terms", re.IGNORECASE)
-_STATUS_WORDS = re.compile(r"\b([1-5]\d\d) (?:Client|Server) Error", re.IGNORECASE)
 _MAX_MESSAGE = 600
 
 
@@ -136,21 +135,6 @@ class LicenceNotAccepted(CdsPermanentError):
     """The account behind the key has not accepted the dataset's licence on the CDS portal."""
 
 
-def _status_of(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    code = getattr(response, "status_code", None)
-    if isinstance(code, int):
-        return code
-    for attr in ("status_code", "status"):
-        value = getattr(exc, attr, None)
-        if isinstance(value, int):
-            return value
-    m = _STATUS_WORDS.search(str(exc))
-    if m:
-        return int(m.group(1))
-    return http_status(exc)
-
-
 def _short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + " ..."
@@ -161,7 +145,7 @@ def classify_error(exc: BaseException, dataset: str, day: date | None, origin: s
     if isinstance(exc, (GranuleUnavailable, PermanentSourceError, CdsError)):
         return exc
     text = _short(redact(f"{type(exc).__name__}: {exc}"))
-    status = _status_of(exc)
+    status = http_status(exc)
     when = f" for {day.isoformat()}" if day else ""
     if status not in (401, 403) and (status is None or status < 500):
         constraint = dataset == GOSAT_DATASET and _OUT_OF_CONSTRAINTS.search(text)

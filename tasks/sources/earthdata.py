@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -40,7 +39,6 @@ __all__ = ["EarthdataError", "EarthdataRemote", "earthdata_remote"]
 
 SUPPORTED = ("oco2", "oco3")
 _NON_INTERACTIVE = ("environment", "netrc")
-_STATUS_CODE = re.compile(r"status code:?\s*(\d{3})", re.IGNORECASE)
 
 _login_lock = threading.Lock()
 _logged_in: EarthdataLogin | None = None  # set once per process, after a successful login
@@ -148,9 +146,6 @@ def _download_error(exc: BaseException, name: str) -> Exception:
         return PermanentSourceError(f"downloading {name}: the data's EULA has not been accepted for this "
                                     "Earthdata account (accept it at urs.earthdata.nasa.gov)")
     status = http_status(exc)
-    if status is None:
-        m = _STATUS_CODE.search(str(exc))
-        status = int(m.group(1)) if m else None
     if status is not None:
         return EarthdataError(f"downloading {name}: HTTP {status} ({type(exc).__name__})", status)
     # Connection resets, timeouts...: transient; the type is enough, the text may carry a URL.
@@ -257,9 +252,6 @@ def _ur(granule: Any, fallback: str | None) -> str:
 def _search_error(exc: BaseException, remote: EarthdataRemote) -> Exception:
     what = f"searching {remote.short_name} {remote.version}"
     status = http_status(exc)
-    if status is None:
-        m = _STATUS_CODE.search(str(exc))
-        status = int(m.group(1)) if m else None
     return EarthdataError(f"{what}: {type(exc).__name__}" + (f", HTTP {status}" if status else "")
                           + f": {redact(str(exc))[:200]}", status)
 

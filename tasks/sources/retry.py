@@ -26,7 +26,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PERMANENT_STATUS = {400, 401, 403, 404}
-_STATUS_IN_TEXT = re.compile(r"\b(40[0134])\b")
+# When an exception keeps no status attribute, its text may: requests' HTTPError says "404 Client
+# Error: ...", earthaccess "... status code: 503", other clients only the bare code. The specific
+# forms first, so a number elsewhere in the text cannot win; a bare code counts only if permanent.
+_STATUS_IN_TEXT = (
+    re.compile(r"\b([1-5]\d\d) (?:Client|Server) Error", re.IGNORECASE),
+    re.compile(r"status code:?\s*([1-5]\d\d)\b", re.IGNORECASE),
+    re.compile(r"\b(40[0134])\b"),
+)
 
 
 class PermanentSourceError(RuntimeError):
@@ -34,7 +41,9 @@ class PermanentSourceError(RuntimeError):
 
 
 def http_status(exc: BaseException) -> int | None:
-    """The HTTP status behind an exception from requests, earthaccess or cdsapi, when one is known."""
+    """The HTTP status behind an exception from requests, earthaccess or cdsapi, when one is known:
+    its `status_code`/`status`, its response's `status_code`, else the status its message names
+    (the one parser of every source: tasks.sources.cds and tasks.sources.earthdata use it)."""
     for attr in ("status_code", "status"):
         value = getattr(exc, attr, None)
         if isinstance(value, int):
@@ -43,8 +52,11 @@ def http_status(exc: BaseException) -> int | None:
     code = getattr(response, "status_code", None)
     if isinstance(code, int):
         return code
-    m = _STATUS_IN_TEXT.search(str(exc))
-    return int(m.group(1)) if m else None
+    text = str(exc)
+    for pattern in _STATUS_IN_TEXT:
+        if m := pattern.search(text):
+            return int(m.group(1))
+    return None
 
 
 def is_permanent(exc: BaseException) -> bool:
