@@ -87,8 +87,12 @@ def test_day_task_pickles_for_dask(world):
     settings = load_settings(**base)
     champion = load_champion(settings.tracking_uri, MODEL, settings.data_dir / "models")
     grid = Grid.for_region(settings.region, settings.grid_step)
-    for obj in (backfill_day, settings, grid, champion):
-        assert cloudpickle.loads(cloudpickle.dumps(obj)) is not None
+    # A Dask worker gets copies: they must be the same settings, grid and model, and the same task.
+    for obj in (settings, grid, champion):
+        assert cloudpickle.loads(cloudpickle.dumps(obj)) == obj
+    task = cloudpickle.loads(cloudpickle.dumps(backfill_day))
+    assert task.name == backfill_day.name
+    assert task.fn.__module__ == "flows.backfill" and task.fn.__code__.co_code == backfill_day.fn.__code__.co_code
 
 
 def test_thread_backfill_writes_the_days(thread_run):
