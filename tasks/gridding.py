@@ -78,9 +78,6 @@ def grid_soundings(soundings: pd.DataFrame, grid: Grid) -> pd.DataFrame:
     weight (float64, independent soundings the cell stands for; see the module's note).
     Soundings sharing a cell are weighted by 1 / xco2_uncertainty**2.
     """
-    _check_soundings(soundings)
-    if len(soundings) == 0:
-        return empty_cells()
     sounding, cell, n_cells = footprint_cells(soundings, grid)
     if len(sounding) == 0:
         return empty_cells()

@@ -188,7 +188,7 @@ def fit_gosat(region_dir: Path) -> GosatFit:
     """Step 2's linear map GOSAT -> OCO on every GOSAT sounding gridded so far that OCO observed
     the same day (one collocation per sounding); stored as the current fit."""
     oco2, oco3 = load_gridded(region_dir, "oco2"), load_gridded(region_dir, "oco3")
-    gosat_days = sorted(load_gridded(region_dir, "gosat"))
+    gosat_days = sorted(date.fromisoformat(p.stem) for p in (region_dir / "gridded" / "gosat").glob("*.parquet"))
     empty = _empty_cells()
     oco_days = set(oco2) | set(oco3)
     oco_by_day = {d: merge_oco(oco2.get(d, empty), oco3.get(d, empty)) for d in oco_days}
