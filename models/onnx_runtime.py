@@ -50,6 +50,43 @@ MIN_CELLS_PER_BATCH = 1024
 # Bytes per cell when the graph's tensor shapes cannot be inferred (generous for Table 4, whose
 # estimate is ~190 KiB with 46 features).
 FALLBACK_BYTES_PER_CELL = 256 * 1024
+# Cells per ONNX Runtime call on CPU. The fast export's GEMMs are already large at a few thousand
+# cells; 4-16 k measured the same within noise on the 2-core machine and larger batches only add
+# memory (docs/inference-speed.md), so predict_batched and the mapping settings use 8192.
+CPU_CELLS_PER_BATCH = 8192
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+    """ONNX Runtime settings for mapping, measured (docs/inference-speed.md):
+
+    - every graph optimisation (it fuses the fast export's MatMul + Add + Relu into one Gemm);
+    - intra-op threads: `intra_op_threads`, else every core this process may use; one worker
+      process per core passes 1;
+    - no spin-waiting between operators: spinning keeps idle threads busy on a core that another
+      worker, the reader or the writer could use, and was no faster here;
+    - the CPU memory arena and memory pattern on (the defaults): batches repeat the same shapes,
+      so buffers are planned once and reused."""
+    threads = available_cores() if intra_op_threads is None else int(intra_op_threads)
+    if threads < 1:
+        raise ValueError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = True
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
 
 
 def gpu_plausibly_present() -> bool:
@@ -61,17 +98,17 @@ def gpu_plausibly_present() -> bool:
 
 
 def open_session(
-    onnx_path: str | Path, prefer_cuda: bool = True
+    onnx_path: str | Path, prefer_cuda: bool = True, intra_op_threads: int | None = None
 ) -> tuple[ort.InferenceSession, str]:
     """An inference session and the provider that actually runs it ('CUDAExecutionProvider' or
-    'CPUExecutionProvider'); a requested GPU that fails to load is logged, not hidden."""
+    'CPUExecutionProvider'); a requested GPU that fails to load is logged, not hidden.
+    `intra_op_threads`: see session_options."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {onnx_path}")
     want_cuda = prefer_cuda and gpu_plausibly_present()
     providers = [CUDA, CPU] if want_cuda else [CPU]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = session_options(intra_op_threads)
     session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
     running = session.get_providers()[0]
     if want_cuda and running != CUDA:
@@ -84,7 +121,7 @@ def open_session(
 
 
 def predict_batched(
-    session: ort.InferenceSession, X: np.ndarray, batch_size: int = 65536
+    session: ort.InferenceSession, X: np.ndarray, batch_size: int = CPU_CELLS_PER_BATCH
 ) -> np.ndarray:
     """Raw covariates [n, n_features] -> XCO2 ppm [n] float32, one batch in memory at a time."""
     if batch_size < 1:
@@ -239,6 +276,9 @@ class OnnxPredictor:
     once; on CPU the same binding wraps the caller's arrays without copies. Results are identical
     to plain `session.run`.
 
+    `intra_op_threads`: ONNX Runtime's CPU threads (default: every core this process may use;
+    see session_options).
+
     Not thread-safe (device buffers are reused between calls): one predictor per thread."""
 
     def __init__(
@@ -251,8 +291,10 @@ class OnnxPredictor:
         cuda_options: Mapping[str, Any] | None = None,
         memory_fraction: float = GPU_MEMORY_FRACTION,
         max_cells_per_batch: int = MAX_CELLS_PER_BATCH,
+        intra_op_threads: int | None = None,
     ) -> None:
         self.onnx_path = Path(onnx_path)
+        self.intra_op_threads = intra_op_threads
         if not self.onnx_path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.onnx_path}")
         if not 0 < memory_fraction <= 1:
@@ -307,8 +349,7 @@ class OnnxPredictor:
                  ", ".join(self.output_names))
 
     def _start(self, attempt_cuda: bool) -> tuple[ort.InferenceSession, str | None]:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options(self.intra_op_threads)
         why_not = None
         if attempt_cuda:
             # Our provider options first; should this onnxruntime reject one, CUDA with its
