@@ -181,3 +181,15 @@ def test_tiny_benchmark_end_to_end(tmp_path, prefect_harness):
     assert {"training mean", "harmonic trend + season", "harmonic + daily anomaly", "noise floor"} <= set(result["table"])
     assert (run_dir / "table.md").is_file() and (run_dir / "benchmark.png").is_file()
     assert (run_dir / "result.json").is_file() and result["mlflow_run_id"]
+
+
+def test_the_command_skips_without_the_table(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["benchmark", "real", "--table", str(tmp_path / "absent.parquet")]) == 0
+    assert "SKIPPED" in capsys.readouterr().out
+    assert main(["benchmark", "real", "--table", str(tmp_path / "absent.parquet"), "--box", "nowhere"]) == 0
+    table = tiny_table()
+    table.to_parquet(tmp_path / "t.parquet")
+    assert main(["benchmark", "real", "--table", str(tmp_path / "t.parquet"), "--box", "nowhere"]) == 2
+    assert "NAME:WEST,SOUTH,EAST,NORTH" in capsys.readouterr().err
