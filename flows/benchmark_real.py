@@ -249,7 +249,9 @@ def run_system(overrides: dict, box: BenchmarkBox) -> dict:
     t = time.perf_counter()
     backfill = run_backfill(box.start.isoformat(), box.end.isoformat(), overrides=overrides)
     timings["backfill_s"] = round(time.perf_counter() - t, 1)
-    return {"samples": int(sum(r["samples"] for r in daily["days"])), "quarantined": len(daily["quarantined"]),
+    # .get throughout: the flows' summaries may grow or change; the archive is what gets scored.
+    return {"samples": int(sum(r.get("samples", 0) for r in daily.get("days", []))),
+            "quarantined": len(daily.get("quarantined", [])),
             "model_version": retrain.get("version"), "retrain_metrics": retrain.get("metrics"),
             "uncertainty": retrain.get("uncertainty"), "backfill": {k: v for k, v in backfill.items()
                                                                       if isinstance(v, (int, float, str))},
