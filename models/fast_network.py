@@ -201,3 +201,24 @@ def gemm_friendly(network: nn.Module) -> nn.Module:
         raise ValueError("gemm_friendly folds BatchNorm's running statistics: put the network in eval mode first")
     with torch.no_grad():
         return FastResNetLSTM(network).eval()
+
+
+def flops_per_cell(network: ResNetLSTM) -> int:
+    """Floating-point operations (2 per multiply-add) of one cell through `network`, counted from
+    its layer shapes: every convolution tap over its output positions (padding taps included, as
+    the im2col GEMMs compute them), the LSTM's input and recurrent products at every step, the
+    head. BatchNorm, biases and activations are left out (elementwise, well under 1 %)."""
+    macs, length = 0, network.n_features
+    stem = network.stem[0]
+    macs += length * stem.out_channels * stem.in_channels * stem.kernel_size[0]
+    for block in network.blocks:
+        out_length = (length - 1) // block.conv1.stride[0] + 1
+        for conv in (block.conv1, block.conv2, block.skip[0]):
+            macs += out_length * conv.out_channels * conv.in_channels * conv.kernel_size[0]
+        length = out_length
+    lstm = network.lstm
+    for layer in range(lstm.num_layers):
+        inputs = lstm.input_size if layer == 0 else lstm.hidden_size
+        macs += length * 4 * lstm.hidden_size * (inputs + lstm.hidden_size)
+    macs += network.head.in_features * network.head.out_features
+    return 2 * macs

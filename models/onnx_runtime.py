@@ -51,9 +51,10 @@ MIN_CELLS_PER_BATCH = 1024
 # estimate is ~190 KiB with 46 features).
 FALLBACK_BYTES_PER_CELL = 256 * 1024
 # Cells per ONNX Runtime call on CPU. The fast export's GEMMs are already large at a few thousand
-# cells; 4-16 k measured the same within noise on the 2-core machine and larger batches only add
-# memory (docs/inference-speed.md), so predict_batched and the mapping settings use 8192.
-CPU_CELLS_PER_BATCH = 8192
+# cells (rows = cells x positions): 2048, 4096 and 8192 measured the same within noise on the
+# 2-core machine, while the session's planned buffers grow with the batch (peak RSS about 330,
+# 570 and 1050 MB), so 4096 (docs/inference-speed.md).
+CPU_CELLS_PER_BATCH = 4096
 
 
 def available_cores() -> int:

@@ -1,12 +1,11 @@
 """Benchmarks (`make bench`): print throughput and memory figures; they assert behaviour only.
 
-Targets they inform: one Sichuan day (1.31 M cells) mapped on CPU within ~8 minutes and on a GPU
-within seconds; gridding a day of soundings well under a second; a day's COG in under 2 s.
+Targets they inform: gridding a day of soundings well under a second; a day's COG in under 2 s.
+Inference speed (torch, ONNX before and after the fast export, CPU and CUDA): test_inference_speed.py.
 """
 
 from __future__ import annotations
 
-import resource
 import time
 from datetime import date
 
@@ -14,8 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from models.onnx_export import export_onnx
-from models.onnx_runtime import open_session, predict_batched
 from models.training import TrainingConfig, train_resnet_lstm
 from tasks.archive import write_day_cog
 from tasks.demo_world.fixtures import tiny_soundings
@@ -27,10 +24,6 @@ from tasks.soundings import usable_soundings
 
 pytestmark = pytest.mark.slow
 SICHUAN = Grid.for_region(Region(), 0.01)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @pytest.fixture(scope="module")
@@ -50,22 +43,6 @@ def test_training_throughput(trained):
     train_resnet_lstm(X, y, X[:1024], y[:1024], list(FEATURE_NAMES), FEATURE_SET_VERSION, TrainingConfig(max_epochs=1))
     dt = time.perf_counter() - t
     print(f"\n[bench] training: {8192 / dt:,.0f} samples/s per epoch (batch 1024, {torch.get_num_threads()} threads)")
-
-
-@pytest.mark.parametrize("batch", [8192, 65536])
-def test_onnx_inference_throughput(trained, tmp_path, batch):
-    path = export_onnx(trained, tmp_path / "m.onnx")
-    session, provider = open_session(path)
-    X = np.random.default_rng(2).normal(size=(batch * 2, len(FEATURE_NAMES))).astype(np.float32)
-    predict_batched(session, X[:batch], batch)  # warm-up
-    t = time.perf_counter()
-    out = predict_batched(session, X, batch)
-    dt = time.perf_counter() - t
-    assert out.shape == (batch * 2,) and np.isfinite(out).all()
-    rate = X.shape[0] / dt
-    print(f"\n[bench] ONNX Runtime {provider}, batch {batch}: {rate:,.0f} cells/s; "
-          f"one Sichuan day ({SICHUAN.n_cells:,} cells) ~ {SICHUAN.n_cells / rate / 60:.1f} min; "
-          f"peak RSS {_peak_rss_mb():,.0f} MB")
 
 
 def test_gridding_throughput():
