@@ -22,13 +22,18 @@ KEY_SCALERS = "xco2.scalers"
 KEY_OUTPUT_UNITS = "xco2.output_units"
 KEY_MODEL = "xco2.model"
 KEY_UNCERTAINTY = "xco2.uncertainty"
+# How maps are made from the graph's output: the background it contains, the network anomaly's
+# scale and the daily-anomaly field (models/residual_field.py) that the mapping path adds.
+KEY_MAPPING = "xco2.mapping"
 
 
 def encode_metadata(
     feature_names: list[str], feature_set_version: str, scalers: dict[str, Any],
-    uncertainty: dict[str, Any] | None = None,
+    uncertainty: dict[str, Any] | None = None, mapping: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     extra = {KEY_UNCERTAINTY: json.dumps(uncertainty)} if uncertainty else {}
+    if mapping:
+        extra[KEY_MAPPING] = json.dumps(mapping, sort_keys=True)
     return {
         **extra,
         KEY_FEATURE_NAMES: json.dumps(list(feature_names)),
@@ -55,4 +60,5 @@ def decode_metadata(props: dict[str, str], source: str) -> dict[str, Any]:
         "output_units": props.get(KEY_OUTPUT_UNITS, "ppm"),
         "n_features": len(names),
         "uncertainty": json.loads(props[KEY_UNCERTAINTY]) if KEY_UNCERTAINTY in props else None,
+        "mapping": json.loads(props[KEY_MAPPING]) if KEY_MAPPING in props else None,
     }

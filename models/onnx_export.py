@@ -53,6 +53,15 @@ def export_module(trained: TrainedModel, form: str = "fast") -> nn.Module:
     return fast.eval()
 
 
+def mapping_metadata(trained: TrainedModel) -> dict | None:
+    """What the mapping path needs besides the graph (None for a model without a background)."""
+    if trained.background is None:
+        return None
+    return {"target": "anomaly from background", "background": trained.background.to_dict(),
+            "anomaly_scale": float(trained.anomaly_scale),
+            "residual_field": trained.residual_field.to_dict() if trained.residual_field is not None else None}
+
+
 def export_onnx(trained: TrainedModel, path: str | Path, form: str = "fast") -> Path:
     """Write `trained` as ONNX: input 'features' float32 [batch, n_features] raw covariates,
     output 'xco2' float32 [batch] ppm and, when the model has a calibrated spread model, output
@@ -102,7 +111,8 @@ def export_onnx(trained: TrainedModel, path: str | Path, form: str = "fast") -> 
                         "scale": trained.spread.scale, "n_calibration": trained.spread.n_calibration}
                        if with_uncertainty else None)
         metadata = encode_metadata(
-            list(trained.feature_names), trained.feature_set_version, trained.scalers.to_dict(), uncertainty
+            list(trained.feature_names), trained.feature_set_version, trained.scalers.to_dict(), uncertainty,
+            mapping_metadata(trained),
         )
         for key, value in metadata.items():
             prop = model.metadata_props.add()

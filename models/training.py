@@ -133,6 +133,11 @@ class TrainedModel:
     trained_on: str = "cpu"
     training_seconds: float = 0.0
     spread: Any = None  # models.uncertainty.SpreadModel once calibrated, else None
+    # With a background (models/background.py) the network learned the anomaly from it; the map is
+    # background + anomaly_scale x anomaly (+ the daily anomaly field, applied where maps are made).
+    background: Any = None
+    anomaly_scale: float = 1.0
+    residual_field: Any = None  # models.residual_field.ResidualField once fitted, else None
 
     @property
     def n_features(self) -> int:
@@ -144,7 +149,8 @@ class TrainedModel:
 
     def deployable(self) -> DeployableXCO2Model:
         """The network with its scalers baked in (shares the weights), in eval mode on CPU."""
-        return DeployableXCO2Model(self.model, self.scalers).eval()
+        return DeployableXCO2Model(self.model, self.scalers, self.background, self.feature_names,
+                                   self.anomaly_scale).eval()
 
     def deployable_with_uncertainty(self) -> DeployableWithUncertainty:
         """Both outputs (XCO2, calibrated uncertainty); needs `spread` (see models/uncertainty.py)."""
@@ -246,8 +252,15 @@ def train_resnet_lstm(
     config: TrainingConfig | None = None,
     on_epoch: EpochCallback | None = None,
     show_progress: bool = False,
+    background: Any = None,
+    sample_weight: np.ndarray | None = None,
 ) -> TrainedModel:
     """Train on raw covariates and XCO2 (ppm); scalers are fitted on the training split only.
+
+    background (models.background.Background): the network learns y - background(X), and the
+    trained model predicts background + anomaly. sample_weight: per training sample (independent
+    soundings it stands for); the L1 loss is their weighted mean, so a GOSAT sounding spread over
+    80 cells counts once.
 
     history rows: epoch (from 1), train_loss and val_loss (MAE in ppm, see the module doc), lr
     (the learning rate that epoch ran with). on_epoch receives the same four numbers as each
@@ -274,6 +287,14 @@ def train_resnet_lstm(
             len(feature_names),
         )
 
+    if background is not None:
+        y_train = y_train - background.evaluate_features(X_train, feature_names)
+        y_val = y_val - background.evaluate_features(X_val, feature_names)
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, dtype=np.float64)
+        if sample_weight.shape != (X_train.shape[0],) or not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
+            raise ValueError(f"sample_weight must be {X_train.shape[0]} finite values >= 0")
+        sample_weight = sample_weight / sample_weight.mean()
     device = resolve_device(config.device)
     scalers = Scalers.fit(X_train, y_train)
     started = time.perf_counter()
@@ -289,7 +310,7 @@ def train_resnet_lstm(
         model = ResNetLSTM(len(feature_names)).to(device)
         history, best_epoch, stopped_early = _fit(
             model, scalers, X_train, y_train, X_val, y_val, config, device, order_rng, on_epoch,
-            show_progress,
+            show_progress, sample_weight,
         )
     model = model.cpu().eval()
     elapsed = time.perf_counter() - started
@@ -306,6 +327,7 @@ def train_resnet_lstm(
         stopped_early=stopped_early,
         trained_on=str(device),
         training_seconds=elapsed,
+        background=background,
     )
     log.info(
         "trained ResNet-LSTM on %s: %d epochs%s, best epoch %d, validation MAE %.3f ppm, %.1f s",
@@ -327,6 +349,7 @@ def _fit(
     order_rng: np.random.Generator,
     on_epoch: EpochCallback | None,
     show_progress: bool,
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[list[dict[str, float]], int, bool]:
     Xt = torch.from_numpy(scalers.transform_features(X_train)).to(device)
     yt = torch.from_numpy(scalers.transform_target(y_train)).to(device)
@@ -341,6 +364,7 @@ def _fit(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
     )
     loss_fn = nn.L1Loss()
+    wt = torch.from_numpy(sample_weight.astype(np.float32)).to(device) if sample_weight is not None else None
     stopper = EarlyStopping(config.early_stopping_patience)
     best_state: dict[str, torch.Tensor] = {}
     history: list[dict[str, float]] = []
@@ -359,7 +383,11 @@ def _fit(
             for batch in _batches(order_rng.permutation(n_train), config.batch_size):
                 idx = torch.from_numpy(batch).to(device)
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(Xt[idx]), yt[idx])
+                if wt is None:
+                    loss = loss_fn(model(Xt[idx]), yt[idx])
+                else:
+                    w = wt[idx]
+                    loss = (w * (model(Xt[idx]) - yt[idx]).abs()).sum() / w.sum().clamp_min(1e-12)
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.detach().double() * len(batch)

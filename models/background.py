@@ -1,0 +1,130 @@
+"""The background: a trend, an annual and a semi-annual cycle and a plane in space.
+
+Fitted at each retrain to every fused observation (each weighted by its independent soundings),
+robustly (Huber weights, so a few bad retrievals do not tilt it), and evaluated from the feature
+columns the network already receives (years_since_2015, doy_sin, doy_cos, latitude, longitude):
+the exported model adds it to the network's anomaly inside the graph, so every consumer of the
+model gets XCO2. The network then learns only what the covariates add to it; with uninformative
+covariates the map falls back to this fit (plus the daily anomaly, models/residual_field.py) rather
+than to a network extrapolating time.
+
+Numpy only: the nightly path and the benchmark use it without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+TERMS = ("intercept", "trend", "annual_sin", "annual_cos", "semiannual_sin", "semiannual_cos",
+         "latitude", "longitude")
+INPUTS = ("years_since_2015", "doy_sin", "doy_cos", "latitude", "longitude")
+# Per 10 degrees: coefficients of a plane over a region come out in ppm per 10 degrees.
+SPACE_UNIT_DEG = 10.0
+HUBER_K = 1.5
+
+
+class BackgroundError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Background:
+    coefficients: tuple[float, ...]  # over TERMS
+    reference_years: float  # the trend's origin (years since 2015), the observations' mean
+    reference_latitude: float
+    reference_longitude: float
+    n_fit: int = 0
+    residual_sd_ppm: float = float("nan")  # robust (MAD) sd of the fit's residuals
+
+    def basis(self, years: np.ndarray, doy_sin: np.ndarray, doy_cos: np.ndarray, latitude: np.ndarray,
+              longitude: np.ndarray) -> np.ndarray:
+        return design_matrix(years, doy_sin, doy_cos, latitude, longitude, self.reference_years,
+                             self.reference_latitude, self.reference_longitude)
+
+    def evaluate(self, years: np.ndarray, doy_sin: np.ndarray, doy_cos: np.ndarray, latitude: np.ndarray,
+                 longitude: np.ndarray) -> np.ndarray:
+        return self.basis(years, doy_sin, doy_cos, latitude, longitude) @ np.asarray(self.coefficients)
+
+    def evaluate_features(self, X: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+        columns = input_columns(feature_names)
+        X = np.asarray(X, dtype=np.float64)
+        return self.evaluate(*(X[:, i] for i in columns))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"terms": list(TERMS), "coefficients": list(self.coefficients),
+                "reference_years": self.reference_years, "reference_latitude": self.reference_latitude,
+                "reference_longitude": self.reference_longitude, "n_fit": self.n_fit,
+                "residual_sd_ppm": self.residual_sd_ppm}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Background":
+        if list(data.get("terms", [])) != list(TERMS):
+            raise BackgroundError(f"background terms {data.get('terms')} differ from this code's {list(TERMS)}")
+        return cls(tuple(float(c) for c in data["coefficients"]), float(data["reference_years"]),
+                   float(data["reference_latitude"]), float(data["reference_longitude"]), int(data.get("n_fit", 0)),
+                   float(data.get("residual_sd_ppm", float("nan"))))
+
+
+def input_columns(feature_names: Sequence[str]) -> list[int]:
+    names = list(feature_names)
+    missing = [n for n in INPUTS if n not in names]
+    if missing:
+        raise BackgroundError(f"the background needs features {missing}, absent from the feature set")
+    return [names.index(n) for n in INPUTS]
+
+
+def design_matrix(years, doy_sin, doy_cos, latitude, longitude, reference_years: float, reference_latitude: float,
+                  reference_longitude: float) -> np.ndarray:
+    s, c = np.asarray(doy_sin, np.float64), np.asarray(doy_cos, np.float64)
+    return np.column_stack([
+        np.ones_like(s), np.asarray(years, np.float64) - reference_years, s, c,
+        2 * s * c, c * c - s * s,  # sin and cos of twice the angle
+        (np.asarray(latitude, np.float64) - reference_latitude) / SPACE_UNIT_DEG,
+        (np.asarray(longitude, np.float64) - reference_longitude) / SPACE_UNIT_DEG,
+    ])
+
+
+def fit_background(X: np.ndarray, y: np.ndarray, feature_names: Sequence[str], weight: np.ndarray | None = None,
+                   iterations: int = 20) -> Background:
+    """Weighted Huber regression of y (ppm) on TERMS, by iteratively reweighted least squares."""
+    X = np.asarray(X, np.float64)
+    y = np.asarray(y, np.float64)
+    w = np.ones(len(y)) if weight is None else np.asarray(weight, np.float64)
+    if len(y) < 2 * len(TERMS):
+        raise BackgroundError(f"{len(y)} observations are too few for a background of {len(TERMS)} terms")
+    if not (np.isfinite(y).all() and np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+        raise BackgroundError("background fit: targets and weights must be finite, weights >= 0 and not all 0")
+    years, doy_sin, doy_cos, lat, lon = (X[:, i] for i in input_columns(feature_names))
+    reference = (float(np.average(years, weights=w)), float(np.average(lat, weights=w)),
+                 float(np.average(lon, weights=w)))
+    A = design_matrix(years, doy_sin, doy_cos, lat, lon, *reference)
+    # A window shorter than a year cannot separate every term: a tiny ridge keeps the solve defined
+    # (its effect on determined terms is nil).
+    ridge = 1e-6 * np.eye(A.shape[1])
+    ridge[0, 0] = 0.0
+    robust = np.ones(len(y))
+    beta = np.zeros(A.shape[1])
+    for _ in range(iterations):
+        ww = w * robust
+        beta_new = np.linalg.solve(A.T @ (ww[:, None] * A) + ridge * ww.sum(), A.T @ (ww * y))
+        residual = y - A @ beta_new
+        scale = max(1.4826 * _weighted_median(np.abs(residual - _weighted_median(residual, w)), w), 1e-6)
+        u = np.abs(residual) / (HUBER_K * scale)
+        robust = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-12))
+        if np.allclose(beta_new, beta, atol=1e-6):
+            beta = beta_new
+            break
+        beta = beta_new
+    residual = y - A @ beta
+    sd = 1.4826 * _weighted_median(np.abs(residual - _weighted_median(residual, w)), w)
+    return Background(tuple(float(b) for b in beta), *reference, n_fit=len(y), residual_sd_ppm=float(sd))
+
+
+def _weighted_median(values: np.ndarray, weight: np.ndarray) -> float:
+    order = np.argsort(values)
+    cumulative = np.cumsum(weight[order])
+    return float(values[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])

@@ -1,0 +1,351 @@
+"""The daily anomaly: what the observations around a day say that the model does not.
+
+A map is background + network anomaly + this field. The residuals of the fused observations
+(observed - model) are not noise: a day's tracks share a level (weather, transport, the retrieval's
+own day-to-day bias), and a region keeps a pattern for weeks that no covariate explains. Both are
+carried to every cell by simple kriging of the residuals of nearby days, with a covariance of two
+space-time components plus a nugget:
+
+    C = s_local exp(-d / L_local - |dt| / T_local) + s_regional exp(-d / L_regional - |dt| / T_regional)
+    nugget of a super-observation = noise_correlated + noise_independent / (independent soundings in it)
+
+The parameters are fitted by maximum likelihood at each retrain on the training residuals (never
+tuned by hand), the interval scale is calibrated on held-out blocks and whole held-out days, and
+everything travels with the model (ONNX metadata), so the nightly path needs numpy and scipy only.
+
+Observations are first averaged into super-observations (one per day and `superob_deg` cell): at
+0.01 degree one sounding fills several cells and neighbouring soundings of a track share their
+error, so cells are not independent observations; the super-observation's weight is its number of
+independent soundings (sample column `weight`).
+
+A map's field is solved on a coarse lattice (`lattice_deg`, a few km: the field's length scales are
+tens of km and more) and interpolated bilinearly to the grid; its variance likewise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.optimize import minimize
+
+KM_PER_DEGREE_LAT = 110.57
+KM_PER_DEGREE_LON_EQUATOR = 111.32
+PARAMETERS = ("local_variance", "local_length_km", "local_time_days", "regional_variance", "regional_length_km",
+              "regional_time_days", "noise_correlated", "noise_independent")
+# z of the central 68.27% of a normal: the interval is mean +- Z68 * sigma.
+Z68 = 1.0
+
+
+class ResidualFieldError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ResidualField:
+    """Covariance parameters (variances in ppm2, lengths in km, times in days) and how to use them."""
+
+    local_variance: float
+    local_length_km: float
+    local_time_days: float
+    regional_variance: float
+    regional_length_km: float
+    regional_time_days: float
+    noise_correlated: float
+    noise_independent: float
+    interval_scale: float = 1.0  # calibrated: sigma = scale * sqrt(field variance + noise_scale * point noise)
+    noise_scale: float = 1.0
+    window_days: int = 15  # observations up to this many days away inform a day
+    superob_deg: float = 0.1
+    lattice_deg: float = 0.05
+    max_superobs: int = 2500  # nearest in time kept when a window holds more
+    n_fit: int = 0
+
+    def __post_init__(self) -> None:
+        for name in PARAMETERS + ("interval_scale", "noise_scale", "superob_deg", "lattice_deg"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ResidualFieldError(f"residual field {name} must be finite and >= 0, got {value}")
+        for name in ("local_length_km", "local_time_days", "regional_length_km", "regional_time_days"):
+            if getattr(self, name) <= 0:
+                raise ResidualFieldError(f"residual field {name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def prior_variance(self) -> float:
+        return self.local_variance + self.regional_variance
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ResidualField":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        missing = [p for p in PARAMETERS if p not in known]
+        if missing:
+            raise ResidualFieldError(f"residual field description lacks {missing}")
+        return cls(**known)
+
+    # -- covariance -------------------------------------------------------------------------
+    def _log_params(self) -> np.ndarray:
+        return np.log([getattr(self, p) for p in PARAMETERS])
+
+    def covariance(self, xy_a: np.ndarray, t_a: np.ndarray, xy_b: np.ndarray, t_b: np.ndarray) -> np.ndarray:
+        return _covariance(self._log_params(), _distance(xy_a, xy_b), np.abs(t_a[:, None] - t_b[None, :]))[0]
+
+    def nugget(self, weight: np.ndarray) -> np.ndarray:
+        return self.noise_correlated + self.noise_independent / np.maximum(np.asarray(weight, np.float64), 1e-6)
+
+    def point_noise(self) -> float:
+        """The noise of one observation of one sounding: what a held-out retrieval adds to the map's error."""
+        return self.noise_correlated + self.noise_independent
+
+
+@dataclass(frozen=True)
+class Superobs:
+    """Residuals averaged per day and coarse cell: lon/lat (degree), day number, residual, weight."""
+
+    lon: np.ndarray
+    lat: np.ndarray
+    day: np.ndarray  # days since 1970-01-01 (float)
+    residual: np.ndarray
+    weight: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.residual)
+
+    def subset(self, keep: np.ndarray) -> "Superobs":
+        return Superobs(self.lon[keep], self.lat[keep], self.day[keep], self.residual[keep], self.weight[keep])
+
+
+def day_number(days: Any) -> np.ndarray:
+    """Dates (anything pandas reads) -> days since 1970-01-01 as float."""
+    values = pd.to_datetime(pd.Series(np.asarray(days))).to_numpy("datetime64[D]")
+    return values.astype(np.int64).astype(np.float64)
+
+
+def superobs(lon: np.ndarray, lat: np.ndarray, days: Any, residual: np.ndarray, weight: np.ndarray | None,
+             superob_deg: float) -> Superobs:
+    """Average residuals per (day, superob_deg cell), weighted by independent soundings."""
+    residual = np.asarray(residual, np.float64)
+    weight = np.ones_like(residual) if weight is None else np.asarray(weight, np.float64)
+    ok = np.isfinite(residual) & (weight > 0)
+    frame = pd.DataFrame({"day": day_number(days)[ok], "i": np.floor(np.asarray(lat)[ok] / superob_deg),
+                          "j": np.floor(np.asarray(lon)[ok] / superob_deg), "w": weight[ok],
+                          "wr": weight[ok] * residual[ok], "wlon": weight[ok] * np.asarray(lon)[ok],
+                          "wlat": weight[ok] * np.asarray(lat)[ok]})
+    if frame.empty:
+        empty = np.empty(0)
+        return Superobs(empty, empty, empty, empty, empty)
+    g = frame.groupby(["day", "i", "j"], sort=True)[["w", "wr", "wlon", "wlat"]].sum()
+    w = g["w"].to_numpy()
+    return Superobs(g["wlon"].to_numpy() / w, g["wlat"].to_numpy() / w, g.index.get_level_values("day").to_numpy(
+        np.float64), g["wr"].to_numpy() / w, w)
+
+
+def _xy_km(lon: np.ndarray, lat: np.ndarray, lat0: float) -> np.ndarray:
+    # An equirectangular projection about the region's latitude: within a region of a few hundred
+    # km its distortion (under 2% over 10 degrees of latitude) is far below the length scales' uncertainty.
+    return np.column_stack([np.asarray(lon, np.float64) * KM_PER_DEGREE_LON_EQUATOR * math.cos(math.radians(lat0)),
+                            np.asarray(lat, np.float64) * KM_PER_DEGREE_LAT])
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d2 = (a[:, None, 0] - b[None, :, 0]) ** 2 + (a[:, None, 1] - b[None, :, 1]) ** 2
+    return np.sqrt(d2)
+
+
+def _covariance(logp: np.ndarray, D: np.ndarray, DT: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two components' sum and each component (for the gradient)."""
+    s1, l1, t1, s2, l2, t2 = np.exp(logp[:6])
+    c1 = s1 * np.exp(-D / l1 - DT / t1)
+    c2 = s2 * np.exp(-D / l2 - DT / t2)
+    return c1 + c2, c1, c2
+
+
+def _negative_log_likelihood(logp: np.ndarray, D: np.ndarray, DT: np.ndarray, r: np.ndarray,
+                             inv_w: np.ndarray) -> tuple[float, np.ndarray]:
+    K, c1, c2 = _covariance(logp, D, DT)
+    nc, ni = np.exp(logp[6]), np.exp(logp[7])
+    K[np.diag_indices_from(K)] += nc + ni * inv_w
+    try:
+        factor = cho_factor(K, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return 1e12, np.zeros_like(logp)
+    alpha = cho_solve(factor, r, check_finite=False)
+    value = 0.5 * r @ alpha + np.log(np.diag(factor[0])).sum()
+    # d nll / d theta = 0.5 tr((K^-1 - alpha alpha^T) dK/dtheta), with theta the log parameters.
+    M = cho_solve(factor, np.eye(len(r)), check_finite=False) - np.outer(alpha, alpha)
+    l1, t1, l2, t2 = np.exp(logp[[1, 2, 4, 5]])
+    derivatives = [c1, c1 * D / l1, c1 * DT / t1, c2, c2 * D / l2, c2 * DT / t2]
+    grad = [0.5 * np.sum(M * dK) for dK in derivatives]
+    grad.append(0.5 * nc * np.trace(M))
+    grad.append(0.5 * ni * np.sum(np.diag(M) * inv_w))
+    return float(value), np.asarray(grad)
+
+
+def fit_residual_field(obs: Superobs, lat0: float, seed: int = 0, max_points: int = 800,
+                       max_window_days: int = 60, superob_deg: float = 0.1, lattice_deg: float = 0.05) -> ResidualField:
+    """Maximum-likelihood covariance parameters from training residuals (super-observations).
+
+    At most `max_points` super-observations enter the likelihood (a seeded subsample): the
+    parameters are few, and an n^3 factorisation per step bounds the retrain's time."""
+    if len(obs) < 20:
+        raise ResidualFieldError(f"{len(obs)} super-observations are too few to fit the residual field (need 20)")
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(len(obs), min(max_points, len(obs)), replace=False))
+    o = obs.subset(keep)
+    xy = _xy_km(o.lon, o.lat, lat0)
+    D, DT = _distance(xy, xy), np.abs(o.day[:, None] - o.day[None, :])
+    r = o.residual - np.average(o.residual, weights=o.weight)
+    inv_w = 1.0 / o.weight
+    v = max(float(np.var(r)), 1e-4)
+    extent = max(float(D.max()), 50.0)
+    span = max(float(DT.max()), 2.0)
+    start = np.log([0.25 * v, extent / 8, 2.0, 0.25 * v, extent, span / 2, 0.25 * v, 0.25 * v])
+    bounds = [(np.log(1e-4 * v), np.log(4 * v)), (np.log(5.0), np.log(4 * extent)), (np.log(0.25), np.log(4 * span)),
+              (np.log(1e-4 * v), np.log(4 * v)), (np.log(5.0), np.log(20 * extent)), (np.log(0.25), np.log(20 * span)),
+              (np.log(1e-4 * v), np.log(4 * v)), (np.log(1e-4 * v), np.log(4 * v))]
+    result = minimize(_negative_log_likelihood, start, args=(D, DT, r, inv_w), jac=True, method="L-BFGS-B",
+                      bounds=bounds, options={"maxiter": 200})
+    p = np.exp(result.x)
+    # The two components are interchangeable: name the shorter one local.
+    if p[1] > p[4]:
+        p = p[[3, 4, 5, 0, 1, 2, 6, 7]]
+    # Observations further away in time than three of the longer time scale add almost nothing.
+    window_days = int(np.clip(math.ceil(3 * max(p[2], p[5])), 3, max_window_days))
+    return ResidualField(*[float(x) for x in p], window_days=window_days, superob_deg=superob_deg,
+                         lattice_deg=lattice_deg, n_fit=len(o))
+
+
+@dataclass
+class Kriging:
+    """The field conditioned on one set of super-observations (one Cholesky factor)."""
+
+    field: ResidualField
+    lat0: float
+    obs: Superobs
+    factor: Any
+    alpha: np.ndarray
+    xy: np.ndarray
+
+    def predict(self, lon: np.ndarray, lat: np.ndarray, day: float | np.ndarray,
+                chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance (ppm, ppm2) of the field at points; variance excludes observation noise."""
+        lon = np.asarray(lon, np.float64).ravel()
+        lat = np.asarray(lat, np.float64).ravel()
+        days = np.broadcast_to(np.asarray(day, np.float64), lon.shape)
+        mean = np.zeros(lon.size)
+        var = np.full(lon.size, self.field.prior_variance)
+        if len(self.obs) == 0:
+            return mean, var
+        xy = _xy_km(lon, lat, self.lat0)
+        L = np.tril(self.factor[0])
+        for start in range(0, lon.size, chunk):
+            s = slice(start, start + chunk)
+            k = self.field.covariance(xy[s], days[s], self.xy, self.obs.day)
+            mean[s] = k @ self.alpha
+            v = solve_triangular(L, k.T, lower=True, check_finite=False)
+            var[s] = np.maximum(self.field.prior_variance - np.einsum("ij,ij->j", v, v), 0.0)
+        return mean, var
+
+
+def condition(field: ResidualField, obs: Superobs, lat0: float, around_day: float | None = None) -> Kriging:
+    """Condition the field on observations (the `max_superobs` nearest in time to `around_day` if more)."""
+    if around_day is not None and len(obs) > field.max_superobs:
+        order = np.argsort(np.abs(obs.day - around_day), kind="stable")[: field.max_superobs]
+        obs = obs.subset(np.sort(order))
+    xy = _xy_km(obs.lon, obs.lat, lat0)
+    if len(obs) == 0:
+        return Kriging(field, lat0, obs, (np.zeros((0, 0)), True), np.zeros(0), xy)
+    K = field.covariance(xy, obs.day, xy, obs.day)
+    K[np.diag_indices_from(K)] += field.nugget(obs.weight)
+    factor = cho_factor(K, lower=True, check_finite=False)
+    return Kriging(field, lat0, obs, factor, cho_solve(factor, obs.residual, check_finite=False), xy)
+
+
+def window(obs: Superobs, day: float, window_days: int, exclude_day: bool = False) -> Superobs:
+    """The super-observations within `window_days` of `day` (without the day itself if asked)."""
+    near = np.abs(obs.day - day) <= window_days
+    if exclude_day:
+        near &= obs.day != day
+    return obs.subset(np.flatnonzero(near))
+
+
+def predict_points(field: ResidualField, obs: Superobs, lat0: float, lon: np.ndarray, lat: np.ndarray,
+                   days: np.ndarray, exclude_own_day: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Field mean and variance at scattered points, each day conditioned on its own window (the
+    benchmark's and the calibration's path; maps use `predict_map`)."""
+    days = np.asarray(days, np.float64)
+    mean, var = np.zeros(len(days)), np.full(len(days), field.prior_variance)
+    for day in np.unique(days):
+        here = np.flatnonzero(days == day)
+        kriging = condition(field, window(obs, day, field.window_days, exclude_own_day), lat0, around_day=day)
+        mean[here], var[here] = kriging.predict(np.asarray(lon)[here], np.asarray(lat)[here], day)
+    return mean, var
+
+
+def calibrate_interval(field: ResidualField, holdouts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+                       ) -> tuple[ResidualField, dict[str, float]]:
+    """Scale the interval so that it holds 68.27% of held-out residuals in every holdout at once.
+
+    holdouts: name -> (residual, field mean, field variance) of held-out observations predicted
+    from the others (spatial blocks, whole days). Two numbers are calibrated: the overall scale and
+    the share of the point noise; with one holdout only the scale. Returns the field and each
+    holdout's coverage after calibration."""
+    parts = {k: (np.asarray(r) - np.asarray(m), np.asarray(v)) for k, (r, m, v) in holdouts.items() if len(r) >= 10}
+    if not parts:
+        return field, {}
+    noise = field.point_noise()
+
+    def scaled(q: float) -> tuple[float, dict[str, float]]:
+        z = {k: np.abs(e) / np.sqrt(v + q * noise) for k, (e, v) in parts.items()}
+        scale = float(np.quantile(np.concatenate(list(z.values())), 0.6827))
+        return scale, {k: float(np.mean(zk <= scale)) for k, zk in z.items()}
+
+    candidates = np.logspace(-2, 2, 41) if len(parts) > 1 else np.array([1.0])
+    best = min(candidates, key=lambda q: max(abs(c - 0.6827) for c in scaled(q)[1].values()))
+    scale, coverages = scaled(float(best))
+    return replace(field, interval_scale=scale, noise_scale=float(best)), coverages
+
+
+def interval_half_width(field: ResidualField, variance: np.ndarray) -> np.ndarray:
+    """Half-width (ppm) of the 68% interval for a retrieval at a cell, given the field's variance there."""
+    return field.interval_scale * Z68 * np.sqrt(np.asarray(variance) + field.noise_scale * field.point_noise())
+
+
+def predict_map(field: ResidualField, obs: Superobs, lat0: float, lons: np.ndarray, lats: np.ndarray,
+                day: float, inside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Field mean and variance on a grid [len(lats), len(lons)] (cell centres), solved on a coarse
+    lattice and interpolated bilinearly; NaN outside `inside` when given."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    kriging = condition(field, window(obs, day, field.window_days), lat0, around_day=day)
+    step = max(field.lattice_deg, float(abs(lons[1] - lons[0])) if len(lons) > 1 else field.lattice_deg)
+    lat_nodes = _nodes(lats, step)
+    lon_nodes = _nodes(lons, step)
+    LON, LAT = np.meshgrid(lon_nodes, lat_nodes)
+    mean, var = kriging.predict(LON.ravel(), LAT.ravel(), day)
+    out = []
+    for values in (mean, var):
+        interp = RegularGridInterpolator((lat_nodes, lon_nodes), values.reshape(LAT.shape), method="linear",
+                                         bounds_error=False, fill_value=None)
+        LA, LO = np.meshgrid(lats, lons, indexing="ij")
+        grid = interp(np.column_stack([LA.ravel(), LO.ravel()])).reshape(len(lats), len(lons)).astype(np.float32)
+        if inside is not None:
+            grid[~inside] = np.nan
+        out.append(grid)
+    return out[0], np.maximum(out[1], 0)
+
+
+def _nodes(centres: np.ndarray, step: float) -> np.ndarray:
+    lo, hi = float(np.min(centres)), float(np.max(centres))
+    n = max(2, int(math.ceil((hi - lo) / step)) + 1)
+    return np.linspace(lo, hi, n)
