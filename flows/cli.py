@@ -162,22 +162,16 @@ def _print_demo_summary(s: dict) -> None:
     table.add_row("training samples", f"{s['samples']} cell-days over {s['samples_days']} days")
     fit = s["gosat_fit"]
     table.add_row("GOSAT -> OCO fit", f"oco = {fit['intercept']:.2f} + {fit['slope']:.4f} * gosat "
-                  f"({fit['n_collocations']} collocated cell-days, {fit['method']})")
+                  f"({fit['n_collocations']} collocated GOSAT soundings, {fit['method']}, fit {fit.get('fit_id', '?')})")
     table.add_row("days archived", f"{len(s['archive_days'])}: {', '.join(s['archive_days'])}")
     table.add_row("archive", s["archive_root"])
     m = s["model"]
     table.add_row("model", f"{m['name']} version {m['version']} alias '{m['alias']}' "
                   f"(best epoch {m['best_epoch']} of {m['epochs']}; ONNX parity {m['onnx_parity_max_abs_ppm']:.1e} ppm)")
-    v = s["validation"]
-    table.add_row("validation (random holdout)", f"RMSE {v['rmse']:.3f} ppm, R2 {v['r2']:.3f}, slope {v['slope']:.3f}, "
-                  f"MAE {v['mae']:.3f}, bias {v['bias']:+.3f}, N {v['n']}")
-    sv = s["spatial_validation"]
-    table.add_row(f"promotion holdout ({s['promotion_holdout']})",
-                  f"RMSE {sv['rmse']:.3f} ppm, R2 {sv['r2']:.3f}, bias {sv['bias']:+.3f}, N {sv['n']}")
-    u = s.get("uncertainty")
-    if u:
-        table.add_row("uncertainty (68% interval)", f"covers {u['coverage68_heldout_blocks']:.1%} of held-out blocks, "
-                      f"{u['coverage68_random_holdout']:.1%} of the random holdout (scale {u['uncertainty_scale']:.2f})")
+    for name, h in (s.get("holdouts") or {}).items():
+        table.add_row(f"held out: {name}", f"RMSE {h['rmse']:.3f} ppm, R2 {h['r2']:.3f} (detrended {h['r2_detrended']:.3f}), "
+                      f"bias {h['bias']:+.3f}, 68% coverage {h.get('coverage68', float('nan')):.1%}, N {h['n']}")
+    table.add_row("promotion gate", s["promotion_holdout"])
     acc = s["truth_accuracy"]
     if acc:
         a = acc["all_cells"]

@@ -131,7 +131,7 @@ def run_demo(opts: DemoOptions) -> dict:
                   "onnx_parity_max_abs_ppm": retrain["onnx_parity_max_abs_ppm"]},
         "validation": retrain["metrics"],
         "spatial_validation": retrain["spatial_metrics"], "promotion_holdout": retrain["promotion_holdout"],
-        "uncertainty": retrain["uncertainty"], "comparison": retrain["comparison"],
+        "holdouts": retrain["holdouts"], "uncertainty": retrain["uncertainty"], "comparison": retrain["comparison"],
         "truth_accuracy": accuracy,
         "timings": timings,
         "tracking_uri": settings.tracking_uri,

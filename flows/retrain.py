@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect import task
 
-from models.evaluation import plot_loss_curves, plot_scatter, random_split, regression_metrics
+from models.background import fit_background
+from models.evaluation import plot_loss_curves, plot_scatter
+from models.holdouts import Holdouts, anomaly_scale, fit_field, holdout_scores, map_predict
+from models.holdouts import cap as cap_holdout
+from models.holdouts import split_samples as split_holdouts
 from models.onnx_export import check_onnx_parity, export_onnx
 from models.training import TrainingConfig, train_resnet_lstm
 from registry.promotion import promote
@@ -39,76 +42,53 @@ def load_training_data(settings: Settings):
 
 
 def cap_indices(idx: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
-    # Caps keep CPU-only runs (the demo) short; the paper's setting is no cap.
-    return np.sort(rng.choice(idx, cap, replace=False)) if cap and len(idx) > cap else idx
+    return cap_holdout(idx, cap, rng)
 
 
-@dataclass(frozen=True)
-class Holdouts:
-    """Index sets of one retrain. Neither holdout steers training: `random` gives the paper's
-    validation metrics, `spatial` (whole >= 50 km blocks nobody trained on) the promotion gate."""
-
-    fit: np.ndarray
-    early_stopping: np.ndarray
-    random: np.ndarray
-    spatial: np.ndarray
-    spatial_is_blocks: bool
-
-
-def split_samples(settings: Settings, latitude: np.ndarray, longitude: np.ndarray) -> Holdouts:
-    from models.validation import group_holdout, spatial_block_ids
-
-    rng = np.random.default_rng(settings.seed)
-    n = len(latitude)
-    blocks = spatial_block_ids(latitude, longitude, block_km=settings.promotion_block_km)
-    if len(np.unique(blocks)) >= 2:
-        rest, spatial = group_holdout(blocks, settings.validation_fraction, settings.seed)
-        spatial_is_blocks = True
-    else:  # a region smaller than one block: nothing to hold out by area
-        rest, spatial = np.arange(n), np.array([], dtype=np.int64)
-        spatial_is_blocks = False
-    inner_rest, inner_random = random_split(len(rest), settings.validation_fraction, settings.seed)
-    random_idx, rest = rest[inner_random], rest[inner_rest]
-    inner_fit, inner_stop = random_split(len(rest), settings.validation_fraction, settings.seed + 1)
-    cap_val = settings.max_validation_samples
-    spatial = cap_indices(spatial, cap_val, rng) if spatial_is_blocks else cap_indices(random_idx, cap_val, rng)
-    return Holdouts(fit=cap_indices(rest[inner_fit], settings.max_training_samples, rng),
-                    early_stopping=cap_indices(rest[inner_stop], cap_val, rng),
-                    random=cap_indices(random_idx, cap_val, rng), spatial=spatial, spatial_is_blocks=spatial_is_blocks)
+def split_samples(settings: Settings, df) -> Holdouts:
+    return split_holdouts(df["latitude"].to_numpy(), df["longitude"].to_numpy(), df["day"].to_numpy(),
+                          settings.validation_fraction, settings.promotion_block_km, settings.seed,
+                          settings.max_training_samples, settings.max_validation_samples)
 
 
 @task(name="calibrate-uncertainty", cache_policy=NO_CACHE)
-def calibrate_uncertainty(settings: Settings, trained, X: np.ndarray, y: np.ndarray, split: Holdouts,
-                          latitude: np.ndarray, longitude: np.ndarray, predicted_random: np.ndarray,
-                          predicted_spatial: np.ndarray) -> dict:
-    """Attach a calibrated spread model to `trained`; coverage of the 68% interval on data that
-    neither fitted nor calibrated it. Calibrated on half of the promotion holdout's blocks (maps are
-    almost all unobserved cells, which those blocks stand for), scored on the other half.
-    predicted_random/_spatial: the model's XCO2 on split.random and split.spatial."""
+def calibrate_uncertainty(settings: Settings, trained, X: np.ndarray, y: np.ndarray, split: Holdouts) -> object:
+    """The network's own spread output (the ONNX graph's second output, used when the daily anomaly
+    is off): fitted on the early-stopping set, scaled on the calibration halves of blocks and days."""
     import dataclasses
 
-    from models.uncertainty import calibrate, coverage, fit_spread
-    from models.validation import group_holdout, spatial_block_ids
+    from models.uncertainty import calibrate, fit_spread
 
-    stop = split.early_stopping
+    stop, cal = split.early_stopping, np.concatenate([split.blocks_calibration, split.days_calibration])
+    if len(cal) < 20:  # a small region: the random holdout lends its samples
+        cal = np.concatenate([cal, split.random])
     spread = fit_spread(X[stop], y[stop] - trained.predict(X[stop]), trained.scalers, seed=settings.seed)
-    held = split.spatial
-    blocks = spatial_block_ids(latitude[held], longitude[held], block_km=settings.promotion_block_km)
-    if split.spatial_is_blocks and len(np.unique(blocks)) >= 2:
-        cal, score = group_holdout(blocks, 0.5, settings.seed)
-    else:
-        cal, score = random_split(len(held), 0.5, settings.seed)
-    residual = y[held] - predicted_spatial
-    spread = calibrate(spread, X[held][cal], residual[cal], trained.scalers)
-    trained = dataclasses.replace(trained, spread=spread)
-    random_residual = y[split.random] - predicted_random
-    result = {
-        "uncertainty_scale": spread.scale,
-        "coverage68_heldout_blocks": coverage(residual[score], trained.predict_uncertainty(X[held][score])),
-        "coverage68_random_holdout": coverage(random_residual, trained.predict_uncertainty(X[split.random])),
-        "n_calibration": int(len(cal)), "n_coverage": int(len(score)),
-    }
-    return {"trained": trained, "metrics": result}
+    spread = calibrate(spread, X[cal], y[cal] - trained.predict(X[cal]), trained.scalers)
+    return dataclasses.replace(trained, spread=spread)
+
+
+@task(name="fit-background", cache_policy=NO_CACHE)
+def fit_the_background(X: np.ndarray, y: np.ndarray, weight: np.ndarray, split: Holdouts):
+    return fit_background(X[split.training], y[split.training], FEATURE_NAMES, weight[split.training])
+
+
+@task(name="fit-daily-anomaly-field", cache_policy=NO_CACHE)
+def fit_daily_field(settings: Settings, trained, X: np.ndarray, y: np.ndarray, df, split: Holdouts):
+    """Scale the network's anomaly on the calibration halves, then fit the field to the training
+    residuals and calibrate its interval on the same halves (models/holdouts.py)."""
+    import dataclasses
+
+    weight = df["weight"].to_numpy(np.float64)
+    cal = np.concatenate([split.blocks_calibration, split.days_calibration])
+    if len(cal):
+        background = trained.background.evaluate_features(X[cal], FEATURE_NAMES)
+        network_anomaly = trained.predict(X[cal]) - background  # anomaly_scale is 1 here
+        trained = dataclasses.replace(trained, anomaly_scale=anomaly_scale(y[cal] - background, network_anomaly,
+                                                                           weight[cal]))
+    residual = y - trained.predict(X)
+    fitted = fit_field(df, residual, split.training, {"spatial blocks": split.blocks_calibration,
+                                                      "whole days": split.days_calibration}, settings.seed)
+    return dataclasses.replace(trained, residual_field=fitted.field), fitted
 
 
 def training_config(settings: Settings) -> TrainingConfig:
@@ -121,9 +101,11 @@ def training_config(settings: Settings) -> TrainingConfig:
 
 
 @task(name="train-resnet-lstm", cache_policy=NO_CACHE)
-def train(settings: Settings, X: np.ndarray, y: np.ndarray, split: Holdouts):
+def train(settings: Settings, X: np.ndarray, y: np.ndarray, weight: np.ndarray, split: Holdouts, background):
+    """The network learns the anomaly from the background, each sample weighted by its independent soundings."""
     return train_resnet_lstm(X[split.fit], y[split.fit], X[split.early_stopping], y[split.early_stopping],
-                             list(FEATURE_NAMES), FEATURE_SET_VERSION, training_config(settings), show_progress=True)
+                             list(FEATURE_NAMES), FEATURE_SET_VERSION, training_config(settings), show_progress=True,
+                             background=background, sample_weight=weight[split.fit])
 
 
 def _tag_gate(settings: Settings, version: int, previous: int | None, gate: str, n: int) -> None:
@@ -194,69 +176,125 @@ def compare_models(settings: Settings, X: np.ndarray, y: np.ndarray, df, run_id:
     return {"markdown": table_markdown(table), "table": table.to_dict(orient="records")}
 
 
+HOLDOUT_LABELS = {"spatial blocks": "spatial blocks (whole blocks nobody trained on)",
+                  "whole days": "whole days (days nobody trained on)",
+                  "random (optimistic)": "random holdout (optimistic: beside training cells of the same tracks)"}
+
+
+def score_holdouts(trained, field_fit, X: np.ndarray, y: np.ndarray, df, split: Holdouts) -> dict[str, dict]:
+    """The archive's view (model + daily anomaly, conditioned on training samples only) on the
+    scoring halves; the random holdout last, labelled optimistic."""
+    sources = df["source"].to_numpy()
+    days = df["day"].to_numpy()
+    out = {}
+    for name, idx in (("spatial blocks", split.blocks_score), ("whole days", split.days_score),
+                      ("random (optimistic)", split.random)):
+        if len(idx) < 2:
+            continue
+        predicted, half_width = map_predict(field_fit, df, trained.predict(X[idx]), idx)
+        out[name] = holdout_scores(y[idx], predicted, half_width, days[idx], sources[idx])
+    return out
+
+
+def _metrics_for_mlflow(scores: dict[str, dict]) -> dict[str, float]:
+    prefix = {"spatial blocks": "blocks", "whole days": "days", "random (optimistic)": "random_optimistic"}
+    return {f"{prefix[h]}_{k}": float(v) for h, s in scores.items() for k, v in s.items()}
+
+
+def _report(settings: Settings, version, decision, trained, split: Holdouts, scores: dict, field_fit, parity: float,
+            gate: str, figure_links, comparison) -> str:
+    lines = [f"# Retrain {settings.registered_model_name} v{version.version}", "",
+             f"- samples: {trained.n_train} fit / {trained.n_val} early stopping / {len(split.random)} random / "
+             f"{len(split.spatial)} in held-out blocks / {len(split.whole_days)} on held-out days "
+             "(blocks and days: half calibrate, half score)",
+             f"- best epoch {trained.best_epoch} of {len(trained.history)}; network anomaly scale "
+             f"{trained.anomaly_scale:.2f} (0: the covariates add nothing held-out data support)",
+             "", "## Held-out scores of the map (model + daily anomaly), headline first", "",
+             "| holdout | RMSE ppm | R2 | R2 detrended | bias ppm | 68% coverage | N |", "|---|---|---|---|---|---|---|"]
+    for name, s in scores.items():
+        lines.append(f"| {HOLDOUT_LABELS[name]} | {s['rmse']:.3f} | {s['r2']:.3f} | {s['r2_detrended']:.3f} | "
+                     f"{s['bias']:+.3f} | {s.get('coverage68', float('nan')):.1%} | {s['n']} |")
+    per_source = sorted({k for s in scores.values() for k in s if k.startswith("rmse_")})
+    if per_source:
+        lines += ["", "Per source (RMSE ppm): " + "; ".join(
+            f"{name}: " + ", ".join(f"{k.removeprefix('rmse_')} {s[k]:.3f} (N {s['n_' + k.removeprefix('rmse_')]})"
+                                    for k in per_source if k in s) for name, s in scores.items())]
+    f = trained.residual_field
+    lines += ["", f"- daily-anomaly field: local {f.local_variance:.2f} ppm2 / {f.local_length_km:.0f} km / "
+              f"{f.local_time_days:.1f} d, regional {f.regional_variance:.2f} ppm2 / {f.regional_length_km:.0f} km / "
+              f"{f.regional_time_days:.1f} d, noise {f.point_noise():.2f} ppm2, window +-{f.window_days} d; interval "
+              f"scale {f.interval_scale:.2f} (calibration coverage "
+              + ", ".join(f"{k} {v:.1%}" for k, v in field_fit.calibration_coverage.items()) + ")",
+              f"- ONNX parity: max |diff| {parity:.2e} ppm",
+              f"- promotion gate ({gate}): alias **{decision.alias}** ({decision.reason})",
+              "", "## Figures (MLflow artifacts)", ""] + [f"- [{name}]({uri})" for name, uri in figure_links]
+    if comparison:
+        lines += ["", "## Model comparison", "", comparison["markdown"]]
+    return "\n".join(lines) + "\n"
+
+
 @flow(name="xco2-monthly-retrain", log_prints=True)
 def monthly_retrain(overrides: dict | None = None) -> dict:
     logger = get_run_logger()
     settings = load_settings(**(overrides or {}))
+    grid = Grid.for_region(settings.region, settings.grid_step)
     # A damaged sample file is recomputed from its inputs here rather than failing the read below.
-    units.check_state(settings, Grid.for_region(settings.region, settings.grid_step))
+    units.check_state(settings, grid)
+    gosat = units.refit_gosat(settings, grid)
     X, y, df = load_training_data(settings)
-    logger.info("%d samples over %d days", len(y), df["day"].nunique())
-    split = split_samples(settings, df["latitude"].to_numpy(), df["longitude"].to_numpy())
-    trained = train(settings, X, y, split)
+    weight = df["weight"].to_numpy(np.float64)
+    logger.info("%d samples (%.0f independent soundings) over %d days", len(y), weight.sum(), df["day"].nunique())
+    split = split_samples(settings, df)
+    background = fit_the_background(X, y, weight, split)
+    trained = train(settings, X, y, weight, split, background)
+    trained, field_fit = fit_daily_field(settings, trained, X, y, df, split)
+    trained = calibrate_uncertainty(settings, trained, X, y, split)
+    scores = score_holdouts(trained, field_fit, X, y, df, split)
+    # val_* in MLflow and the registry: the headline holdout, spatial blocks when the region has them.
+    headline = scores.get("spatial blocks") or scores.get("whole days") or scores["random (optimistic)"]
 
-    X_val, y_val = X[split.random], y[split.random]
-    predicted = trained.predict(X_val)
-    predicted_spatial = trained.predict(X[split.spatial])
-    metrics = regression_metrics(y_val, predicted)
-    spatial = regression_metrics(y[split.spatial], predicted_spatial)
-    calibrated = calibrate_uncertainty(settings, trained, X, y, split, df["latitude"].to_numpy(),
-                                       df["longitude"].to_numpy(), predicted, predicted_spatial)
-    trained, uncertainty = calibrated["trained"], calibrated["metrics"]
     work = Path(tempfile.mkdtemp(prefix="xco2-retrain-"))
     onnx_path = export_onnx(trained, work / "model.onnx")
-    parity = check_onnx_parity(trained, onnx_path, X_val[:2000])
+    parity = check_onnx_parity(trained, onnx_path, X[split.random][:2000])
+    gate_idx = split.gate if len(split.gate) else split.random
+    gate_predicted, _ = map_predict(field_fit, df, trained.predict(X[gate_idx]), gate_idx)
     figures = [plot_loss_curves(trained.history, work / "loss_curves.png"),
-               plot_scatter(y_val, predicted, work / "validation_scatter.png")]
-    gate = f"spatial blocks of {settings.promotion_block_km:g} km" if split.spatial_is_blocks else "random holdout"
-    params = {"n_holdout": len(split.random), "n_spatial_holdout": len(split.spatial), "region": settings.region.name,
-              "validation": "random holdout, not used for early stopping", "promotion_holdout": gate,
-              "samples_days": int(df["day"].nunique()), "train_last_day": str(max(df["day"]))[:10]}
+               plot_scatter(y[gate_idx], gate_predicted, work / "heldout_scatter.png")]
+    gate = "scoring halves of held-out blocks and days" if len(split.gate) else "random holdout"
+    params = {"n_random_holdout": len(split.random), "n_heldout_blocks": len(split.spatial),
+              "n_heldout_days": len(split.whole_days), "region": settings.region.name,
+              "validation": "held-out blocks and whole days (scoring halves); random holdout optimistic",
+              "promotion_holdout": gate, "samples_days": int(df["day"].nunique()),
+              "train_last_day": str(max(df["day"]))[:10], "gosat_fit_id": gosat["fit"]["fit_id"],
+              "anomaly_scale": round(trained.anomaly_scale, 4),
+              **{f"field_{k}": v for k, v in trained.residual_field.to_dict().items()},
+              **{f"background_{t}": round(c, 5) for t, c in zip(("intercept", "trend", "annual_sin", "annual_cos",
+                                                                  "semiannual_sin", "semiannual_cos", "lat", "lon"),
+                                                                 background.coefficients)}}
     version = log_training_run(
         settings.tracking_uri, f"xco2-{settings.region.name}", settings.registered_model_name, trained,
-        onnx_path, {**{f"val_{k}": v for k, v in metrics.items()}, **{f"spatial_{k}": v for k, v in spatial.items()},
-         **{k: v for k, v in uncertainty.items() if not k.startswith("n_")}},
-        params, figures,
+        onnx_path, {**{k: headline[k] for k in ("rmse", "r2", "slope", "mae", "bias", "n")},
+                    **_metrics_for_mlflow(scores)}, params, figures,
         {"source_mode": settings.source.value}, onnx_parity_max_abs_ppm=parity,
     )
-    # The gate: the champion and this version scored on the same blocks this version never saw.
+    # The gate: the champion and this version (graph outputs) on the same held-out cells neither saw.
     decision = promote(settings.tracking_uri, settings.registered_model_name, version.version,
-                       X[split.spatial], y[split.spatial], margin_ppm=settings.promotion_margin_ppm)
-    _tag_gate(settings, version.version, decision.previous_champion_version, gate, len(split.spatial))
+                       X[gate_idx], y[gate_idx], margin_ppm=settings.promotion_margin_ppm)
+    _tag_gate(settings, version.version, decision.previous_champion_version, gate, len(gate_idx))
 
     comparison = (compare_models(settings, X, y, df, version.run_id) if settings.comparison_protocols else None)
     figure_links = _figure_links(settings.tracking_uri, version.run_id, figures)
-
-    table = [{"metric": k, "value": round(float(v), 4) if isinstance(v, float) else v} for k, v in metrics.items()]
-    create_table_artifact(key="retrain-validation-metrics", table=table, description="Random-holdout validation")
-    create_markdown_artifact(key="retrain-report", markdown=(
-        f"# Retrain {settings.registered_model_name} v{version.version}\n\n"
-        f"- samples: {trained.n_train} train / {trained.n_val} early stopping / {len(split.random)} random holdout / "
-        f"{len(split.spatial)} promotion holdout ({gate})\n"
-        f"- best epoch {trained.best_epoch} of {len(trained.history)}\n"
-        f"- validation RMSE {metrics['rmse']:.3f} ppm, R2 {metrics['r2']:.3f}, slope {metrics['slope']:.3f}, "
-        f"MAE {metrics['mae']:.3f}, bias {metrics['bias']:+.3f}, N {metrics['n']}\n"
-        f"- promotion holdout ({gate}): RMSE {spatial['rmse']:.3f} ppm, R2 {spatial['r2']:.3f}, "
-        f"bias {spatial['bias']:+.3f}, N {spatial['n']}\n"
-        f"- uncertainty (68% interval): calibrated on {uncertainty['n_calibration']} samples of held-out blocks, "
-        f"covers {uncertainty['coverage68_heldout_blocks']:.1%} of {uncertainty['n_coverage']} samples in other "
-        f"held-out blocks and {uncertainty['coverage68_random_holdout']:.1%} of the random holdout\n"
-        f"- ONNX parity: max |diff| {parity:.2e} ppm\n"
-        f"- decision: alias **{decision.alias}** ({decision.reason})\n"
-        + "\n## Figures (MLflow artifacts)\n\n" + "\n".join(f"- [{name}]({uri})" for name, uri in figure_links) + "\n"
-        + (f"\n## Model comparison\n\n{comparison['markdown']}\n" if comparison else "")))
+    create_table_artifact(key="retrain-heldout-scores", description="The map on held-out data, headline first",
+                          table=[{"holdout": HOLDOUT_LABELS[h], **{k: round(float(v), 4) for k, v in s.items()}}
+                                 for h, s in scores.items()])
+    create_markdown_artifact(key="retrain-report", markdown=_report(
+        settings, version, decision, trained, split, scores, field_fit, parity, gate, figure_links, comparison))
+    random_scores = scores.get("random (optimistic)", {})
     return {"version": version.version, "run_id": version.run_id, "alias": decision.alias,
-            "metrics": metrics, "spatial_metrics": spatial, "promotion_holdout": gate,
-            "onnx_parity_max_abs_ppm": parity, "decision": decision.reason, "uncertainty": uncertainty,
+            "holdouts": scores, "metrics": random_scores, "spatial_metrics": headline, "promotion_holdout": gate,
+            "onnx_parity_max_abs_ppm": parity, "decision": decision.reason,
+            "uncertainty": {k: v.get("coverage68") for k, v in scores.items()},
+            "residual_field": trained.residual_field.to_dict(), "anomaly_scale": trained.anomaly_scale,
+            "gosat_fit": gosat["fit"],
             "epochs": len(trained.history), "best_epoch": trained.best_epoch,
             "comparison": comparison["table"] if comparison else None, "figures": dict(figure_links)}

@@ -79,6 +79,9 @@ class ChampionModel:
     # The last day of the samples it was trained on (run param `train_last_day`), if recorded:
     # maps of later days are anchored to recent observations (tasks/anchoring.py).
     train_last_day: date | None = None
+    # How maps are made from the graph (models/onnx_export.py::mapping_metadata): background,
+    # anomaly scale, daily-anomaly field; None for versions exported before the background.
+    mapping: dict | None = None
 
     @property
     def alias_uri(self) -> str:
@@ -309,4 +312,5 @@ def load_champion(tracking_uri: str, name: str, cache_dir: str | Path) -> Champi
         metrics=metrics,
         flavor=flavor,
         train_last_day=date.fromisoformat(last) if last else None,
+        mapping=meta.get("mapping"),
     )

@@ -275,6 +275,11 @@ class Settings(BaseSettings):
         "trend", description="line through the daily residuals at the day, or their mean")
     anchor_min_cells_per_day: int = Field(20, ge=1, description="observed cells a day needs to count")
     anchor_max_cells_per_day: int = Field(500, ge=10, description="observed cells per day predicted (seeded subsample)")
+    # The daily anomaly (tasks/daily_anomaly.py) replaces anchoring for champions that carry a
+    # residual field (every champion trained with a background).
+    daily_anomaly: bool = Field(True, description="add the kriged residuals of the observations around each day")
+    daily_anomaly_max_cells_per_day: int = Field(
+        400, ge=10, description="observed cells per day whose residual is predicted (seeded subsample)")
     promotion_margin_ppm: float = Field(0.0, ge=0, description="a challenger must beat the champion by this much")
     promotion_block_km: float = Field(50.0, ge=50, description="side of the spatial blocks the promotion holds out")
 

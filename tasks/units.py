@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import anchoring, ingest
 from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
 from tasks.archive.stac import item_properties
+from tasks.daily_anomaly import daily_anomaly, field_of
 from tasks.covariates import CovariateError, StaticCovariates, build_covariates
 from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.grid import Grid
@@ -106,22 +107,34 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
     """Map one day with the champion's models.onnx_runtime.OnnxPredictor and publish it."""
     covariates = StaticCovariates(settings.region_dir)
     layers = day_layers(covariates, raw_dir(settings, "era5"), grid, day)
-    anchor = None
-    # Inside the training window the model has fitted these very observations: their residuals
+    inside = region_mask(settings.region, grid)
+    field = field_of(champion.mapping)
+    anchor = anomaly = None
+    predict = partial(predict_xco2, predictor, batch_size=settings.inference_batch_size)
+    if field is not None and settings.daily_anomaly:
+        anomaly = daily_anomaly(settings.region_dir, champion.version, grid, day, predict, FEATURE_NAMES, field,
+                                settings.daily_anomaly_max_cells_per_day, inside)
+        if anomaly.n_superobs == 0:
+            log.warning("%s: no observations within %d days; the map is the model alone", day, field.window_days)
+    # Champions exported before the background carry no field: the single offset of before.
+    # Inside their training window the model has fitted these very observations: their residuals
     # are fitting noise, not drift, and an offset would only add it to the map.
-    past_training = champion.train_last_day is None or day > champion.train_last_day
-    if settings.anchoring and past_training:
+    elif settings.anchoring and field is None and (champion.train_last_day is None or day > champion.train_last_day):
         anchor = anchoring.anchor_for_day(
             day, anchoring.sample_store_reader(settings.region_dir, settings.anchor_max_cells_per_day),
-            lambda X: predict_xco2(predictor, X, settings.inference_batch_size), FEATURE_NAMES,
-            settings.anchor_window_days, settings.anchor_min_cells_per_day, settings.anchor_method)
+            predict, FEATURE_NAMES, settings.anchor_window_days, settings.anchor_min_cells_per_day,
+            settings.anchor_method)
         if not anchor.anchored:
             log.warning("%s: no observations in the %d days up to it; the map is not anchored", day,
                         settings.anchor_window_days)
     with progress_bar(f"mapping {day}", grid.ny) as advance:
         prediction = predict_day(predictor, layers, grid, settings.inference_batch_size,
-                                 progress=lambda d, _t: advance(d), inside=region_mask(settings.region, grid))
+                                 progress=lambda d, _t: advance(d), inside=inside)
     xco2 = prediction.xco2 + np.float32(anchor.offset_ppm if anchor else 0.0)
+    uncertainty = prediction.uncertainty
+    if anomaly is not None:
+        xco2 = xco2 + anomaly.mean
+        uncertainty = anomaly.half_width
     synthetic = settings.source.value == "demo"
     tags = {
         "units": "ppm",
@@ -132,15 +145,18 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
         "feature_set_version": FEATURE_SET_VERSION,
         "source_mode": settings.source.value,
         "synthetic": "true" if synthetic else "false",
-        **(anchor.to_tags() if anchor else
+        **(anomaly.to_tags() if anomaly else anchor.to_tags() if anchor else
            {"anchor_offset_ppm": "0", "anchor_method": "off" if not settings.anchoring else "in training window"}),
     }
-    if prediction.uncertainty is not None:
+    if anomaly is not None:
+        tags["uncertainty"] = ("band 2: half-width of the calibrated 68% interval for a retrieval at the cell (ppm): "
+                               "background, network and daily-anomaly uncertainty and retrieval noise")
+    elif uncertainty is not None:
         tags["uncertainty"] = "band 2: half-width of the calibrated 68% interval (ppm)"
     if synthetic:
         tags["note"] = "SYNTHETIC demo output: not real XCO2"
     path = day_cog_path(settings.archive_root, settings.region.name, day)
-    write_day_cog(path, xco2, grid, tags, uncertainty=prediction.uncertainty)
+    write_day_cog(path, xco2, grid, tags, uncertainty=uncertainty)
     # From the tags, as the archive check derives them when it restores a lost item.
     upsert_day_item(settings.archive_root, settings.region, grid, day, path, item_properties(tags))
     finite = xco2[np.isfinite(xco2)]
@@ -149,5 +165,7 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
             "min_ppm": round(float(finite.min()), 3) if finite.size else None,
             "max_ppm": round(float(finite.max()), 3) if finite.size else None,
             "anchor_offset_ppm": round(anchor.offset_ppm, 3) if anchor else None,
+            "own_day_rmse_ppm": round(anomaly.own_day_rmse_ppm, 3) if anomaly and anomaly.own_day_n else None,
+            "own_day_superobs": anomaly.own_day_n if anomaly else None,
             "model_version": str(champion.version)}
 

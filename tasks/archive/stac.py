@@ -126,10 +126,23 @@ def _json_value(value: Any) -> Any:
 ITEM_PROPERTY_TAGS = ("model_name", "model_version", "feature_set_version", "source_mode", "synthetic")
 
 
+def _number(value: str | None) -> float | None:
+    try:
+        number = round(float(value), 4) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number == number else None  # NaN: no own-day observations
+
+
 def item_properties(tags: Mapping[str, str]) -> dict[str, Any]:
     """The item properties of a day from its COG's tags: the map run and the repair of a lost
     item (health.py) both derive them here, so a restored item equals the one first written."""
     properties: dict[str, Any] = {k: tags[k] for k in ITEM_PROPERTY_TAGS if k in tags}
+    if "own_day_superobs" in tags:  # the daily anomaly's support and the map's check on its own day
+        properties.update(daily_anomaly_superobs=int(tags.get("daily_anomaly_superobs", 0)),
+                          own_day_superobs=int(tags["own_day_superobs"]),
+                          own_day_rmse_ppm=_number(tags.get("own_day_rmse_ppm")),
+                          own_day_bias_ppm=_number(tags.get("own_day_bias_ppm")))
     if "anchor_cells" in tags:  # the day was anchored (or tried to be): its offset and support
         properties.update(anchor_offset_ppm=round(float(tags["anchor_offset_ppm"]), 4),
                           anchor_cells=int(tags["anchor_cells"]), anchor_days=int(tags["anchor_days"]))
