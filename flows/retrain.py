@@ -11,16 +11,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect import task
 
-from models.background import fit_background
 from models.evaluation import plot_loss_curves, plot_scatter
-from models.holdouts import Holdouts, anomaly_scale, fit_field, holdout_scores, map_predict
+from models.holdouts import Holdouts, holdout_scores, map_predict
 from models.holdouts import cap as cap_holdout
-from models.holdouts import split_samples as split_holdouts
 from models.onnx_export import check_onnx_parity, export_onnx
-from models.training import TrainingConfig, train_resnet_lstm
 from registry.promotion import promote
 from registry.tracking import log_training_run
-from tasks import units
+from tasks import retrain_steps, units
 from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.grid import Grid
 from tasks.samples import read_samples
@@ -46,66 +43,27 @@ def cap_indices(idx: np.ndarray, cap: int | None, rng: np.random.Generator) -> n
 
 
 def split_samples(settings: Settings, df) -> Holdouts:
-    return split_holdouts(df["latitude"].to_numpy(), df["longitude"].to_numpy(), df["day"].to_numpy(),
-                          settings.validation_fraction, settings.promotion_block_km, settings.seed,
-                          settings.max_training_samples, settings.max_validation_samples)
+    return retrain_steps.split_samples(settings, df)
 
 
 @task(name="calibrate-uncertainty", cache_policy=NO_CACHE)
 def calibrate_uncertainty(settings: Settings, trained, X: np.ndarray, y: np.ndarray, split: Holdouts) -> object:
-    """The network's own spread output (the ONNX graph's second output, used when the daily anomaly
-    is off): fitted on the early-stopping set, scaled on the calibration halves of blocks and days."""
-    import dataclasses
-
-    from models.uncertainty import calibrate, fit_spread
-
-    stop, cal = split.early_stopping, np.concatenate([split.blocks_calibration, split.days_calibration])
-    if len(cal) < 20:  # a small region: the random holdout lends its samples
-        cal = np.concatenate([cal, split.random])
-    spread = fit_spread(X[stop], y[stop] - trained.predict(X[stop]), trained.scalers, seed=settings.seed)
-    spread = calibrate(spread, X[cal], y[cal] - trained.predict(X[cal]), trained.scalers)
-    return dataclasses.replace(trained, spread=spread)
+    return retrain_steps.calibrate_uncertainty(settings, trained, X, y, split)
 
 
 @task(name="fit-background", cache_policy=NO_CACHE)
 def fit_the_background(X: np.ndarray, y: np.ndarray, weight: np.ndarray, split: Holdouts):
-    return fit_background(X[split.training], y[split.training], FEATURE_NAMES, weight[split.training])
+    return retrain_steps.background_on_training(X, y, weight, split)
 
 
 @task(name="fit-daily-anomaly-field", cache_policy=NO_CACHE)
 def fit_daily_field(settings: Settings, trained, X: np.ndarray, y: np.ndarray, df, split: Holdouts):
-    """Scale the network's anomaly on the calibration halves, then fit the field to the training
-    residuals and calibrate its interval on the same halves (models/holdouts.py)."""
-    import dataclasses
-
-    weight = df["weight"].to_numpy(np.float64)
-    cal = np.concatenate([split.blocks_calibration, split.days_calibration])
-    if len(cal):
-        background = trained.background.evaluate_features(X[cal], FEATURE_NAMES)
-        network_anomaly = trained.predict(X[cal]) - background  # anomaly_scale is 1 here
-        trained = dataclasses.replace(trained, anomaly_scale=anomaly_scale(y[cal] - background, network_anomaly,
-                                                                           weight[cal]))
-    residual = y - trained.predict(X)
-    fitted = fit_field(df, residual, split.training, {"spatial blocks": split.blocks_calibration,
-                                                      "whole days": split.days_calibration}, settings.seed)
-    return dataclasses.replace(trained, residual_field=fitted.field), fitted
-
-
-def training_config(settings: Settings) -> TrainingConfig:
-    """Table 5 as configured (the retrain and the past-window check train alike)."""
-    return TrainingConfig(
-        max_epochs=settings.max_epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        weight_decay=settings.weight_decay, lr_patience=settings.lr_patience, lr_factor=settings.lr_factor,
-        early_stopping_patience=settings.early_stopping_patience, seed=settings.seed,
-    )
+    return retrain_steps.fit_daily_field(settings, trained, X, y, df, split)
 
 
 @task(name="train-resnet-lstm", cache_policy=NO_CACHE)
 def train(settings: Settings, X: np.ndarray, y: np.ndarray, weight: np.ndarray, split: Holdouts, background):
-    """The network learns the anomaly from the background, each sample weighted by its independent soundings."""
-    return train_resnet_lstm(X[split.fit], y[split.fit], X[split.early_stopping], y[split.early_stopping],
-                             list(FEATURE_NAMES), FEATURE_SET_VERSION, training_config(settings), show_progress=True,
-                             background=background, sample_weight=weight[split.fit])
+    return retrain_steps.train_anomaly_network(settings, X, y, weight, split, background)
 
 
 def _tag_gate(settings: Settings, version: int, previous: int | None, gate: str, n: int) -> None:

@@ -1,0 +1,92 @@
+"""The retrain's steps as plain functions (no Prefect): holdouts, background, network, daily-anomaly
+field, spread. flows/retrain.py wraps them in Prefect tasks; flows/past_window.py trains with the
+same functions, so a check of the archive measures the model the retrain would have made.
+
+Trains with torch (models/training.py): never import this from the nightly mapping path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from models.background import Background, fit_background
+from models.holdouts import FieldFit, Holdouts, anomaly_scale, fit_field
+from models.holdouts import split_samples as split_holdouts
+from models.training import TrainedModel, TrainingConfig, train_resnet_lstm
+from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from tasks.settings import Settings
+
+
+def training_config(settings: Settings) -> TrainingConfig:
+    """Table 5 as configured (the retrain and the past-window check train alike)."""
+    return TrainingConfig(
+        max_epochs=settings.max_epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay, lr_patience=settings.lr_patience, lr_factor=settings.lr_factor,
+        early_stopping_patience=settings.early_stopping_patience, seed=settings.seed,
+    )
+
+
+def split_samples(settings: Settings, df: pd.DataFrame) -> Holdouts:
+    return split_holdouts(df["latitude"].to_numpy(), df["longitude"].to_numpy(), df["day"].to_numpy(),
+                          settings.validation_fraction, settings.promotion_block_km, settings.seed,
+                          settings.max_training_samples, settings.max_validation_samples)
+
+
+def background_on_training(X: np.ndarray, y: np.ndarray, weight: np.ndarray, split: Holdouts) -> Background:
+    return fit_background(X[split.training], y[split.training], FEATURE_NAMES, weight[split.training])
+
+
+def train_anomaly_network(settings: Settings, X: np.ndarray, y: np.ndarray, weight: np.ndarray, split: Holdouts,
+                          background: Background, show_progress: bool = True) -> TrainedModel:
+    """The network learns the anomaly from the background, each sample weighted by its independent soundings."""
+    return train_resnet_lstm(X[split.fit], y[split.fit], X[split.early_stopping], y[split.early_stopping],
+                             list(FEATURE_NAMES), FEATURE_SET_VERSION, training_config(settings),
+                             show_progress=show_progress, background=background, sample_weight=weight[split.fit])
+
+
+def fit_daily_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y: np.ndarray, df: pd.DataFrame,
+                    split: Holdouts) -> tuple[TrainedModel, FieldFit]:
+    """Scale the network's anomaly on the calibration halves, then fit the field to the training
+    residuals and calibrate its interval on the same halves (models/holdouts.py)."""
+    weight = df["weight"].to_numpy(np.float64)
+    cal = np.concatenate([split.blocks_calibration, split.days_calibration])
+    if len(cal):
+        background = trained.background.evaluate_features(X[cal], FEATURE_NAMES)
+        network_anomaly = trained.predict(X[cal]) - background  # anomaly_scale is 1 here
+        trained = dataclasses.replace(trained, anomaly_scale=anomaly_scale(y[cal] - background, network_anomaly,
+                                                                           weight[cal]))
+    residual = y - trained.predict(X)
+    fitted = fit_field(df, residual, split.training, {"spatial blocks": split.blocks_calibration,
+                                                      "whole days": split.days_calibration}, settings.seed)
+    return dataclasses.replace(trained, residual_field=fitted.field), fitted
+
+
+def calibrate_uncertainty(settings: Settings, trained: TrainedModel, X: np.ndarray, y: np.ndarray,
+                          split: Holdouts) -> TrainedModel:
+    """The network's own spread output (the ONNX graph's second output, used when the daily anomaly
+    is off): fitted on the early-stopping set, scaled on the calibration halves of blocks and days."""
+    from models.uncertainty import calibrate, fit_spread
+
+    stop, cal = split.early_stopping, np.concatenate([split.blocks_calibration, split.days_calibration])
+    if len(cal) < 20:  # a small region: the random holdout lends its samples
+        cal = np.concatenate([cal, split.random])
+    spread = fit_spread(X[stop], y[stop] - trained.predict(X[stop]), trained.scalers, seed=settings.seed)
+    spread = calibrate(spread, X[cal], y[cal] - trained.predict(X[cal]), trained.scalers)
+    return dataclasses.replace(trained, spread=spread)
+
+
+def train_map_model(settings: Settings, df: pd.DataFrame, show_progress: bool = True
+                    ) -> tuple[TrainedModel, FieldFit, Holdouts]:
+    """The retrain's model from a sample table, without the spread (only maps without the daily
+    anomaly use it): split, background, network, anomaly scale and the field."""
+    X = df[list(FEATURE_NAMES)].to_numpy(np.float32)
+    y = df["xco2"].to_numpy(np.float64)
+    weight = df["weight"].to_numpy(np.float64)
+    split = split_samples(settings, df)
+    background = background_on_training(X, y, weight, split)
+    trained = train_anomaly_network(settings, X, y, weight, split, background, show_progress)
+    trained, field_fit = fit_daily_field(settings, trained, X, y, df, split)
+    return trained, field_fit, split
