@@ -102,7 +102,8 @@ class ResidualField:
 
     # -- covariance -------------------------------------------------------------------------
     def _log_params(self) -> np.ndarray:
-        return np.log([getattr(self, p) for p in PARAMETERS])
+        # The covariance's six only: a noise of 0 (allowed) has no logarithm.
+        return np.log([getattr(self, p) for p in PARAMETERS[:6]])
 
     def covariance(self, xy_a: np.ndarray, t_a: np.ndarray, xy_b: np.ndarray, t_b: np.ndarray) -> np.ndarray:
         return _covariance(self._log_params(), _distance(xy_a, xy_b), np.abs(t_a[:, None] - t_b[None, :]))[0]

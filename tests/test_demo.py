@@ -29,16 +29,20 @@ def test_the_holdouts_never_steer_training(tmp_path):
     from flows.retrain import split_samples
     from models.validation import spatial_block_ids
 
+    import pandas as pd
+
     rng = np.random.default_rng(0)
     lat, lon = rng.uniform(30, 32, 5000), rng.uniform(103, 106, 5000)
+    days = (pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 30, 5000), unit="D")).date
+    df = pd.DataFrame({"latitude": lat, "longitude": lon, "day": days})
     settings = load_settings(data_dir=str(tmp_path), max_training_samples=500, max_validation_samples=200)
-    split = split_samples(settings, lat, lon)
-    parts = [set(split.fit), set(split.early_stopping), set(split.random), set(split.spatial)]
-    assert [len(p) for p in parts] == [500, 200, 200, 200] and split.spatial_is_blocks
+    split = split_samples(settings, df)
+    parts = [set(split.fit), set(split.early_stopping), set(split.random), set(split.spatial), set(split.whole_days)]
+    assert [len(p) for p in parts[:3]] == [500, 200, 200] and split.spatial_is_blocks
     assert all(not (a & b) for i, a in enumerate(parts) for b in parts[i + 1:])
-    blocks = spatial_block_ids(lat, lon, 50)
-    held = set(blocks[split.spatial])
-    trained_on = set(blocks[np.concatenate([split.fit, split.early_stopping])])
-    assert not (held & trained_on)  # whole blocks held out from training
-    again = split_samples(settings, lat, lon)
+    blocks = spatial_block_ids(lat, lon, settings.promotion_block_km)
+    trained_on = np.concatenate([split.fit, split.early_stopping])
+    assert not (set(blocks[split.spatial]) & set(blocks[trained_on]))  # whole blocks held out from training
+    assert not (set(df["day"].iloc[split.whole_days]) & set(df["day"].iloc[trained_on]))  # and whole days
+    again = split_samples(settings, df)
     assert np.array_equal(split.spatial, again.spatial) and np.array_equal(split.fit, again.fit)
