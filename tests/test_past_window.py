@@ -1,39 +1,101 @@
-"""Past the training window on the demo world: anchored maps hold their level for 60 days.
+"""Past the training window on a small dense demo world: the model trained as the retrain trains it
+(tasks/retrain_steps.py), the maps made as the archive makes them (tasks/daily_anomaly.py), scored
+against the truth.
 
-The demo's default region (Sichuan) and training settings. Slow (a 100-day Sichuan world, three
-trained models, 60 scored days; ~15 min on two cores): `pytest -m slow tests/test_past_window.py`.
-On much smaller regions fewer overpasses feed the anchor: on a 2.5 degree box the Random Forest's
-60-day bias was 0.41 ppm (README, Validation).
+Slow (a 30-day world of the demo's 0.5 degree Chengdu box, daily flow, one training): about two
+minutes on two cores: `pytest -m slow tests/test_past_window.py`. The issue's 60-day figures come
+from `xco2 past-window` on a 100-day world (docs, report of issue 11).
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from flows.daily import daily_update
-from flows.past_window import PastWindowOptions, past_window_check
+from flows.demo import SMALL_REGION
+from flows.past_window import MAPS, PastWindowOptions, field_at_cells, past_window_check
+from models.residual_field import ResidualField
+from tasks.daily_anomaly import daily_anomaly
 from tasks.demo_world import truth_for_day, write_demo_world
+from tasks.features import FEATURE_NAMES
+from tasks.grid import Grid
 from tasks.settings import load_settings
 
 pytestmark = pytest.mark.slow
 
-START, TRAIN_END, END = date(2020, 6, 1), date(2020, 7, 10), date(2020, 9, 8)
+START, TRAIN_END, END = date(2020, 6, 1), date(2020, 6, 22), date(2020, 6, 30)
 
 
-def test_anchored_maps_stay_within_0_3_ppm_for_60_days_after_training(prefect_harness, tmp_path):
-    overrides = {"data_dir": str(tmp_path / "data"), "source": "demo", "seed": 20200601, "max_epochs": 8,
-                 "max_training_samples": 16000, "max_validation_samples": 5000, "comparison_protocols": []}
+@pytest.fixture(scope="module")
+def small_world(prefect_harness, tmp_path_factory):
+    from flows.daily import daily_update
+
+    root = tmp_path_factory.mktemp("past-window")
+    overrides = {"data_dir": str(root / "data"), "source": "demo", "seed": 20200601, "max_epochs": 3,
+                 "max_training_samples": 6000, "max_validation_samples": 2000, "comparison_protocols": [],
+                 "region": SMALL_REGION.model_dump()}
     settings = load_settings(**overrides)
-    write_demo_world(settings.data_dir / "demo", settings.region, START, END, grid_step=settings.grid_step, seed=20200601)
+    write_demo_world(settings.data_dir / "demo", settings.region, START, END, grid_step=settings.grid_step,
+                     seed=20200601, dense=True)
     daily_update(start=START.isoformat(), end=END.isoformat(), overrides=overrides)
+    return settings, root
 
-    result = past_window_check(settings, PastWindowOptions(train_end=TRAIN_END, days=60),
-                               lambda d: truth_for_day(settings.data_dir / "demo", d), tmp_path / "out")
-    print(result)
-    for name, m in result["models"].items():
-        assert abs(m["bias_anchored"]) <= 0.3, (name, m)
-        # The anchoring is what holds the level: without it the trees fall behind the CO2 trend.
-        assert abs(m["bias_anchored"]) <= abs(m["bias_unanchored"]) + 0.05, (name, m)
-    assert (tmp_path / "out" / "past_window_bias.png").stat().st_size > 10_000
+
+def test_the_field_at_cells_is_the_archives_daily_anomaly(small_world):
+    """What the check scores is what map_day adds: the same observations and conditioning, so at
+    the cells it equals tasks/daily_anomaly.py's map up to its lattice's bilinear interpolation."""
+    settings, _ = small_world
+    grid = Grid.for_region(settings.region, settings.grid_step)
+    field = ResidualField(0.3, 20.0, 2.0, 0.4, 200.0, 10.0, 0.2, 0.5, window_days=6)
+
+    def model(X):  # a flat model: the residuals carry the world's whole signal into the field
+        return np.full(len(X), 412.0)
+
+    day = date(2020, 6, 25)
+    full = daily_anomaly(settings.region_dir, "test-field", grid, day, model, FEATURE_NAMES, field, 300)
+    rows, cols = np.divmod(np.random.default_rng(0).choice(grid.n_cells, 200, replace=False), grid.nx)
+    at_cells = field_at_cells(settings.region_dir, "test-field", grid, day, model, field, 300, rows, cols)
+    assert at_cells.n_superobs == full.n_superobs > 50
+    assert np.std(at_cells.mean) > 0.1  # a field with structure, not a constant both sides agree on
+    assert np.max(np.abs(at_cells.mean - full.mean[rows, cols])) < 0.05
+    nightly = field_at_cells(settings.region_dir, "test-field", grid, day, model, field, 300, rows, cols,
+                             up_to_day=True)
+    assert 0 < nightly.n_superobs < at_cells.n_superobs  # the days after the mapped day left out
+    # Without the days after it, the field knows less about the day.
+    assert np.mean(nightly.variance) > np.mean(at_cells.variance)
+
+
+def test_maps_after_the_training_window_are_scored_against_the_truth(small_world):
+    settings, root = small_world
+    out = root / "out"
+    days = (END - TRAIN_END).days
+    result = past_window_check(settings, PastWindowOptions(train_end=TRAIN_END, days=days, cells_per_day=1500),
+                               lambda d: truth_for_day(settings.data_dir / "demo", d), out)
+    maps = result["maps"]
+    assert set(maps) == set(MAPS)
+    assert all(np.isfinite(maps[m]["bias"]) and maps[m]["rmse"] > 0 for m in MAPS)
+    # The daily anomaly is what carries the observations of the day into the map: it must beat
+    # the background alone, which knows only the trend and the season.
+    assert maps["map"]["rmse"] < maps["background"]["rmse"]
+    # The interval for a retrieval is wider than the one for the truth, so it covers more of it.
+    for m in ("map", "map_nightly"):
+        assert 0 < maps[m]["coverage68_noise_free"] <= maps[m]["coverage68_band2"] <= 1
+    daily = pd.read_csv(out / "past_window_daily.csv")
+    assert list(daily["day"]) == [(TRAIN_END + timedelta(days=i)).isoformat() for i in range(1, days + 1)]
+    # On the world's last day no later observation exists: the archive's and the nightly maps agree.
+    last = daily.iloc[-1]
+    assert last["superobs"] == last["superobs_nightly"] and last["bias_map"] == pytest.approx(last["bias_map_nightly"])
+    assert (daily["superobs_nightly"] <= daily["superobs"]).all()
+    assert (out / "past_window_bias.png").stat().st_size > 10_000
+    # The check's own residual cache goes; the champions' caches are not its to keep.
+    residuals = settings.region_dir / "residuals"
+    assert not residuals.exists() or not any(p.name.startswith("vpast-window") for p in residuals.iterdir())
+
+
+def test_a_window_without_its_meteorology_is_refused_naming_what_is_missing(small_world):
+    settings, root = small_world
+    with pytest.raises(ValueError, match="missing ERA5 for 5 days"):
+        past_window_check(settings, PastWindowOptions(train_end=END, days=5), lambda d: None, root / "refused")
