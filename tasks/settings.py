@@ -283,13 +283,16 @@ class Settings(BaseSettings):
     promotion_margin_ppm: float = Field(0.0, ge=0, description="a challenger must beat the champion by this much")
     promotion_block_km: float = Field(50.0, ge=50, description="side of the spatial blocks the promotion holds out")
 
-    # Backfill (flows/backfill.py): how the per-day tasks run. "thread": a thread pool of
-    # backfill_workers in the flow's process; "dask": a Dask cluster, the scheduler at
-    # dask_address when set, else a local cluster of dask_workers single-threaded processes.
-    task_runner: Literal["thread", "dask"] = "thread"
+    # Backfill (flows/backfill.py): how the days are mapped. "process": backfill_workers worker
+    # processes (tasks/archive/backfill_pool.py; default one per core, the cores shared out as ONNX
+    # Runtime threads); "thread": a Prefect thread pool of backfill_workers in the flow's process;
+    # "dask": a Dask cluster, the scheduler at dask_address when set, else a local cluster of
+    # dask_workers single-threaded processes.
+    task_runner: Literal["process", "thread", "dask"] = "process"
     dask_address: str | None = None
     dask_workers: int = Field(2, ge=1, description="workers of the local Dask cluster (no dask_address)")
-    backfill_workers: int = Field(2, ge=1, description="threads of the thread task runner")
+    backfill_workers: int | None = Field(
+        None, ge=1, description="worker processes (or threads) of the backfill; default: one per core")
 
     @field_validator("data_dir", "archive_dir", "local_dir", mode="before")
     @classmethod

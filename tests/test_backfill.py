@@ -143,6 +143,31 @@ def test_dask_backfill_is_byte_identical_to_the_thread_backfill(world, thread_ru
     print(f"dask backfill of {len(DAYS)} days: {elapsed:.1f} s")
 
 
+def _stac_items(archive) -> dict[str, bytes]:
+    from tasks.archive.layout import day_item_path
+
+    return {d: day_item_path(archive, SMALL_REGION.name, date.fromisoformat(d)).read_bytes() for d in DAYS}
+
+
+def test_process_backfill_is_byte_identical_to_one_thread(world, thread_run):
+    """The default runner: worker processes (one per core, 2 here), the days pipelined across them."""
+    from prefect.artifacts import Artifact
+
+    root, base = world
+    thread_archive, _, _, thread_cogs = thread_run
+    archive = root / "archive-process"
+    result = run_backfill(DAYS[0], DAYS[-1], overrides={**base, "archive_dir": str(archive)})
+    assert result["task_runner"] == "process" and [r["day"] for r in result["days"]] == DAYS
+    assert f"{socket.gethostname()}:{os.getpid()}" not in {r["worker"] for r in result["days"]}
+    assert {r["model_version"] for r in result["days"]} == {"1"}
+    assert _cogs(archive) == thread_cogs
+    assert _stac_items(archive) == _stac_items(thread_archive)
+    assert validate_stac(collection_path(archive, SMALL_REGION.name)) == []
+    progress = Artifact.get("backfill-progress")
+    assert float(progress.data) == 100.0 and "backfill 3/3 days" in progress.description
+    assert "days/hour, ETA 0:00:00" in progress.description
+
+
 def test_rerunning_replaces_the_days_with_the_same_bytes(thread_run):
     archive, overrides, _, before = thread_run
     paths = {d: day_cog_path(archive, SMALL_REGION.name, date.fromisoformat(d)) for d in DAYS}
@@ -201,3 +226,49 @@ def test_backfill_heals_damaged_covariates_and_removes_dead_writers_temp_files(w
     assert not litter.exists()
     assert static.read_bytes() == undamaged
     assert cog.read_bytes() == before[DAYS[0]]
+
+
+# ---- the process pool (tasks/archive/backfill_pool.py) -------------------------------------------
+
+def test_pool_plan_shares_the_cores_out():
+    from tasks.archive.backfill_pool import PoolPlan
+
+    assert PoolPlan.for_days(7, cores=2) == PoolPlan(workers=2, threads_per_worker=1)
+    assert PoolPlan.for_days(7, workers=1, cores=2) == PoolPlan(workers=1, threads_per_worker=2)
+    assert PoolPlan.for_days(1, cores=16) == PoolPlan(workers=1, threads_per_worker=16)  # never idle workers
+    assert PoolPlan.for_days(30, workers=4, cores=16) == PoolPlan(workers=4, threads_per_worker=4)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        PoolPlan.for_days(3, workers=0)
+
+
+def test_progress_line_gives_days_per_hour_and_an_eta():
+    from tasks.archive.backfill_pool import progress_line
+
+    assert progress_line(0, 7, 0, 0.0) == "backfill 0/7 days, 0.0 days/hour, ETA --:--:--"
+    # 3 days in 10 minutes: 18 days/hour, 4 days left = 13 min 20 s.
+    assert (progress_line(3, 7, 1, 600.0, date(2020, 6, 3))
+            == "backfill 3/7 days (1 failed), 18.0 days/hour, ETA 0:13:20 (2020-06-03 done)")
+    assert progress_line(7, 7, 0, 3600.0).endswith("7.0 days/hour, ETA 0:00:00")
+
+
+def test_a_worker_that_dies_fails_its_day_alone_and_leaves_no_litter(tmp_path):
+    from backfill_pool_support import fake_map_one, fake_predictor
+
+    from tasks.archive.backfill_pool import PoolPlan, map_days_in_processes
+
+    settings = load_settings(data_dir=str(tmp_path / "data"), region=SMALL_REGION.model_dump())
+    grid = Grid.for_region(settings.region, settings.grid_step)
+    days = [date(2020, 6, d) for d in range(1, 8)]
+    seen = []
+    rows, failed = map_days_in_processes(settings, grid, days, champion=None, workers=2, on_done=seen.append,
+                                         open_predictor=fake_predictor, map_one=fake_map_one)
+    assert sorted(failed) == ["2020-06-03", "2020-06-04"]
+    assert "SIGKILL" in failed["2020-06-03"] and "while mapping it" in failed["2020-06-03"]
+    assert failed["2020-06-04"] == "ValueError: no ERA5 for this day"
+    assert [r["day"] for r in rows] == [d.isoformat() for d in days if d.day not in (3, 4)]
+    assert len({r["pid"] for r in rows}) >= 2 and os.getpid() not in {r["pid"] for r in rows}  # worker processes
+    assert sorted(d.day for d in seen) == days and {r["worker"].split(":")[0] for r in rows} == {socket.gethostname()}
+    folder = settings.archive_root / SMALL_REGION.name / "2020"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{r['day']}.txt" for r in rows)  # no temp file left
+    threads = PoolPlan.for_days(len(days), 2).threads_per_worker  # the cores shared out between 2 workers
+    assert (folder / "2020-06-01.txt").read_text() == f"2020-06-01 {threads}"
