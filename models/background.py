@@ -25,6 +25,13 @@ INPUTS = ("years_since_2015", "doy_sin", "doy_cos", "latitude", "longitude")
 # Per 10 degrees: coefficients of a plane over a region come out in ppm per 10 degrees.
 SPACE_UNIT_DEG = 10.0
 HUBER_K = 1.5
+# A weak prior per term (mean, sd): a window shorter than a year cannot tell a trend from the
+# seasonal cycle, and an unconstrained fit of six months returned a trend of 26 ppm/yr with a 7 ppm
+# cycle (real OCO-2, Amazon 2016 H2): right inside the window, absurd one month past it. The prior
+# is the known growth of CO2 (2.0-2.9 ppm/yr in 2015-2024, docs/anchors.md) and cycles and
+# gradients of a few ppm; where data determine a term the prior has no say.
+PRIOR = {"intercept": (0.0, float("inf")), "trend": (2.4, 0.5), "annual_sin": (0.0, 3.0), "annual_cos": (0.0, 3.0),
+         "semiannual_sin": (0.0, 2.0), "semiannual_cos": (0.0, 2.0), "latitude": (0.0, 3.0), "longitude": (0.0, 3.0)}
 
 
 class BackgroundError(ValueError):
@@ -102,17 +109,20 @@ def fit_background(X: np.ndarray, y: np.ndarray, feature_names: Sequence[str], w
     reference = (float(np.average(years, weights=w)), float(np.average(lat, weights=w)),
                  float(np.average(lon, weights=w)))
     A = design_matrix(years, doy_sin, doy_cos, lat, lon, *reference)
-    # A window shorter than a year cannot separate every term: a tiny ridge keeps the solve defined
-    # (its effect on determined terms is nil).
-    ridge = 1e-6 * np.eye(A.shape[1])
-    ridge[0, 0] = 0.0
+    # Observations of one day share their errors (the day's tracks, its weather): the data count as
+    # many independent pieces as there are days, which is what the prior is weighed against.
+    w = w * (len(np.unique(np.round(years * 365.25))) / w.sum())
+    prior_mean = np.array([PRIOR[t][0] for t in TERMS])
+    precision = np.array([0.0 if not np.isfinite(PRIOR[t][1]) else 1.0 / PRIOR[t][1] ** 2 for t in TERMS])
     robust = np.ones(len(y))
     beta = np.zeros(A.shape[1])
+    scale = max(float(np.std(y)), 1e-3)
     for _ in range(iterations):
         ww = w * robust
-        beta_new = np.linalg.solve(A.T @ (ww[:, None] * A) + ridge * ww.sum(), A.T @ (ww * y))
+        penalty = np.diag(precision) * scale ** 2
+        beta_new = np.linalg.solve(A.T @ (ww[:, None] * A) + penalty, A.T @ (ww * y) + penalty @ prior_mean)
         residual = y - A @ beta_new
-        scale = max(1.4826 * _weighted_median(np.abs(residual - _weighted_median(residual, w)), w), 1e-6)
+        scale = max(1.4826 * _weighted_median(np.abs(residual - _weighted_median(residual, w)), w), 1e-3)
         u = np.abs(residual) / (HUBER_K * scale)
         robust = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-12))
         if np.allclose(beta_new, beta, atol=1e-6):

@@ -10,7 +10,7 @@ numbers never come from data that tuned them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -113,32 +113,87 @@ def anomaly_scale(residual_from_background: np.ndarray, network_anomaly: np.ndar
     return float(np.clip(np.sum(w * a * r) / denominator, 0.0, 1.0))
 
 
+# Candidate shares of the network anomaly in the map (tasks/retrain_steps.py::fit_daily_field).
+ANOMALY_SHARES = (0.0, 0.5, 1.0)
+
+
 @dataclass(frozen=True)
 class FieldFit:
     field: ResidualField
     observations: Superobs  # the training super-observations the held-out sets are predicted from
     calibration_coverage: dict[str, float]
+    # name -> (residual, field mean, field variance) of the calibration halves
+    calibration_predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
               calibration: dict[str, np.ndarray], seed: int, superob_deg: float = 0.1,
-              lattice_deg: float = 0.05) -> FieldFit:
+              lattice_deg: float = 0.05, cross_validate: bool = False, block_km: float = 50.0) -> FieldFit:
     """The daily-anomaly field from the training samples' residuals (observed - model), its interval
     calibrated on the held-out sets in `calibration` (name -> indices), each predicted from the
-    training samples only. frame: the samples (latitude, longitude, day, weight)."""
+    training samples only. frame: the samples (latitude, longitude, day, weight).
+
+    cross_validate: the interval is also calibrated on folds of the training samples (whole blocks
+    of `block_km`, whole days; each fold predicted from the others), which multiplies the data it
+    rests on: a half of a few held-out days is too few to set a 68% interval."""
     lat0 = float(np.mean(frame["latitude"]))
     weight = frame["weight"].to_numpy(np.float64) if "weight" in frame else np.ones(len(frame))
     clip = CLIP_MADS * robust_sd(residual[training])
-    obs = superobs(frame["longitude"].to_numpy()[training], frame["latitude"].to_numpy()[training],
-                   frame["day"].to_numpy()[training], residual[training], weight[training], superob_deg, clip)
-    field = fit_residual_field(obs, lat0, seed=seed, superob_deg=superob_deg, lattice_deg=lattice_deg, clip_ppm=clip)
-    holdouts = {}
+    obs = _superobs_of(frame, residual, weight, training, superob_deg, clip)
+    fitted = fit_residual_field(obs, lat0, seed=seed, superob_deg=superob_deg, lattice_deg=lattice_deg, clip_ppm=clip)
+    predictions = {}
     for name, idx in calibration.items():
         if len(idx):
-            mean, var = predict_field(field, obs, frame, idx)
-            holdouts[name] = (residual[idx], mean, var)
-    field, coverage = calibrate_interval(field, holdouts)
-    return FieldFit(field, obs, coverage)
+            mean, var = predict_field(fitted, obs, frame, idx)
+            predictions[name] = (residual[idx], mean, var)
+    holdouts = dict(predictions)
+    if cross_validate:
+        for name, (r, m, v) in _cross_validated(fitted, frame, residual, weight, training, seed, block_km).items():
+            if name in holdouts:
+                holdouts[name] = tuple(np.concatenate([a, b]) for a, b in zip(holdouts[name], (r, m, v)))
+            else:
+                holdouts[name] = (r, m, v)
+    fitted, coverage = calibrate_interval(fitted, holdouts)
+    return FieldFit(fitted, obs, coverage, predictions)
+
+
+def _superobs_of(frame: pd.DataFrame, residual: np.ndarray, weight: np.ndarray, idx: np.ndarray, superob_deg: float,
+                 clip: float) -> Superobs:
+    return superobs(frame["longitude"].to_numpy()[idx], frame["latitude"].to_numpy()[idx], frame["day"].to_numpy()[idx],
+                    residual[idx], weight[idx], superob_deg, clip)
+
+
+def _cross_validated(fitted: ResidualField, frame: pd.DataFrame, residual: np.ndarray, weight: np.ndarray,
+                     training: np.ndarray, seed: int, block_km: float, n_folds: int = 3, max_targets: int = 1500
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    from models.validation import group_folds
+
+    lat = frame["latitude"].to_numpy()[training]
+    lon = frame["longitude"].to_numpy()[training]
+    groups = {"spatial blocks": spatial_block_ids(lat, lon, block_km=block_km),
+              "whole days": day_number(frame["day"].to_numpy()[training]).astype(np.int64)}
+    rng = np.random.default_rng(seed + 5)
+    out = {}
+    for name, g in groups.items():
+        if len(np.unique(g)) < n_folds:
+            continue
+        parts = []
+        for rest, test in group_folds(g, n_folds, seed):
+            test = training[test]
+            if len(test) > max_targets:
+                test = np.sort(rng.choice(test, max_targets, replace=False))
+            obs = _superobs_of(frame, residual, weight, training[rest], fitted.superob_deg, fitted.clip_ppm)
+            mean, var = predict_field(fitted, obs, frame, test)
+            parts.append((residual[test], mean, var))
+        out[name] = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+    return out
+
+
+def calibration_error(fitted: FieldFit, names: tuple[str, ...] | None = None) -> float:
+    """Mean over the calibration holdouts of the map's RMSE there (each holdout counts equally)."""
+    errors = [float(np.sqrt(np.mean((r - m) ** 2))) for name, (r, m, _v) in fitted.calibration_predictions.items()
+              if names is None or name in names]
+    return float(np.mean(errors)) if errors else float("inf")
 
 
 def predict_field(field: ResidualField, obs: Superobs, frame: pd.DataFrame, idx: np.ndarray

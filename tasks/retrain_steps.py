@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from models.background import Background, fit_background
-from models.holdouts import FieldFit, Holdouts, anomaly_scale, fit_field
+from models.holdouts import ANOMALY_SHARES, FieldFit, Holdouts, calibration_error, fit_field
 from models.holdouts import split_samples as split_holdouts
 from models.training import TrainedModel, TrainingConfig, train_resnet_lstm
 from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
@@ -49,19 +49,26 @@ def train_anomaly_network(settings: Settings, X: np.ndarray, y: np.ndarray, weig
 
 def fit_daily_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y: np.ndarray, df: pd.DataFrame,
                     split: Holdouts) -> tuple[TrainedModel, FieldFit]:
-    """Scale the network's anomaly on the calibration halves, then fit the field to the training
-    residuals and calibrate its interval on the same halves (models/holdouts.py)."""
-    weight = df["weight"].to_numpy(np.float64)
-    cal = np.concatenate([split.blocks_calibration, split.days_calibration])
-    if len(cal):
-        background = trained.background.evaluate_features(X[cal], FEATURE_NAMES)
-        network_anomaly = trained.predict(X[cal]) - background  # anomaly_scale is 1 here
-        trained = dataclasses.replace(trained, anomaly_scale=anomaly_scale(y[cal] - background, network_anomaly,
-                                                                           weight[cal]))
-    residual = y - trained.predict(X)
-    fitted = fit_field(df, residual, split.training, {"spatial blocks": split.blocks_calibration,
-                                                      "whole days": split.days_calibration}, settings.seed)
-    return dataclasses.replace(trained, residual_field=fitted.field), fitted
+    """The network anomaly's share and the field together: for each candidate share, the field is
+    fitted to the training residuals and the whole map (background + share x anomaly + field) scored
+    on the calibration halves of held-out blocks and days; the best share is kept. A network that
+    memorises its training days leaves residuals without day-to-day structure, so its share is
+    judged with the field it leaves, not alone (models/holdouts.py)."""
+    calibration = {"spatial blocks": split.blocks_calibration, "whole days": split.days_calibration}
+    background = trained.background.evaluate_features(X, FEATURE_NAMES)
+    network_anomaly = trained.predict(X) - background  # anomaly_scale is 1 here
+    best = None
+    for share in ANOMALY_SHARES if any(len(i) for i in calibration.values()) else (1.0,):
+        residual = y - background - share * network_anomaly
+        fitted = fit_field(df, residual, split.training, calibration, settings.seed)
+        error = calibration_error(fitted)
+        if best is None or error < best[0]:
+            best = (error, share)
+    share = best[1]
+    # The chosen share's field, its interval calibrated on the halves and on folds of the training samples.
+    fitted = fit_field(df, y - background - share * network_anomaly, split.training, calibration, settings.seed,
+                       cross_validate=True, block_km=settings.promotion_block_km)
+    return dataclasses.replace(trained, anomaly_scale=float(share), residual_field=fitted.field), fitted
 
 
 def calibrate_uncertainty(settings: Settings, trained: TrainedModel, X: np.ndarray, y: np.ndarray,
