@@ -14,11 +14,16 @@ from flows.retrain import monthly_retrain
 from tasks.archive import archived_days
 from tasks.grid import Grid
 from tasks.progress import progress_bar
+from tasks.regions.boundary import SHIPPED_BOUNDARIES
 from tasks.settings import Region, load_settings
 from tasks.truth import accuracy_against_truth
 
-# A 0.5 x 0.5 degree box over Chengdu for quick runs (`--small`).
-SMALL_REGION = Region(name="chengdu", west=103.80, south=30.40, east=104.30, north=30.90)
+# A 0.5 x 0.5 degree box for quick runs (`--small`, `make demo`) that crosses Sichuan's border into
+# Chongqing (about two thirds of its cells in Sichuan, around Suining and Nanchong; Tongnan and
+# Hechuan to the south), with the shipped Sichuan boundary: its maps are nodata outside the province
+# and its reports average over the province's cells, as the full Sichuan region's are.
+SMALL_REGION = Region(name="sichuan-chongqing", west=105.70, south=30.20, east=106.20, north=30.70,
+                      boundary=str(SHIPPED_BOUNDARIES["sichuan"]))
 
 
 @dataclass

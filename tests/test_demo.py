@@ -46,3 +46,23 @@ def test_the_holdouts_never_steer_training(tmp_path):
     assert not (set(df["day"].iloc[split.whole_days]) & set(df["day"].iloc[trained_on]))  # and whole days
     again = split_samples(settings, df)
     assert np.array_equal(split.spatial, again.spatial) and np.array_equal(split.fit, again.fit)
+
+
+def test_the_small_demo_region_crosses_sichuans_border():
+    """`make demo`'s region: Sichuan cells (mapped) and Chongqing cells (nodata) in one small box."""
+    from flows.demo import SMALL_REGION
+    from tasks.grid import Grid
+    from tasks.regions.boundary import SHIPPED_BOUNDARIES, region_mask
+
+    assert SMALL_REGION.boundary == str(SHIPPED_BOUNDARIES["sichuan"])
+    inside = region_mask(SMALL_REGION, Grid.for_region(SMALL_REGION, 0.01))
+    assert inside.shape == (50, 50) and 0.3 < inside.mean() < 0.9
+
+
+def test_make_demo_archives_a_week_on_the_small_region():
+    import re
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    args = re.search(r"^DEMO_ARGS\s*\?=(.*)$", makefile, re.M).group(1).split()
+    assert "--small" in args and int(args[args.index("--archive-days") + 1]) >= 7

@@ -1,5 +1,6 @@
-"""Issue 10, case 2: `xco2 backfill` with its default workers (and with 4) maps the same bytes as
-with one.
+"""Issue 10, case 2 and issue 12, item 4: `xco2 backfill` of 7 days with its default settings
+(worker processes, one per core) maps the same COG and STAC item bytes as one worker, and so do 4
+threads.
 
 Each day task reads its ERA5 files (two per day) with netCDF4; with two threads this crashed the
 process (SIGBUS in libhdf5) on every try, and the existing backfill test used a single worker.
@@ -16,10 +17,11 @@ import pytest
 from flows.backfill import run_backfill
 from flows.demo import SMALL_REGION, DemoOptions, run_demo
 from tasks.archive import collection_path, day_cog_path, validate_cog, validate_stac
+from tasks.archive.layout import day_item_path
 from tasks.grid import Grid
 from tasks.settings import Settings, load_settings
 
-DAYS = ["2020-06-02", "2020-06-03", "2020-06-04", "2020-06-05"]
+DAYS = [f"2020-06-{d:02d}" for d in range(2, 9)]
 MODEL = "concurrency-resnet-lstm"
 
 pytestmark = pytest.mark.slow
@@ -27,18 +29,19 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def world(prefect_harness, tracking_uri, tmp_path_factory):
-    """A 6-day demo world over the small region with a champion (one short retrain)."""
+    """A 9-day demo world over the small region with a champion (one short retrain)."""
     root = tmp_path_factory.mktemp("concurrency")
-    opts = DemoOptions(data_dir=root / "xco2-data", start=date(2020, 6, 1), days=6, archive_days=1, max_epochs=2,
+    opts = DemoOptions(data_dir=root / "xco2-data", start=date(2020, 6, 1), days=9, archive_days=1, max_epochs=2,
                        max_training_samples=2000, max_validation_samples=500, small=True,
                        extra={"mlflow_tracking_uri": tracking_uri, "registered_model_name": MODEL})
     run_demo(opts)
     base = {"data_dir": str(opts.data_dir), "source": "demo", "region": SMALL_REGION.model_dump(),
-            "anchor_max_cells_per_day": 200, "task_runner": "thread", **opts.extra}
+            "anchor_max_cells_per_day": 200, **opts.extra}
     return root, base
 
 
 def _backfill(world, name: str, **workers) -> tuple[dict, dict[str, bytes]]:
+    """(result, {day: COG bytes + STAC item bytes})."""
     root, base = world
     archive = root / f"archive-{name}"
     result = run_backfill(DAYS[0], DAYS[-1], overrides={**base, "archive_dir": str(archive), **workers})
@@ -48,26 +51,33 @@ def _backfill(world, name: str, **workers) -> tuple[dict, dict[str, bytes]]:
     for day in DAYS:
         path = day_cog_path(archive, SMALL_REGION.name, date.fromisoformat(day))
         assert validate_cog(path, grid) == [], f"{name}: {path}"
-        cogs[day] = path.read_bytes()
+        cogs[day] = path.read_bytes() + day_item_path(archive, SMALL_REGION.name, date.fromisoformat(day)).read_bytes()
     assert validate_stac(collection_path(archive, SMALL_REGION.name)) == []
     return result, cogs
 
 
 @pytest.fixture(scope="module")
 def one_worker(world):
-    return _backfill(world, "one-worker", backfill_workers=1)[1]
+    result, cogs = _backfill(world, "one-worker", backfill_workers=1)
+    assert result["task_runner"] == "process" and len({r["worker"] for r in result["days"]}) == 1
+    return cogs
 
 
 def test_default_workers_map_the_same_bytes_as_one_worker(world, one_worker):
-    default = Settings.model_fields["backfill_workers"].default
-    assert default >= 2 and load_settings(**world[1]).backfill_workers == default  # no override below
+    from tasks.archive.backfill_pool import PoolPlan
+
+    settings = load_settings(**world[1])  # no override below: the defaults
+    assert settings.task_runner == Settings.model_fields["task_runner"].default == "process"
+    assert settings.backfill_workers is None
+    workers = PoolPlan.for_days(len(DAYS)).workers
     result, cogs = _backfill(world, "default-workers")
-    assert result["task_runner"] == "thread"
+    assert result["task_runner"] == "process"
+    assert len({r["worker"] for r in result["days"]}) == workers  # each worker is handed a day as it starts
     for day in DAYS:
-        assert cogs[day] == one_worker[day], f"{day}: {default} workers wrote other bytes than one"
+        assert cogs[day] == one_worker[day], f"{day}: {workers} worker processes wrote other bytes than one"
 
 
-def test_four_workers_map_the_same_bytes_as_one_worker(world, one_worker):
-    _, cogs = _backfill(world, "four-workers", backfill_workers=4)
+def test_four_threads_map_the_same_bytes_as_one_worker(world, one_worker):
+    _, cogs = _backfill(world, "four-threads", task_runner="thread", backfill_workers=4)
     for day in DAYS:
-        assert cogs[day] == one_worker[day], f"{day}: four workers wrote other bytes than one"
+        assert cogs[day] == one_worker[day], f"{day}: four threads wrote other bytes than one"
