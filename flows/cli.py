@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf = sub.add_parser("backfill", help="(re)map every day of a window onto the archive with the champion")
     bf.add_argument("--start", required=True, help="first day (YYYY-MM-DD)")
     bf.add_argument("--end", required=True, help="last day (YYYY-MM-DD)")
-    bf.add_argument("--task-runner", choices=["thread", "dask"], help="default: XCO2_TASK_RUNNER (thread)")
+    bf.add_argument("--task-runner", choices=["process", "thread", "dask"], help="default: XCO2_TASK_RUNNER (process)")
     bf.add_argument("--dask-address", help="scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786")
     bf.add_argument("--stale-only", action="store_true",
                     help="only archived days made by a model other than the current champion")

@@ -240,7 +240,7 @@ def test_stack_runs_the_daily_deployment_with_the_champion(stack):
                               {"overrides": {"max_epochs": 1, "max_training_samples": 1000,
                                              "max_validation_samples": 300, "promotion_margin_ppm": 1000}})
     timings["retrain_s"] = round(time.perf_counter() - t, 1)
-    assert {"retrain-validation-metrics", "retrain-report"} <= _artifact_keys(stack, retrain.id)
+    assert {"retrain-heldout-scores", "retrain-report"} <= _artifact_keys(stack, retrain.id)
     client = MlflowClient(tracking_uri=stack["mlflow"])
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))
     assert len(versions) == 2 and _champion_version(stack) == str(first["version"])
