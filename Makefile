@@ -57,7 +57,7 @@ BENCH_REAL_ARGS ?= --box amazon --box andes --box south
 bench-real: $(STAMP)
 	$(BIN)/xco2 benchmark real $(BENCH_REAL_ARGS)
 
-# The local stack (Prefect server, MLflow server, worker): README, "Operating the stack".
+# The local stack (Prefect server, MLflow server, worker): docs/operations.md, "The stack".
 up: $(STAMP)
 	$(BIN)/python -m deployments.stack up
 

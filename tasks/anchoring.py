@@ -8,7 +8,8 @@ the trailing `window_days` days, each day's mean residual weighted equally so on
 does not decide it. method "trend" fits a straight line through those daily means and takes its
 value on the day itself: a trailing mean lags the drift by half the window, which on the demo world
 left +0.2-0.4 ppm in the 60 days after training (the summer drawdown), against 0.00-0.07 ppm for the
-line (see README, Validation). With fewer than MIN_TREND_DAYS usable days, or days spanning less
+line (measured before the daily-anomaly field replaced it: docs/validation.md). With fewer than
+MIN_TREND_DAYS usable days, or days spanning less
 than a third of the window, the line is not trusted and the plain mean is used. Inside the
 training window the model fits those observations and the offset stays near zero.
 """

@@ -1,7 +1,7 @@
 """The feature vector of one cell-day (the paper's step 3) and its assembly.
 
 The table `FEATURES` is the single source of truth for names, sources, units and preprocessing;
-the README's feature table is generated from it (`xco2 features`). Changing the list or any
+docs/configuration.md's feature table is generated from it (`xco2 features`). Changing the list or any
 preprocessing means a new `FEATURE_SET_VERSION`, stored with every sample and every model.
 """
 

@@ -254,7 +254,7 @@ class Settings(BaseSettings):
     seed: int = 42
 
     # Model comparison in the retrain (issue 4): protocols from models.validation.PROTOCOLS and
-    # models from models.baselines; an empty list skips it. Costly on CPU: see the README.
+    # models from models.baselines; an empty list skips it. Costly on CPU: see docs/validation.md.
     comparison_protocols: list[str] = Field(
         default_factory=lambda: ["random_holdout", "spatial_blocks", "temporal_blocks"])
     comparison_models: list[str] = Field(default_factory=lambda: ["resnet_lstm", "random_forest", "xgboost"])
