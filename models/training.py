@@ -292,11 +292,14 @@ def train_resnet_lstm(
         y_val = y_val - background.evaluate_features(X_val, feature_names)
     if sample_weight is not None:
         sample_weight = np.asarray(sample_weight, dtype=np.float64)
-        if sample_weight.shape != (X_train.shape[0],) or not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
-            raise ValueError(f"sample_weight must be {X_train.shape[0]} finite values >= 0")
+        if (sample_weight.shape != (X_train.shape[0],) or not np.isfinite(sample_weight).all()
+                or (sample_weight < 0).any() or not sample_weight.sum() > 0):
+            raise ValueError(f"sample_weight must be {X_train.shape[0]} finite values >= 0, not all 0")
         sample_weight = sample_weight / sample_weight.mean()
     device = resolve_device(config.device)
-    scalers = Scalers.fit(X_train, y_train)
+    # A sample of weight 0 must not steer training, the target's standardisation included.
+    counted = slice(None) if sample_weight is None else sample_weight > 0
+    scalers = Scalers.fit(X_train[counted], y_train[counted])
     started = time.perf_counter()
     rng_devices = []
     if device.type == "cuda":
