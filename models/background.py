@@ -111,7 +111,7 @@ def fit_background(X: np.ndarray, y: np.ndarray, feature_names: Sequence[str], w
     A = design_matrix(years, doy_sin, doy_cos, lat, lon, *reference)
     # Observations of one day share their errors (the day's tracks, its weather): the data count as
     # many independent pieces as there are days, which is what the prior is weighed against.
-    w = w * (len(np.unique(np.round(years * 365.25))) / w.sum())
+    w = w * (len(np.unique(np.round(years[w > 0] * 365.25))) / w.sum())  # a row of weight 0 is no day's data
     prior_mean = np.array([PRIOR[t][0] for t in TERMS])
     precision = np.array([0.0 if not np.isfinite(PRIOR[t][1]) else 1.0 / PRIOR[t][1] ** 2 for t in TERMS])
     robust = np.ones(len(y))
