@@ -15,6 +15,7 @@ from flows.daily import daily_update
 from registry.champion import load_champion
 from tasks.archive import collection_path, day_cog_path, validate_stac
 from tasks.grid import Grid
+from tasks.regions.boundary import region_mask
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,9 @@ def test_demo_summary(demo_run):
     v = summary["validation"]
     assert v["n"] > 100 and np.isfinite(v["rmse"])
     acc = summary["truth_accuracy"]
-    assert acc["all_cells"]["n"] == 2 * 50 * 50
+    # The small region crosses Sichuan's border: cells outside the province are not mapped.
+    inside = region_mask(SMALL_REGION, Grid.for_region(SMALL_REGION, 0.01))
+    assert 0 < inside.sum() < inside.size and acc["all_cells"]["n"] == 2 * inside.sum()
     assert acc["never_observed_cells"] is not None and acc["never_observed_cells"]["n"] > 0
     assert abs(acc["all_cells"]["bias"]) < 5  # a 3-epoch model is rough, but in the right place
 
@@ -43,6 +46,7 @@ def test_demo_summary(demo_run):
 def test_archive_cogs_are_valid_and_on_the_grid(demo_run):
     opts, summary = demo_run
     grid = Grid.for_region(SMALL_REGION, 0.01)
+    inside = region_mask(SMALL_REGION, grid)
     archive = opts.data_dir / "archive"
     for day in summary["archive_days"]:
         path = day_cog_path(archive, SMALL_REGION.name, date.fromisoformat(day))
@@ -57,14 +61,16 @@ def test_archive_cogs_are_valid_and_on_the_grid(demo_run):
             assert tags["units"] == "ppm" and tags["synthetic"] == "true" and tags["model_version"] == "1"
             assert tags["model_name"] == "e2e-resnet-lstm"
             values = src.read(1)
-            # Band 2: the calibrated 68% half-width; the map's level is anchored to recent soundings.
+            # Band 2: the calibrated 68% half-width of model + daily anomaly.
             assert src.count == 2
             uncertainty = src.read(2)
-            # Days the model was trained on get no offset (test_maps_past_the_training_window_are_anchored).
-            assert tags["anchor_method"] == "in training window" and tags["anchor_offset_ppm"] == "0"
-        assert np.isfinite(values).all()
+            # The champion carries a daily-anomaly field: it replaces the anchoring offset on every day.
+            assert int(tags["daily_anomaly_superobs"]) > 0 and int(tags["own_day_superobs"]) > 0
+            assert "anchor_offset_ppm" not in tags
+        assert np.isfinite(values[inside]).all() and np.isnan(values[~inside]).all()  # nodata outside Sichuan
+        uncertainty = uncertainty[inside]
         assert np.isfinite(uncertainty).all() and (uncertainty > 0).all() and uncertainty.mean() < 5
-        assert 395 < values.min() and values.max() < 430
+        assert 395 < values[inside].min() and values[inside].max() < 430
     assert validate_stac(collection_path(archive, SMALL_REGION.name)) == []
 
 
@@ -134,13 +140,20 @@ def test_retrain_with_the_model_comparison(demo_run, tracking_uri):
 
     from mlflow.tracking import MlflowClient
 
-    assert result["promotion_holdout"] == "spatial blocks of 50 km" and result["spatial_metrics"]["n"] > 0
+    gate = "scoring halves of held-out blocks and days"
+    assert result["promotion_holdout"] == gate
+    assert list(result["holdouts"]) == ["spatial blocks", "whole days", "random (optimistic)"]  # headline first
+    assert result["spatial_metrics"] == result["holdouts"]["spatial blocks"] and result["spatial_metrics"]["n"] > 0
+    assert result["metrics"] == result["holdouts"]["random (optimistic)"]
+    assert all(0 < s["coverage68"] <= 1 and "r2_detrended" in s for s in result["holdouts"].values())
+    # (a scoring half of one held-out day has no trend to remove: its detrended R2 is NaN)
+    assert np.isfinite(result["spatial_metrics"]["r2_detrended"])
     client = MlflowClient(tracking_uri=tracking_uri)
     v = result["version"]
     for version in {v, 1}:
         tags = client.get_model_version("e2e-resnet-lstm", str(version)).tags
-        assert tags[f"promotion_v{v}_holdout"].startswith("spatial blocks of 50 km")
-    assert set(result["figures"]) == {"loss curves", "validation scatter"}
+        assert tags[f"promotion_v{v}_holdout"].startswith(gate)
+    assert set(result["figures"]) == {"loss curves", "heldout scatter"}
     for uri in result["figures"].values():
         assert Path(uri.removeprefix("file://")).is_file(), uri  # the report links real artifacts
     rows = {(r["model"], r["protocol"]): r for r in result["comparison"]}
@@ -169,11 +182,9 @@ def test_the_daily_run_publishes_a_quicklook_and_the_champion(demo_run):
         assert "e2e-resnet-lstm v" in str(model.data) and "val_rmse" in str(model.data)
 
 
-def test_maps_past_the_training_window_are_anchored(demo_run, tracking_uri, tmp_path):
-    """The same day mapped by a champion whose training ended earlier: one offset from the recent
-    observations' residuals is added to every cell, and the COG and STAC item say so."""
-    import dataclasses
-
+def test_maps_add_the_daily_anomaly_and_score_their_own_day(demo_run, tracking_uri, tmp_path):
+    """A map is the champion's graph plus the kriged residuals around the day (cached per champion
+    version), and its COG and STAC item carry the leave-its-own-day-out score."""
     from models.onnx_runtime import OnnxPredictor
     from tasks import units
     from tasks.settings import load_settings
@@ -181,19 +192,23 @@ def test_maps_past_the_training_window_are_anchored(demo_run, tracking_uri, tmp_
     opts, summary = demo_run
     day = date(2020, 6, 6)
     champion = load_champion(tracking_uri, "e2e-resnet-lstm", tmp_path / "models")
-    assert champion.train_last_day == day
-    settings = load_settings(data_dir=str(opts.data_dir), source="demo", region=SMALL_REGION.model_dump(),
-                             archive_dir=str(tmp_path / "archive"), **opts.extra)
+    assert champion.mapping and champion.mapping["residual_field"] and champion.mapping["background"]
     grid = Grid.for_region(SMALL_REGION, 0.01)
-    earlier = dataclasses.replace(champion, train_last_day=date(2020, 6, 3))
-    row = units.map_day.fn(settings, grid, day, OnnxPredictor(champion.onnx_path), earlier)
-    with rasterio.open(day_cog_path(tmp_path / "archive", SMALL_REGION.name, day)) as src:
-        tags, anchored = src.tags(), src.read(1)
-    with rasterio.open(day_cog_path(opts.data_dir / "archive", SMALL_REGION.name, day)) as src:
-        plain = src.read(1)
-    offset = float(tags["anchor_offset_ppm"])
-    assert tags["anchor_method"] in ("trend", "mean") and int(tags["anchor_days"]) >= 3
-    assert row["anchor_offset_ppm"] == pytest.approx(offset, abs=1e-3) and 0 < abs(offset) < 3
-    np.testing.assert_allclose(anchored - plain, offset, atol=2e-3)
-    item = (tmp_path / "archive" / SMALL_REGION.name / "2020" / "xco2_chengdu_20200606.json").read_text()
-    assert '"xco2:anchor_offset_ppm"' in item
+    maps, rows = {}, {}
+    for with_anomaly in (False, True):
+        settings = load_settings(data_dir=str(opts.data_dir), source="demo", region=SMALL_REGION.model_dump(),
+                                 archive_dir=str(tmp_path / str(with_anomaly)), daily_anomaly=with_anomaly,
+                                 **opts.extra)
+        rows[with_anomaly] = units.map_day.fn(settings, grid, day, OnnxPredictor(champion.onnx_path), champion)
+        with rasterio.open(day_cog_path(settings.archive_root, SMALL_REGION.name, day)) as src:
+            maps[with_anomaly] = (src.tags(), src.read(1))
+    assert rows[False]["own_day_superobs"] is None and rows[False]["anchor_offset_ppm"] is None  # the graph alone
+    cache = settings.region_dir / "residuals" / f"v{champion.version}" / f"{day.isoformat()}.parquet"
+    assert cache.is_file()
+    tags, mapped = maps[True]
+    field = (mapped - maps[False][1])[region_mask(SMALL_REGION, grid)]
+    assert np.isfinite(field).all() and np.ptp(field) > 0  # a field, not one offset
+    assert int(tags["own_day_superobs"]) == rows[True]["own_day_superobs"] > 0
+    assert 0 < float(tags["own_day_rmse_ppm"]) < 5
+    item = (settings.archive_root / SMALL_REGION.name / "2020" / "xco2_chengdu_20200606.json").read_text()
+    assert '"xco2:own_day_rmse_ppm"' in item
