@@ -2,9 +2,9 @@
 (tasks/retrain_steps.py), the maps made as the archive makes them (tasks/daily_anomaly.py), scored
 against the truth.
 
-Slow (a 30-day world of the demo's 0.5 degree Chengdu box, daily flow, one training): about two
-minutes on two cores: `pytest -m slow tests/test_past_window.py`. The issue's 60-day figures come
-from `xco2 past-window` on a 100-day world (docs, report of issue 11).
+Slow (a 30-day world of the demo's 0.5 degree Chengdu box, daily flow, one training): 4.5 min of
+CPU measured (20 min wall on two busy shared cores): `pytest -m slow tests/test_past_window.py`.
+The issue's 60-day figures come from `xco2 past-window` on a 100-day world.
 """
 
 from __future__ import annotations
