@@ -113,6 +113,9 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
     log.info("training on %d samples of %d days up to %s", len(training), training["day"].nunique(), opts.train_end)
     trained, field_fit, _ = train_map_model(settings, training)
     field = trained.residual_field
+    if field_fit is None or field is None:
+        raise ValueError(f"{len(training)} samples up to {opts.train_end} are too few to fit a daily-anomaly field: "
+                         "the past-window check scores maps that have one; train on more days")
 
     era5 = raw_dir(settings, "era5")
     covariates = StaticCovariates(settings.region_dir)

@@ -139,6 +139,14 @@ HOLDOUT_LABELS = {"spatial blocks": "spatial blocks (whole blocks nobody trained
                   "random (optimistic)": "random holdout (optimistic: beside training cells of the same tracks)"}
 
 
+def _archive_view(trained, field_fit, X: np.ndarray, df, idx: np.ndarray):
+    """What a map shows at the samples `idx`: model + field and its band, or the model and its own
+    spread when the retrain had too few observations for a field."""
+    if field_fit is None:
+        return trained.predict(X[idx]), (trained.predict_uncertainty(X[idx]) if trained.spread is not None else None)
+    return map_predict(field_fit, df, trained.predict(X[idx]), idx)
+
+
 def score_holdouts(trained, field_fit, X: np.ndarray, y: np.ndarray, df, split: Holdouts) -> dict[str, dict]:
     """The archive's view (model + daily anomaly, conditioned on training samples only) on the
     scoring halves; the random holdout last, labelled optimistic."""
@@ -149,7 +157,7 @@ def score_holdouts(trained, field_fit, X: np.ndarray, y: np.ndarray, df, split: 
                       ("random (optimistic)", split.random)):
         if len(idx) < 2:
             continue
-        predicted, half_width = map_predict(field_fit, df, trained.predict(X[idx]), idx)
+        predicted, half_width = _archive_view(trained, field_fit, X, df, idx)
         out[name] = holdout_scores(y[idx], predicted, half_width, days[idx], sources[idx])
     return out
 
@@ -178,11 +186,15 @@ def _report(settings: Settings, version, decision, trained, split: Holdouts, sco
             f"{name}: " + ", ".join(f"{k.removeprefix('rmse_')} {s[k]:.3f} (N {s['n_' + k.removeprefix('rmse_')]})"
                                     for k in per_source if k in s) for name, s in scores.items())]
     f = trained.residual_field
-    lines += ["", f"- daily-anomaly field: local {f.local_variance:.2f} ppm2 / {f.local_length_km:.0f} km / "
-              f"{f.local_time_days:.1f} d, regional {f.regional_variance:.2f} ppm2 / {f.regional_length_km:.0f} km / "
-              f"{f.regional_time_days:.1f} d, noise {f.point_noise():.2f} ppm2, window +-{f.window_days} d; interval "
-              f"scale {f.interval_scale:.2f} (calibration coverage "
-              + ", ".join(f"{k} {v:.1%}" for k, v in field_fit.calibration_coverage.items()) + ")",
+    if f is None:
+        lines += ["", "- daily-anomaly field: none (too few observations to fit one); maps are the model alone"]
+    else:
+        lines += ["", f"- daily-anomaly field: local {f.local_variance:.2f} ppm2 / {f.local_length_km:.0f} km / "
+                  f"{f.local_time_days:.1f} d, regional {f.regional_variance:.2f} ppm2 / {f.regional_length_km:.0f} km / "
+                  f"{f.regional_time_days:.1f} d, noise {f.point_noise():.2f} ppm2, window +-{f.window_days} d; interval "
+                  f"scale {f.interval_scale:.2f} (calibration coverage "
+                  + ", ".join(f"{k} {v:.1%}" for k, v in field_fit.calibration_coverage.items()) + ")"]
+    lines += [
               f"- ONNX parity: max |diff| {parity:.2e} ppm",
               f"- promotion gate ({gate}): alias **{decision.alias}** ({decision.reason})",
               "", "## Figures (MLflow artifacts)", ""] + [f"- [{name}]({uri})" for name, uri in figure_links]
@@ -215,7 +227,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     onnx_path = export_onnx(trained, work / "model.onnx")
     parity = check_onnx_parity(trained, onnx_path, X[split.random][:2000])
     gate_idx = split.gate if len(split.gate) else split.random
-    gate_predicted, _ = map_predict(field_fit, df, trained.predict(X[gate_idx]), gate_idx)
+    gate_predicted, _ = _archive_view(trained, field_fit, X, df, gate_idx)
     figures = [plot_loss_curves(trained.history, work / "loss_curves.png"),
                plot_scatter(y[gate_idx], gate_predicted, work / "heldout_scatter.png")]
     gate = "scoring halves of held-out blocks and days" if len(split.gate) else "random holdout"
@@ -225,7 +237,8 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
               "promotion_holdout": gate, "samples_days": int(df["day"].nunique()),
               "train_last_day": str(max(df["day"]))[:10], "gosat_fit_id": gosat["fit"]["fit_id"],
               "anomaly_scale": round(trained.anomaly_scale, 4),
-              **{f"field_{k}": v for k, v in trained.residual_field.to_dict().items()},
+              **({f"field_{k}": v for k, v in trained.residual_field.to_dict().items()}
+                 if trained.residual_field is not None else {"field": "none (too few observations)"}),
               **{f"background_{t}": round(c, 5) for t, c in zip(("intercept", "trend", "annual_sin", "annual_cos",
                                                                   "semiannual_sin", "semiannual_cos", "lat", "lon"),
                                                                  background.coefficients)}}
@@ -252,7 +265,8 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
             "holdouts": scores, "metrics": random_scores, "spatial_metrics": headline, "promotion_holdout": gate,
             "onnx_parity_max_abs_ppm": parity, "decision": decision.reason,
             "uncertainty": {k: v.get("coverage68") for k, v in scores.items()},
-            "residual_field": trained.residual_field.to_dict(), "anomaly_scale": trained.anomaly_scale,
+            "residual_field": trained.residual_field.to_dict() if trained.residual_field is not None else None,
+            "anomaly_scale": trained.anomaly_scale,
             "gosat_fit": gosat["fit"],
             "epochs": len(trained.history), "best_epoch": trained.best_epoch,
             "comparison": comparison["table"] if comparison else None, "figures": dict(figure_links)}

@@ -8,16 +8,20 @@ Trains with torch (models/training.py): never import this from the nightly mappi
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pandas as pd
 
 from models.background import Background, fit_background
-from models.holdouts import ANOMALY_SHARES, FieldFit, Holdouts, calibration_error, fit_field
+from models.holdouts import ANOMALY_SHARES, FieldFit, Holdouts, anomaly_scale, calibration_error, fit_field
+from models.residual_field import ResidualFieldError
 from models.holdouts import split_samples as split_holdouts
 from models.training import TrainedModel, TrainingConfig, train_resnet_lstm
 from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def training_config(settings: Settings) -> TrainingConfig:
@@ -48,7 +52,7 @@ def train_anomaly_network(settings: Settings, X: np.ndarray, y: np.ndarray, weig
 
 
 def fit_daily_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y: np.ndarray, df: pd.DataFrame,
-                    split: Holdouts) -> tuple[TrainedModel, FieldFit]:
+                    split: Holdouts) -> tuple[TrainedModel, FieldFit | None]:
     """The network anomaly's share and the field together: for each candidate share, the field is
     fitted to the training residuals and the whole map (background + share x anomaly + field) scored
     on the calibration halves of held-out blocks and days; the best share is kept. A network that
@@ -57,6 +61,21 @@ def fit_daily_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y:
     calibration = {"spatial blocks": split.blocks_calibration, "whole days": split.days_calibration}
     background = trained.background.evaluate_features(X, FEATURE_NAMES)
     network_anomaly = trained.predict(X) - background  # anomaly_scale is 1 here
+    try:
+        return _share_and_field(settings, trained, y, df, split, calibration, background, network_anomaly)
+    except ResidualFieldError as exc:
+        # Too few observations to fit a field (a tiny region or window): the model maps alone,
+        # with the network's share judged without it and its own spread as the interval.
+        log.warning("no daily-anomaly field: %s; maps are the model alone", exc)
+        cal = np.concatenate([split.blocks_calibration, split.days_calibration])
+        share = (anomaly_scale(y[cal] - background[cal], network_anomaly[cal], df["weight"].to_numpy()[cal])
+                 if len(cal) else 1.0)
+        return dataclasses.replace(trained, anomaly_scale=share, residual_field=None), None
+
+
+def _share_and_field(settings: Settings, trained: TrainedModel, y: np.ndarray, df: pd.DataFrame, split: Holdouts,
+                     calibration: dict, background: np.ndarray, network_anomaly: np.ndarray
+                     ) -> tuple[TrainedModel, FieldFit]:
     best = None
     for share in ANOMALY_SHARES if any(len(i) for i in calibration.values()) else (1.0,):
         residual = y - background - share * network_anomaly
