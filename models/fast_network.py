@@ -1,29 +1,34 @@
-"""The ResNet-LSTM rewritten for inference as large matrix products (same math, same weights).
+"""The ResNet-LSTM rewritten for fast inference (same math, same weights): the whole batch as one
+image for the convolutions, BatchNorm folded, the LSTM unrolled.
 
 Why: ONNX Runtime's CPU Conv runs one small GEMM per sample (a 3-position sequence with 512
-channels is a [512 x 768] x [768 x 3] product, 65 536 times per batch) and its LSTM kernel steps
-the batch in small pieces; both leave most of the FMA units idle. Here the activations are kept
-channels-last, [batch, positions, channels], so that
+channels is a [512 x 1536] x [1536 x 3] product, thousands of times per batch), and its LSTM
+kernel steps the batch in small pieces; both leave most of the FMA units idle. The form before
+this one (channels-last GEMMs with an im2col per convolution) fixed that but spent about a quarter
+of its time copying the im2col windows (Concat/Slice/Pad in an ORT profile). Here the batch is
+laid out as the width of a single image instead, NCHW = [1, channels, positions, cells]:
 
-- every 3-wide convolution is one GEMM over batch x positions rows: the three shifted windows are
-  concatenated along the channels (im2col) and multiplied by the kernel laid out [3 C_in, C_out];
-- BatchNorm (eval mode: an affine map per channel) is folded into the preceding weights and a bias;
-- the projected skip of a residual block shares the second convolution's GEMM (its input is the
-  stride-sampled block input, appended to that im2col; its kernel rows appended to the weights);
-- the stem (one input channel, few positions) is a single dense matrix from the features to
-  positions x channels (a Toeplitz matrix: a few % more FLOPs than the 3-tap form, one GEMM);
-- the LSTM is unrolled over its few steps: the input projection of all steps is one GEMM, and each
-  step adds h @ W_hh and applies the gates elementwise.
+- every Conv1d + BatchNorm becomes a Conv2d with kernel (k, 1), stride (s, 1), padding (p, 0), so
+  it slides along the positions only and never mixes cells; the BatchNorm (eval mode: an affine
+  map per channel) is folded into its weights and a bias in float64;
+- ONNX Runtime's NCHWc layout transformer runs these as direct convolutions over a wide image
+  (no im2col, no per-sample GEMM) and fuses the bias, the residual Add and the ReLU into them;
+- after the last block the image [1, C, L, cells] is transposed to [cells, L, C] for the LSTM,
+  unrolled over its few steps: every step's input projection is one GEMM, and each step adds
+  h @ W_hh and applies the gates elementwise; then the dense head.
 
-Only `gemm_friendly` is public: it takes a trained ResNetLSTM (eval mode) and returns a module with
-the same input and output; models/onnx_export.py exports it in place of the network.
+Measured on a random Table-4 network (46 features), one ORT thread: about 1.3x the cells/s of the
+im2col form, same outputs within 1e-7 (docs/inference-speed.md).
+
+Only `gemm_friendly` (the name predates the image layout; it still returns "the fast form") and
+`flops_per_cell` are public: gemm_friendly takes a trained ResNetLSTM (eval mode) and returns a
+module with the same input and output; models/onnx_export.py exports it in place of the network.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from models.resnet_lstm import ResidualBlock1D, ResNetLSTM
 
@@ -37,73 +42,50 @@ def _bn_affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-def _conv_as_matrix(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conv1d (no bias) + BatchNorm -> W [k * C_in, C_out], b [C_out] for a channels-last im2col
-    whose columns run tap-major (tap 0's channels, then tap 1's, ...)."""
-    if conv.bias is not None or conv.groups != 1 or conv.dilation[0] != 1:
-        raise ValueError(f"unsupported convolution {conv}: expected no bias, groups=1, dilation=1")
+def _folded_conv(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> nn.Conv2d:
+    """Conv1d (no bias) + eval BatchNorm as one Conv2d over [1, C, positions, cells] that slides
+    along the positions only: kernel (k, 1), stride (s, 1), padding (p, 0), the BatchNorm in the
+    weights and the bias."""
+    if (conv.bias is not None or conv.groups != 1 or conv.dilation[0] != 1 or conv.padding_mode != "zeros"
+            or not isinstance(conv.padding, tuple)):
+        raise ValueError(f"unsupported convolution {conv}: expected no bias, groups=1, dilation=1, "
+                         "zero padding of a fixed width")
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"BatchNorm {bn} does not follow convolution {conv}: channel counts differ")
     scale, shift = _bn_affine(bn)
-    weight = conv.weight.double() * scale[:, None, None]  # [C_out, C_in, k]
-    return weight.permute(2, 1, 0).reshape(-1, weight.shape[0]), shift
+    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, (k, 1), stride=(s, 1), padding=(p, 0))
+    with torch.no_grad():
+        folded.weight.copy_((conv.weight.double() * scale[:, None, None])[..., None].float())
+        folded.bias.copy_(shift.float())
+    return folded.requires_grad_(False)
 
 
-class _FastBlock(nn.Module):
-    """ResidualBlock1D in channels-last form: two GEMMs (conv1; conv2 with the skip appended)."""
+def _out_length(conv: nn.Conv1d, length: int) -> int:
+    return (length + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+
+
+class _ImageBlock(nn.Module):
+    """ResidualBlock1D over [1, C, positions, cells]: relu(conv2(relu(conv1(x))) + skip(x))."""
 
     def __init__(self, block: ResidualBlock1D, length: int) -> None:
         super().__init__()
-        # The sequence length is fixed by the feature count: static shapes keep the graph free of
-        # shape arithmetic (and the trace free of data-dependent branches).
-        self.length = int(length)
-        for conv, padding in ((block.conv1, 1), (block.conv2, 1), (block.skip[0], 0)):
-            if conv.padding[0] != padding or conv.kernel_size[0] != (3 if padding else 1):
-                raise ValueError(f"unsupported convolution geometry in a residual block: {conv}")
-        if block.conv2.stride[0] != 1:
-            raise ValueError(f"the second convolution of a block must have stride 1: {block.conv2}")
-        if block.skip[0].stride[0] != block.conv1.stride[0]:
-            raise ValueError("the skip projection and the first convolution must share a stride")
-        self.stride = int(block.conv1.stride[0])
-        self.out_length = (self.length - 1) // self.stride + 1
-        w1, b1 = _conv_as_matrix(block.conv1, block.bn1)
-        w2, b2 = _conv_as_matrix(block.conv2, block.bn2)
-        ws, bs = _conv_as_matrix(block.skip[0], block.skip[1])
-        self.register_buffer("w1", w1.float())
-        self.register_buffer("b1", b1.float())
-        self.register_buffer("w2", torch.cat([w2, ws]).float())
-        self.register_buffer("b2", (b2 + bs).float())
+        skip_conv, skip_bn = block.skip[0], block.skip[1]
+        # The residual add needs both branches at the same length; checked here, for the feature
+        # count at hand, so that a geometry the image form cannot follow fails at export time
+        # with the lengths rather than inside ONNX Runtime.
+        main = _out_length(block.conv2, _out_length(block.conv1, length))
+        skipped = _out_length(skip_conv, length)
+        if min(main, skipped) < 1 or main != skipped:
+            raise ValueError(f"unsupported residual block at sequence length {length}: the convolutions "
+                             f"give {main} positions, the skip projection {skipped}")
+        self.out_length = main
+        self.conv1 = _folded_conv(block.conv1, block.bn1)
+        self.conv2 = _folded_conv(block.conv2, block.bn2)
+        self.skip = _folded_conv(skip_conv, skip_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [batch, L, C_in] -> [batch, L', C_out], L' = floor((L - 1) / stride) + 1."""
-        s, length, out_length = self.stride, self.length, self.out_length
-        c_in = self.w1.shape[0] // 3
-        if s == 2:
-            # Reading the sequence as pairs (x[2p], x[2p+1]) is a free reshape; window p is then
-            # (x[2p-1], pair p), where x[2p-1] is the second half of pair p-1 (zero for p = 0).
-            if length % 2:
-                x = F.pad(x, (0, 0, 0, 1))
-            pairs = x.reshape(-1, out_length, 2 * c_in)
-            previous = F.pad(pairs[:, :out_length - 1, c_in:], (0, 0, 1, 0))
-            cols = torch.cat([previous, pairs], dim=2)
-            sampled = pairs[:, :, :c_in]
-        else:
-            padded = F.pad(x, (0, 0, 1, 1))
-            span = s * (out_length - 1) + 1
-            # Window p of the 3-wide, padding-1 convolution covers padded positions p*s + 0, 1, 2.
-            taps = [padded[:, k:k + span:s] for k in range(3)]
-            cols = torch.cat(taps, dim=2)
-            sampled = taps[1]  # x at positions p*s: the input of the 1x1, stride-s skip projection
-        h = _gemm_relu(cols, self.w1, self.b1, out_length)
-        padded = F.pad(h, (0, 0, 1, 1))
-        cols = torch.cat([padded[:, :out_length], h, padded[:, 2:], sampled], dim=2)
-        return _gemm_relu(cols, self.w2, self.b2, out_length)
-
-
-def _gemm_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, positions: int) -> torch.Tensor:
-    """relu(x @ weight + bias) over the last axis of x [batch, positions, K] or [batch, K]. Run
-    on a 2-D view so that ONNX Runtime fuses MatMul + Add + Relu into one Gemm (it only fuses 2-D
-    products); returns [batch, positions, N]."""
-    rows = x.reshape(-1, weight.shape[0])
-    return torch.relu(torch.matmul(rows, weight) + bias).reshape(-1, positions, weight.shape[1])
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.skip(x))
 
 
 class _UnrolledLSTM(nn.Module):
@@ -156,45 +138,43 @@ class FastResNetLSTM(nn.Module):
 
     def __init__(self, network: ResNetLSTM) -> None:
         super().__init__()
-        conv, bn = network.stem[0], network.stem[1]
-        if conv.in_channels != 1 or conv.kernel_size[0] != 3 or conv.padding[0] != 1 or conv.stride[0] != 1:
-            raise ValueError(f"unsupported stem convolution {conv}")
+        conv = network.stem[0]
+        if conv.in_channels != 1:
+            raise ValueError(f"unsupported stem convolution {conv}: expected one input channel")
+        # The sequence length is fixed by the feature count: static shapes keep the graph free of
+        # shape arithmetic (only the cell axis is dynamic).
         self.n_features = int(network.n_features)
-        self.stem_channels = int(conv.out_channels)
-        n = self.n_features
-        # The stem as a dense [n_features, n_features x channels] matrix, output channels-last.
-        scale, shift = _bn_affine(bn)
-        kernel = conv.weight.double()[:, 0, :] * scale[:, None]  # [C, 3]
-        dense = torch.zeros(n, n, self.stem_channels, dtype=torch.float64)
-        for p in range(n):
-            for k in range(3):
-                q = p + k - 1
-                if 0 <= q < n:
-                    dense[q, p, :] = kernel[:, k]
-        self.register_buffer("w_stem", dense.reshape(n, -1).float())
-        self.register_buffer("b_stem", shift.repeat(n).float())
-        blocks, length = [], n
+        length = _out_length(conv, self.n_features)
+        if length < 1:
+            raise ValueError(f"unsupported stem convolution {conv} for {self.n_features} features")
+        self.stem = _folded_conv(conv, network.stem[1])
+        blocks = []
         for block in network.blocks:
-            blocks.append(_FastBlock(block, length))
+            blocks.append(_ImageBlock(block, length))
             length = blocks[-1].out_length
         self.blocks = nn.ModuleList(blocks)
+        if network.lstm.input_size != (blocks[-1].conv2.out_channels if blocks else conv.out_channels):
+            raise ValueError(f"LSTM input size {network.lstm.input_size} does not match the last convolution")
         self.steps = length
         self.lstm = _UnrolledLSTM(network.lstm)
         self.register_buffer("w_head", network.head.weight.detach().t().contiguous())
         self.register_buffer("b_head", network.head.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = _gemm_relu(x, self.w_stem, self.b_stem, 1).reshape(-1, self.n_features, self.stem_channels)
+        # [cells, features] -> one image [1, 1, features, cells]: the cells are the image's width.
+        h = torch.relu(self.stem(x.t().reshape(1, 1, self.n_features, -1)))
         for block in self.blocks:
             h = block(h)
-        last = self.lstm(h, self.steps)
+        seq = h[0].permute(2, 1, 0)  # [channels, positions, cells] -> [cells, positions, channels]
+        last = self.lstm(seq, self.steps)
         return (torch.matmul(last, self.w_head) + self.b_head).squeeze(-1)
 
 
 def gemm_friendly(network: nn.Module) -> nn.Module:
     """The same function as `network` (a ResNetLSTM in eval mode), built from its current weights
-    as large matrix products for fast inference (see the module docstring). The result holds
-    copies of the weights: later changes to `network` do not reach it."""
+    in the fast inference form (see the module docstring: the batch as one image for the
+    convolutions, BatchNorm folded, the LSTM unrolled). The result holds copies of the weights:
+    later changes to `network` do not reach it."""
     if not isinstance(network, ResNetLSTM):
         raise TypeError(f"gemm_friendly needs a ResNetLSTM, got {type(network).__name__}")
     if network.training:
@@ -205,14 +185,15 @@ def gemm_friendly(network: nn.Module) -> nn.Module:
 
 def flops_per_cell(network: ResNetLSTM) -> int:
     """Floating-point operations (2 per multiply-add) of one cell through `network`, counted from
-    its layer shapes: every convolution tap over its output positions (padding taps included, as
-    the im2col GEMMs compute them), the LSTM's input and recurrent products at every step, the
-    head. BatchNorm, biases and activations are left out (elementwise, well under 1 %)."""
-    macs, length = 0, network.n_features
+    its layer shapes: every convolution tap over its output positions (padding taps included: the
+    network's count; a direct convolution that skips the zero taps does slightly less), the LSTM's
+    input and recurrent products at every step, the head. BatchNorm, biases and activations are
+    left out (elementwise, well under 1 %)."""
     stem = network.stem[0]
-    macs += length * stem.out_channels * stem.in_channels * stem.kernel_size[0]
+    length = _out_length(stem, network.n_features)
+    macs = length * stem.out_channels * stem.in_channels * stem.kernel_size[0]
     for block in network.blocks:
-        out_length = (length - 1) // block.conv1.stride[0] + 1
+        out_length = _out_length(block.conv1, length)
         for conv in (block.conv1, block.conv2, block.skip[0]):
             macs += out_length * conv.out_channels * conv.in_channels * conv.kernel_size[0]
         length = out_length

@@ -1,5 +1,6 @@
 """The fast ONNX export (models/fast_network.py, export_onnx form "fast"): same numbers as the torch
-model within 0.001 ppm on both outputs, no Conv/LSTM nodes left, checked at export; CPU session
+model within 0.001 ppm on both outputs, checked at export; BatchNorm folded, the LSTM unrolled, the
+convolutions over the batch as one image (2-D kernels (k, 1)); CPU session
 settings. Random-weight networks (BatchNorm statistics randomised so the folding is exercised)
 and a network trained for one epoch."""
 
@@ -70,16 +71,33 @@ def test_gemm_friendly_refuses_what_it_cannot_fold():
         gemm_friendly(torch.nn.Linear(3, 1))
     with pytest.raises(ValueError, match="eval mode"):
         gemm_friendly(ResNetLSTM(8).train())
+    # A skip projection that no longer strides like the convolutions: the residual add cannot line up.
+    network = ResNetLSTM(8, stem_channels=4, block_channels=(8,), lstm_hidden=4, lstm_layers=1).eval()
+    network.blocks[0].skip[0].stride = (1,)
+    with pytest.raises(ValueError, match="the convolutions give 4 positions, the skip projection 8"):
+        gemm_friendly(network)
+    network.blocks[0].skip[0].stride = (2,)
+    network.blocks[0].conv2.dilation = (2,)
+    with pytest.raises(ValueError, match="dilation=1"):
+        gemm_friendly(network)
 
 
 def _op_types(path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
 
-def test_fast_export_matches_torch_on_both_outputs_and_has_no_conv_or_lstm(tmp_path):
+def _conv_kernels(path) -> list[list[int]]:
+    return [list(attr.ints) for node in onnx.load(str(path)).graph.node if node.op_type == "Conv"
+            for attr in node.attribute if attr.name == "kernel_shape"]
+
+
+def test_fast_export_matches_torch_on_both_outputs_and_has_no_lstm_or_batchnorm(tmp_path):
     trained = random_trained(46, seed=3, with_spread=True)
     path = export_onnx(trained, tmp_path / "fast.onnx")
-    assert not _op_types(path) & {"Conv", "LSTM", "BatchNormalization"}
+    assert not _op_types(path) & {"LSTM", "BatchNormalization"}
+    # Stem + 3 per residual block, each sliding along the positions only (the cells are the width).
+    kernels = _conv_kernels(path)
+    assert len(kernels) == 1 + 3 * 4 and all(k in ([3, 1], [1, 1]) for k in kernels)
     X = raw_rows(trained, 600, seed=4)
     assert check_onnx_parity(trained, path, X, batch_sizes=(7, 600)) <= 1e-3
     session, _ = open_session(path, prefer_cuda=False)
