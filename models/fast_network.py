@@ -17,8 +17,9 @@ laid out as the width of a single image instead, NCHW = [1, channels, positions,
   unrolled over its few steps: every step's input projection is one GEMM, and each step adds
   h @ W_hh and applies the gates elementwise; then the dense head.
 
-Measured on a random Table-4 network (46 features), one ORT thread: about 1.3x the cells/s of the
-im2col form, same outputs within 1e-7 (docs/inference-speed.md).
+Measured side by side on a random Table-4 network (46 features): 1.2-1.5x the cells/s of the
+im2col form at batches of 2048-8192 with half its memory, same outputs within 1e-7
+(docs/inference-speed.md).
 
 Only `gemm_friendly` (the name predates the image layout; it still returns "the fast form") and
 `flops_per_cell` are public: gemm_friendly takes a trained ResNetLSTM (eval mode) and returns a

@@ -22,7 +22,8 @@ from models.training import TrainedModel
 
 log = logging.getLogger(__name__)
 
-# "fast": the network as large matrix products (models/fast_network.py), the production form;
+# "fast": the network in its fast inference form (models/fast_network.py: the batch as one image
+# for the convolutions, BatchNorm folded, the LSTM unrolled), the production form;
 # "reference": the network as trained (Conv/BatchNorm/LSTM nodes), the export before the fast form,
 # kept for the benchmark and as a fallback.
 EXPORT_FORMS = ("fast", "reference")
@@ -68,7 +69,7 @@ def export_onnx(trained: TrainedModel, path: str | Path, form: str = "fast") -> 
     'xco2_uncertainty' float32 [batch] ppm; only the batch axis is dynamic. Feature names, feature
     set version, scalers and the uncertainty calibration travel as metadata_props. Returns the path.
 
-    `form`: "fast" (default; the network as large matrix products, several times faster in ONNX
+    `form`: "fast" (default; the network in its fast inference form, several times faster in ONNX
     Runtime on CPUs) or "reference" (the graph as exported before, Conv/BatchNorm/LSTM nodes).
     Either way the file is only published after it reproduces the torch model on a probe sample
     within EXPORT_TOLERANCE_PPM on every output (OnnxParityError otherwise, with the figure)."""

@@ -48,12 +48,12 @@ GPU_MEMORY_FRACTION = 0.25
 MAX_CELLS_PER_BATCH = 1_048_576
 MIN_CELLS_PER_BATCH = 1024
 # Bytes per cell when the graph's tensor shapes cannot be inferred (generous for Table 4, whose
-# estimate is ~190 KiB with 46 features).
-FALLBACK_BYTES_PER_CELL = 256 * 1024
-# Cells per ONNX Runtime call on CPU. The fast export's GEMMs are already large at a few thousand
-# cells (rows = cells x positions): 2048, 4096 and 8192 measured the same within noise on the
-# 2-core machine, while the session's planned buffers grow with the batch (peak RSS about 330,
-# 570 and 1050 MB), so 4096 (docs/inference-speed.md).
+# estimate with 46 features is ~190 KiB for the reference graph, ~277 KiB for the fast export).
+FALLBACK_BYTES_PER_CELL = 320 * 1024
+# Cells per ONNX Runtime call on CPU. The fast export's convolutions are already wide at a few
+# thousand cells (the cells are the image's width): 2048, 4096 and 8192 measured the same within
+# noise on the 2-core machine, 16384 no faster, while the session's planned buffers grow with the
+# batch (peak memory about 190, 280 and 460 MB), so 4096 (docs/inference-speed.md).
 CPU_CELLS_PER_BATCH = 4096
 
 
@@ -215,8 +215,9 @@ def estimate_bytes_per_cell(onnx_path: str | Path) -> int:
     with the shapes inferred by ONNX shape inference at batch 1. That is every activation alive at
     once, an upper bound on ONNX Runtime's peak (it frees and reuses buffers), which leaves room
     for cuDNN workspaces; weights are not per cell and are left out. For the Table 4 network with
-    46 features: ~48 000 floats, ~190 KiB per cell. FALLBACK_BYTES_PER_CELL when shapes cannot be
-    inferred."""
+    46 features: ~48 000 floats, ~190 KiB per cell for the reference graph, ~70 700 floats, ~277 KiB
+    for the fast export (its convolution, Add and ReLU outputs are separate tensors until ORT fuses
+    them). FALLBACK_BYTES_PER_CELL when shapes cannot be inferred."""
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
         for value in list(model.graph.input) + list(model.graph.output):
