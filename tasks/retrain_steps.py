@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from models.background import Background, fit_background
-from models.holdouts import ANOMALY_SHARES, FieldFit, Holdouts, anomaly_scale, calibration_error, fit_field
-from models.residual_field import ResidualFieldError
+from models.holdouts import ANOMALY_SHARES, FieldFit, Holdouts, anomaly_scale, fit_field, simplest_share
+from models.residual_field import ResidualFieldError, day_number
 from models.holdouts import split_samples as split_holdouts
 from models.training import TrainedModel, TrainingConfig, train_resnet_lstm
 from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
@@ -55,7 +55,8 @@ def fit_daily_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y:
                     split: Holdouts) -> tuple[TrainedModel, FieldFit | None]:
     """The network anomaly's share and the field together: for each candidate share, the field is
     fitted to the training residuals and the whole map (background + share x anomaly + field) scored
-    on the calibration halves of held-out blocks and days; the best share is kept. A network that
+    on the calibration halves of held-out blocks and days; the smallest share within one standard
+    error of the best is kept (models/holdouts.py::simplest_share). A network that
     memorises its training days leaves residuals without day-to-day structure, so its share is
     judged with the field it leaves, not alone (models/holdouts.py)."""
     calibration = {"spatial blocks": split.blocks_calibration, "whole days": split.days_calibration}
@@ -76,14 +77,13 @@ def fit_daily_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y:
 def _share_and_field(settings: Settings, trained: TrainedModel, y: np.ndarray, df: pd.DataFrame, split: Holdouts,
                      calibration: dict, background: np.ndarray, network_anomaly: np.ndarray
                      ) -> tuple[TrainedModel, FieldFit]:
-    best = None
-    for share in ANOMALY_SHARES if any(len(i) for i in calibration.values()) else (1.0,):
-        residual = y - background - share * network_anomaly
-        fitted = fit_field(df, residual, split.training, calibration, settings.seed)
-        error = calibration_error(fitted)
-        if best is None or error < best[0]:
-            best = (error, share)
-    share = best[1]
+    shares = ANOMALY_SHARES if any(len(i) for i in calibration.values()) else (1.0,)
+    candidates = []
+    for share in shares:
+        fitted = fit_field(df, y - background - share * network_anomaly, split.training, calibration, settings.seed)
+        candidates.append((share, {name: (r, m) for name, (r, m, _v) in fitted.calibration_predictions.items()}))
+    days = {name: df["day"].to_numpy()[idx] for name, idx in calibration.items()}
+    share = simplest_share(candidates, {name: day_number(d) for name, d in days.items()})
     # The chosen share's field, its interval calibrated on the halves and on folds of the training samples.
     fitted = fit_field(df, y - background - share * network_anomaly, split.training, calibration, settings.seed,
                        cross_validate=True, block_km=settings.promotion_block_km)

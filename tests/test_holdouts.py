@@ -203,3 +203,40 @@ def test_a_sample_of_weight_zero_has_no_influence():
     for bad in (-weight, 0 * weight):
         with pytest.raises(ValueError, match="sample_weight"):
             train_resnet_lstm(X[:128], y[:128], X[128:], y[128:], names, "test-v1", config, sample_weight=bad)
+
+
+def _share_candidates(rng: np.random.Generator, n_days: int, per_day: int, gain: float):
+    """Three shares over the same held-out points: share 1 removes `gain` of a real anomaly's
+    variance, share 0.5 half of it; every day has its own track level (shared by its points)."""
+    day = np.repeat(np.arange(n_days, dtype=float), per_day)
+    level = rng.normal(0, 1.0, n_days)[day.astype(int)]
+    anomaly = rng.normal(0, 1.0, len(day))
+    observed = level + np.sqrt(gain) * anomaly + rng.normal(0, 0.5, len(day))
+    candidates = [(share, {"whole days": (observed - share * np.sqrt(gain) * anomaly, np.zeros(len(day)))})
+                  for share in (0.0, 0.5, 1.0)]
+    return candidates, {"whole days": day}
+
+
+def test_simplest_share_keeps_the_network_only_when_the_data_clearly_prefer_it():
+    from models.holdouts import simplest_share
+
+    rng = np.random.default_rng(7)
+    # A real anomaly, many days: the network's full share is clearly better.
+    candidates, days = _share_candidates(rng, 60, 40, gain=1.0)
+    assert simplest_share(candidates, days) == 1.0
+    # Nothing real: share 1 only moves the days' errors up and down, 1 % ahead on average by
+    # chance: share 0.
+    day = np.repeat(np.arange(20, dtype=float), 10)
+    e0 = rng.normal(0, 1.0, 20)[day.astype(int)] + rng.normal(0, 0.5, len(day))
+    even, odd = np.sum(e0[day % 2 == 0] ** 2), np.sum(e0[day % 2 == 1] ** 2)
+    # Even days' errors grow by 20 %; odd days' shrink just enough to put share 1 1 % ahead.
+    shrink = 1 - np.sqrt(1 - (0.44 * even + 0.01 * (even + odd)) / odd)
+    change = np.where(day % 2 == 0, 0.2, -shrink)
+    noise = [(0.0, {"whole days": (e0, np.zeros(len(day)))}),
+             (1.0, {"whole days": (e0 * (1 + change), np.zeros(len(day)))})]
+    assert np.mean((e0 * (1 + change)) ** 2) < np.mean(e0 ** 2)  # share 1 is ahead...
+    assert simplest_share(noise, {"whole days": day}) == 0.0  # ...but not clearly
+    # The best share is the smallest one: it is kept.
+    assert simplest_share(candidates[:1], days) == 0.0
+    with pytest.raises(ValueError):
+        simplest_share([], days)
