@@ -164,3 +164,22 @@ def test_session_options_use_the_cores_without_spinning():
     assert session_options().intra_op_num_threads >= 1
     with pytest.raises(ValueError, match="intra_op_threads"):
         session_options(0)
+
+
+def test_gpu_check_counts_the_flops_of_table_4_like_the_model():
+    """tests/gpu/gpu_check.py runs without torch, so it counts Table 4's FLOPs itself: the same
+    figure as models.fast_network.flops_per_cell, and its province-day floor uses it."""
+    import importlib.util
+    from pathlib import Path
+
+    from models.fast_network import flops_per_cell
+    from models.resnet_lstm import ResNetLSTM
+
+    path = Path(__file__).parent / "gpu" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.table4_flops_per_cell(46) == flops_per_cell(ResNetLSTM(46))
+    assert gpu_check.table4_flops_per_cell(13) == flops_per_cell(ResNetLSTM(13))
+    line = gpu_check.expected_day_seconds("NVIDIA H200", 454_727, flops_per_cell(ResNetLSTM(46)))
+    assert "7.94 TFLOP" in line and "0.119 s" in line

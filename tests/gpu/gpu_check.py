@@ -4,7 +4,9 @@
 Runs N random but realistic feature rows (default 2,000,000) through models.onnx_runtime's
 OnnxPredictor on CUDA (IO binding, batch from free GPU memory), on CUDA without IO binding, and on
 CPU; prints the max |CUDA - CPU| in ppm per output and the throughput (cells/s) of each; exits
-non-zero when the difference exceeds --tolerance-ppm (default 0.01).
+non-zero when the difference exceeds --tolerance-ppm (default 0.01). It also times a Sichuan
+province day (the cells inside the shipped boundary, 454,727) on the GPU's provider and prints the
+floor the FLOP count sets for it on the GPU found (H100/H200: 7.9 TFLOP, 0.12 s at the fp32 peak).
 
 The model is --onnx PATH (an export of models.onnx_export; its scalers give the feature
 distribution) or, by default, a ResNet-LSTM built here with onnx.helper in the shape of Table 4
@@ -199,6 +201,48 @@ def _timed(predictor, X, batch, budget_s=None):
     return outs, done, seconds
 
 
+# fp32 peaks (TFLOP/s, dense) of the GPUs a session may be lent: (CUDA cores, TF32 tensor cores).
+# NVIDIA's data sheets (SXM parts); the H200 has the H100's compute with more, faster memory.
+GPU_PEAK_TFLOPS = {"H100": (67.0, 495.0), "H200": (67.0, 495.0), "A100": (19.5, 156.0), "L4": (30.3, 60.0)}
+
+
+def table4_flops_per_cell(n_features: int = 46) -> int:
+    """FLOPs of one cell through Table 4's network, counted like models.fast_network.flops_per_cell
+    (every tap over its output positions, padding included; LSTM input and recurrent products at
+    every step; the head), without torch: 17,466,240 for 46 features."""
+    macs, length, c_in = n_features * 32 * 3, n_features, 32
+    for c_out in (64, 128, 256, 512):
+        out = (length - 1) // 2 + 1
+        macs += out * c_out * c_in * 3 + out * c_out * c_out * 3 + out * c_out * c_in
+        length, c_in = out, c_out
+    for layer in range(2):
+        macs += length * 4 * 128 * ((512 if layer == 0 else 128) + 128)
+    return 2 * (macs + 128)
+
+
+def province_cells() -> int:
+    """Cells of the default region (Sichuan) inside its shipped boundary at 0.01 degree: what a
+    nightly map predicts for one day."""
+    from tasks.grid import Grid
+    from tasks.regions.boundary import region_mask
+    from tasks.settings import Region
+
+    region = Region()
+    return int(region_mask(region, Grid.for_region(region, 0.01)).sum())
+
+
+def expected_day_seconds(gpu_name: str, cells: int, flops_per_cell: int) -> str:
+    """The FLOP count's floor for a day on this GPU, at its fp32 and TF32 peaks."""
+    for key, (fp32, tf32) in GPU_PEAK_TFLOPS.items():
+        if key in gpu_name:
+            work = cells * flops_per_cell
+            return (f"{cells:,} cells x {flops_per_cell / 1e6:.2f} MFLOP = {work / 1e12:.2f} TFLOP: at least "
+                    f"{work / (fp32 * 1e12):.3f} s at the {key}'s fp32 peak ({fp32:g} TFLOP/s), "
+                    f"{work / (tf32 * 1e12):.3f} s at its TF32 tensor peak ({tf32:g}); expect 3-10x these "
+                    "(small GEMMs, the LSTM's steps, host-device copies)")
+    return f"no peak on record for {gpu_name!r}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--onnx", type=Path, help="an exported model (default: build one)")
@@ -260,6 +304,22 @@ def main(argv=None) -> int:
         mode = "IO binding" if gpu.use_io_binding else "plain run"
         print(f"{gpu.provider} ({mode}): {X.shape[0]:,} rows in {gpu_s:.2f} s = "
               f"{X.shape[0] / gpu_s:,.0f} cells/s")
+
+        cells = province_cells()
+        if gpu.provider == CUDA and cells <= X.shape[0]:  # on a CPU a province day is make bench's
+            day_X = np.ascontiguousarray(X[:cells])
+            _, _, day_s = _timed(gpu, day_X, batch)
+            results.update(province_day_cells=cells, province_day_s=day_s)
+            print(f"{gpu.provider}: a Sichuan province day ({cells:,} cells inside the boundary) in {day_s:.2f} s "
+                  f"of inference")
+        gpu_name = ""
+        if shutil.which("nvidia-smi"):
+            gpu_name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i",
+                                       str(args.device_id)], capture_output=True, text=True, timeout=30,
+                                      check=False).stdout.strip()
+        expectation = expected_day_seconds(gpu_name, cells, table4_flops_per_cell(X.shape[1]))
+        results["province_day_expected"] = expectation
+        print("expected from the FLOP count:", expectation)
 
         if gpu.provider == CUDA:
             plain = OnnxPredictor(path, prefer_cuda=True, device_id=args.device_id,
