@@ -193,7 +193,7 @@ def test_maps_add_the_daily_anomaly_and_score_their_own_day(demo_run, tracking_u
     """A map is the champion's graph plus the kriged residuals around the day (cached per champion
     version), and its COG and STAC item carry the leave-its-own-day-out score."""
     from models.onnx_runtime import OnnxPredictor
-    from tasks import units
+    from tasks import prefect_tasks
     from tasks.settings import load_settings
 
     opts, summary = demo_run
@@ -206,7 +206,7 @@ def test_maps_add_the_daily_anomaly_and_score_their_own_day(demo_run, tracking_u
         settings = load_settings(data_dir=str(opts.data_dir), source="demo", region=SMALL_REGION.model_dump(),
                                  archive_dir=str(tmp_path / str(with_anomaly)), daily_anomaly=with_anomaly,
                                  **opts.extra)
-        rows[with_anomaly] = units.map_day.fn(settings, grid, day, OnnxPredictor(champion.onnx_path), champion)
+        rows[with_anomaly] = prefect_tasks.map_day.fn(settings, grid, day, OnnxPredictor(champion.onnx_path), champion)
         with rasterio.open(day_cog_path(settings.archive_root, SMALL_REGION.name, day)) as src:
             maps[with_anomaly] = (src.tags(), src.read(1))
     assert rows[False]["own_day_superobs"] is None and rows[False]["anchor_offset_ppm"] is None  # the graph alone

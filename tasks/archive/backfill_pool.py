@@ -40,7 +40,7 @@ from typing import Any, Callable
 from tasks.grid import Grid
 from tasks.settings import Settings
 
-# (settings, grid, day, predictor, champion) -> the day's archive row (tasks/units.py::map_day).
+# (settings, grid, day, predictor, champion) -> the day's archive row (tasks/prefect_tasks.py::map_day).
 MapOne = Callable[[Settings, Grid, date, Any, Any], dict]
 # (settings, champion, intra_op_threads) -> the worker's predictor, opened once per worker.
 OpenPredictor = Callable[[Settings, Any, int], Any]
@@ -77,7 +77,7 @@ def open_onnx_predictor(settings: Settings, champion, intra_op_threads: int):
 
 
 def map_one_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> dict:
-    from tasks import units
+    from tasks import prefect_tasks as units  # the map-day task (tasks/prefect_tasks.py)
 
     row: dict = units.map_day.fn(settings, grid, day, predictor, champion)  # type: ignore[attr-defined]
     return row

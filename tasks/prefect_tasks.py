@@ -1,6 +1,9 @@
-"""Thin Prefect tasks over the plain functions of this package (retries where I/O can fail).
+"""The Prefect task wrappers of the nightly path (daily update, backfill, report): thin tasks over
+the plain functions of `tasks/` (retries where I/O can fail), and `publish` for the artifacts a
+flow's steps build. The functions themselves are tested without Prefect; flows compose these tasks.
 
-The functions themselves are tested without Prefect; flows compose these tasks.
+The retrain's wrappers, whose functions import torch, are in `tasks/prefect_tasks_retrain.py`:
+nothing imported here may import torch (import-linter contract `nightly-without-torch`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks import anchoring, ingest
@@ -27,6 +31,7 @@ from tasks.regions.boundary import region_mask
 from tasks.settings import Settings
 from tasks.sources import pull
 from tasks.sources.pull import raw_dir
+from tasks.steps.artifacts import Artifact
 
 # Inputs are large arrays and settings objects: never hash them for caching.
 log = logging.getLogger(__name__)
@@ -169,3 +174,12 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
             "own_day_superobs": anomaly.own_day_n if anomaly else None,
             "model_version": str(champion.version)}
 
+
+
+def publish(artifacts: list[Artifact]) -> None:
+    """Create each artifact (tables and Markdown pages built by tasks/steps) in the current run."""
+    for a in artifacts:
+        if a.table is not None:
+            create_table_artifact(key=a.key, table=a.table, description=a.description)
+        else:
+            create_markdown_artifact(key=a.key, markdown=a.markdown or "", description=a.description)
