@@ -195,7 +195,7 @@ def _print_demo_summary(s: dict) -> None:
 
 
 def _cmd_past_window(args) -> int:
-    from flows.past_window import BIAS_CRITERION_PPM, MAP_LABELS, PastWindowOptions, past_window_check
+    from tasks.analysis.past_window import BIAS_CRITERION_PPM, MAP_LABELS, PastWindowOptions, past_window_check
     from tasks.demo_world import truth_for_day
 
     settings = load_settings()
@@ -289,7 +289,7 @@ def _cmd_benchmark_real(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from tasks.report import report_window, select_days
+    from tasks.analysis.report import report_window, select_days
 
     try:
         first, last = report_window(args.start, args.end)

@@ -1,6 +1,6 @@
 """`xco2 report`: annual, seasonal and monthly means of the archive, growth rates and mean maps.
 
-The work is in `tasks/report.py` (plain functions, tested without Prefect); this flow runs its
+The work is in `tasks/analysis/report.py` (plain functions, tested without Prefect); this flow runs its
 steps as tasks and publishes the tables and the summary as artifacts under stable keys.
 """
 
@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import report
+from tasks.analysis import report
 from tasks.grid import Grid
 from tasks.settings import load_settings
 

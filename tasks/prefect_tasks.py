@@ -9,17 +9,25 @@ nothing imported here may import torch (import-linter contract `nightly-without-
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 from datetime import date
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from prefect.cache_policies import NO_CACHE
 
 from tasks import anchoring, ingest
+from models.onnx_runtime import OnnxPredictor
 from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
+from tasks.archive.backfill_pool import DayDone, PoolPlan, map_days_in_processes, progress_line
 from tasks.archive.stac import item_properties
 from tasks.daily_anomaly import daily_anomaly, field_of
 from tasks.covariates import CovariateError, StaticCovariates, build_covariates
@@ -32,6 +40,7 @@ from tasks.settings import Settings
 from tasks.sources import pull
 from tasks.sources.pull import raw_dir
 from tasks.steps.artifacts import Artifact
+from tasks.steps.backfill import with_model
 
 # Inputs are large arrays and settings objects: never hash them for caching.
 log = logging.getLogger(__name__)
@@ -183,3 +192,73 @@ def publish(artifacts: list[Artifact]) -> None:
             create_table_artifact(key=a.key, table=a.table, description=a.description)
         else:
             create_markdown_artifact(key=a.key, markdown=a.markdown or "", description=a.description)
+
+
+# The backfill's tasks (flows/backfill.py). A day task is self-contained so that Dask can ship it.
+@task(name="backfill-day", task_run_name="backfill-{day}", cache_policy=NO_CACHE, retries=1)
+def backfill_day(settings: Settings, grid: Grid, day: date, champion) -> dict:
+    """Map one day onto the archive (replacing it); runs in any worker process."""
+    predictor = OnnxPredictor(champion.onnx_path)  # per task: neither picklable nor thread-safe
+    row = map_day.fn(settings, grid, day, predictor, champion)
+    return {**row, "model_name": champion.name, "model_version": str(champion.version),
+            "provider": predictor.provider, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+class BackfillProgress:
+    """Days/hour and an ETA as the days finish: a printed line, a rich bar, the progress artifact."""
+
+    def __init__(self, todo: list[date], progress_id, label: str, logger) -> None:
+        self.total, self.progress_id, self.label, self.logger = len(todo), progress_id, label, logger
+        self.done = self.failed = 0
+        self.t0 = time.perf_counter()
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), transient=False)
+        self.bar_task = self.bar.add_task(label, total=self.total)
+
+    def __enter__(self) -> "BackfillProgress":
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def day_done(self, day: date, problem: str | None) -> None:
+        self.done += 1
+        if problem is not None:
+            self.failed += 1
+            self.logger.error("backfill of %s failed: %s", day, problem)
+        line = progress_line(self.done, self.total, self.failed, time.perf_counter() - self.t0, day)
+        self.logger.info(line)
+        self.bar.update(self.bar_task, completed=self.done, description=line)
+        update_progress_artifact(artifact_id=self.progress_id, progress=100.0 * self.done / max(self.total, 1),
+                                 description=f"{self.label}: {line}")
+
+
+def collect_days(futures: list, todo: list[date], progress: BackfillProgress) -> tuple[list[dict], dict[str, str]]:
+    """Wait for the day tasks as they finish, reporting progress; (rows, failures)."""
+    rows: list[dict] = []
+    failed: dict[str, str] = {}
+    day_of = {f.task_run_id: d for f, d in zip(futures, todo)}
+    for future in as_completed(list(futures)):
+        day = day_of[future.task_run_id]
+        try:
+            rows.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - one bad day must not hide the others
+            failed[day.isoformat()] = f"{type(exc).__name__}: {exc}"
+        progress.day_done(day, failed.get(day.isoformat()))
+    return sorted(rows, key=lambda r: r["day"]), failed
+
+
+@task(name="backfill-days-in-processes", cache_policy=NO_CACHE)
+def backfill_days_in_processes(settings: Settings, grid: Grid, todo: list[date], champion,
+                               progress: BackfillProgress) -> tuple[list[dict], dict[str, str]]:
+    """Map the days in worker processes (tasks/archive/backfill_pool.py); (rows, failures)."""
+    plan = PoolPlan.for_days(len(todo), settings.backfill_workers)
+    get_run_logger().info("%d worker processes, %d ONNX Runtime threads each", plan.workers, plan.threads_per_worker)
+
+    def done(d: DayDone) -> None:
+        progress.day_done(d.day, d.problem)
+
+    rows, failed = map_days_in_processes(settings, grid, todo, champion, workers=settings.backfill_workers,
+                                         on_done=done)
+    return with_model(rows, champion.name, champion.version), failed

@@ -1,8 +1,10 @@
-"""Progress for long work: a rich bar on the terminal and, inside a flow run, a Prefect progress artifact."""
+"""Progress for long work: a rich bar on the terminal and, inside a flow run, a Prefect progress artifact;
+and a stopwatch of named steps (the demo's and the real benchmark's timings)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -48,3 +50,23 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]
                     log.debug("progress artifact update failed", exc_info=True)
 
         yield advance_to
+
+
+class Stopwatch(dict):
+    """Seconds (one decimal) of named steps: `with watch.step("retrain_s"): ...`; a dict of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = round(time.perf_counter() - t, 1)
+
+    def total(self, name: str = "total_s") -> None:
+        """Record the time since the stopwatch was made under `name`."""
+        self[name] = round(time.perf_counter() - self.started, 1)

@@ -39,7 +39,7 @@ def test_demo_summary(demo_run):
     # The small region crosses Sichuan's border: cells outside the province are not mapped.
     inside = region_mask(SMALL_REGION, Grid.for_region(SMALL_REGION, 0.01))
     assert 0 < inside.sum() < inside.size and acc["all_cells"]["n"] == 2 * inside.sum()
-    from tasks.truth import observed_cells
+    from tasks.analysis.accuracy import observed_cells
 
     # Inside the province the small dense world may observe every cell within six days.
     never = inside & ~observed_cells(opts.data_dir / "regions" / SMALL_REGION.name, Grid.for_region(SMALL_REGION, 0.01))

@@ -17,8 +17,8 @@ PRODUCTION = ("flows", "tasks", "models", "registry", "deployments")
 DEMO_WORLD_ALLOWED = {
     "flows/demo.py": "the demo: writes the demo world and scores against its truth",
     "flows/cli.py": "`xco2 past-window` scores the demo world's truth",
-    "flows/retrain.py": "demo truth scoring in the retrain (issue 13 moves it out of the flow)",
-    "flows/benchmark_real.py": "the real-value benchmark writes real retrievals with the demo's real-format writers",
+    "flows/retrain.py": "on the demo, the model comparison is also scored against the demo world's truth (comparison_truth)",
+    "tasks/analysis/real_benchmark_io.py": "the real-value benchmark writes real retrievals with the demo's real-format writers",
 }
 
 

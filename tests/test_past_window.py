@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from flows.demo import SMALL_REGION
-from flows.past_window import MAPS, PastWindowOptions, field_at_cells, past_window_check
+from tasks.analysis.past_window import MAPS, PastWindowOptions, field_at_cells, past_window_check
 from models.residual_field import ResidualField
 from tasks.daily_anomaly import daily_anomaly
 from tasks.demo_world import truth_for_day, write_demo_world

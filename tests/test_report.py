@@ -11,7 +11,7 @@ import pytest
 
 from tasks.archive import day_cog_path, write_day_cog
 from tasks.grid import Grid
-from tasks.report import (
+from tasks.analysis.report import (
     PAPER_TABLE6_ANNUAL_PPM,
     ReportArea,
     build_report,

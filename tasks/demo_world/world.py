@@ -230,3 +230,22 @@ def truth_for_day(root: Path | str, day: date) -> np.ndarray:
         raise FileNotFoundError(f"{path}: no truth for {day} in this demo world")
     with rasterio.open(path) as src:
         return src.read(1)
+
+
+def truth_at_cells(root: Path | str):
+    """truth(cells, days) -> the true XCO2 at those (cell index, day) pairs, one truth map read per
+    day: the model comparison's truth scores on the demo world (models.comparison.TruthFunction)."""
+    import pandas as pd
+
+    def truth(cells: np.ndarray, days: np.ndarray | None) -> np.ndarray:
+        if days is None:
+            raise ValueError("the demo world's truth is per day: pass the samples' days")
+        cells = np.asarray(cells, dtype=np.int64)
+        days = pd.to_datetime(pd.Series(days)).dt.date.to_numpy()
+        out = np.empty(len(cells))
+        for day in np.unique(days):
+            here = days == day
+            out[here] = truth_for_day(root, day).ravel()[cells[here]]
+        return out
+
+    return truth

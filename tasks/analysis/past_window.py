@@ -44,7 +44,7 @@ from tasks.grid import Grid
 from tasks.inference import day_layers, inputs_available
 from tasks.progress import progress_bar
 from tasks.regions.boundary import region_mask
-from tasks.retrain_steps import train_map_model
+from tasks.steps.retrain import train_map_model
 from tasks.samples import read_samples, stored_days
 from tasks.settings import Settings
 from tasks.sources.pull import raw_dir
