@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from prefect.cache_policies import NO_CACHE
 
 from tasks import anchoring, ingest
+from tasks.analysis import report
 from models.onnx_runtime import OnnxPredictor
 from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
 from tasks.archive.backfill_pool import DayDone, PoolPlan, map_days_in_processes, progress_line
@@ -262,3 +263,25 @@ def backfill_days_in_processes(settings: Settings, grid: Grid, todo: list[date],
     rows, failed = map_days_in_processes(settings, grid, todo, champion, workers=settings.backfill_workers,
                                          on_done=done)
     return with_model(rows, champion.name, champion.version), failed
+
+
+# The archive report's tasks (flows/report.py).
+@unit(name="report-select-days")
+def report_select_days(archive_root: Path, region_name: str, first: date, last: date) -> list[date]:
+    return report.select_days(archive_root, region_name, first, last)
+
+
+@unit(name="report-scan-archive")
+def report_scan_and_map(archive_root: Path, region_name: str, grid: Grid, days: list[date], out_dir: Path,
+                        area: report.ReportArea | None = None):
+    return report.scan_and_map(archive_root, region_name, grid, days, out_dir, area)
+
+
+@unit(name="report-summarise")
+def report_summarise(daily: list[report.DayStat]) -> dict:
+    return report.summarise(daily)
+
+
+@unit(name="report-write-outputs")
+def report_write_outputs(out_dir: Path, tables: dict, maps: list[report.MapInfo], context: dict) -> dict:
+    return report.write_outputs(out_dir, tables, maps, context)
