@@ -44,8 +44,8 @@ from tasks.archive.health import check_archive
 from tasks.archive.provenance import stale_days
 from tasks import prefect_tasks
 from tasks.prefect_tasks import BackfillProgress, backfill_day, backfill_days_in_processes, collect_days
-from tasks.grid import Grid
-from tasks.inference import inputs_available
+from tasks.gridding.geometry import Grid
+from tasks.mapping.inference import inputs_available
 from tasks.settings import Settings, load_settings
 from tasks.sources.pull import raw_dir
 from tasks.steps import backfill as steps

@@ -35,7 +35,7 @@ from tasks.analysis.real_benchmark_io import (DEFAULT_BOXES, DEFAULT_TABLE, EXPE
                                               lite_soundings, parse_box, read_retrievals, select_box,
                                               system_overrides, write_constant_covariates, write_lite_files,
                                               write_text)
-from tasks.progress import Stopwatch
+from tasks.io.progress import Stopwatch
 
 __all__ = ["DEFAULT_BOXES", "DEFAULT_TABLE", "SOUNDING_UNCERTAINTY_PPM", "BenchmarkBox", "BenchmarkInputError",
            "BenchmarkOptions", "benchmark_tracking_uri", "lite_soundings", "parse_box", "read_retrievals",

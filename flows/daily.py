@@ -8,12 +8,13 @@ from prefect import flow, get_run_logger
 
 from registry.champion import ChampionNotFoundError, load_champion
 from models.onnx_runtime import OnnxPredictor
-from tasks import prefect_tasks, samples
+from tasks import prefect_tasks
+from tasks.samples import store as samples
 from tasks.archive import archived_days
 from tasks.archive.health import check_archive
-from tasks.grid import Grid
-from tasks.covariates import CovariateError
-from tasks.inference import day_readiness, inputs_available
+from tasks.gridding.geometry import Grid
+from tasks.covariates.static import CovariateError
+from tasks.mapping.inference import day_readiness, inputs_available
 from tasks.settings import SourceMode, load_settings
 from tasks.sources import raw_granules
 from tasks.sources.pull import CDS_SERVICE, EverySourceFailed, every_source_failed, raw_dir

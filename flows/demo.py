@@ -11,8 +11,8 @@ from flows.daily import daily_update
 from flows.retrain import monthly_retrain
 from tasks.analysis.accuracy import accuracy_against_truth
 from tasks.archive import archived_days
-from tasks.grid import Grid
-from tasks.progress import Stopwatch, progress_bar
+from tasks.gridding.geometry import Grid
+from tasks.io.progress import Stopwatch, progress_bar
 from tasks.settings import load_settings
 from tasks.steps.demo import (SMALL_REGION, DemoDataDirError, DemoOptions, clear_previous_demo, demo_overrides,
                               demo_summary, world_matches, world_wanted)
@@ -23,7 +23,7 @@ __all__ = ["SMALL_REGION", "DemoDataDirError", "DemoOptions", "run_demo"]
 
 
 def run_demo(opts: DemoOptions) -> dict:
-    from tasks.demo_world import truth_for_day, write_demo_world
+    from demo_world import truth_for_day, write_demo_world
 
     timings = Stopwatch()
     overrides = demo_overrides(opts)

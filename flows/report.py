@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.analysis import report
 from tasks.prefect_tasks import report_scan_and_map, report_select_days, report_summarise, report_write_outputs
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.settings import load_settings
 
 ARTIFACT_KEYS = {

@@ -19,7 +19,7 @@ from registry.baselines import log_model_comparison
 from registry.promotion import promote, tag_gate
 from registry.tracking import figure_links, log_training_run
 from tasks import prefect_tasks, prefect_tasks_retrain as retrain_tasks
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.settings import Settings, load_settings
 from tasks.steps import retrain as steps
 from tasks.steps.artifacts import page, table
@@ -36,7 +36,7 @@ def comparison_truth(settings: Settings):
     """The true field to score the model comparison against: the demo world's, on the demo only."""
     if settings.source.value != "demo":
         return None
-    from tasks.demo_world import truth_at_cells
+    from demo_world import truth_at_cells
 
     return truth_at_cells(settings.data_dir / "demo")
 

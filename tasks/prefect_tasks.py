@@ -24,18 +24,19 @@ from prefect.futures import as_completed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from prefect.cache_policies import NO_CACHE
 
-from tasks import anchoring, ingest
+from tasks.mapping import anchoring
+from tasks.samples import ingest
 from tasks.analysis import report
 from models.onnx_runtime import OnnxPredictor
 from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
 from tasks.archive.backfill_pool import DayDone, PoolPlan, map_days_in_processes, progress_line
 from tasks.archive.stac import item_properties
-from tasks.daily_anomaly import daily_anomaly, field_of
-from tasks.covariates import CovariateError, StaticCovariates, build_covariates
-from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
-from tasks.grid import Grid
-from tasks.inference import day_layers, predict_day, predict_xco2
-from tasks.progress import progress_bar
+from tasks.mapping.daily_anomaly import daily_anomaly, field_of
+from tasks.covariates.static import CovariateError, StaticCovariates, build_covariates
+from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from tasks.gridding.geometry import Grid
+from tasks.mapping.inference import day_layers, predict_day, predict_xco2
+from tasks.io.progress import progress_bar
 from tasks.regions.boundary import region_mask
 from tasks.settings import Settings
 from tasks.sources import pull
@@ -112,7 +113,7 @@ def check_state(settings: Settings, grid: Grid) -> list[dict]:
     """Damaged derived state set aside and recomputed, dead writers' temp files removed (what was found)."""
     from prefect import get_run_logger
 
-    from tasks.state_check import check_state as check
+    from tasks.io.state_check import check_state as check
 
     return [f.to_dict() for f in check(settings, grid, logger=get_run_logger())]
 

@@ -14,7 +14,7 @@ import rasterio
 from flows.backfill import backfill, backfill_day, run_backfill, task_runner_for
 from flows.demo import SMALL_REGION, DemoOptions, run_demo
 from tasks.archive import collection_path, day_cog_path, validate_cog, validate_stac
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.settings import load_settings
 
 DAYS = ["2020-06-04", "2020-06-05", "2020-06-06"]

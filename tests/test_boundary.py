@@ -16,9 +16,9 @@ from pyproj import Geod
 from shapely.geometry import Point
 
 from tasks.archive import write_day_cog
-from tasks.features import METEO_NAMES, NDVI_NAMES, STATIC_NAMES, DayLayers
-from tasks.grid import Grid
-from tasks.inference import predict_day
+from tasks.covariates.features import METEO_NAMES, NDVI_NAMES, STATIC_NAMES, DayLayers
+from tasks.gridding.geometry import Grid
+from tasks.mapping.inference import predict_day
 from tasks.regions.boundary import (SHIPPED_BOUNDARIES, BoundaryError, boundary_mask, read_boundary,
                                     region_mask)
 from tasks.settings import ConfigError, Region, load_settings

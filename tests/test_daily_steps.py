@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.meteorology import Era5Readiness
-from tasks.inference import DayReadiness
-from tasks.quarantine import InputFileError
+from tasks.covariates.meteorology import Era5Readiness
+from tasks.mapping.inference import DayReadiness
+from tasks.io.quarantine import InputFileError
 from tasks.sources.pull import PullReport
 from tasks.steps import daily as steps
 from tasks.steps.artifacts import Artifact

@@ -14,7 +14,7 @@ from flows.demo import SMALL_REGION, DemoOptions, run_demo
 from flows.daily import daily_update
 from registry.champion import load_champion
 from tasks.archive import collection_path, day_cog_path, validate_stac
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.regions.boundary import region_mask
 
 
@@ -87,8 +87,8 @@ def test_registry_has_a_champion_with_an_onnx_matching_torch(demo_run, tracking_
     assert champion.version == 1 and champion.onnx_path.is_file()
     import onnxruntime as ort
 
-    from tasks.features import FEATURE_NAMES
-    from tasks.samples import read_samples
+    from tasks.covariates.features import FEATURE_NAMES
+    from tasks.samples.store import read_samples
 
     mlflow.set_tracking_uri(tracking_uri)
     # The registered version is the ONNX flavour; the torch model stays with the run.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tasks.archive import day_cog_path, write_day_cog
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.analysis.report import (
     PAPER_TABLE6_ANNUAL_PPM,
     ReportArea,

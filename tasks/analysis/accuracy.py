@@ -11,8 +11,8 @@ import rasterio
 
 from models.evaluation import regression_metrics
 from tasks.archive import day_cog_path
-from tasks.grid import Grid
-from tasks.samples import read_samples
+from tasks.gridding.geometry import Grid
+from tasks.samples.store import read_samples
 
 
 def observed_cells(region_dir: Path, grid: Grid) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Past the training window: train on the days up to `train_end` of the demo world the way the
 retrain does (background, weighted network anomaly, its held-out scale, the daily-anomaly field),
 map the following days the way the archive does (model + the field conditioned on the
-observations around each day, tasks/daily_anomaly.py) and score the maps against the world's truth.
+observations around each day, tasks/mapping/daily_anomaly.py) and score the maps against the world's truth.
 
 The network cannot see the future CO2 level; the background extrapolates its trend and the daily
 anomaly carries what the observations of the days around say. This shows whether the archive
@@ -36,16 +36,16 @@ import numpy as np
 import pandas as pd
 
 from models.residual_field import Z68, day_number, interval_half_width, predict_points
-from tasks.atomic import atomic_path, publish_text, write_json
-from tasks.covariates import StaticCovariates
-from tasks.daily_anomaly import window_superobs
-from tasks.features import FEATURE_NAMES
-from tasks.grid import Grid
-from tasks.inference import day_layers, inputs_available
-from tasks.progress import progress_bar
+from tasks.io.atomic import atomic_path, publish_text, write_json
+from tasks.covariates.static import StaticCovariates
+from tasks.mapping.daily_anomaly import window_superobs
+from tasks.covariates.features import FEATURE_NAMES
+from tasks.gridding.geometry import Grid
+from tasks.mapping.inference import day_layers, inputs_available
+from tasks.io.progress import progress_bar
 from tasks.regions.boundary import region_mask
 from tasks.steps.retrain import train_map_model
-from tasks.samples import read_samples, stored_days
+from tasks.samples.store import read_samples, stored_days
 from tasks.settings import Settings
 from tasks.sources.pull import raw_dir
 
@@ -76,7 +76,7 @@ class DayField:
 
 def field_at_cells(region_dir: Path, cache_version: str, grid: Grid, day: date, predict, field,
                    max_cells: int, rows: np.ndarray, cols: np.ndarray, up_to_day: bool = False) -> DayField:
-    """The field tasks/daily_anomaly.py adds to the day's map, at grid cells (rows, cols): the same
+    """The field tasks/mapping/daily_anomaly.py adds to the day's map, at grid cells (rows, cols): the same
     super-observations and conditioning, evaluated at the cells instead of on its lattice (which
     differs only by the lattice's bilinear interpolation). `up_to_day`: only the observations of
     the day and the days before it."""

@@ -105,7 +105,7 @@ def read_retrievals(path: Path) -> pd.DataFrame:
 
 def select_box(df: pd.DataFrame, box: BenchmarkBox) -> tuple[pd.DataFrame, dict]:
     """Rows inside the box and window, without values the project would refuse as input."""
-    from tasks.plausibility import XCO2_PPM
+    from tasks.gridding.plausibility import XCO2_PPM
 
     inside = ((df["lon"] >= box.west) & (df["lon"] < box.east) & (df["lat"] >= box.south) & (df["lat"] < box.north)
               & (df["day"] >= box.start) & (df["day"] <= box.end))
@@ -122,9 +122,9 @@ def select_box(df: pd.DataFrame, box: BenchmarkBox) -> tuple[pd.DataFrame, dict]
 # ---- 3. inputs in the real formats -------------------------------------------------------------
 
 def lite_soundings(rows: pd.DataFrame, day: date) -> pd.DataFrame:
-    """One good OCO-2 sounding per bin at its centre, in the tasks.soundings schema the Lite
+    """One good OCO-2 sounding per bin at its centre, in the tasks.gridding.soundings schema the Lite
     writer takes; times 0.3 s apart make the sounding ids unique."""
-    from tasks.soundings import VERTEX_LAT, VERTEX_LON
+    from tasks.gridding.soundings import VERTEX_LAT, VERTEX_LON
 
     n = len(rows)
     order = np.lexsort((rows["lon"].to_numpy(), rows["lat"].to_numpy()))  # along a north-bound track
@@ -146,7 +146,7 @@ def lite_soundings(rows: pd.DataFrame, day: date) -> pd.DataFrame:
 
 
 def write_lite_files(train: pd.DataFrame, folder: Path) -> list[Path]:
-    from tasks.demo_world.writers.oco_lite import write_oco_lite
+    from demo_world.writers.oco_lite import write_oco_lite
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -166,10 +166,10 @@ def write_constant_covariates(root: Path, region, start: date, end: date, grid_s
     of the window and the next (which closes the last day's sums), on the demo world's lattices."""
     import xarray as xr
 
-    from tasks.demo_world.layout import WorldLayout
-    from tasks.demo_world.vegetation import NDVI_NODATA, NDVI_SCALE, composites_covering
-    from tasks.demo_world.writers.era5 import write_era5_zip
-    from tasks.geotiff import write_geotiff
+    from demo_world.layout import WorldLayout
+    from demo_world.vegetation import NDVI_NODATA, NDVI_SCALE, composites_covering
+    from demo_world.writers.era5 import write_era5_zip
+    from tasks.io.geotiff import write_geotiff
     from tasks.readers.names import era5_demo_name
 
     layout = WorldLayout(root, region, start, end, grid_step)
@@ -228,7 +228,7 @@ def figure(table: dict, held: dict[str, pd.DataFrame], archive: dict, path: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tasks.atomic import atomic_path
+    from tasks.io.atomic import atomic_path
 
     methods = list(table)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
@@ -257,7 +257,7 @@ def figure(table: dict, held: dict[str, pd.DataFrame], archive: dict, path: Path
 
 
 def write_text(path: Path, text: str) -> Path:
-    from tasks.atomic import atomic_path
+    from tasks.io.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(text)

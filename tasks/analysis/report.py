@@ -58,8 +58,8 @@ import rasterio
 
 from tasks.archive import archived_days, day_cog_path
 from tasks.archive.layout import region_dir
-from tasks.atomic import atomic_path, publish_text
-from tasks.grid import Grid
+from tasks.io.atomic import atomic_path, publish_text
+from tasks.gridding.geometry import Grid
 from tasks.regions.boundary import boundary_mask, read_boundary
 
 SEASONS = ("DJF", "MAM", "JJA", "SON")

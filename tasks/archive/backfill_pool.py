@@ -37,7 +37,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable
 
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.settings import Settings
 
 # (settings, grid, day, predictor, champion) -> the day's archive row (tasks/prefect_tasks.py::map_day).
@@ -137,7 +137,7 @@ def map_days_in_processes(settings: Settings, grid: Grid, days: list[date], cham
 
     `on_done` is called in this process as each day finishes (progress). `open_predictor` and
     `map_one` must be module-level functions (they are sent to spawned processes)."""
-    from tasks.state_check import remove_dead_temp_files
+    from tasks.io.state_check import remove_dead_temp_files
 
     plan = PoolPlan.for_days(len(days), workers)
     context = multiprocessing.get_context("spawn")

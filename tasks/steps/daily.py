@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from tasks.archive import day_cog_path, quicklook_markdown
-from tasks.quarantine import InputFileError
+from tasks.io.quarantine import InputFileError
 from tasks.sources.products import PRODUCTS, SATELLITES
 from tasks.sources.pull import PullReport
 from tasks.steps.artifacts import Artifact, page, table
@@ -60,7 +60,7 @@ def granules_of_day(granules: Mapping[str, Mapping[date, list[Path]]], day: date
 
 
 def day_row(gridded, n_samples: int, era5_ready: bool, era5_problem: str | None, ndvi_problem: str | None) -> dict:
-    """The row of one gridded day in the run's table (`gridded`: tasks.ingest.DayGridding)."""
+    """The row of one gridded day in the run's table (`gridded`: tasks.samples.ingest.DayGridding)."""
     return {"day": gridded.day.isoformat(), **{f"{s}_granules": gridded.granules.get(s, 0) for s in SATELLITES},
             **{f"{s}_soundings": gridded.soundings.get(s, 0) for s in SATELLITES},
             "samples": n_samples, "era5": "yes" if era5_ready else "waiting", "era5_problem": era5_problem,
@@ -69,7 +69,7 @@ def day_row(gridded, n_samples: int, era5_ready: bool, era5_problem: str | None,
 
 
 def sample_ready_day(gridded, inputs, update: Callable[[date], int], logger) -> tuple[dict, list[dict]]:
-    """Sample one gridded day if its inputs (`inputs`: tasks.inference.DayReadiness) are ready:
+    """Sample one gridded day if its inputs (`inputs`: tasks.mapping.inference.DayReadiness) are ready:
     (its row, the ERA5 files quarantined on the way). A day waiting for ERA5 or NDVI, or whose
     input turns out bad while sampling (InputFileError from `update`), waits; the others go on."""
     n, ready, problem = 0, inputs.era5.ready, inputs.era5.why

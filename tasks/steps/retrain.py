@@ -26,8 +26,8 @@ from models.holdouts import (ANOMALY_SHARES, FieldFit, Holdouts, anomaly_scale, 
 from models.residual_field import ResidualFieldError
 from models.holdouts import split_samples as split_holdouts
 from models.training import TrainedModel, TrainingConfig, train_resnet_lstm
-from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
-from tasks.samples import read_samples
+from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from tasks.samples.store import read_samples
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)

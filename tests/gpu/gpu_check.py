@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-# (mean, std, low, high) of the 46 features of fs1-46 (tasks/features.py), roughly as in Sichuan:
+# (mean, std, low, high) of the 46 features of fs1-46 (tasks/covariates/features.py), roughly as in Sichuan:
 # raw scales matter, the exported graph standardises them in float32.
 _FEATURES = (
     [(2500, 1600, 200, 6500)] * 5 + [(12, 10, 0, 70), (250, 200, 0, 2000)]  # elevation, slope, std
