@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -98,27 +99,37 @@ def grid_day(day: date, granules: dict[str, list[Path]], grid: Grid, region_dir:
     return result
 
 
-def write_footprints(region_dir: Path, source: str, day: date, footprints: pd.DataFrame) -> Path:
-    path = footprint_file(region_dir, source, day)
-    frame = footprints.astype(FOOTPRINT_DTYPES)
+def _write_parquet(path: Path, frame: pd.DataFrame, read_back: Callable[..., pd.DataFrame], rows: str) -> Path:
+    """The gridded store's one writer: `frame` to `path` through a temp sibling that is read back
+    whole (`read_back`, the store's reader of that kind of file) before it replaces `path`, so a
+    short write (full disk) never replaces a good file. `rows` names the rows in the error."""
 
     def reads_back_whole(tmp: Path) -> None:
-        written = _read_footprints(tmp, shown_as=path)
+        written = read_back(tmp, shown_as=path)
         if len(written) != len(frame):
-            raise GriddedStoreError(f"{path}: wrote {len(frame)} footprint cells, read back {len(written)}")
+            raise GriddedStoreError(f"{path}: wrote {len(frame)} {rows}, read back {len(written)}")
 
     with atomic_path(path, verify=reads_back_whole) as tmp:
         frame.to_parquet(tmp, index=False)
     return path
 
 
+def _read_table(path: Path, shown: Path, kind: str) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise GriddedStoreError(f"{shown}: unreadable {kind} file ({exc}); the next run's state check "
+                                "sets it aside and grids the day again") from None
+
+
+def write_footprints(region_dir: Path, source: str, day: date, footprints: pd.DataFrame) -> Path:
+    return _write_parquet(footprint_file(region_dir, source, day), footprints.astype(FOOTPRINT_DTYPES),
+                          _read_footprints, "footprint cells")
+
+
 def _read_footprints(path: Path, shown_as: Path | None = None) -> pd.DataFrame:
     shown = shown_as or path
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise GriddedStoreError(f"{shown}: unreadable footprints file ({exc}); the next run's state check "
-                                "sets it aside and grids the day again") from None
+    table = _read_table(path, shown, "footprints")
     if not table.schema.remove_metadata().equals(FOOTPRINT_SCHEMA):
         raise GriddedStoreError(f"{shown}: columns {table.schema.names} differ from the footprints' "
                                 f"{FOOTPRINT_SCHEMA.names}")
@@ -141,27 +152,12 @@ def load_footprints(region_dir: Path, source: str, days) -> dict[date, pd.DataFr
 
 
 def write_gridded(region_dir: Path, source: str, day: date, cells: pd.DataFrame) -> Path:
-    path = gridded_file(region_dir, source, day)
-    frame = cells.astype(GRIDDED_COLUMNS)
-
-    def reads_back_whole(tmp: Path) -> None:
-        # A short write (full disk) must not replace a good file.
-        written = _read_gridded(tmp, shown_as=path)
-        if len(written) != len(frame):
-            raise GriddedStoreError(f"{path}: wrote {len(frame)} cells, read back {len(written)}")
-
-    with atomic_path(path, verify=reads_back_whole) as tmp:
-        frame.to_parquet(tmp, index=False)
-    return path
+    return _write_parquet(gridded_file(region_dir, source, day), cells.astype(GRIDDED_COLUMNS), _read_gridded, "cells")
 
 
 def _read_gridded(path: Path, shown_as: Path | None = None) -> pd.DataFrame:
     shown = shown_as or path
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise GriddedStoreError(f"{shown}: unreadable gridded cells file ({exc}); the next run's state check "
-                                "sets it aside and grids the day again") from None
+    table = _read_table(path, shown, "gridded cells")
     got = [(f.name, f.type) for f in table.schema]
     want = [(f.name, f.type) for f in GRIDDED_SCHEMA]
     if got == [(f.name, f.type) for f in PREVIOUS_GRIDDED_SCHEMA]:
