@@ -1,7 +1,8 @@
 """The monthly retrain: train the ResNet-LSTM on the sample store, log, register, promote, export.
 
-Each step is a function of tasks/steps/retrain.py (as Prefect tasks from
-tasks/prefect_tasks_retrain.py), models/ or registry/, tested without Prefect.
+Each step is a function of tasks/steps/retrain.py (training, as Prefect tasks from
+tasks/prefect_tasks_retrain.py), tasks/steps/retrain_results.py (scores, logged parameters, report),
+models/ or registry/, tested without Prefect.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from registry.tracking import figure_links, log_training_run
 from tasks import prefect_tasks, prefect_tasks_retrain as retrain_tasks
 from tasks.gridding.geometry import Grid
 from tasks.settings import Settings, load_settings
-from tasks.steps import retrain as steps
+from tasks.steps import retrain as steps, retrain_results as results
 from tasks.steps.artifacts import page, table
-from tasks.steps.retrain import NotEnoughSamples, score_holdouts
+from tasks.steps.retrain import NotEnoughSamples
+from tasks.steps.retrain_results import score_holdouts
 
 __all__ = ["NotEnoughSamples", "monthly_retrain", "score_holdouts", "split_samples"]
 
@@ -59,23 +61,23 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     trained = retrain_tasks.train(settings, X, y, weight, split, background)
     trained, field_fit = retrain_tasks.fit_daily_field(settings, trained, X, y, df, split)
     trained = retrain_tasks.calibrate_uncertainty(settings, trained, X, y, split)
-    scores = steps.score_holdouts(trained, field_fit, X, y, df, split)
+    scores = results.score_holdouts(trained, field_fit, X, y, df, split)
 
     # One ONNX graph, parity checked; the figures on the data the gate compares on.
     work = Path(tempfile.mkdtemp(prefix="xco2-retrain-"))
     onnx_path = export_onnx(trained, work / "model.onnx")
     parity = check_onnx_parity(trained, onnx_path, X[split.random][:2000])
-    gate_idx, gate = steps.gate_data(split)
-    gate_predicted, _ = steps.archive_view(trained, field_fit, X, df, gate_idx)
+    gate_idx, gate = results.gate_data(split)
+    gate_predicted, _ = results.archive_view(trained, field_fit, X, df, gate_idx)
     figures = [plot_loss_curves(trained.history, work / "loss_curves.png"),
                plot_scatter(y[gate_idx], gate_predicted, work / "heldout_scatter.png")]
 
     # Logged and registered; the gate: the champion and this version (graph outputs) on the same
     # held-out cells neither saw.
     experiment = f"xco2-{settings.region.name}"
-    params = steps.training_params(settings, df, split, trained, background, gosat["fit"]["fit_id"], gate)
+    params = results.training_params(settings, df, split, trained, background, gosat["fit"]["fit_id"], gate)
     version = log_training_run(settings.tracking_uri, experiment, settings.registered_model_name, trained,
-                               onnx_path, steps.metrics_for_mlflow(scores), params, figures,
+                               onnx_path, results.metrics_for_mlflow(scores), params, figures,
                                {"source_mode": settings.source.value}, onnx_parity_max_abs_ppm=parity)
     decision = promote(settings.tracking_uri, settings.registered_model_name, version.version,
                        X[gate_idx], y[gate_idx], margin_ppm=settings.promotion_margin_ppm)
@@ -86,14 +88,14 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     if settings.comparison_protocols:
         comparison = retrain_tasks.compare_models(settings, X, y, df, comparison_truth(settings))
         log_model_comparison(settings.tracking_uri, experiment, comparison.table, comparison.figure,
-                             steps.baseline_params(settings.comparison_models, comparison.budget),
+                             results.baseline_params(settings.comparison_models, comparison.budget),
                              comparison.budget.to_params(), settings.source.value, run_id=version.run_id)
         prefect_tasks.publish([table("retrain-model-comparison", comparison.rounded_rows(),
                                      "Models x validation protocols on identical features and splits")])
     links = figure_links(settings.tracking_uri, version.run_id, figures)
     prefect_tasks.publish([
-        table("retrain-heldout-scores", steps.heldout_table(scores), "The map on held-out data, headline first"),
-        page("retrain-report", steps.report_markdown(settings, version, decision, trained, split, scores, field_fit,
+        table("retrain-heldout-scores", results.heldout_table(scores), "The map on held-out data, headline first"),
+        page("retrain-report", results.report_markdown(settings, version, decision, trained, split, scores, field_fit,
                                                      parity, gate, links, comparison.markdown if comparison else None)),
     ])
-    return steps.run_result(version, decision, scores, gate, parity, trained, gosat["fit"], comparison, links)
+    return results.run_result(version, decision, scores, gate, parity, trained, gosat["fit"], comparison, links)

@@ -1,7 +1,8 @@
 """The Prefect task wrappers of the monthly retrain (flows/retrain.py): thin tasks over
-tasks/steps/retrain.py. Kept apart from tasks/prefect_tasks.py because these train with torch,
-which the nightly mapping path never imports (import-linter contract `nightly-without-torch`).
-The retrain's GOSAT refit and state check are the nightly module's tasks.
+tasks/steps/retrain.py (and the comparison of tasks/steps/retrain_results.py). Kept apart from
+tasks/prefect_tasks.py because these train with torch, which the nightly mapping path never
+imports (import-linter contract `nightly-without-torch`). The retrain's GOSAT refit and state
+check are the nightly module's tasks.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from models.holdouts import Holdouts
 from tasks.settings import Settings
-from tasks.steps import retrain as steps
+from tasks.steps import retrain as steps, retrain_results
 
 # Inputs are large arrays and settings objects: never hash them for caching.
 unit = partial(task, cache_policy=NO_CACHE)
@@ -49,4 +50,4 @@ def calibrate_uncertainty(settings: Settings, trained, X: np.ndarray, y: np.ndar
 @unit(name="compare-models")
 def compare_models(settings: Settings, X: np.ndarray, y: np.ndarray, df: pd.DataFrame, truth=None):
     """Baselines and protocols on identical features and splits (issue 4)."""
-    return steps.compare_models(settings, X, y, df, truth)
+    return retrain_results.compare_models(settings, X, y, df, truth)

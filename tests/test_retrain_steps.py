@@ -1,4 +1,4 @@
-"""The retrain's choices that are not training (tasks/steps/retrain.py), without Prefect: the
+"""The retrain's choices that are not training (tasks/steps/retrain_results.py), without Prefect: the
 training data's minimum, the gate's data, what is logged to MLflow and reported."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 
 from models.holdouts import Holdouts
 from tasks.settings import load_settings
-from tasks.steps import retrain as steps
+from tasks.steps import retrain_results as steps
+from tasks.steps.retrain import NotEnoughSamples, training_data
 
 
 def _split(gate=True) -> Holdouts:
@@ -49,8 +50,8 @@ def test_heldout_table_labels_and_rounds():
 
 
 def test_too_few_samples_say_so(tmp_path):
-    with pytest.raises(steps.NotEnoughSamples, match="run the daily flow first"):
-        steps.training_data(tmp_path)
+    with pytest.raises(NotEnoughSamples, match="run the daily flow first"):
+        training_data(tmp_path)
 
 
 def test_baseline_params_leave_out_the_network():
