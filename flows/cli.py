@@ -21,7 +21,7 @@ console = Console()
 
 
 def _cmd_inspect(args) -> int:
-    from tasks.quarantine import InputFileError
+    from tasks.io.quarantine import InputFileError
     from tasks.readers import inspect_file
 
     try:
@@ -34,7 +34,7 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_features(args) -> int:
-    from tasks.features import FEATURE_SET_VERSION, feature_table_markdown
+    from tasks.covariates.features import FEATURE_SET_VERSION, feature_table_markdown
 
     print(f"Feature set {FEATURE_SET_VERSION}\n")
     print(feature_table_markdown())
@@ -52,7 +52,7 @@ def _cmd_config(args) -> int:
 
 def _cmd_daily(args) -> int:
     from flows.daily import ArchiveDaysFailed, daily_update
-    from tasks.covariates import CovariateError
+    from tasks.covariates.static import CovariateError
     from tasks.sources.pull import EverySourceFailed
 
     load_settings()  # fail fast on bad configuration, before any flow starts
@@ -112,8 +112,8 @@ def _cmd_sources_check(args) -> int:
 
 
 def _grid_covariates(settings) -> None:
-    from tasks.covariates import build_covariates
-    from tasks.grid import Grid
+    from tasks.covariates.static import build_covariates
+    from tasks.gridding.geometry import Grid
 
     meta = build_covariates(settings.raw_dir / "static", Grid.for_region(settings.region, settings.grid_step),
                             settings.region_dir)
@@ -195,8 +195,8 @@ def _print_demo_summary(s: dict) -> None:
 
 
 def _cmd_past_window(args) -> int:
-    from flows.past_window import BIAS_CRITERION_PPM, MAP_LABELS, PastWindowOptions, past_window_check
-    from tasks.demo_world import truth_for_day
+    from tasks.analysis.past_window import BIAS_CRITERION_PPM, MAP_LABELS, PastWindowOptions, past_window_check
+    from demo_world import truth_for_day
 
     settings = load_settings()
     if settings.source.value != "demo":
@@ -289,7 +289,7 @@ def _cmd_benchmark_real(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from tasks.report import report_window, select_days
+    from tasks.analysis.report import report_window, select_days
 
     try:
         first, last = report_window(args.start, args.end)

@@ -1,21 +1,20 @@
 """`xco2 report`: annual, seasonal and monthly means of the archive, growth rates and mean maps.
 
-The work is in `tasks/report.py` (plain functions, tested without Prefect); this flow runs its
-steps as tasks and publishes the tables and the summary as artifacts under stable keys.
+The work is in `tasks/analysis/report.py` (plain functions, tested without Prefect); this flow runs its
+steps as tasks (tasks/prefect_tasks.py) and publishes the tables and the summary as artifacts under stable keys.
 """
 
 from __future__ import annotations
 
 from datetime import date
-from functools import partial
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
-from tasks import report
-from tasks.grid import Grid
+from tasks.analysis import report
+from tasks.prefect_tasks import report_scan_and_map, report_select_days, report_summarise, report_write_outputs
+from tasks.gridding.geometry import Grid
 from tasks.settings import load_settings
 
 ARTIFACT_KEYS = {
@@ -24,30 +23,6 @@ ARTIFACT_KEYS = {
     "annual": "report-annual-means",
     "summary": "report-summary",
 }
-
-# Inputs are settings, grids and lists of day statistics: never hash them for caching.
-unit = partial(task, cache_policy=NO_CACHE)
-
-
-@unit(name="report-select-days")
-def select_days(archive_root: Path, region_name: str, first: date, last: date) -> list[date]:
-    return report.select_days(archive_root, region_name, first, last)
-
-
-@unit(name="report-scan-archive")
-def scan_and_map(archive_root: Path, region_name: str, grid: Grid, days: list[date], out_dir: Path,
-                 area: report.ReportArea | None = None):
-    return report.scan_and_map(archive_root, region_name, grid, days, out_dir, area)
-
-
-@unit(name="report-summarise")
-def summarise(daily: list[report.DayStat]) -> dict:
-    return report.summarise(daily)
-
-
-@unit(name="report-write-outputs")
-def write_outputs(out_dir: Path, tables: dict, maps: list[report.MapInfo], context: dict) -> dict:
-    return report.write_outputs(out_dir, tables, maps, context)
 
 
 def default_out_dir(settings, first: date, last: date) -> Path:
@@ -64,13 +39,13 @@ def archive_report(start: str, end: str, out_dir: str | None = None, overrides: 
     target = Path(out_dir) if out_dir else default_out_dir(settings, first, last)
     region = settings.region.name
 
-    days = select_days(settings.archive_root, region, first, last)
+    days = report_select_days(settings.archive_root, region, first, last)
     logger.info("report of %d archived days of %s, %s..%s, into %s", len(days), region, first, last, target)
     area = report.ReportArea.for_region(settings.region, grid)  # the boundary's cells, or the whole box
-    daily, maps = scan_and_map(settings.archive_root, region, grid, days, target, area)
-    tables = summarise(daily)
+    daily, maps = report_scan_and_map(settings.archive_root, region, grid, days, target, area)
+    tables = report_summarise(daily)
     context = report.report_context(settings.archive_root, region, grid, first, last, area)
-    result = write_outputs(target, tables, maps, context)
+    result = report_write_outputs(target, tables, maps, context)
 
     window = f"{first}..{last} ({region})"
     create_table_artifact(key=ARTIFACT_KEYS["monthly"], table=tables["monthly"],

@@ -60,8 +60,8 @@ TABLE_COLUMNS = ("model", "protocol", *METRIC_KEYS, "n_folds", "n_train", "rmse_
                  "fit_seconds", "predict_seconds")
 TRUTH_PREFIX = "truth_"
 
-TruthFunction = Callable[[np.ndarray, np.ndarray], Any]
-"""truth(cells, days) -> true XCO2 (ppm) at those cell-days; nan where unknown."""
+TruthFunction = Callable[[np.ndarray, np.ndarray | None], Any]
+"""truth(cells, days) -> true XCO2 (ppm) at those cell-days (days None when the samples have none); nan where unknown."""
 
 
 @dataclass
@@ -195,7 +195,7 @@ def run_comparison(
                                      if len(acc["rmse"]) > 1 else float("nan")),
                    "fit_seconds": float(np.sum(acc["fit"])),
                    "predict_seconds": float(np.sum(acc["predict"]))}
-            if truth is not None:
+            if truth is not None and cells_arr is not None:  # truth comes with cells (checked above)
                 row.update(_truth_scores(truth, cells_arr[idx],
                                          None if days_arr is None else days_arr[idx], pred))
             rows.append(row)

@@ -10,7 +10,7 @@ numbers never come from data that tuned them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field as dataclass_field
 
 import numpy as np
 import pandas as pd
@@ -113,7 +113,7 @@ def anomaly_scale(residual_from_background: np.ndarray, network_anomaly: np.ndar
     return float(np.clip(np.sum(w * a * r) / denominator, 0.0, 1.0))
 
 
-# Candidate shares of the network anomaly in the map (tasks/retrain_steps.py::fit_daily_field).
+# Candidate shares of the network anomaly in the map (tasks/steps/retrain.py::fit_daily_field).
 ANOMALY_SHARES = (0.0, 0.5, 1.0)
 
 
@@ -164,7 +164,7 @@ class FieldFit:
     observations: Superobs  # the training super-observations the held-out sets are predicted from
     calibration_coverage: dict[str, float]
     # name -> (residual, field mean, field variance) of the calibration halves
-    calibration_predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    calibration_predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = dataclass_field(default_factory=dict)
 
 
 def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
@@ -191,7 +191,8 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
     if cross_validate:
         for name, (r, m, v) in _cross_validated(fitted, frame, residual, weight, training, seed, block_km).items():
             if name in holdouts:
-                holdouts[name] = tuple(np.concatenate([a, b]) for a, b in zip(holdouts[name], (r, m, v)))
+                r0, m0, v0 = holdouts[name]
+                holdouts[name] = (np.concatenate([r0, r]), np.concatenate([m0, m]), np.concatenate([v0, v]))
             else:
                 holdouts[name] = (r, m, v)
     fitted, coverage = calibrate_interval(fitted, holdouts)
@@ -226,7 +227,8 @@ def _cross_validated(fitted: ResidualField, frame: pd.DataFrame, residual: np.nd
             obs = _superobs_of(frame, residual, weight, training[rest], fitted.superob_deg, fitted.clip_ppm)
             mean, var = predict_field(fitted, obs, frame, test)
             parts.append((residual[test], mean, var))
-        out[name] = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+        r, m, v = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        out[name] = (r, m, v)
     return out
 
 

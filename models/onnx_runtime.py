@@ -238,8 +238,8 @@ def estimate_bytes_per_cell(onnx_path: str | Path) -> int:
         if value.name in initializers or not value.type.HasField("tensor_type"):
             continue
         tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-        if not tensor.HasField("shape") or None in dims:
+        dims = [d.dim_value for d in tensor.shape.dim if d.HasField("dim_value")]
+        if not tensor.HasField("shape") or len(dims) < len(tensor.shape.dim):
             unknown += 1
             continue
         try:

@@ -237,7 +237,9 @@ def fit_residual_field(obs: Superobs, lat0: float, seed: int = 0, max_points: in
         p = p[[3, 4, 5, 0, 1, 2, 6, 7]]
     # Observations further away in time than three of the longer time scale add almost nothing.
     window_days = int(np.clip(math.ceil(3 * max(p[2], p[5])), 3, max_window_days))
-    return ResidualField(*[float(x) for x in p], window_days=window_days, superob_deg=superob_deg,
+    local_v, local_km, local_days, regional_v, regional_km, regional_days, correlated, independent = map(float, p)
+    return ResidualField(local_v, local_km, local_days, regional_v, regional_km, regional_days, correlated, independent,
+                         window_days=window_days, superob_deg=superob_deg,
                          lattice_deg=lattice_deg, n_fit=len(o), clip_ppm=clip_ppm)
 
 

@@ -192,7 +192,7 @@ def _feature_matrix(name: str, X: Any, feature_names: Sequence[str]) -> np.ndarr
     bad = ~np.isfinite(X)
     if bad.any():
         counts = bad.sum(axis=0)
-        which = [f"{feature_names[j]} ({counts[j]})" for j in np.flatnonzero(counts)]
+        which = [f"{feature_names[int(j)]} ({counts[j]})" for j in np.flatnonzero(counts)]
         raise ValueError(f"{name}: non-finite values in features: {', '.join(which[:10])}")
     return X
 

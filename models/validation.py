@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -153,13 +153,13 @@ def group_folds(groups: Any, n_folds: int = 5, seed: int = 0, attempts: int = 16
             "blocks"
         )
     rng = np.random.default_rng(seed)
-    best, best_spread = None, None
-    for _ in range(max(int(attempts), 1)):
-        fold_of_group, spread = _greedy_assignment(counts, n_folds, rng)
-        if best_spread is None or spread < best_spread:
-            best, best_spread = fold_of_group, spread
+    best, best_spread = _greedy_assignment(counts, n_folds, rng)
+    for _ in range(max(int(attempts), 1) - 1):
         if best_spread <= 1:
             break
+        fold_of_group, spread = _greedy_assignment(counts, n_folds, rng)
+        if spread < best_spread:
+            best, best_spread = fold_of_group, spread
     fold_of_sample = best[inverse.reshape(-1)]
     return [
         (np.flatnonzero(fold_of_sample != k), np.flatnonzero(fold_of_sample == k))
@@ -213,6 +213,18 @@ def random_kfold(n: int, n_folds: int = 5, seed: int = 0) -> list[Fold]:
         (np.flatnonzero(fold_of_sample != k), np.flatnonzero(fold_of_sample == k))
         for k in range(n_folds)
     ]
+
+
+@overload
+def spatial_block_ids(
+    latitude: Any, longitude: Any, block_km: float = ..., *, return_bounds: Literal[False] = ...
+) -> np.ndarray: ...
+
+
+@overload
+def spatial_block_ids(
+    latitude: Any, longitude: Any, block_km: float = ..., *, return_bounds: Literal[True]
+) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def spatial_block_ids(

@@ -191,3 +191,17 @@ def log_comparison(
     log.info("logged model comparison (%d rows) to run %s at %s", len(table), run_id,
              redact_uri(tracking_uri))
     return run_id
+
+
+def log_model_comparison(tracking_uri: str, experiment_name: str, table: Any, figure: str | Path,
+                         model_params: Mapping[str, Mapping[str, Any]], budget_params: Mapping[str, Any],
+                         source_mode: str, run_id: str | None = None) -> None:
+    """A comparison's baselines (one run each, `model_params` by model name, the ResNet-LSTM
+    excepted: its run is the retrain's) and its table and figure on the retrain's run `run_id`."""
+    from models.comparison import metrics_by_protocol
+
+    for model, params in model_params.items():
+        if model != "resnet_lstm":
+            log_baseline_run(tracking_uri, experiment_name, model, {**params, **budget_params},
+                             metrics_by_protocol(table, model), [figure], {"source_mode": source_mode})
+    log_comparison(tracking_uri, experiment_name, table, figure, run_id=run_id)

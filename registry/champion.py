@@ -77,7 +77,7 @@ class ChampionModel:
     metrics: dict[str, float] = field(default_factory=dict)
     flavor: str = "onnx"
     # The last day of the samples it was trained on (run param `train_last_day`), if recorded:
-    # maps of later days are anchored to recent observations (tasks/anchoring.py).
+    # maps of later days are anchored to recent observations (tasks/mapping/anchoring.py).
     train_last_day: date | None = None
     # How maps are made from the graph (models/onnx_export.py::mapping_metadata): background,
     # anomaly scale, daily-anomaly field; None for versions exported before the background.

@@ -212,3 +212,12 @@ def promote(
         version=int(candidate.version),
         previous_champion_version=previous,
     )
+
+
+def tag_gate(tracking_uri: str, model_name: str, version: int, previous: int | None, gate: str, n: int,
+             margin_ppm: float) -> None:
+    """Say on both versions which evaluation data the promotion compared them on."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for v in {version, previous} - {None}:
+        client.set_model_version_tag(model_name, str(v), f"promotion_v{version}_holdout",
+                                     f"{gate}, N {n}, margin {margin_ppm:g} ppm")

@@ -448,3 +448,13 @@ def log_training_run(
     )
     return ModelVersionInfo(name=registered_model_name, version=version, run_id=run_id,
                             torch_model_uri=torch_info.model_uri)
+
+
+def figure_links(tracking_uri: str, run_id: str, figures: Sequence[Path]) -> list[tuple[str, str]]:
+    """(name, URI) of the run's figures as logged under FIGURES_DIR, for a flow's report (the MLflow UI shows them too)."""
+    from mlflow.tracking import MlflowClient
+
+    from registry.store import FIGURES_DIR
+
+    root = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.artifact_uri
+    return [(f.stem.replace("_", " "), f"{root}/{FIGURES_DIR}/{f.name}") for f in figures]

@@ -267,7 +267,7 @@ class Settings(BaseSettings):
     ingest_lookback_days: int = Field(10, ge=1, description="days back the daily run looks for late granules")
     archive_lookback_days: int = Field(3, ge=1, description="days back the nightly run fills")
     inference_batch_size: int = Field(8192, ge=256, description="cells per ONNX Runtime call")
-    # Anchoring (tasks/anchoring.py): each map is offset by the mean residual of the fused
+    # Anchoring (tasks/mapping/anchoring.py): each map is offset by the mean residual of the fused
     # observations of the trailing window, so the archive holds its level past the training window.
     anchoring: bool = Field(True, description="offset each map by the recent observations' mean residual")
     anchor_window_days: int = Field(24, ge=1, le=90, description="trailing days of observations")
@@ -275,7 +275,7 @@ class Settings(BaseSettings):
         "trend", description="line through the daily residuals at the day, or their mean")
     anchor_min_cells_per_day: int = Field(20, ge=1, description="observed cells a day needs to count")
     anchor_max_cells_per_day: int = Field(500, ge=10, description="observed cells per day predicted (seeded subsample)")
-    # The daily anomaly (tasks/daily_anomaly.py) replaces anchoring for champions that carry a
+    # The daily anomaly (tasks/mapping/daily_anomaly.py) replaces anchoring for champions that carry a
     # residual field (every champion trained with a background).
     daily_anomaly: bool = Field(True, description="add the kriged residuals of the observations around each day")
     daily_anomaly_max_cells_per_day: int = Field(

@@ -39,3 +39,15 @@ def tracking_uri(session_tmp) -> str:
     path = session_tmp / "mlflow" / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No XCO2_* variable from the caller's environment and no ./xco2.toml from elsewhere: settings
+    as a test sets them. (The credential tests define their own `clean_env`, for the credential
+    variables.)"""
+    for name in list(os.environ):
+        if name.upper().startswith("XCO2_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch

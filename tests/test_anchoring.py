@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.anchoring import anchor_for_day, anchor_from_residuals, daily_residuals, sample_store_reader
-from tasks.features import FEATURE_NAMES
-from tasks.samples import write_day
+from tasks.mapping.anchoring import anchor_for_day, anchor_from_residuals, daily_residuals, sample_store_reader
+from tasks.covariates.features import FEATURE_NAMES
+from tasks.samples.store import write_day
 
 DAY = date(2020, 8, 20)
 

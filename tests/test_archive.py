@@ -31,7 +31,7 @@ from tasks.archive import (
     write_day_cog,
 )
 from tasks.archive.stac_validation import OfflineSTACValidator
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.settings import Region
 
 REGION = "testland"

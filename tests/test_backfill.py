@@ -14,7 +14,7 @@ import rasterio
 from flows.backfill import backfill, backfill_day, run_backfill, task_runner_for
 from flows.demo import SMALL_REGION, DemoOptions, run_demo
 from tasks.archive import collection_path, day_cog_path, validate_cog, validate_stac
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.settings import load_settings
 
 DAYS = ["2020-06-04", "2020-06-05", "2020-06-06"]
@@ -93,7 +93,7 @@ def test_day_task_pickles_for_dask(world):
         assert repr(cloudpickle.loads(cloudpickle.dumps(obj))) == repr(obj)
     task = cloudpickle.loads(cloudpickle.dumps(backfill_day))
     assert task.name == backfill_day.name
-    assert task.fn.__module__ == "flows.backfill" and task.fn.__code__.co_code == backfill_day.fn.__code__.co_code
+    assert task.fn.__module__ == "tasks.prefect_tasks" and task.fn.__code__.co_code == backfill_day.fn.__code__.co_code
 
 
 def test_thread_backfill_writes_the_days(thread_run):

@@ -58,7 +58,7 @@ def test_outliers_are_dropped_the_way_inputs_are():
 
 def test_lite_files_round_trip_through_the_reader(tmp_path):
     from tasks.readers import read_soundings
-    from tasks.soundings import good_soundings
+    from tasks.gridding.soundings import good_soundings
 
     df = tiny_table()
     train = df[df["day"] <= date(2016, 3, 3)]

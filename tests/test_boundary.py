@@ -4,7 +4,6 @@ the settings' errors, predicting only the cells inside, and the COG's nodata out
 from __future__ import annotations
 
 import json
-import os
 import struct
 from datetime import date
 from pathlib import Path
@@ -16,24 +15,15 @@ from pyproj import Geod
 from shapely.geometry import Point
 
 from tasks.archive import write_day_cog
-from tasks.features import METEO_NAMES, NDVI_NAMES, STATIC_NAMES, DayLayers
-from tasks.grid import Grid
-from tasks.inference import predict_day
+from tasks.covariates.features import METEO_NAMES, NDVI_NAMES, STATIC_NAMES, DayLayers
+from tasks.gridding.geometry import Grid
+from tasks.mapping.inference import predict_day
 from tasks.regions.boundary import (SHIPPED_BOUNDARIES, BoundaryError, boundary_mask, read_boundary,
                                     region_mask)
 from tasks.settings import ConfigError, Region, load_settings
 
 SQUARE = [[0.3, 0.3], [0.7, 0.3], [0.7, 0.7], [0.3, 0.7], [0.3, 0.3]]  # no cell centre on its edges
 UNIT_BOX = {"name": "unit", "west": 0.0, "south": 0.0, "east": 1.0, "north": 1.0}
-
-
-@pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    for name in list(os.environ):
-        if name.upper().startswith("XCO2_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no ./xco2.toml from elsewhere
-    return monkeypatch
 
 
 def _geojson(path: Path, rings: list, kind: str = "Polygon") -> Path:

@@ -4,8 +4,8 @@ from datetime import date
 import pytest
 
 from flows.cli import main
-from tasks.demo_world import write_gosat_c3s, write_oco_lite
-from tasks.demo_world.fixtures import tiny_soundings
+from demo_world import write_gosat_c3s, write_oco_lite
+from demo_world.fixtures import tiny_soundings
 
 
 @pytest.fixture

@@ -217,7 +217,7 @@ def test_compose_worker_runs_the_daily_deployment(compose_stack):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.demo import DemoOptions
-    from tasks.demo_world import write_demo_world
+    from demo_world import write_demo_world
     from tasks.settings import Settings
 
     region = Settings().region  # the worker has no region setting: the default one

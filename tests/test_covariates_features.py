@@ -5,13 +5,14 @@ import pytest
 import rasterio
 from affine import Affine
 
-from tasks.covariates import (
+from tasks.covariates.static import (
     CovariateError, StaticCovariates, area_weighted, build_covariates, class_fractions,
     neighbourhood_mean, window_cells,
 )
-from tasks.features import FEATURE_NAMES, FEATURES, METEO_NAMES, NDVI_NAMES, STATIC_NAMES, DayLayers, feature_table_markdown
-from tasks.grid import Grid
-from tasks.meteorology import MeteorologyError, _bilinear_weights, regrid_bilinear
+from tasks.covariates.features import (FEATURE_NAMES, FEATURES, METEO_NAMES, NDVI_NAMES, STATIC_NAMES, DayLayers,
+                                      feature_table_markdown)
+from tasks.gridding.geometry import Grid
+from tasks.covariates.meteorology import MeteorologyError, _bilinear_weights, regrid_bilinear
 
 GRID = Grid(west=104.0, south=30.0, east=104.2, north=30.1, step=0.01)
 

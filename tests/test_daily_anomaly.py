@@ -1,4 +1,4 @@
-"""The daily anomaly of a mapped day (tasks/daily_anomaly.py) on a tiny sample store: the residual
+"""The daily anomaly of a mapped day (tasks/mapping/daily_anomaly.py) on a tiny sample store: the residual
 cache per champion version, the map's field inside the region only, and the own-day score."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from models.residual_field import ResidualField
-from tasks.daily_anomaly import daily_anomaly, field_of
-from tasks.features import FEATURE_NAMES
-from tasks.grid import Grid
-from tasks.samples import write_day
+from tasks.mapping.daily_anomaly import daily_anomaly, field_of
+from tasks.covariates.features import FEATURE_NAMES
+from tasks.gridding.geometry import Grid
+from tasks.samples.store import write_day
 
 DAY = date(2020, 6, 15)
 MODEL_PPM = 410.0

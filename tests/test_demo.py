@@ -51,7 +51,7 @@ def test_the_holdouts_never_steer_training(tmp_path):
 def test_the_small_demo_region_crosses_sichuans_border():
     """`make demo`'s region: Sichuan cells (mapped) and Chongqing cells (nodata) in one small box."""
     from flows.demo import SMALL_REGION
-    from tasks.grid import Grid
+    from tasks.gridding.geometry import Grid
     from tasks.regions.boundary import SHIPPED_BOUNDARIES, region_mask
 
     assert SMALL_REGION.boundary == str(SHIPPED_BOUNDARIES["sichuan"])

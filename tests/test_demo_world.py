@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import rasterio
 
-from tasks.demo_world import DemoWorld, truth_for_day, write_demo_world
-from tasks.demo_world.noise import Sampler, value_noise_grid, value_noise_points
-from tasks.grid import Grid
+from demo_world import DemoWorld, truth_for_day, write_demo_world
+from demo_world.noise import Sampler, value_noise_grid, value_noise_points
+from tasks.gridding.geometry import Grid
 from tasks.readers import day_of_granule, detect_format, era5_daily, read_era5, read_soundings
 from tasks.settings import Region
-from tasks.soundings import good_soundings, usable_soundings
+from tasks.gridding.soundings import good_soundings, usable_soundings
 
 # A 0.5 x 0.5 degree box on the Chengdu plain's northern edge (city, plain and foothills).
 TINY = Region(name="tiny", west=104.0, south=30.5, east=104.5, north=31.0)

@@ -14,7 +14,7 @@ from flows.demo import SMALL_REGION, DemoOptions, run_demo
 from flows.daily import daily_update
 from registry.champion import load_champion
 from tasks.archive import collection_path, day_cog_path, validate_stac
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.regions.boundary import region_mask
 
 
@@ -39,7 +39,7 @@ def test_demo_summary(demo_run):
     # The small region crosses Sichuan's border: cells outside the province are not mapped.
     inside = region_mask(SMALL_REGION, Grid.for_region(SMALL_REGION, 0.01))
     assert 0 < inside.sum() < inside.size and acc["all_cells"]["n"] == 2 * inside.sum()
-    from tasks.truth import observed_cells
+    from tasks.analysis.accuracy import observed_cells
 
     # Inside the province the small dense world may observe every cell within six days.
     never = inside & ~observed_cells(opts.data_dir / "regions" / SMALL_REGION.name, Grid.for_region(SMALL_REGION, 0.01))
@@ -87,8 +87,8 @@ def test_registry_has_a_champion_with_an_onnx_matching_torch(demo_run, tracking_
     assert champion.version == 1 and champion.onnx_path.is_file()
     import onnxruntime as ort
 
-    from tasks.features import FEATURE_NAMES
-    from tasks.samples import read_samples
+    from tasks.covariates.features import FEATURE_NAMES
+    from tasks.samples.store import read_samples
 
     mlflow.set_tracking_uri(tracking_uri)
     # The registered version is the ONNX flavour; the torch model stays with the run.
@@ -193,7 +193,7 @@ def test_maps_add_the_daily_anomaly_and_score_their_own_day(demo_run, tracking_u
     """A map is the champion's graph plus the kriged residuals around the day (cached per champion
     version), and its COG and STAC item carry the leave-its-own-day-out score."""
     from models.onnx_runtime import OnnxPredictor
-    from tasks import units
+    from tasks import prefect_tasks
     from tasks.settings import load_settings
 
     opts, summary = demo_run
@@ -206,7 +206,7 @@ def test_maps_add_the_daily_anomaly_and_score_their_own_day(demo_run, tracking_u
         settings = load_settings(data_dir=str(opts.data_dir), source="demo", region=SMALL_REGION.model_dump(),
                                  archive_dir=str(tmp_path / str(with_anomaly)), daily_anomaly=with_anomaly,
                                  **opts.extra)
-        rows[with_anomaly] = units.map_day.fn(settings, grid, day, OnnxPredictor(champion.onnx_path), champion)
+        rows[with_anomaly] = prefect_tasks.map_day.fn(settings, grid, day, OnnxPredictor(champion.onnx_path), champion)
         with rasterio.open(day_cog_path(settings.archive_root, SMALL_REGION.name, day)) as src:
             maps[with_anomaly] = (src.tags(), src.read(1))
     assert rows[False]["own_day_superobs"] is None and rows[False]["anchor_offset_ppm"] is None  # the graph alone

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.fusion import (
+from tasks.fusion.merge import (
     FUSED_COLUMNS,
     GosatFit,
     collocations,

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.grid import Grid
-from tasks.gridding import CELL_COLUMNS, grid_soundings, km_per_degree, sounding_footprints
-from tasks.soundings import VERTEX_LAT, VERTEX_LON, empty_soundings
+from tasks.gridding.geometry import Grid
+from tasks.gridding.cells import CELL_COLUMNS, grid_soundings, km_per_degree, sounding_footprints
+from tasks.gridding.soundings import VERTEX_LAT, VERTEX_LON, empty_soundings
 
 GRID = Grid(west=104.0, south=30.0, east=104.5, north=30.5, step=0.01)  # 50 x 50 cells
 

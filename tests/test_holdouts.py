@@ -133,7 +133,7 @@ def test_field_fitted_on_training_residuals_is_calibrated_on_the_held_out_halves
 # -- the network on the background ---------------------------------------------------------------------
 
 def _covariates(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from tasks.features import FEATURE_NAMES
+    from tasks.covariates.features import FEATURE_NAMES
 
     names = list(FEATURE_NAMES)
     rng = np.random.default_rng(seed)

@@ -6,11 +6,11 @@ from datetime import date
 
 import numpy as np
 
-from tasks import ingest
-from tasks.demo_world import write_gosat_c3s, write_oco_lite
-from tasks.demo_world.fixtures import tiny_soundings
-from tasks.features import FEATURE_NAMES, METEO_NAMES, NDVI_NAMES, STATIC_NAMES, DayLayers
-from tasks.grid import Grid
+from tasks.samples import ingest
+from demo_world import write_gosat_c3s, write_oco_lite
+from demo_world.fixtures import tiny_soundings
+from tasks.covariates.features import FEATURE_NAMES, METEO_NAMES, NDVI_NAMES, STATIC_NAMES, DayLayers
+from tasks.gridding.geometry import Grid
 
 DAY = date(2020, 6, 1)
 GRID = Grid(west=103.8, south=30.4, east=104.3, north=30.9, step=0.01)

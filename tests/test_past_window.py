@@ -1,5 +1,5 @@
 """Past the training window on a small dense demo world: the model trained as the retrain trains it
-(tasks/retrain_steps.py), the maps made as the archive makes them (tasks/daily_anomaly.py), scored
+(tasks/steps/retrain.py), the maps made as the archive makes them (tasks/mapping/daily_anomaly.py), scored
 against the truth.
 
 Slow (a 30-day world of the demo's 0.5 degree Chengdu box, daily flow, one training): 4.5 min of
@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 
 from flows.demo import SMALL_REGION
-from flows.past_window import MAPS, PastWindowOptions, field_at_cells, past_window_check
+from tasks.analysis.past_window import MAPS, PastWindowOptions, field_at_cells, past_window_check
 from models.residual_field import ResidualField
-from tasks.daily_anomaly import daily_anomaly
-from tasks.demo_world import truth_for_day, write_demo_world
-from tasks.features import FEATURE_NAMES
-from tasks.grid import Grid
+from tasks.mapping.daily_anomaly import daily_anomaly
+from demo_world import truth_for_day, write_demo_world
+from tasks.covariates.features import FEATURE_NAMES
+from tasks.gridding.geometry import Grid
 from tasks.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def small_world(prefect_harness, tmp_path_factory):
 
 def test_the_field_at_cells_is_the_archives_daily_anomaly(small_world):
     """What the check scores is what map_day adds: the same observations and conditioning, so at
-    the cells it equals tasks/daily_anomaly.py's map up to its lattice's bilinear interpolation."""
+    the cells it equals tasks/mapping/daily_anomaly.py's map up to its lattice's bilinear interpolation."""
     settings, _ = small_world
     grid = Grid.for_region(settings.region, settings.grid_step)
     field = ResidualField(0.3, 20.0, 2.0, 0.4, 200.0, 10.0, 0.2, 0.5, window_days=6)

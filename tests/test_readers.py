@@ -12,15 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.demo_world.fixtures import tiny_era5_hourly, tiny_soundings
-from tasks.demo_world.writers import (
+from demo_world.fixtures import tiny_era5_hourly, tiny_soundings
+from demo_world.writers import (
     write_era5_new_cds,
     write_era5_old_cds,
     write_era5_zip,
     write_gosat_c3s,
     write_oco_lite,
 )
-from tasks.quarantine import InputFileError
+from tasks.io.quarantine import InputFileError
 from tasks.readers import (
     MissingEra5Steps,
     day_of_granule,
@@ -31,7 +31,7 @@ from tasks.readers import (
     read_soundings,
 )
 from tasks.readers.era5 import relative_humidity_pct
-from tasks.soundings import COLUMNS, empty_soundings, good_soundings
+from tasks.gridding.soundings import COLUMNS, empty_soundings, good_soundings
 
 DAY = date(2020, 6, 1)
 N_GOOD = 40
@@ -390,8 +390,8 @@ def test_copies_keep_their_format(tmp_path):
 def test_new_and_old_cds_files_read_together(tmp_path):
     from datetime import date as _date
 
-    from tasks.demo_world.fixtures import tiny_era5_hourly
-    from tasks.demo_world.writers import write_era5_old_cds, write_era5_zip
+    from demo_world.fixtures import tiny_era5_hourly
+    from demo_world.writers import write_era5_old_cds, write_era5_zip
     from tasks.readers import read_era5
 
     hourly = tiny_era5_hourly(_date(2020, 6, 1), n_days=2, extra_step=False)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tasks.archive import day_cog_path, write_day_cog
-from tasks.grid import Grid
-from tasks.report import (
+from tasks.gridding.geometry import Grid
+from tasks.analysis.report import (
     PAPER_TABLE6_ANNUAL_PPM,
     ReportArea,
     build_report,

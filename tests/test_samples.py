@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.features import FEATURE_NAMES
-from tasks.samples import SampleStoreError, day_file, read_samples, stored_days, write_day
+from tasks.covariates.features import FEATURE_NAMES
+from tasks.samples.store import SampleStoreError, day_file, read_samples, stored_days, write_day
 
 
 def _frame(n, seed=0, source="oco2"):

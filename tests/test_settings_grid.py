@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.settings import ConfigError, Region, SourceMode, load_settings
 
 

@@ -22,8 +22,8 @@ import pytest
 import requests
 
 from tasks.sources.pull import raw_dir
-from tasks.demo_world.fixtures import tiny_era5_hourly, tiny_soundings
-from tasks.demo_world.writers import write_era5_old_cds, write_era5_zip, write_gosat_c3s
+from demo_world.fixtures import tiny_era5_hourly, tiny_soundings
+from demo_world.writers import write_era5_old_cds, write_era5_zip, write_gosat_c3s
 from tasks.readers import read_era5, read_soundings
 from tasks.readers.era5_layout import ERA5_ALIASES, ERA5_VARIABLES
 from tasks.readers.names import gosat_c3s_name

@@ -21,9 +21,9 @@ import earthaccess
 import pytest
 from earthaccess.exceptions import DownloadFailure, LoginAttemptFailure, LoginStrategyUnavailable
 
-from tasks.demo_world import write_oco_lite
-from tasks.demo_world.fixtures import tiny_soundings
-from tasks.demo_world.writers.oco_lite import production_time
+from demo_world import write_oco_lite
+from demo_world.fixtures import tiny_soundings
+from demo_world.writers.oco_lite import production_time
 from tasks.readers.names import oco_lite_name
 from tasks.settings import load_settings
 from tasks.sources import Manifest, raw_granules

@@ -74,7 +74,7 @@ def postgres():
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def stack(request, tmp_path_factory):
     from flows.demo import SMALL_REGION, DemoOptions
-    from tasks.demo_world import write_demo_world
+    from demo_world import write_demo_world
 
     root = tmp_path_factory.mktemp("stack")
     state, data = root / "state", root / "xco2-data"

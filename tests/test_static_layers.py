@@ -194,8 +194,8 @@ def test_import_ndvi_floats_are_scaled_to_mod13q1_int16(settings, tmp_path):
     assert read_layers_json(static_dir(settings))["ndvi_2020017.tif"]["ndvi_input"] == "floats -1..1, scaled by 1e4"
 
     # The covariate builder reads it as MOD13Q1 scaling.
-    from tasks.covariates import build_ndvi_layers
-    from tasks.grid import Grid
+    from tasks.covariates.static import build_ndvi_layers
+    from tasks.gridding.geometry import Grid
 
     layers = build_ndvi_layers(out, Grid.for_region(settings.region, 0.01))
     assert np.isfinite(layers).all()
@@ -486,9 +486,9 @@ def test_build_all_layers_from_faked_archives(settings):
     assert ea.logins == ["environment"]  # logged in once for all Earthdata layers
 
     # The pipeline's covariate builder takes the three layers as they are.
-    from tasks.covariates import build_static_layers as grid_static_layers
-    from tasks.features import STATIC_NAMES
-    from tasks.grid import Grid
+    from tasks.covariates.static import build_static_layers as grid_static_layers
+    from tasks.covariates.features import STATIC_NAMES
+    from tasks.gridding.geometry import Grid
 
     grid = Grid.for_region(settings.region, 0.01)
     cube = grid_static_layers(folder, grid)
@@ -683,8 +683,8 @@ def test_ndvi_built_from_mod13q1_and_myd13q1_hdf4_granules(chengdu):
     assert not list(folder.glob(".download-*"))
 
     # The covariate builder reads them as MOD13Q1 scaling (1e-4) on the 0.01 degree grid.
-    from tasks.covariates import build_ndvi_layers
-    from tasks.grid import Grid
+    from tasks.covariates.static import build_ndvi_layers
+    from tasks.gridding.geometry import Grid
 
     grid = Grid.for_region(chengdu.region, 0.01)
     aqua = build_ndvi_layers(folder / "ndvi_2021009.tif", grid)

@@ -14,12 +14,12 @@ own lock, so no two threads are ever inside one HDF5 library at once: processes 
 construction, with no lock between them. Workers are started with "spawn", not "fork": the parent
 runs Prefect's threads (and may hold HDF5_LOCK or a logging lock in one of them), and a forked
 child would inherit such a lock held by a thread that does not exist in it. What workers share on
-disk is published atomically (tasks/atomic.py) or under a file lock (the STAC upsert), which the
+disk is published atomically (tasks/io/atomic.py) or under a file lock (the STAC upsert), which the
 kernel releases when a worker dies.
 
 A worker that dies (killed, out of memory) fails the day it was mapping and no other: the parent
 sees its exit, records the day as failed, removes the temp files that the dead writer left
-(tasks/state_check.remove_dead_temp_files) and starts a fresh worker for the remaining days.
+(tasks/io/state_check.remove_dead_temp_files) and starts a fresh worker for the remaining days.
 A day that raises fails alone too, with the worker kept.
 """
 
@@ -37,10 +37,10 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable
 
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.settings import Settings
 
-# (settings, grid, day, predictor, champion) -> the day's archive row (tasks/units.py::map_day).
+# (settings, grid, day, predictor, champion) -> the day's archive row (tasks/prefect_tasks.py::map_day).
 MapOne = Callable[[Settings, Grid, date, Any, Any], dict]
 # (settings, champion, intra_op_threads) -> the worker's predictor, opened once per worker.
 OpenPredictor = Callable[[Settings, Any, int], Any]
@@ -77,7 +77,7 @@ def open_onnx_predictor(settings: Settings, champion, intra_op_threads: int):
 
 
 def map_one_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> dict:
-    from tasks import units
+    from tasks import prefect_tasks as units  # the map-day task (tasks/prefect_tasks.py)
 
     row: dict = units.map_day.fn(settings, grid, day, predictor, champion)  # type: ignore[attr-defined]
     return row
@@ -137,7 +137,7 @@ def map_days_in_processes(settings: Settings, grid: Grid, days: list[date], cham
 
     `on_done` is called in this process as each day finishes (progress). `open_predictor` and
     `map_one` must be module-level functions (they are sent to spawned processes)."""
-    from tasks.state_check import remove_dead_temp_files
+    from tasks.io.state_check import remove_dead_temp_files
 
     plan = PoolPlan.for_days(len(days), workers)
     context = multiprocessing.get_context("spawn")

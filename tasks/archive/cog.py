@@ -42,9 +42,9 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rio_cogeo.cogeo import cog_validate
 
-from tasks.atomic import PublishError, describe_error
-from tasks.atomic import atomic_path as publishing
-from tasks.grid import Grid
+from tasks.io.atomic import PublishError, describe_error
+from tasks.io.atomic import atomic_path as publishing
+from tasks.gridding.geometry import Grid
 
 UNITS = "ppm"
 NODATA = float("nan")

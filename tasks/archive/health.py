@@ -31,8 +31,8 @@ import rasterio
 from tasks.archive.cog import GDAL_ERRORS, read_back_problems
 from tasks.archive.layout import archived_days, collection_path, day_cog_path, day_item_path, day_stem, itemised_days
 from tasks.archive.stac import ASSET_KEY, item_properties, refresh_collection, upsert_day_item
-from tasks.grid import Grid
-from tasks.quarantine import quarantine
+from tasks.gridding.geometry import Grid
+from tasks.io.quarantine import quarantine
 
 log = logging.getLogger(__name__)
 

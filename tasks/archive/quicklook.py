@@ -9,7 +9,7 @@ import rasterio
 from rasterio.enums import Resampling
 
 from tasks.archive.cog import ArchiveWriteError
-from tasks.atomic import atomic_path as publishing
+from tasks.io.atomic import atomic_path as publishing
 
 # Enough pixels for a readable artifact; bigger days are read from their overviews.
 _MAX_PIXELS_WIDE = 800

@@ -37,9 +37,9 @@ from tasks.archive.layout import (
     itemised_days,
     region_dir,
 )
-from tasks.atomic import publish_json_text
+from tasks.io.atomic import publish_json_text
 from tasks.archive.stac_validation import validate_stac  # noqa: F401  (re-export)
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.settings import Region
 
 PROPERTY_PREFIX = "xco2:"

@@ -2,15 +2,15 @@
 
 Public facade:
 - detect_format(path) -> 'oco2_lite' | 'oco3_lite' | 'gosat_c3s' | 'era5'
-- read_soundings(path) -> DataFrame in the tasks.soundings schema (all soundings, good and bad)
+- read_soundings(path) -> DataFrame in the tasks.gridding.soundings schema (all soundings, good and bad)
 - read_era5(paths) -> hourly Dataset (time, latitude increasing, longitude)
 - era5_daily(hourly, days) -> daily Dataset (day, latitude, longitude) in the paper's units
 - inspect_file(path) -> dict for `xco2 inspect`
 - day_of_granule(path) -> date from the real file name
-Every damaged, foreign or implausible file raises tasks.quarantine.InputFileError, and so does
+Every damaged, foreign or implausible file raises tasks.io.quarantine.InputFileError, and so does
 one that declares sizes no product can hold (checked before reading: tasks.readers.limits).
-An implausible sounding is kept in the table and dropped alone by tasks.soundings; implausible
-meteorology refuses its whole file (tasks.plausibility).
+An implausible sounding is kept in the table and dropped alone by tasks.gridding.soundings; implausible
+meteorology refuses its whole file (tasks.gridding.plausibility).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.quarantine import InputFileError
+from tasks.io.quarantine import InputFileError
 from tasks.readers.detect import FORMATS, SOUNDING_FORMATS, detect_format
 from tasks.readers.era5 import MissingEra5Steps, era5_daily, read_era5
 from tasks.readers.gosat_c3s import read_gosat_c3s

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import netCDF4
 
-from tasks.quarantine import InputFileError
+from tasks.io.quarantine import InputFileError
 from tasks.readers.era5_layout import ERA5_ALIASES, LATITUDE_NAMES, LONGITUDE_NAMES, TIME_NAMES
 from tasks.readers.limits import check_declared_sizes, check_zip_members
 from tasks.readers.names import oco_mission_from_name

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from tasks import plausibility
-from tasks.quarantine import InputFileError
+from tasks.gridding import plausibility
+from tasks.io.quarantine import InputFileError
 from tasks.readers.detect import classify, era5_zip_members
 from tasks.readers.era5_layout import (
     ACCUMULATED,

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.quarantine import InputFileError
+from tasks.io.quarantine import InputFileError
 from tasks.readers.detect import SOUNDING_FORMATS, detect_format
 from tasks.readers.era5 import read_era5_file
 from tasks.readers.gosat_c3s import read_gosat_c3s
 from tasks.readers.names import day_of_granule
 from tasks.readers.netcdf import container_kind
 from tasks.readers.oco_lite import read_oco_lite
-from tasks.soundings import good_soundings
+from tasks.gridding.soundings import good_soundings
 
 
 def inspect_file(path: Path | str) -> dict:

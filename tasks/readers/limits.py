@@ -3,7 +3,7 @@
 A NetCDF file can declare a dimension of two billion soundings and hold no data (HDF5 serves
 the fill value), and a ZIP member of zeros can inflate a thousandfold: an 11 KB download then
 asks for tens of GB and ends the process with a MemoryError that names nothing. The sizes a
-file declares are checked against what its product can hold (tasks.plausibility), so such a
+file declares are checked against what its product can hold (tasks.gridding.plausibility), so such a
 file is an InputFileError like any damaged one: the pull quarantines it, `xco2 inspect` names it.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import netCDF4
 
-from tasks import plausibility as limits
-from tasks.quarantine import InputFileError
+from tasks.gridding import plausibility as limits
+from tasks.io.quarantine import InputFileError
 from tasks.readers.era5_layout import LATITUDE_NAMES, LONGITUDE_NAMES, TIME_NAMES
 
 _SOUNDING_DIMENSIONS = {"oco2_lite": "sounding_id", "oco3_lite": "sounding_id", "gosat_c3s": "sounding_dim"}

@@ -10,7 +10,7 @@ import re
 from datetime import date, datetime
 from pathlib import Path
 
-from tasks.quarantine import InputFileError
+from tasks.io.quarantine import InputFileError
 
 OCO_LITE_DAY = re.compile(r"_LtCO2_(\d{6})_")
 OCO_LITE_MISSION = re.compile(r"^(oco2|oco3|acos)_LtCO2_", re.IGNORECASE)

@@ -24,8 +24,8 @@ import netCDF4
 import numpy as np
 import pandas as pd
 
-from tasks.plausibility import SOUNDING_YEARS
-from tasks.quarantine import InputFileError
+from tasks.gridding.plausibility import SOUNDING_YEARS
+from tasks.io.quarantine import InputFileError
 from tasks.readers.limits import check_variable_size
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

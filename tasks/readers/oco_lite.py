@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.quarantine import InputFileError
+from tasks.io.quarantine import InputFileError
 from tasks.readers.soundings_table import GranuleInfo, soundings_frame
 from tasks.readers.netcdf import decode_times, open_netcdf, read_array
 from tasks.readers.xco2_units import ppm_factor
@@ -17,7 +17,7 @@ MISSIONS = ("oco2", "oco3")
 
 
 def read_oco_lite(path: Path | str, mission: str) -> tuple[pd.DataFrame, GranuleInfo]:
-    """All soundings of a Lite granule (good and bad) in the tasks.soundings schema."""
+    """All soundings of a Lite granule (good and bad) in the tasks.gridding.soundings schema."""
     if mission not in MISSIONS:
         raise ValueError(f"mission must be one of {MISSIONS}, got {mission!r}")
     path = Path(path)

@@ -1,4 +1,4 @@
-"""Assembling reader output into the tasks.soundings schema, with the checks every product needs."""
+"""Assembling reader output into the tasks.gridding.soundings schema, with the checks every product needs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.quarantine import InputFileError
-from tasks.soundings import COLUMNS, VERTEX_LAT, VERTEX_LON
+from tasks.io.quarantine import InputFileError
+from tasks.gridding.soundings import COLUMNS, VERTEX_LAT, VERTEX_LON
 
 
 @dataclass
@@ -33,7 +33,7 @@ def soundings_frame(path: Path, source: str, *, time: pd.DatetimeIndex, latitude
                       ("xco2_uncertainty", uncertainty), ("xco2_quality_flag", quality_flag)):
         if len(arr) != n:
             raise InputFileError(path, f"{name} has {len(arr)} values for {n} soundings")
-    # Impossible positions are kept as read: tasks.soundings drops those soundings one by one
+    # Impossible positions are kept as read: tasks.gridding.soundings drops those soundings one by one
     # (and counts them), a few bad values never cost the granule's other soundings.
     with np.errstate(invalid="ignore"):
         longitude = np.where((longitude > 180) & (longitude <= 360), longitude - 360, longitude)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.quarantine import InputFileError
+from tasks.io.quarantine import InputFileError
 
 PPM_MEDIAN_RANGE = (250.0, 600.0)
 MOL_PER_MOL_MEDIAN_RANGE = (2.5e-4, 6.0e-4)

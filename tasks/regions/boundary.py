@@ -21,8 +21,8 @@ from shapely.ops import unary_union
 
 from tasks.regions.shapefile import POLYGON_TYPES, ShapefileError, read_parts
 
-if TYPE_CHECKING:  # tasks.grid imports tasks.settings, which validates boundaries with this module
-    from tasks.grid import Grid
+if TYPE_CHECKING:  # tasks.gridding.geometry imports tasks.settings, which validates boundaries with this module
+    from tasks.gridding.geometry import Grid
 
 BOUNDARIES_DIR = Path(__file__).resolve().parent / "boundaries"
 # Regions whose boundary ships with the project (see boundaries/PROVENANCE.md), by region name.

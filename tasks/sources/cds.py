@@ -442,7 +442,7 @@ class Era5Remote(CdsRemote):
             os.replace(answer, dest)  # as it came: ZIP or NetCDF, new or old layout
 
     def _check(self, path: Path, day: date, final: bool) -> None:
-        from tasks.quarantine import InputFileError
+        from tasks.io.quarantine import InputFileError
         from tasks.readers import read_era5
 
         try:

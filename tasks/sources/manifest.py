@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.atomic import atomic_path
-from tasks.quarantine import quarantine
+from tasks.io.atomic import atomic_path
+from tasks.io.quarantine import quarantine
 
 log = logging.getLogger(__name__)
 

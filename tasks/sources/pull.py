@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from tasks.atomic import atomic_path
-from tasks.quarantine import InputFileError, quarantine
+from tasks.io.atomic import atomic_path
+from tasks.io.quarantine import InputFileError, quarantine
 from tasks.settings import Settings, SourceMode
 from tasks.sources.credentials import redact
 from tasks.sources.manifest import Manifest

@@ -15,12 +15,12 @@ import torch
 
 from models.training import TrainingConfig, train_resnet_lstm
 from tasks.archive import write_day_cog
-from tasks.demo_world.fixtures import tiny_soundings
-from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
-from tasks.grid import Grid
-from tasks.gridding import grid_soundings
+from demo_world.fixtures import tiny_soundings
+from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from tasks.gridding.geometry import Grid
+from tasks.gridding.cells import grid_soundings
 from tasks.settings import Region
-from tasks.soundings import usable_soundings
+from tasks.gridding.soundings import usable_soundings
 
 pytestmark = pytest.mark.slow
 SICHUAN = Grid.for_region(Region(), 0.01)

@@ -28,8 +28,8 @@ from models.resnet_lstm import ResNetLSTM
 from models.scaling import Scalers
 from models.training import TrainedModel
 from models.uncertainty import SpreadModel, SpreadNetwork
-from tasks.features import FEATURE_NAMES, FEATURE_SET_VERSION
-from tasks.grid import Grid
+from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from tasks.gridding.geometry import Grid
 from tasks.regions.boundary import region_mask
 from tasks.settings import Region
 

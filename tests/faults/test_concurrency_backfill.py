@@ -18,7 +18,7 @@ from flows.backfill import run_backfill
 from flows.demo import SMALL_REGION, DemoOptions, run_demo
 from tasks.archive import collection_path, day_cog_path, validate_cog, validate_stac
 from tasks.archive.layout import day_item_path
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.settings import Settings, load_settings
 
 DAYS = [f"2020-06-{d:02d}" for d in range(2, 9)]

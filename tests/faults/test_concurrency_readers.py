@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from tasks.demo_world.fixtures import tiny_era5_hourly, tiny_soundings
-from tasks.demo_world.writers import (
+from demo_world.fixtures import tiny_era5_hourly, tiny_soundings
+from demo_world.writers import (
     write_era5_new_cds,
     write_era5_old_cds,
     write_era5_zip,
@@ -131,7 +131,7 @@ def test_a_crash_in_one_thread_releases_the_lock(tmp_path):
     files = _era5_files(tmp_path / "era5")[:2]
     broken = tmp_path / "era5_single_levels_20200620.nc"
     broken.write_bytes(files[1].read_bytes()[: files[1].stat().st_size // 2])
-    from tasks.quarantine import InputFileError
+    from tasks.io.quarantine import InputFileError
 
     with pytest.raises(InputFileError, match=broken.name):
         read_era5_file(broken)

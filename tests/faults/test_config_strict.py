@@ -16,15 +16,6 @@ from tasks.settings import ConfigError, check_data_dir, check_environment, load_
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    for name in list(os.environ):
-        if name.upper().startswith("XCO2_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no ./xco2.toml from elsewhere
-    return monkeypatch
-
-
 @pytest.mark.parametrize("variable, suggestion", [
     ("XCO2_ARCHIVE_LOOKBACK_DAY", "XCO2_ARCHIVE_LOOKBACK_DAYS"),
     ("XCO2_REGION__WESTT", "XCO2_REGION__WEST"),

@@ -3,7 +3,7 @@
 Before: a corrupt raw NDVI composite or static layer raised inside `build_covariates` and failed
 the whole daily run; values outside their plausible range were masked and filled from their
 neighbours silently, even when most of the layer was implausible (a layer in the wrong units).
-Now every raw layer is checked over the region against tasks.plausibility.COVARIATES: a few bad
+Now every raw layer is checked over the region against tasks.gridding.plausibility.COVARIATES: a few bad
 cells are still masked and filled, with a WARNING naming the file, the count and a value; a
 layer that cannot be read or is mostly implausible or missing is quarantined with a .json note
 (and marked in the manifest, so the next pull fetches it again). A bad NDVI composite holds back
@@ -26,13 +26,13 @@ import rasterio
 from affine import Affine
 
 from flows.demo import SMALL_REGION
-from tasks.covariates import (
+from tasks.covariates.static import (
     CovariateError, CovariateInputError, StaticCovariates, build_covariates, ndvi_problem,
 )
-from tasks.demo_world import write_demo_world
-from tasks.geotiff import write_geotiff
-from tasks.grid import Grid
-from tasks.inference import day_readiness, inputs_available
+from demo_world import write_demo_world
+from tasks.io.geotiff import write_geotiff
+from tasks.gridding.geometry import Grid
+from tasks.mapping.inference import day_readiness, inputs_available
 from tasks.sources.manifest import Manifest
 
 GRID = Grid(west=104.0, south=30.0, east=104.2, north=30.1, step=0.01)
@@ -178,7 +178,7 @@ def test_a_handful_of_bad_ndvi_cells_are_masked_filled_and_logged(tmp_path, capl
     _tif(path, values, NDVI_RES, nodata=-3000)
     quarantined: list[dict] = []
 
-    with caplog.at_level(logging.WARNING, logger="tasks.covariates"):
+    with caplog.at_level(logging.WARNING, logger="tasks.covariates.static"):
         meta = _build(static, quarantined)
 
     assert quarantined == [] and path.exists() and meta["ndvi_quarantined"] == {}

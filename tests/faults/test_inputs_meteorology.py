@@ -20,11 +20,11 @@ import pandas as pd
 import pytest
 
 from flows.demo import SMALL_REGION
-from tasks.demo_world import write_demo_world
-from tasks.demo_world.fixtures import tiny_era5_hourly
-from tasks.demo_world.writers import write_era5_new_cds, write_era5_old_cds, write_era5_zip
-from tasks.meteorology import era5_readiness
-from tasks.quarantine import InputFileError
+from demo_world import write_demo_world
+from demo_world.fixtures import tiny_era5_hourly
+from demo_world.writers import write_era5_new_cds, write_era5_old_cds, write_era5_zip
+from tasks.covariates.meteorology import era5_readiness
+from tasks.io.quarantine import InputFileError
 from tasks.readers import inspect_file
 from tasks.readers.era5 import read_era5_file
 

@@ -14,8 +14,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from tasks.demo_world import write_oco_lite
-from tasks.demo_world.fixtures import tiny_soundings
+from demo_world import write_oco_lite
+from demo_world.fixtures import tiny_soundings
 from tasks.settings import load_settings
 from tasks.sources import pull, raw_granules
 from tasks.sources.products import PRODUCTS

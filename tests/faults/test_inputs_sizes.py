@@ -20,11 +20,11 @@ import netCDF4
 import numpy as np
 import pytest
 
-from tasks import ingest
-from tasks.demo_world import write_oco_lite
-from tasks.demo_world.fixtures import tiny_soundings
-from tasks.grid import Grid
-from tasks.quarantine import InputFileError
+from tasks.samples import ingest
+from demo_world import write_oco_lite
+from demo_world.fixtures import tiny_soundings
+from tasks.gridding.geometry import Grid
+from tasks.io.quarantine import InputFileError
 from tasks.readers import detect_format, inspect_file, read_era5, read_soundings
 from tasks.readers.oco_lite import read_oco_lite
 from tasks.settings import load_settings

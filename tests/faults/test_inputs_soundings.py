@@ -4,7 +4,7 @@ quarantined at gridding is marked in the manifest and not pulled again.
 Before: ten latitudes outside [-90, 90] refused the whole granule (all its good soundings
 lost), and a granule quarantined at gridding stayed 'ok' in the manifest, so every run pulled
 and quarantined it again. Now each sounding is judged alone (position, time, quality flag,
-XCO2, uncertainty: tasks.plausibility) and the drops are logged per reason; only a granule that
+XCO2, uncertainty: tasks.gridding.plausibility) and the drops are logged per reason; only a granule that
 cannot be read is quarantined, and the manifest says so ('rejected', with the reason).
 """
 
@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import ingest
-from tasks.demo_world import write_gosat_c3s, write_oco_lite
-from tasks.demo_world.fixtures import tiny_soundings
-from tasks.grid import Grid
-from tasks.quarantine import InputFileError
+from tasks.samples import ingest
+from demo_world import write_gosat_c3s, write_oco_lite
+from demo_world.fixtures import tiny_soundings
+from tasks.gridding.geometry import Grid
+from tasks.io.quarantine import InputFileError
 from tasks.readers import read_soundings
 from tasks.settings import load_settings
-from tasks.soundings import screen_soundings
+from tasks.gridding.soundings import screen_soundings
 from tasks.sources import Manifest, pull
 
 DAY = date(2020, 6, 1)
@@ -45,7 +45,7 @@ def test_ten_bad_latitudes_drop_ten_soundings_not_the_granule(tmp_path, caplog):
     path = write_oco_lite(tmp_path / "in", soundings, mission="oco2", day=DAY)
 
     assert len(read_soundings(path)) == N_GOOD + N_FLAGGED  # the reader keeps every sounding
-    with caplog.at_level(logging.INFO, logger="tasks.soundings"):
+    with caplog.at_level(logging.INFO, logger="tasks.gridding.soundings"):
         result = _grid(tmp_path, oco2=[path])
     assert result.quarantined == [] and path.exists()
     assert result.soundings["oco2"] == N_GOOD - 10 and len(result.cells["oco2"]) > 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TOP_PACKAGES = ("flows", "tasks", "models", "registry", "deployments")
+TOP_PACKAGES = ("flows", "tasks", "models", "registry", "deployments", "demo_world")
 
 
 def _project_files() -> list[str]:
@@ -60,7 +60,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_holds_every_subpackage_and_data_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     packages, data = _expected_members(_project_files())
-    for required in ("tasks/sources", "tasks/readers", "tasks/archive", "tasks/demo_world", "deployments"):
+    for required in ("tasks/sources", "tasks/readers", "tasks/archive", "demo_world", "deployments"):
         assert required in packages
     missing_packages = sorted(p for p in packages if f"{p}/__init__.py" not in names)
     assert not missing_packages, f"subpackages not in {wheel.name}: {missing_packages}"

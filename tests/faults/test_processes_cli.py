@@ -24,7 +24,7 @@ STARTUP_S = 300
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     from flows.demo import SMALL_REGION
-    from tasks.demo_world import write_demo_world
+    from demo_world import write_demo_world
 
     root = tmp_path_factory.mktemp("processes")
     data = root / "xco2-data"

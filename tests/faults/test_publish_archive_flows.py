@@ -26,7 +26,7 @@ from flows.retrain import monthly_retrain
 from registry.store import ONNX_SHA256_TAG, client_for, file_digest
 from tasks.archive import collection_path, day_cog_path, day_item_path, validate_stac
 from tasks.archive.health import sound_archived_days
-from tasks.demo_world import write_demo_world
+from demo_world import write_demo_world
 from tasks.settings import Region, load_settings
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from tasks.archive import collection_path, day_cog_path, day_item_path, validate
 from tasks.archive.health import check_archive, day_problems, sound_archived_days
 from tasks.archive.provenance import day_models
 from tasks.archive.stac import item_properties, upsert_day_item
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 
 REGION = "healthland"
 GRID = Grid(west=104.0, south=30.6, east=104.2, north=30.8, step=0.01)  # 20 x 20 cells

@@ -27,8 +27,8 @@ import rasterio
 
 from tasks.archive import day_cog_path, quicklook_png, upsert_day_item, validate_cog, write_day_cog
 from tasks.archive.cog import ArchiveWriteError
-from tasks.atomic import PublishError, atomic_path, publish_text, save_npy, write_json
-from tasks.grid import Grid
+from tasks.io.atomic import PublishError, atomic_path, publish_text, save_npy, write_json
+from tasks.gridding.geometry import Grid
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "faultland"
@@ -46,7 +46,7 @@ CHILD = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {root!r})
     from tasks.archive import day_cog_path, quicklook_png, upsert_day_item, write_day_cog
-    from tasks.grid import Grid
+    from tasks.gridding.geometry import Grid
     grid = Grid(west=104.0, south=30.6, east=104.2, north=30.8, step=0.01)
     xco2, uncertainty = np.load({arrays!r})["xco2"], np.load({arrays!r})["uncertainty"]
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
@@ -191,7 +191,7 @@ def test_text_json_and_npy_writers_fail_on_a_full_disk_naming_the_file(tmp_path)
         import resource, signal, sys
         import numpy as np
         sys.path.insert(0, {str(ROOT)!r})
-        from tasks.atomic import PublishError, publish_text, save_npy, write_json
+        from tasks.io.atomic import PublishError, publish_text, save_npy, write_json
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
         for name, call in [("a.txt", lambda p: publish_text(p, "x" * 5000)),

@@ -11,8 +11,8 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from tasks.demo_world import write_gosat_c3s, write_oco_lite
-from tasks.demo_world.fixtures import tiny_soundings
+from demo_world import write_gosat_c3s, write_oco_lite
+from demo_world.fixtures import tiny_soundings
 from tasks.settings import load_settings
 from tasks.sources import Manifest, pull
 

@@ -21,16 +21,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.demo import SMALL_REGION
-from tasks import ingest
-from tasks.covariates import CovariateError, StaticCovariates, build_covariates
-from tasks.grid import Grid
-from tasks.meteorology import era5_available
-from tasks.samples import SampleStoreError, day_file, read_samples, write_day
+from tasks.samples import ingest
+from tasks.covariates.static import CovariateError, StaticCovariates, build_covariates
+from tasks.gridding.geometry import Grid
+from tasks.covariates.meteorology import era5_available
+from tasks.samples.store import SampleStoreError, day_file, read_samples, write_day
 from tasks.settings import load_settings
 from tasks.sources import pull, raw_granules
 from tasks.sources.pull import raw_dir
 from tasks.sources.products import SATELLITES
-from tasks.state_check import check_state, npy_problem, parquet_problem, remove_dead_temp_files, set_aside
+from tasks.io.state_check import check_state, npy_problem, parquet_problem, remove_dead_temp_files, set_aside
 
 START, END = date(2020, 6, 1), date(2020, 6, 3)
 DAMAGED_DAY = date(2020, 6, 2)
@@ -42,7 +42,7 @@ def settings_for(data_dir: Path):
 
 def build_store(data_dir: Path) -> None:
     """The small demo world pulled, gridded, fused and sampled as the daily update does it."""
-    from tasks.demo_world import write_demo_world
+    from demo_world import write_demo_world
 
     settings = settings_for(data_dir)
     grid = Grid.for_region(settings.region, settings.grid_step)
@@ -111,7 +111,7 @@ def test_truncated_sample_file_is_named_set_aside_and_sampled_again(store, caplo
     with pytest.raises(SampleStoreError, match=f"{path}: unreadable sample file"):
         read_samples(settings.region_dir)
 
-    with caplog.at_level("WARNING", logger="tasks.state_check"):
+    with caplog.at_level("WARNING", logger="tasks.io.state_check"):
         [finding] = findings_of(settings, grid, "samples")
     assert "Parquet footer" in finding["problem"] and "sampled again" in finding["action"]
     assert f"state check: samples {path}: unreadable Parquet footer" in caplog.text
@@ -177,10 +177,10 @@ def test_unreadable_covariates_metadata_rebuilds_the_covariates(store):
 def test_a_short_write_is_not_published_and_the_previous_file_stays(store, monkeypatch, what):
     """A write that returns normally but leaves a cut file (a full disk can) is caught by reading
     the temp file back; the published file stays the previous, whole one and no temp is left."""
-    from tasks.atomic import PublishError
+    from tasks.io.atomic import PublishError
 
     settings, grid = store
-    target = "tasks.samples.pq.write_table" if what == "samples" else "pandas.DataFrame.to_parquet"
+    target = "tasks.samples.store.pq.write_table" if what == "samples" else "pandas.DataFrame.to_parquet"
     real = pq.write_table if what == "samples" else pd.DataFrame.to_parquet
 
     def short_write(*args, **kwargs):
@@ -302,7 +302,7 @@ def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(store, caplog
         _touch(settings.archive_root / SMALL_REGION.name / ".stac.lock"),              # not a temp file
     ]
 
-    with caplog.at_level("WARNING", logger="tasks.state_check"):
+    with caplog.at_level("WARNING", logger="tasks.io.state_check"):
         findings = check_state(settings, grid)
     assert "removed 8 temp files of writers that are no longer running" in caplog.text
     assert sorted(f.path for f in findings) == sorted(str(p) for p in gone)
@@ -327,7 +327,7 @@ def test_temp_cleanup_spares_everything_when_writers_are_alive(tmp_path):
 def test_files_of_the_previous_schema_are_upgraded_in_place(store):
     """Gridded cells without weight, a GOSAT day without footprints and samples without weight or
     fit_id (the store before issue 11) are recomputed where they lie, equal to today's files."""
-    from tasks.ingest import GriddedStoreError
+    from tasks.samples.ingest import GriddedStoreError
 
     settings, grid = store
     region = settings.region_dir
@@ -356,7 +356,7 @@ def test_files_of_the_previous_schema_are_upgraded_in_place(store):
 
 
 def test_refit_re_fuses_only_the_days_on_another_fit_and_is_idempotent(store):
-    from tasks.fusion import GosatFit
+    from tasks.fusion.merge import GosatFit
 
     settings, grid = store
     region, era5 = settings.region_dir, raw_dir(settings, "era5")

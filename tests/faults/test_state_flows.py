@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.demo import SMALL_REGION
-from tasks.samples import day_file, read_samples
+from tasks.samples.store import day_file, read_samples
 
 # The store builder lives with the plain tests; importable whether or not tests/ is a package.
 sys.path.insert(0, str(Path(__file__).parent))

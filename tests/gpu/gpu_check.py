@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-# (mean, std, low, high) of the 46 features of fs1-46 (tasks/features.py), roughly as in Sichuan:
+# (mean, std, low, high) of the 46 features of fs1-46 (tasks/covariates/features.py), roughly as in Sichuan:
 # raw scales matter, the exported graph standardises them in float32.
 _FEATURES = (
     [(2500, 1600, 200, 6500)] * 5 + [(12, 10, 0, 70), (250, 200, 0, 2000)]  # elevation, slope, std
@@ -223,7 +223,7 @@ def table4_flops_per_cell(n_features: int = 46) -> int:
 def province_cells() -> int:
     """Cells of the default region (Sichuan) inside its shipped boundary at 0.01 degree: what a
     nightly map predicts for one day."""
-    from tasks.grid import Grid
+    from tasks.gridding.geometry import Grid
     from tasks.regions.boundary import region_mask
     from tasks.settings import Region
 

@@ -31,10 +31,10 @@ from rasterio.crs import CRS
 from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window
 
-from tasks.atomic import write_json
-from tasks.covariates import CovariateError
-from tasks.geotiff import write_geotiff
-from tasks.grid import Grid
+from tasks.io.atomic import write_json
+from tasks.covariates.static import CovariateError
+from tasks.io.geotiff import write_geotiff
+from tasks.gridding.geometry import Grid
 from tasks.settings import Settings
 from tasks.sources.static_layers.landcover_codes import LCCS_TO_CLASS, OUR_CLASSES, map_lccs
 

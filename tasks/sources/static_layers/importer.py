@@ -27,7 +27,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.warp import Resampling
 
 from tasks.settings import Settings
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.sources.static_layers.common import (
     MARGIN_DEG,
     SPECS,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.sources.static_layers.clients import Archives, download_dir, retrying
 from tasks.sources.static_layers.common import (
     MARGIN_DEG,

@@ -39,7 +39,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, reproject, transform_bounds
 
-from tasks.grid import Grid
+from tasks.gridding.geometry import Grid
 from tasks.settings import Settings
 from tasks.sources.credentials import MissingCredentials, redact
 from tasks.sources.retry import PermanentSourceError

@@ -1,0 +1,147 @@
+"""Step 5: predict every cell of the region's grid for a day with the champion's ONNX model."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from models.onnx_contract import OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME
+from tasks.covariates.static import StaticCovariates, ndvi_problem
+from tasks.covariates.features import DayLayers
+from tasks.gridding.geometry import Grid
+from tasks.covariates.meteorology import Era5Readiness, era5_readiness, meteo_for_day
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DayReadiness:
+    """Whether a day's inputs can be sampled and mapped: its meteorology and its NDVI."""
+
+    day: date
+    era5: Era5Readiness
+    ndvi_problem: str | None = None  # e.g. "waiting: NDVI composite ndvi_2020161.tif quarantined (...)"
+
+    @property
+    def ready(self) -> bool:
+        return self.era5.ready and not self.ndvi_problem
+
+    @property
+    def why(self) -> str:
+        return "; ".join(p for p in (self.era5.why, self.ndvi_problem) if p)
+
+
+def day_readiness(era5_dir: Path, day: date, region_dir: Path | None = None, quarantine_dir: Path | None = None,
+                  manifest_path: Path | None = None) -> DayReadiness:
+    """Are a day's inputs usable? ERA5 as era5_readiness judges it (with `quarantine_dir`, a bad
+    file is quarantined); with `region_dir`, an NDVI composite the day is interpolated from must
+    not be quarantined (tasks.covariates.static.ndvi_problem). Static layers feed every day: a bad one
+    fails the covariates build instead."""
+    meteo = era5_readiness(era5_dir, day, quarantine_dir, manifest_path)
+    return DayReadiness(day, meteo, ndvi_problem(region_dir, day) if region_dir is not None else None)
+
+
+def inputs_available(era5_dir: Path, day: date, quarantine_dir: Path | None = None,
+                     manifest_path: Path | None = None, region_dir: Path | None = None) -> bool:
+    """A day can be mapped once its meteorology is complete and plausible and (with
+    `region_dir`) its NDVI composites are not quarantined; see day_readiness."""
+    return day_readiness(era5_dir, day, region_dir, quarantine_dir, manifest_path).ready
+
+
+def day_layers(covariates: StaticCovariates, era5_dir: Path, grid: Grid, day: date) -> DayLayers:
+    return DayLayers(
+        day=day,
+        static=covariates.static,
+        ndvi=covariates.ndvi_for_day(day),
+        meteo=meteo_for_day(era5_dir, day, grid),
+        lats=grid.lats,
+        lons=grid.lons,
+    )
+
+
+@dataclass
+class DayPrediction:
+    """One day's maps, [ny, nx] float32 ppm; `uncertainty` is None for models exported without it."""
+
+    xco2: np.ndarray
+    uncertainty: np.ndarray | None
+
+
+def _rows_of(layers: DayLayers, start: int, stop: int) -> DayLayers:
+    # Slicing the rows first keeps the gather in memory: on the static memory map, fancy
+    # indexing over the whole grid would touch pages all over the file.
+    return replace(layers, static=layers.static[:, start:stop], ndvi=layers.ndvi[:, start:stop],
+                   meteo=layers.meteo[:, start:stop], lats=layers.lats[start:stop])
+
+
+def _row_blocks(cells_per_row: np.ndarray, cells_per_batch: int) -> list[tuple[int, int]]:
+    """[start, stop) row blocks of about `cells_per_batch` cells to predict each (whole rows, at
+    least one row); rows with none are skipped."""
+    blocks: list[tuple[int, int]] = []
+    start, count = None, 0
+    for row, n in enumerate(cells_per_row.tolist()):
+        if n == 0:
+            if start is not None:
+                blocks.append((start, row))
+                start, count = None, 0
+            continue
+        if start is None:
+            start = row
+        elif count + n > cells_per_batch:
+            blocks.append((start, row))
+            start, count = row, 0
+        count += n
+    if start is not None:
+        blocks.append((start, len(cells_per_row)))
+    return blocks
+
+
+def predict_day(predictor, layers: DayLayers, grid: Grid, batch_size: int, progress=None,
+                inside: np.ndarray | None = None) -> DayPrediction:
+    """XCO2 (and its uncertainty when the model has one) for every cell with a
+    models.onnx_runtime.OnnxPredictor; memory bounded by the batch (on a GPU, sized from free
+    memory, at least `batch_size` cells' worth of whole rows).
+
+    `inside`: boolean [ny, nx], the region's cells (tasks.regions.boundary.region_mask); the
+    others get no features and no model run, and are NaN (nodata) in both maps. None: every cell."""
+    wanted = [OUTPUT_NAME] + [n for n in predictor.output_names if n == UNCERTAINTY_OUTPUT_NAME]
+    if inside is not None and inside.shape != grid.shape:
+        raise ValueError(f"inside mask of shape {inside.shape} does not match the grid {grid.shape} (ny, nx)")
+    whole_box = inside is None or bool(inside.all())
+    maps = {name: np.full(grid.shape, np.nan, dtype=np.float32) for name in wanted}
+    cells_per_batch = predictor.cells_per_batch(batch_size)
+    if whole_box:
+        # Contiguous rows are sliced, not gathered: the hot path when every cell is mapped.
+        rows_per_batch = max(1, cells_per_batch // grid.nx)
+        blocks = [(start, min(grid.ny, start + rows_per_batch)) for start in range(0, grid.ny, rows_per_batch)]
+    else:
+        blocks = _row_blocks(inside.sum(axis=1), cells_per_batch)
+    for start, stop in blocks:
+        if whole_box:
+            outputs = predictor.run(layers.for_rows(start, stop))
+            for name, out in maps.items():
+                out[start:stop] = np.asarray(outputs[name], dtype=np.float32).reshape(stop - start, grid.nx)
+        else:
+            rows, cols = np.nonzero(inside[start:stop])
+            outputs = predictor.run(_rows_of(layers, start, stop).for_cells(rows, cols))
+            for name, out in maps.items():
+                out[start + rows, cols] = np.asarray(outputs[name], dtype=np.float32)
+        if progress:
+            progress(stop, grid.ny)
+    if progress and blocks and blocks[-1][1] < grid.ny:
+        progress(grid.ny, grid.ny)
+    bad = ~np.isfinite(maps[OUTPUT_NAME])
+    if not whole_box:
+        bad &= inside
+    if bad.any():
+        log.warning("%s: %d cells predicted non-finite; written as nodata", layers.day, int(bad.sum()))
+    return DayPrediction(maps[OUTPUT_NAME], maps.get(UNCERTAINTY_OUTPUT_NAME))
+
+
+def predict_xco2(predictor, features: np.ndarray, batch_size: int) -> np.ndarray:
+    """XCO2 (ppm) at arbitrary feature rows [n, k], e.g. the observed cells of recent days."""
+    return predictor.run(np.ascontiguousarray(features, dtype=np.float32), batch_size=batch_size)[OUTPUT_NAME]

@@ -1,0 +1,288 @@
+"""The Prefect task wrappers of the nightly path (daily update, backfill, report): thin tasks over
+the plain functions of `tasks/` (retries where I/O can fail), and `publish` for the artifacts a
+flow's steps build. The functions themselves are tested without Prefect; flows compose these tasks.
+
+The retrain's wrappers, whose functions import torch, are in `tasks/prefect_tasks_retrain.py`:
+nothing imported here may import torch (import-linter contract `nightly-without-torch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from prefect.cache_policies import NO_CACHE
+
+from tasks.mapping import anchoring
+from tasks.samples import ingest
+from tasks.analysis import report
+from models.onnx_runtime import OnnxPredictor
+from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
+from tasks.archive.backfill_pool import DayDone, PoolPlan, map_days_in_processes, progress_line
+from tasks.archive.stac import item_properties
+from tasks.mapping.daily_anomaly import daily_anomaly, field_of
+from tasks.covariates.static import CovariateError, StaticCovariates, build_covariates
+from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from tasks.gridding.geometry import Grid
+from tasks.mapping.inference import day_layers, predict_day, predict_xco2
+from tasks.io.progress import progress_bar
+from tasks.regions.boundary import region_mask
+from tasks.settings import Settings
+from tasks.sources import pull
+from tasks.sources.pull import raw_dir
+from tasks.steps.artifacts import Artifact
+from tasks.steps.backfill import with_model
+
+# Inputs are large arrays and settings objects: never hash them for caching.
+log = logging.getLogger(__name__)
+unit = partial(task, cache_policy=NO_CACHE)
+
+
+# Per-granule retries live in the pull itself; this covers a crash of the pull as a whole.
+@unit(name="pull-inputs", retries=1, retry_delay_seconds=60, retry_jitter_factor=0.5)
+def pull_inputs(settings: Settings, start: date | None, end: date | None, products: tuple[str, ...] | None = None):
+    return pull(settings, products=products, start=start, end=end)
+
+
+def _retry_unless_bad_input(_task, _task_run, state) -> bool:
+    # A layer refused for its contents would be refused again; only I/O hiccups are worth a retry.
+    return not isinstance(getattr(state, "data", None), CovariateError)
+
+
+@unit(name="build-covariates", retries=1, retry_condition_fn=_retry_unless_bad_input)
+def build_static_covariates(settings: Settings, grid: Grid, set_aside: list[dict] | tuple = ()) -> list[dict]:
+    """Grid the static layers and NDVI composites; the raw layers quarantined as unusable (rows
+    as the daily run's). A bad NDVI composite holds back only its days; a bad static layer raises
+    CovariateError naming it, with `.quarantined` set. `set_aside`: the pull's quarantined rows."""
+    quarantined: list[dict] = []
+    composites = [q for q in set_aside if q.get("product") == "static"]
+    try:
+        with progress_bar("static covariates", 1) as advance:
+            build_covariates(settings.raw_dir / "static", grid, settings.region_dir,
+                             progress=lambda _s, done, total: advance(done * 1 // max(total, 1)),
+                             quarantine_dir=settings.quarantine_dir,
+                             manifest_path=settings.raw_dir / "manifest.parquet",
+                             set_aside=composites, quarantined=quarantined)
+    except CovariateError as exc:
+        exc.quarantined = quarantined
+        raise
+    from prefect import get_run_logger
+
+    for q in quarantined:
+        get_run_logger().warning("NDVI composite %s quarantined as %s: %s; only the days it feeds wait",
+                                 q["file"], q["quarantined_as"], q["problem"])
+    return quarantined
+
+
+@unit(name="grid-day", retries=2, retry_delay_seconds=5)
+def grid_day(settings: Settings, grid: Grid, day: date, granules: dict[str, list[Path]]):
+    return ingest.grid_day(day, granules, grid, settings.region_dir, settings.quarantine_dir,
+                           manifest_path=settings.raw_dir / "manifest.parquet")
+
+
+@unit(name="gosat-fit")
+def current_gosat_fit(settings: Settings):
+    """The stored GOSAT -> OCO fit the daily update maps with (fitted only when none is stored)."""
+    return ingest.current_gosat_fit(settings.region_dir)
+
+
+@unit(name="refit-gosat-to-oco")
+def refit_gosat(settings: Settings, grid: Grid) -> dict:
+    """At retrain: refit GOSAT -> OCO on every gridded day and re-fuse the sample days it changes."""
+    return ingest.refit_gosat_and_refuse(settings.region_dir, raw_dir(settings, "era5"), grid).to_dict()
+
+
+@unit(name="update-samples", retries=2, retry_delay_seconds=5)
+def update_samples(settings: Settings, grid: Grid, day: date, fit) -> int:
+    return ingest.sample_day(settings.region_dir, raw_dir(settings, "era5"), grid, day, fit)
+
+
+@unit(name="check-state")
+def check_state(settings: Settings, grid: Grid) -> list[dict]:
+    """Damaged derived state set aside and recomputed, dead writers' temp files removed (what was found)."""
+    from prefect import get_run_logger
+
+    from tasks.io.state_check import check_state as check
+
+    return [f.to_dict() for f in check(settings, grid, logger=get_run_logger())]
+
+
+@unit(name="map-day", retries=1)
+def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> dict:
+    """Map one day with the champion's models.onnx_runtime.OnnxPredictor and publish it."""
+    covariates = StaticCovariates(settings.region_dir)
+    layers = day_layers(covariates, raw_dir(settings, "era5"), grid, day)
+    inside = region_mask(settings.region, grid)
+    field = field_of(champion.mapping)
+    anchor = anomaly = None
+    predict = partial(predict_xco2, predictor, batch_size=settings.inference_batch_size)
+    if field is not None and settings.daily_anomaly:
+        anomaly = daily_anomaly(settings.region_dir, champion.version, grid, day, predict, FEATURE_NAMES, field,
+                                settings.daily_anomaly_max_cells_per_day, inside)
+        if anomaly.n_superobs == 0:
+            log.warning("%s: no observations within %d days; the map is the model alone", day, field.window_days)
+    # Champions exported before the background carry no field: the single offset of before.
+    # Inside their training window the model has fitted these very observations: their residuals
+    # are fitting noise, not drift, and an offset would only add it to the map.
+    elif settings.anchoring and field is None and (champion.train_last_day is None or day > champion.train_last_day):
+        anchor = anchoring.anchor_for_day(
+            day, anchoring.sample_store_reader(settings.region_dir, settings.anchor_max_cells_per_day),
+            predict, FEATURE_NAMES, settings.anchor_window_days, settings.anchor_min_cells_per_day,
+            settings.anchor_method)
+        if not anchor.anchored:
+            log.warning("%s: no observations in the %d days up to it; the map is not anchored", day,
+                        settings.anchor_window_days)
+    with progress_bar(f"mapping {day}", grid.ny) as advance:
+        prediction = predict_day(predictor, layers, grid, settings.inference_batch_size,
+                                 progress=lambda d, _t: advance(d), inside=inside)
+    xco2 = prediction.xco2 + np.float32(anchor.offset_ppm if anchor else 0.0)
+    uncertainty = prediction.uncertainty
+    if anomaly is not None:
+        xco2 = xco2 + anomaly.mean
+        uncertainty = anomaly.half_width
+    synthetic = settings.source.value == "demo"
+    tags = {
+        "units": "ppm",
+        "date": day.isoformat(),
+        "region": settings.region.name,
+        "model_name": champion.name,
+        "model_version": str(champion.version),
+        "feature_set_version": FEATURE_SET_VERSION,
+        "source_mode": settings.source.value,
+        "synthetic": "true" if synthetic else "false",
+        **(anomaly.to_tags() if anomaly else anchor.to_tags() if anchor else
+           {"anchor_offset_ppm": "0", "anchor_method": "off" if not settings.anchoring else "in training window"}),
+    }
+    if anomaly is not None:
+        tags["uncertainty"] = ("band 2: half-width of the calibrated 68% interval for a retrieval at the cell (ppm): "
+                               "background, network and daily-anomaly uncertainty and retrieval noise")
+    elif uncertainty is not None:
+        tags["uncertainty"] = "band 2: half-width of the calibrated 68% interval (ppm)"
+    if synthetic:
+        tags["note"] = "SYNTHETIC demo output: not real XCO2"
+    path = day_cog_path(settings.archive_root, settings.region.name, day)
+    write_day_cog(path, xco2, grid, tags, uncertainty=uncertainty)
+    # From the tags, as the archive check derives them when it restores a lost item.
+    upsert_day_item(settings.archive_root, settings.region, grid, day, path, item_properties(tags))
+    finite = xco2[np.isfinite(xco2)]
+    return {"day": day.isoformat(), "path": str(path), "cells": int(finite.size),
+            "mean_ppm": round(float(finite.mean()), 3) if finite.size else None,
+            "min_ppm": round(float(finite.min()), 3) if finite.size else None,
+            "max_ppm": round(float(finite.max()), 3) if finite.size else None,
+            "anchor_offset_ppm": round(anchor.offset_ppm, 3) if anchor else None,
+            "own_day_rmse_ppm": round(anomaly.own_day_rmse_ppm, 3) if anomaly and anomaly.own_day_n else None,
+            "own_day_superobs": anomaly.own_day_n if anomaly else None,
+            "model_version": str(champion.version)}
+
+
+
+def publish(artifacts: list[Artifact]) -> None:
+    """Create each artifact (tables and Markdown pages built by tasks/steps) in the current run."""
+    for a in artifacts:
+        if a.table is not None:
+            create_table_artifact(key=a.key, table=a.table, description=a.description)
+        else:
+            create_markdown_artifact(key=a.key, markdown=a.markdown or "", description=a.description)
+
+
+# The backfill's tasks (flows/backfill.py). A day task is self-contained so that Dask can ship it.
+@task(name="backfill-day", task_run_name="backfill-{day}", cache_policy=NO_CACHE, retries=1)
+def backfill_day(settings: Settings, grid: Grid, day: date, champion) -> dict:
+    """Map one day onto the archive (replacing it); runs in any worker process."""
+    predictor = OnnxPredictor(champion.onnx_path)  # per task: neither picklable nor thread-safe
+    row = map_day.fn(settings, grid, day, predictor, champion)
+    return {**row, "model_name": champion.name, "model_version": str(champion.version),
+            "provider": predictor.provider, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+class BackfillProgress:
+    """Days/hour and an ETA as the days finish: a printed line, a rich bar, the progress artifact."""
+
+    def __init__(self, todo: list[date], progress_id, label: str, logger) -> None:
+        self.total, self.progress_id, self.label, self.logger = len(todo), progress_id, label, logger
+        self.done = self.failed = 0
+        self.t0 = time.perf_counter()
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), transient=False)
+        self.bar_task = self.bar.add_task(label, total=self.total)
+
+    def __enter__(self) -> "BackfillProgress":
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def day_done(self, day: date, problem: str | None) -> None:
+        self.done += 1
+        if problem is not None:
+            self.failed += 1
+            self.logger.error("backfill of %s failed: %s", day, problem)
+        line = progress_line(self.done, self.total, self.failed, time.perf_counter() - self.t0, day)
+        self.logger.info(line)
+        self.bar.update(self.bar_task, completed=self.done, description=line)
+        update_progress_artifact(artifact_id=self.progress_id, progress=100.0 * self.done / max(self.total, 1),
+                                 description=f"{self.label}: {line}")
+
+
+def collect_days(futures: list, todo: list[date], progress: BackfillProgress) -> tuple[list[dict], dict[str, str]]:
+    """Wait for the day tasks as they finish, reporting progress; (rows, failures)."""
+    rows: list[dict] = []
+    failed: dict[str, str] = {}
+    day_of = {f.task_run_id: d for f, d in zip(futures, todo)}
+    for future in as_completed(list(futures)):
+        day = day_of[future.task_run_id]
+        try:
+            rows.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - one bad day must not hide the others
+            failed[day.isoformat()] = f"{type(exc).__name__}: {exc}"
+        progress.day_done(day, failed.get(day.isoformat()))
+    return sorted(rows, key=lambda r: r["day"]), failed
+
+
+@task(name="backfill-days-in-processes", cache_policy=NO_CACHE)
+def backfill_days_in_processes(settings: Settings, grid: Grid, todo: list[date], champion,
+                               progress: BackfillProgress) -> tuple[list[dict], dict[str, str]]:
+    """Map the days in worker processes (tasks/archive/backfill_pool.py); (rows, failures)."""
+    plan = PoolPlan.for_days(len(todo), settings.backfill_workers)
+    get_run_logger().info("%d worker processes, %d ONNX Runtime threads each", plan.workers, plan.threads_per_worker)
+
+    def done(d: DayDone) -> None:
+        progress.day_done(d.day, d.problem)
+
+    rows, failed = map_days_in_processes(settings, grid, todo, champion, workers=settings.backfill_workers,
+                                         on_done=done)
+    return with_model(rows, champion.name, champion.version), failed
+
+
+# The archive report's tasks (flows/report.py).
+@unit(name="report-select-days")
+def report_select_days(archive_root: Path, region_name: str, first: date, last: date) -> list[date]:
+    return report.select_days(archive_root, region_name, first, last)
+
+
+@unit(name="report-scan-archive")
+def report_scan_and_map(archive_root: Path, region_name: str, grid: Grid, days: list[date], out_dir: Path,
+                        area: report.ReportArea | None = None):
+    return report.scan_and_map(archive_root, region_name, grid, days, out_dir, area)
+
+
+@unit(name="report-summarise")
+def report_summarise(daily: list[report.DayStat]) -> dict:
+    return report.summarise(daily)
+
+
+@unit(name="report-write-outputs")
+def report_write_outputs(out_dir: Path, tables: dict, maps: list[report.MapInfo], context: dict) -> dict:
+    return report.write_outputs(out_dir, tables, maps, context)

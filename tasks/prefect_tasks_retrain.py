@@ -1,0 +1,53 @@
+"""The Prefect task wrappers of the monthly retrain (flows/retrain.py): thin tasks over
+tasks/steps/retrain.py (and the comparison of tasks/steps/retrain_results.py). Kept apart from
+tasks/prefect_tasks.py because these train with torch, which the nightly mapping path never
+imports (import-linter contract `nightly-without-torch`). The retrain's GOSAT refit and state
+check are the nightly module's tasks.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from models.holdouts import Holdouts
+from tasks.settings import Settings
+from tasks.steps import retrain as steps, retrain_results
+
+# Inputs are large arrays and settings objects: never hash them for caching.
+unit = partial(task, cache_policy=NO_CACHE)
+
+
+@unit(name="load-samples", retries=2, retry_delay_seconds=5)
+def load_training_data(settings: Settings):
+    return steps.training_data(settings.region_dir)
+
+
+@unit(name="fit-background")
+def fit_the_background(X: np.ndarray, y: np.ndarray, weight: np.ndarray, split: Holdouts):
+    return steps.background_on_training(X, y, weight, split)
+
+
+@unit(name="train-resnet-lstm")
+def train(settings: Settings, X: np.ndarray, y: np.ndarray, weight: np.ndarray, split: Holdouts, background):
+    return steps.train_anomaly_network(settings, X, y, weight, split, background)
+
+
+@unit(name="fit-daily-anomaly-field")
+def fit_daily_field(settings: Settings, trained, X: np.ndarray, y: np.ndarray, df: pd.DataFrame, split: Holdouts):
+    return steps.fit_daily_field(settings, trained, X, y, df, split)
+
+
+@unit(name="calibrate-uncertainty")
+def calibrate_uncertainty(settings: Settings, trained, X: np.ndarray, y: np.ndarray, split: Holdouts):
+    return steps.calibrate_uncertainty(settings, trained, X, y, split)
+
+
+@unit(name="compare-models")
+def compare_models(settings: Settings, X: np.ndarray, y: np.ndarray, df: pd.DataFrame, truth=None):
+    """Baselines and protocols on identical features and splits (issue 4)."""
+    return retrain_results.compare_models(settings, X, y, df, truth)

@@ -1,0 +1,117 @@
+"""The demo's steps (flows/demo.py, `xco2 demo`): its options and settings, whether the demo world
+on disk is the one asked for, clearing what an older world left, and the run's summary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+from tasks.regions.boundary import SHIPPED_BOUNDARIES
+from tasks.settings import Region
+
+# A 0.5 x 0.5 degree box for quick runs (`--small`, `make demo`) that crosses Sichuan's border into
+# Chongqing (about two thirds of its cells in Sichuan, around Suining and Nanchong; Tongnan and
+# Hechuan to the south), with the shipped Sichuan boundary: its maps are nodata outside the province
+# and its reports average over the province's cells, as the full Sichuan region's are.
+SMALL_REGION = Region(name="sichuan-chongqing", west=105.70, south=30.20, east=106.20, north=30.70,
+                      boundary=str(SHIPPED_BOUNDARIES["sichuan"]))
+
+
+@dataclass
+class DemoOptions:
+    data_dir: Path = Path("xco2-data")
+    start: date = date(2020, 6, 1)
+    days: int = 40
+    archive_days: int = 1
+    max_epochs: int = 8
+    max_training_samples: int = 16000
+    max_validation_samples: int = 5000
+    small: bool = False
+    # The model comparison (3 models x 3 protocols) of the retrain; on a CPU it doubles the demo.
+    compare: bool = False
+    seed: int = 20200601
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def end(self) -> date:
+        return self.start + timedelta(days=self.days - 1)
+
+
+def world_matches(world_json: Path, wanted: dict) -> bool:
+    try:
+        have = json.loads(world_json.read_text())
+    except (OSError, ValueError):
+        return False
+    return all(str(have.get(k)) == str(v) for k, v in wanted.items())
+
+
+class DemoDataDirError(RuntimeError):
+    pass
+
+
+def clear_previous_demo(settings) -> None:
+    """A new demo world invalidates everything derived from the old one (same file names, new content)."""
+    data = settings.data_dir
+    derived = ["raw", "regions", "archive", "quarantine", "models"]
+    present = [name for name in derived if (data / name).exists()]
+    old_world = (data / "demo" / "world.json").is_file()
+    if present and not old_world:
+        raise DemoDataDirError(
+            f"{data} holds data that the demo did not make ({', '.join(present)}); "
+            "run the demo with another --data-dir")
+    # The registry goes with an old demo world only when it is the local store. A registry the
+    # running stack serves (`make up`: this very mlflow.db) keeps its history, and one made
+    # before any demo world (the stack's, on a fresh data dir) is recorded into, not deleted.
+    if old_world and settings.mlflow_tracking_uri is None:
+        present += [name for name in ("mlartifacts", "mlflow.db") if (data / name).exists()]
+    for name in present:
+        path = data / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def demo_overrides(opts: DemoOptions) -> dict:
+    """The settings of a demo run (source `demo`, the CPU-sized training and comparison)."""
+    overrides = {
+        "data_dir": str(opts.data_dir), "source": "demo", "max_epochs": opts.max_epochs,
+        "max_training_samples": opts.max_training_samples,
+        "max_validation_samples": opts.max_validation_samples, "archive_lookback_days": opts.archive_days,
+        "seed": opts.seed % (2**31),
+        # A CPU-sized comparison: 3 folds, 6000 rows and 6 epochs per fit (production: 5, 20000, 20).
+        **({"comparison_folds": 3, "comparison_max_train_samples": 6000, "comparison_max_epochs": 6}
+           if opts.compare else {"comparison_protocols": []}),
+        **opts.extra,
+    }
+    if opts.small:
+        overrides["region"] = SMALL_REGION.model_dump()
+    return overrides
+
+
+def world_wanted(settings, opts: DemoOptions) -> dict:
+    """What world.json must say for the demo world on disk to be reused."""
+    return {"region": settings.region.name, "start": opts.start.isoformat(), "end": opts.end.isoformat(),
+            "seed": opts.seed}
+
+
+def demo_summary(settings, grid, opts: DemoOptions, first: dict, retrain: dict, days: list[date], accuracy,
+                 timings: dict) -> dict:
+    """What run_demo returns (and `xco2 demo` prints): the window, samples, model, scores, timings."""
+    return {
+        "region": settings.region.model_dump(), "grid": {"nx": grid.nx, "ny": grid.ny, "step": grid.step},
+        "window": [opts.start.isoformat(), opts.end.isoformat()],
+        "samples_days": len(first["days"]), "samples": sum(r["samples"] for r in first["days"]),
+        "gosat_fit": first["gosat_fit"],
+        "archive_root": str(settings.archive_root / settings.region.name),
+        "archive_days": [d.isoformat() for d in days],
+        "model": {"name": settings.registered_model_name, "version": retrain["version"], "alias": retrain["alias"],
+                  "epochs": retrain["epochs"], "best_epoch": retrain["best_epoch"],
+                  "onnx_parity_max_abs_ppm": retrain["onnx_parity_max_abs_ppm"]},
+        "validation": retrain["metrics"],
+        "spatial_validation": retrain["spatial_metrics"], "promotion_holdout": retrain["promotion_holdout"],
+        "holdouts": retrain["holdouts"], "uncertainty": retrain["uncertainty"], "comparison": retrain["comparison"],
+        "truth_accuracy": accuracy,
+        "timings": dict(timings),
+        "tracking_uri": settings.tracking_uri,
+    }

@@ -1,0 +1,93 @@
+"""The retrain's choices that are not training (tasks/steps/retrain_results.py), without Prefect: the
+training data's minimum, the gate's data, what is logged to MLflow and reported."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from models.holdouts import Holdouts
+from tasks.settings import load_settings
+from tasks.steps import retrain_results as steps
+from tasks.steps.retrain import NotEnoughSamples, training_data
+
+
+def _split(gate=True) -> Holdouts:
+    a = np.arange
+    return Holdouts(fit=a(0, 10), early_stopping=a(10, 12), random=a(12, 15),
+                    blocks_calibration=a(15, 17) if gate else a(0), blocks_score=a(17, 19) if gate else a(0),
+                    days_calibration=a(19, 20) if gate else a(0), days_score=a(20, 22) if gate else a(0),
+                    spatial_is_blocks=gate)
+
+
+SCORES = {"spatial blocks": {"rmse": 1.5, "r2": 0.5, "r2_detrended": 0.4, "slope": 0.9, "mae": 1.2, "bias": 0.1,
+                             "n": 4, "coverage68": 0.7},
+          "random (optimistic)": {"rmse": 1.0, "r2": 0.8, "r2_detrended": 0.7, "slope": 1.0, "mae": 0.8, "bias": 0.0,
+                                  "n": 3}}
+
+
+def test_the_gate_uses_the_scoring_halves_else_the_random_holdout():
+    idx, label = steps.gate_data(_split())
+    assert label == "scoring halves of held-out blocks and days" and list(idx) == list(_split().gate)
+    idx, label = steps.gate_data(_split(gate=False))
+    assert label == "random holdout" and list(idx) == [12, 13, 14]
+
+
+def test_headline_and_mlflow_metrics():
+    assert steps.headline(SCORES) is SCORES["spatial blocks"]
+    assert steps.headline({"random (optimistic)": SCORES["random (optimistic)"]})["rmse"] == 1.0
+    m = steps.metrics_for_mlflow(SCORES)
+    assert m["rmse"] == 1.5 and m["n"] == 4  # the headline, unprefixed
+    assert m["blocks_rmse"] == 1.5 and m["random_optimistic_rmse"] == 1.0 and m["blocks_coverage68"] == 0.7
+    assert "days_rmse" not in m
+
+
+def test_heldout_table_labels_and_rounds():
+    rows = steps.heldout_table({"spatial blocks": {"rmse": 1.234567, "n": 4}})
+    assert rows == [{"holdout": steps.HOLDOUT_LABELS["spatial blocks"], "rmse": 1.2346, "n": 4.0}]
+
+
+def test_too_few_samples_say_so(tmp_path):
+    with pytest.raises(NotEnoughSamples, match="run the daily flow first"):
+        training_data(tmp_path)
+
+
+def test_baseline_params_leave_out_the_network():
+    from models.baselines import Budget
+
+    params = steps.baseline_params(["resnet_lstm", "random_forest"], Budget.cpu())
+    assert set(params) == {"random_forest"} and params["random_forest"]
+
+
+@dataclass
+class _Trained:
+    n_train: int = 10
+    n_val: int = 2
+    best_epoch: int = 3
+    history: list = field(default_factory=lambda: [1, 2, 3, 4])
+    anomaly_scale: float = 0.5
+    residual_field: object = None
+
+
+@dataclass
+class _Version:
+    version: int = 7
+
+
+@dataclass
+class _Decision:
+    alias: str = "champion"
+    reason: str = "better by 0.2 ppm"
+
+
+def test_report_says_what_was_trained_scored_and_decided():
+    md = steps.report_markdown(load_settings(), _Version(), _Decision(), _Trained(), _split(), SCORES, None, 1e-6,
+                               "random holdout", [("loss curves", "s3://x/loss_curves.png")], "| a |")
+    assert md.startswith("# Retrain ") and " v7\n" in md.splitlines()[0] + "\n"
+    assert "- samples: 10 fit / 2 early stopping / 3 random / 4 in held-out blocks / 3 on held-out days" in md
+    assert f"| {steps.HOLDOUT_LABELS['spatial blocks']} | 1.500 | 0.500 | 0.400 | +0.100 | 70.0% | 4 |" in md
+    assert "daily-anomaly field: none" in md
+    assert "alias **champion** (better by 0.2 ppm)" in md
+    assert "- [loss curves](s3://x/loss_curves.png)" in md and md.endswith("## Model comparison\n\n| a |\n")
