@@ -232,13 +232,6 @@ def _cross_validated(fitted: ResidualField, frame: pd.DataFrame, residual: np.nd
     return out
 
 
-def calibration_error(fitted: FieldFit, names: tuple[str, ...] | None = None) -> float:
-    """Mean over the calibration holdouts of the map's RMSE there (each holdout counts equally)."""
-    errors = [float(np.sqrt(np.mean((r - m) ** 2))) for name, (r, m, _v) in fitted.calibration_predictions.items()
-              if names is None or name in names]
-    return float(np.mean(errors)) if errors else float("inf")
-
-
 def predict_field(field: ResidualField, obs: Superobs, frame: pd.DataFrame, idx: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     lat0 = float(np.mean(frame["latitude"]))

@@ -85,8 +85,8 @@ def _share_and_field(settings: Settings, trained: TrainedModel, y: np.ndarray, d
     for share in shares:
         fitted = fit_field(df, y - background - share * network_anomaly, split.training, calibration, settings.seed)
         candidates.append((share, {name: (r, m) for name, (r, m, _v) in fitted.calibration_predictions.items()}))
-    days = {name: df["day"].to_numpy()[idx] for name, idx in calibration.items()}
-    share = simplest_share(candidates, {name: day_number(d) for name, d in days.items()})
+    days = {name: day_number(df["day"].to_numpy()[idx]) for name, idx in calibration.items()}
+    share = simplest_share(candidates, days)
     # The chosen share's field, its interval calibrated on the halves and on folds of the training samples.
     fitted = fit_field(df, y - background - share * network_anomaly, split.training, calibration, settings.seed,
                        cross_validate=True, block_km=settings.promotion_block_km)
