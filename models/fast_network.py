@@ -21,8 +21,7 @@ Measured side by side on a random Table-4 network (46 features): 1.2-1.5x the ce
 im2col form at batches of 2048-8192 with half its memory, same outputs within 1e-7
 (docs/inference-speed.md).
 
-Only `gemm_friendly` (the name predates the image layout; it still returns "the fast form") and
-`flops_per_cell` are public: gemm_friendly takes a trained ResNetLSTM (eval mode) and returns a
+Only `fast_form` and `flops_per_cell` are public: fast_form takes a trained ResNetLSTM (eval mode) and returns a
 module with the same input and output; models/onnx_export.py exports it in place of the network.
 """
 
@@ -171,15 +170,15 @@ class FastResNetLSTM(nn.Module):
         return (torch.matmul(last, self.w_head) + self.b_head).squeeze(-1)
 
 
-def gemm_friendly(network: nn.Module) -> nn.Module:
+def fast_form(network: nn.Module) -> nn.Module:
     """The same function as `network` (a ResNetLSTM in eval mode), built from its current weights
     in the fast inference form (see the module docstring: the batch as one image for the
     convolutions, BatchNorm folded, the LSTM unrolled). The result holds copies of the weights:
     later changes to `network` do not reach it."""
     if not isinstance(network, ResNetLSTM):
-        raise TypeError(f"gemm_friendly needs a ResNetLSTM, got {type(network).__name__}")
+        raise TypeError(f"fast_form needs a ResNetLSTM, got {type(network).__name__}")
     if network.training:
-        raise ValueError("gemm_friendly folds BatchNorm's running statistics: put the network in eval mode first")
+        raise ValueError("fast_form folds BatchNorm's running statistics: put the network in eval mode first")
     with torch.no_grad():
         return FastResNetLSTM(network).eval()
 

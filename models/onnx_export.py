@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from models.deployable import DeployableXCO2Model
-from models.fast_network import gemm_friendly
+from models.fast_network import fast_form
 from models.onnx_contract import INPUT_NAME, OPSET, OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME, encode_metadata
 from models.onnx_runtime import open_session, predict_batched
 from models.training import TrainedModel
@@ -39,7 +39,7 @@ class OnnxParityError(AssertionError):
 def export_module(trained: TrainedModel, form: str = "fast") -> nn.Module:
     """The torch module that `export_onnx` traces: the deployable wrapper (preprocessing, scalers,
     uncertainty, whatever else it holds) with, for form "fast", its network replaced by
-    gemm_friendly(network) on a deep copy, so `trained` itself is never modified."""
+    fast_form(network) on a deep copy, so `trained` itself is never modified."""
     if form not in EXPORT_FORMS:
         raise ValueError(f"unknown ONNX export form {form!r}; expected one of {EXPORT_FORMS}")
     deployable = trained.deployable_with_uncertainty() if trained.spread is not None else trained.deployable()
@@ -50,7 +50,7 @@ def export_module(trained: TrainedModel, form: str = "fast") -> nn.Module:
     if not holders:
         raise TypeError(f"no DeployableXCO2Model inside {type(fast).__name__}: cannot swap in the fast network")
     for holder in holders:
-        holder.network = gemm_friendly(holder.network)
+        holder.network = fast_form(holder.network)
     return fast.eval()
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import models.onnx_export as onnx_export
-from models.fast_network import gemm_friendly
+from models.fast_network import fast_form
 from models.onnx_export import OnnxParityError, check_onnx_parity, export_onnx
 from models.onnx_runtime import open_session, session_options
 from models.resnet_lstm import ResNetLSTM
@@ -55,9 +55,9 @@ def raw_rows(trained: TrainedModel, n: int, seed: int) -> np.ndarray:
     (13, {"stem_channels": 8, "block_channels": (16, 24, 32), "lstm_hidden": 16, "lstm_layers": 3}),  # odd lengths
     (6, {"stem_channels": 4, "block_channels": (8,), "lstm_hidden": 8, "lstm_layers": 1}),
 ])
-def test_gemm_friendly_computes_the_same_function(n_features, shape):
+def test_fast_form_computes_the_same_function(n_features, shape):
     network = random_network(n_features, seed=n_features, **shape)
-    fast = gemm_friendly(network)
+    fast = fast_form(network)
     x = torch.randn(300, n_features) * 2
     with torch.no_grad():
         expected, got = network(x), fast(x)
@@ -66,20 +66,20 @@ def test_gemm_friendly_computes_the_same_function(n_features, shape):
     assert not any(isinstance(m, (torch.nn.Conv1d, torch.nn.LSTM, torch.nn.BatchNorm1d)) for m in fast.modules())
 
 
-def test_gemm_friendly_refuses_what_it_cannot_fold():
+def test_fast_form_refuses_what_it_cannot_fold():
     with pytest.raises(TypeError, match="ResNetLSTM"):
-        gemm_friendly(torch.nn.Linear(3, 1))
+        fast_form(torch.nn.Linear(3, 1))
     with pytest.raises(ValueError, match="eval mode"):
-        gemm_friendly(ResNetLSTM(8).train())
+        fast_form(ResNetLSTM(8).train())
     # A skip projection that no longer strides like the convolutions: the residual add cannot line up.
     network = ResNetLSTM(8, stem_channels=4, block_channels=(8,), lstm_hidden=4, lstm_layers=1).eval()
     network.blocks[0].skip[0].stride = (1,)
     with pytest.raises(ValueError, match="the convolutions give 4 positions, the skip projection 8"):
-        gemm_friendly(network)
+        fast_form(network)
     network.blocks[0].skip[0].stride = (2,)
     network.blocks[0].conv2.dilation = (2,)
     with pytest.raises(ValueError, match="dilation=1"):
-        gemm_friendly(network)
+        fast_form(network)
 
 
 def _op_types(path) -> set[str]:
@@ -132,8 +132,8 @@ def test_export_refuses_a_graph_that_differs_and_publishes_nothing(tmp_path, mon
         def forward(self, x):
             return self.inner(x) + 0.01  # 0.01 standardised = 0.03 ppm at target_std 3
 
-    real = onnx_export.gemm_friendly
-    monkeypatch.setattr(onnx_export, "gemm_friendly", lambda network: Shifted(real(network)))
+    real = onnx_export.fast_form
+    monkeypatch.setattr(onnx_export, "fast_form", lambda network: Shifted(real(network)))
     with pytest.raises(OnnxParityError, match=r"'xco2' differs from the torch model by 0\.03 ppm"):
         export_onnx(trained, tmp_path / "bad.onnx")
     assert list(tmp_path.iterdir()) == []
