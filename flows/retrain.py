@@ -61,6 +61,8 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     trained = retrain_tasks.train(settings, X, y, weight, split, background)
     trained, field_fit = retrain_tasks.fit_daily_field(settings, trained, X, y, df, split)
     trained = retrain_tasks.calibrate_uncertainty(settings, trained, X, y, split)
+    # Choices made, the deployed background refitted on every sample but the gate's.
+    trained, field_fit = retrain_tasks.background_for_maps(trained, field_fit, X, y, df, split)
     scores = results.score_holdouts(trained, field_fit, X, y, df, split)
 
     # One ONNX graph, parity checked; the figures on the data the gate compares on.
@@ -75,7 +77,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     # Logged and registered; the gate: the champion and this version (graph outputs) on the same
     # held-out cells neither saw.
     experiment = f"xco2-{settings.region.name}"
-    params = results.training_params(settings, df, split, trained, background, gosat["fit"]["fit_id"], gate)
+    params = results.training_params(settings, df, split, trained, trained.background, gosat["fit"]["fit_id"], gate)
     version = log_training_run(settings.tracking_uri, experiment, settings.registered_model_name, trained,
                                onnx_path, results.metrics_for_mlflow(scores), params, figures,
                                {"source_mode": settings.source.value}, onnx_parity_max_abs_ppm=parity)

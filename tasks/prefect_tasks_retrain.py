@@ -42,6 +42,11 @@ def fit_daily_field(settings: Settings, trained, X: np.ndarray, y: np.ndarray, d
     return steps.fit_daily_field(settings, trained, X, y, df, split)
 
 
+@unit(name="refit-background-for-maps")
+def background_for_maps(trained, field_fit, X: np.ndarray, y: np.ndarray, df: pd.DataFrame, split: Holdouts):
+    return steps.background_for_maps(trained, field_fit, X, y, df, split)
+
+
 @unit(name="calibrate-uncertainty")
 def calibrate_uncertainty(settings: Settings, trained, X: np.ndarray, y: np.ndarray, split: Holdouts):
     return steps.calibrate_uncertainty(settings, trained, X, y, split)

@@ -240,3 +240,69 @@ def test_simplest_share_keeps_the_network_only_when_the_data_clearly_prefer_it()
     assert simplest_share(candidates[:1], days) == 0.0
     with pytest.raises(ValueError):
         simplest_share([], days)
+
+
+def test_cross_validation_takes_each_folds_residuals_from_a_model_that_never_saw_it():
+    """With residual_without, every fold is predicted from residuals of a refit without it: the
+    rest handed over never holds a sample of the fold scored, and each fold's residuals are used."""
+    rng = np.random.default_rng(8)
+    n = 320
+    lat, lon, days = scattered(n, seed=9, n_days=20)
+    residual = rng.normal(0, 1.0, n)
+    frame = pd.DataFrame({"latitude": lat, "longitude": lon, "day": days, "weight": np.ones(n)})
+    split = split_samples(lat, lon, days, 0.15, 50.0, seed=0)
+    rests = []
+
+    def residual_without(rest: np.ndarray) -> np.ndarray:
+        rests.append(np.asarray(rest))
+        return residual + 100.0  # a refit that is far off: the calibration must see it
+
+    plain = fit_field(frame, residual, split.training, {}, seed=0, cross_validate=True)
+    refit = fit_field(frame, residual, split.training, {}, seed=0, cross_validate=True,
+                      residual_without=residual_without)
+    assert len(rests) == 6  # 3 folds of blocks, 3 of days
+    training = set(split.training)
+    for rest in rests:
+        assert set(rest) < training and len(rest) < len(training)
+    # Per grouping the three rests leave out disjoint folds that together cover the training samples.
+    for group in (rests[:3], rests[3:]):
+        left_out = [training - set(rest) for rest in group]
+        assert set().union(*left_out) == training and sum(len(s) for s in left_out) == len(training)
+    # The same field, but the offset residuals sit far outside its predictions: a much wider interval.
+    assert refit.field.interval_scale > 10 * plain.field.interval_scale
+
+
+def test_the_deployed_background_never_sees_the_gate(trained_on_background):
+    """background_for_maps refits the background on every sample but the scoring halves: changing
+    the gate's observations changes nothing deployed, changing any other sample's does."""
+    from models.holdouts import Holdouts, fit_field
+    from tasks.steps.retrain import background_for_maps
+
+    trained, X, names = trained_on_background
+    n = len(X)
+    rng = np.random.default_rng(10)
+    idx = rng.permutation(n)
+    split = Holdouts(fit=np.sort(idx[:160]), early_stopping=np.sort(idx[160:200]), random=np.sort(idx[200:220]),
+                     blocks_calibration=np.sort(idx[220:250]), blocks_score=np.sort(idx[250:280]),
+                     days_calibration=np.sort(idx[280:300]), days_score=np.sort(idx[300:]), spatial_is_blocks=True)
+    assert set(split.all_but_gate) == set(range(n)) - set(split.gate)
+    days = (START + pd.to_timedelta(rng.integers(0, 30, n), unit="D")).to_numpy()
+    frame = pd.DataFrame({"latitude": X[:, names.index("latitude")], "longitude": X[:, names.index("longitude")],
+                          "day": days, "weight": np.ones(n)})
+    _, y, _ = _covariates(320, seed=6)
+    field_fit = fit_field(frame, y - trained.predict(X), split.training, {}, seed=0)
+
+    def deployed(y_now: np.ndarray):
+        model, fit = background_for_maps(trained, field_fit, X, y_now, frame, split)
+        return model.background, fit.observations
+
+    before, obs = deployed(y)
+    assert before != trained.background and before.n_fit == len(split.all_but_gate)
+    assert len(obs) > len(field_fit.observations)  # the calibration halves now inform the field too
+    gate_changed = y.copy()
+    gate_changed[split.gate] += 30.0
+    after, obs_after = deployed(gate_changed)
+    assert after == before and np.array_equal(obs_after.residual, obs.residual)
+    other_changed = y.copy()
+    other_changed[split.days_calibration] += 30.0
+    assert deployed(other_changed)[0] != before
