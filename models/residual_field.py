@@ -310,28 +310,42 @@ def predict_points(field: ResidualField, obs: Superobs, lat0: float, lon: np.nda
     return mean, var
 
 
-def calibrate_interval(field: ResidualField, holdouts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
-                       ) -> tuple[ResidualField, dict[str, float]]:
+def calibrate_interval(field: ResidualField, holdouts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       weights: dict[str, np.ndarray] | None = None) -> tuple[ResidualField, dict[str, float]]:
     """Scale the interval so that it holds 68.27% of held-out residuals in every holdout at once.
 
     holdouts: name -> (residual, field mean, field variance) of held-out observations predicted
     from the others (spatial blocks, whole days). Two numbers are calibrated: the overall scale and
-    the share of the point noise; with one holdout only the scale. Returns the field and each
-    holdout's coverage after calibration."""
-    parts = {k: (np.asarray(r) - np.asarray(m), np.asarray(v)) for k, (r, m, v) in holdouts.items() if len(r) >= 10}
+    the share of the point noise; with one holdout only the scale. weights: name -> each held-out
+    value's weight (its independent soundings; 1 when not given). Returns the field and each
+    holdout's (weighted) coverage after calibration."""
+    weights = weights or {}
+    parts = {k: (np.asarray(r) - np.asarray(m), np.asarray(v),
+                 np.asarray(weights[k], np.float64) if k in weights else np.ones(len(r)))
+             for k, (r, m, v) in holdouts.items() if len(r) >= 10}
+    parts = {k: p for k, p in parts.items() if p[2].sum() > 0}
     if not parts:
         return field, {}
     noise = field.point_noise()
+    # Each holdout weighs the same in the pooled quantile, whatever its number of values.
+    pooled_w = np.concatenate([w / w.sum() for _, _, w in parts.values()])
 
     def scaled(q: float) -> tuple[float, dict[str, float]]:
-        z = {k: np.abs(e) / np.sqrt(v + q * noise) for k, (e, v) in parts.items()}
-        scale = float(np.quantile(np.concatenate(list(z.values())), 0.6827))
-        return scale, {k: float(np.mean(zk <= scale)) for k, zk in z.items()}
+        z = {k: np.abs(e) / np.sqrt(v + q * noise) for k, (e, v, _) in parts.items()}
+        scale = weighted_quantile(np.concatenate(list(z.values())), pooled_w, 0.6827)
+        return scale, {k: float(np.average(zk <= scale, weights=parts[k][2])) for k, zk in z.items()}
 
     candidates = np.logspace(-2, 2, 41) if len(parts) > 1 else np.array([1.0])
     best = min(candidates, key=lambda q: max(abs(c - 0.6827) for c in scaled(q)[1].values()))
     scale, coverages = scaled(float(best))
     return replace(field, interval_scale=scale, noise_scale=float(best)), coverages
+
+
+def weighted_quantile(values: np.ndarray, weight: np.ndarray, q: float) -> float:
+    """The smallest value with at least a share q of the weight at or below it."""
+    order = np.argsort(values)
+    cumulative = np.cumsum(np.asarray(weight, np.float64)[order])
+    return float(np.asarray(values)[order][min(np.searchsorted(cumulative, q * cumulative[-1]), len(values) - 1)])
 
 
 def interval_half_width(field: ResidualField, variance: np.ndarray) -> np.ndarray:

@@ -101,6 +101,9 @@ def test_holdout_scores_per_source_and_coverage():
     assert scores["rmse_oco2"] == pytest.approx(np.sqrt(0.25 / 2)) and scores["n_oco2_oco3"] == 1
     assert "r2_detrended" in scores
     assert "coverage68" not in holdout_scores(observed, predicted, None, days)
+    # One sounding counts once: the GOSAT cell outside the band is one of ~80 copies of its sounding.
+    weighted = holdout_scores(observed, predicted, np.full(4, 0.6), days, weight=np.array([1.0, 1.0, 1 / 80, 1.0]))
+    assert weighted["coverage68"] == pytest.approx(3 / (3 + 1 / 80))
 
 
 def test_field_fitted_on_training_residuals_is_calibrated_on_the_held_out_halves():

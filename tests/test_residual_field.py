@@ -131,6 +131,24 @@ def test_calibrated_interval_holds_68_percent_on_both_holdouts():
     assert same == field and none == {}
 
 
+def test_calibration_counts_each_sounding_once():
+    """Copies of a few noisy soundings (GOSAT: one sounding, ~80 cells) weighted by their independent
+    soundings do not set the interval; counted per cell they widen it for everything else."""
+    rng = np.random.default_rng(6)
+    var = np.full(4000, 0.5)
+    precise = rng.normal(0, 1, 2000) * np.sqrt(0.5 + FIELD.point_noise())
+    noisy = np.repeat(rng.normal(0, 4.0, 25), 80)  # 25 soundings, 80 cells each
+    residual = np.concatenate([precise, noisy])
+    weight = np.concatenate([np.ones(2000), np.full(2000, 1 / 80)])
+    holdout = {"whole days": (residual, np.zeros(4000), var)}
+    per_cell, _ = calibrate_interval(FIELD, holdout)
+    per_sounding, coverage = calibrate_interval(FIELD, holdout, {"whole days": weight})
+    assert abs(coverage["whole days"] - 0.6827) < 0.01
+    inside = np.abs(precise) <= interval_half_width(per_sounding, var[:2000])
+    assert abs(inside.mean() - 0.6827) < 0.03  # the precise soundings' interval is theirs
+    assert interval_half_width(per_cell, var[:1])[0] > 1.5 * interval_half_width(per_sounding, var[:1])[0]
+
+
 def test_map_is_nan_outside_the_region_and_follows_the_observations():
     obs = simulated(FIELD, 80, seed=6, days=5)
     lons, lats = np.arange(103.0, 107.0, 0.1) + 0.05, np.arange(28.0, 32.0, 0.1) + 0.05

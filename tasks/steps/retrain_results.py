@@ -45,13 +45,14 @@ def score_holdouts(trained, field_fit: FieldFit | None, X: np.ndarray, y: np.nda
     scoring halves; the random holdout last, labelled optimistic."""
     sources = df["source"].to_numpy()
     days = df["day"].to_numpy()
+    weight = df["weight"].to_numpy(np.float64)
     out = {}
     for name, idx in (("spatial blocks", split.blocks_score), ("whole days", split.days_score),
                       ("random (optimistic)", split.random)):
         if len(idx) < 2:
             continue
         predicted, half_width = archive_view(trained, field_fit, X, df, idx)
-        out[name] = holdout_scores(y[idx], predicted, half_width, days[idx], sources[idx])
+        out[name] = holdout_scores(y[idx], predicted, half_width, days[idx], sources[idx], weight[idx])
     return out
 
 
