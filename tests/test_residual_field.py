@@ -36,14 +36,31 @@ def test_superobs_average_by_day_and_cell_weighted_by_soundings():
     obs = superobs(lon, lat, days, residual, weight, superob_deg=0.1, clip_ppm=4.0)
     assert len(obs) == 3  # two cells on the first day, one on the second
     first = np.flatnonzero((obs.day == day_number(["2020-01-01"])[0]) & (obs.lon < 104.1))[0]
-    # 40 ppm is clipped to 4 before averaging: one bad retrieval does not carry the cell.
-    assert obs.residual[first] == pytest.approx((1 * 1 + 3 * 2 + 0.5 * 4) / 4.5)
+    # 40 ppm is clipped to 4 about the day's weighted median (2) before averaging: one bad retrieval
+    # does not carry the cell.
+    assert obs.residual[first] == pytest.approx((1 * 1 + 3 * 2 + 0.5 * 6) / 4.5)
     assert obs.weight[first] == pytest.approx(4.5)
     assert obs.lon[first] == pytest.approx((104.01 + 3 * 104.02 + 0.5 * 104.03) / 4.5)
     assert sorted(obs.weight) == pytest.approx([1.0, 2.0, 4.5])
     # NaN residuals and weight 0 count as no observation.
     none = superobs(lon[:2], lat[:2], days[:2], np.array([np.nan, 1.0]), np.array([1.0, 0.0]), 0.1)
     assert len(none) == 0
+
+
+def test_a_whole_day_off_the_model_is_followed_while_its_outliers_are_clipped():
+    """Past its training window a background drifts: a day 5 ppm above it keeps its level (clipping
+    about 0 would cut it to the clip), and its one bad retrieval is still cut to the clip."""
+    rng = np.random.default_rng(3)
+    n = 200
+    lon, lat = rng.uniform(104, 105, n), rng.uniform(30, 31, n)
+    residual = 5.0 + rng.normal(0, 0.3, n)
+    residual[0] = 60.0
+    obs = superobs(lon, lat, np.array(["2020-01-01"] * n), residual, np.ones(n), superob_deg=10.0, clip_ppm=2.0)
+    assert len(obs) == 1
+    clipped = residual.copy()
+    clipped[0] = np.median(residual) + 2.0
+    assert obs.residual[0] == pytest.approx(clipped.mean(), abs=0.01)
+    assert obs.residual[0] == pytest.approx(5.0, abs=0.1)
 
 
 def test_analytic_gradient_matches_finite_differences():
