@@ -81,7 +81,7 @@ def log_to_mlflow(tracking_uri: str, box: BenchmarkBox, opts: BenchmarkOptions, 
         for method, row in result["table"].items():
             key = method.replace(" ", "_").replace("+", "plus").replace("(", "").replace(")", "")
             for h, s in row.items():
-                for m in ("rmse", "r2", "bias", "n", "coverage68"):
+                for m in ("rmse", "r2", "bias", "n", "coverage68", "coverage68_low", "coverage68_high"):
                     if s.get(m) is not None and np.isfinite(s[m]):
                         metrics[f"{key}.{h}.{m}"] = float(s[m])
         mlflow.log_metrics(metrics)

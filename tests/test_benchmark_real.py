@@ -103,6 +103,25 @@ def test_scores_and_noise_floor():
     s = rb.score(np.array([1.0, 2.0, 3.0, np.nan]), np.array([1.5, 2.0, 2.5, 9.0]), np.array([0.6, 0.1, 0.4, 1]))
     assert s["n"] == 3 and s["bias"] == pytest.approx(0.0) and s["rmse"] == pytest.approx(np.sqrt(0.5 / 3))
     assert s["coverage68"] == pytest.approx(2 / 3) and s["r2"] == pytest.approx(1 - 0.5 / 2)
+    assert "coverage68_low" not in s  # no days given: no range
+
+
+def test_coverage_range_resamples_whole_days():
+    """Days whose cells are all inside or all outside: the range spans what drawing days gives;
+    one cell per day would leave the same coverage far less uncertain."""
+    n_days, per_day = 20, 30
+    days = np.repeat(np.arange(n_days), per_day)
+    day_inside = np.arange(n_days) < 13  # 65 % of days
+    inside = day_inside[days]
+    s = rb.score(np.zeros(len(days)), np.where(inside, 0.5, 2.0), np.ones(len(days)), days)
+    assert s["coverage68"] == pytest.approx(0.65)
+    assert s["coverage68_low"] <= 0.5 and s["coverage68_high"] >= 0.8  # sd ~0.11 with 20 days
+    assert s["coverage68_low"] < s["coverage68"] < s["coverage68_high"]
+    spread = np.arange(len(days))  # every cell its own day
+    narrow = rb.score(np.zeros(len(days)), np.where(inside, 0.5, 2.0), np.ones(len(days)), spread)
+    assert narrow["coverage68_high"] - narrow["coverage68_low"] < 0.1
+    table = rb.markdown_table({"box": {"xco2 archive": {"spatial": s, "days": s}}})
+    assert f"65% ({s['coverage68_low']:.0%}-{s['coverage68_high']:.0%})" in table
     rng = np.random.default_rng(3)
     df = tiny_table(coverage=1.0)
     df["xco2_ppm"] = 400 + rng.normal(0, 0.8, len(df))
