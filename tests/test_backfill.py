@@ -273,3 +273,28 @@ def test_a_worker_that_dies_fails_its_day_alone_and_leaves_no_litter(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{r['day']}.txt" for r in rows)  # no temp file left
     threads = PoolPlan.for_days(len(days), 2).threads_per_worker  # the cores shared out between 2 workers
     assert (folder / "2020-06-01.txt").read_text() == f"2020-06-01 {threads}"
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_death_seen_late_on_a_loaded_machine_still_ends_the_pool(tmp_path, monkeypatch):
+    """On a loaded machine the pool looks late, and a dead worker's closed pipe and its exit show
+    together: the pool buries it then (it used to spin forever, an end-of-file pipe being always
+    readable) and the other days still map."""
+    from backfill_pool_support import fake_map_one, fake_predictor
+
+    import tasks.archive.backfill_pool as pool
+
+    real_wait = pool.wait
+
+    def late_wait(objects, timeout=None):
+        time.sleep(0.3)  # the parent busy elsewhere: whatever happened meanwhile is ready at once
+        return real_wait(objects, timeout)
+
+    monkeypatch.setattr(pool, "wait", late_wait)
+    settings = load_settings(data_dir=str(tmp_path / "data"), region=SMALL_REGION.model_dump())
+    grid = Grid.for_region(settings.region, settings.grid_step)
+    days = [date(2020, 6, d) for d in range(1, 8)]
+    rows, failed = pool.map_days_in_processes(settings, grid, days, champion=None, workers=2,
+                                              open_predictor=fake_predictor, map_one=fake_map_one)
+    assert sorted(failed) == ["2020-06-03", "2020-06-04"] and "SIGKILL" in failed["2020-06-03"]
+    assert [r["day"] for r in rows] == [d.isoformat() for d in days if d.day not in (3, 4)]

@@ -182,6 +182,20 @@ def map_days_in_processes(settings: Settings, grid: Grid, days: list[date], cham
         if on_done is not None:
             on_done(done)
 
+    def bury(pid: int) -> None:
+        """A worker that died: its day fails with how it died, its litter goes, a new one starts."""
+        process, pipe, day = busy.pop(pid)
+        process.join(timeout=30)
+        if process.is_alive():  # its pipe closed yet it runs on: it must not outlive the pool
+            process.kill()
+            process.join()
+        pipe.close()
+        if day is not None:
+            report(DayDone(day, None, f"worker process {pid} {_death(process.exitcode)} while mapping it", 0.0, pid))
+        remove_dead_temp_files([r for r in _litter_roots(settings) if r.is_dir()])
+        if queue:
+            start_worker()
+
     try:
         for _ in range(plan.workers):
             if queue:
@@ -197,20 +211,16 @@ def map_days_in_processes(settings: Settings, grid: Grid, days: list[date], cham
                 if ready is pipe:
                     try:
                         done = pipe.recv()
-                    except EOFError:  # died mid-send: its sentinel tells how, next round
+                    except EOFError:
+                        # Its end closed: it died. Buried here, not when its sentinel fires: an end-of-file
+                        # pipe stays readable, so the sentinel's "nothing left to read" never came and a
+                        # loaded machine, seeing both at once, spun forever (tests/test_backfill.py).
+                        bury(pid)
                         continue
                     report(done)
                     give_next(pid)
                 elif not pipe.poll():  # exited with nothing left to read: it died
-                    process.join()
-                    pipe.close()
-                    busy.pop(pid)
-                    if day is not None:
-                        report(DayDone(day, None, f"worker process {pid} {_death(process.exitcode)} while mapping it",
-                                       0.0, pid))
-                    remove_dead_temp_files([r for r in _litter_roots(settings) if r.is_dir()])
-                    if queue:
-                        start_worker()
+                    bury(pid)
     finally:
         for process, pipe, _ in busy.values():  # an interrupted pool: leave no worker behind
             process.kill()
