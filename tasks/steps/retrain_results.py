@@ -41,7 +41,7 @@ def archive_view(trained, field_fit: FieldFit | None, X: np.ndarray, df: pd.Data
 
 def score_holdouts(trained, field_fit: FieldFit | None, X: np.ndarray, y: np.ndarray, df: pd.DataFrame,
                    split: Holdouts) -> dict[str, dict]:
-    """The archive's view (model + daily anomaly, conditioned on training samples only) on the
+    """The archive's view (model + daily anomaly, conditioned on every sample but the gate's) on the
     scoring halves; the random holdout last, labelled optimistic."""
     sources = df["source"].to_numpy()
     days = df["day"].to_numpy()
