@@ -77,7 +77,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     # Logged and registered; the gate: the champion and this version (graph outputs) on the same
     # held-out cells neither saw.
     experiment = f"xco2-{settings.region.name}"
-    params = results.training_params(settings, df, split, trained, trained.background, gosat["fit"]["fit_id"], gate)
+    params = results.training_params(settings, df, split, trained, gosat["fit"]["fit_id"], gate)
     version = log_training_run(settings.tracking_uri, experiment, settings.registered_model_name, trained,
                                onnx_path, results.metrics_for_mlflow(scores), params, figures,
                                {"source_mode": settings.source.value}, onnx_parity_max_abs_ppm=parity)

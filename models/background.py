@@ -143,7 +143,13 @@ def fit_background(X: np.ndarray, y: np.ndarray, feature_names: Sequence[str], w
     return Background(tuple(float(b) for b in beta), *reference, n_fit=len(y), residual_sd_ppm=float(sd))
 
 
-def _weighted_median(values: np.ndarray, weight: np.ndarray) -> float:
+def weighted_quantile(values: np.ndarray, weight: np.ndarray, q: float) -> float:
+    """The smallest value with at least a share q of the weight at or below it."""
+    values = np.asarray(values)
     order = np.argsort(values)
-    cumulative = np.cumsum(weight[order])
-    return float(values[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+    cumulative = np.cumsum(np.asarray(weight, np.float64)[order])
+    return float(values[order][min(int(np.searchsorted(cumulative, q * cumulative[-1])), len(values) - 1)])
+
+
+def _weighted_median(values: np.ndarray, weight: np.ndarray) -> float:
+    return weighted_quantile(values, weight, 0.5)

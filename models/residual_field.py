@@ -34,6 +34,8 @@ import pandas as pd
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.optimize import minimize
 
+from models.background import weighted_quantile
+
 KM_PER_DEGREE_LAT = 110.57
 KM_PER_DEGREE_LON_EQUATOR = 111.32
 PARAMETERS = ("local_variance", "local_length_km", "local_time_days", "regional_variance", "regional_length_km",
@@ -157,12 +159,12 @@ def superobs(lon: np.ndarray, lat: np.ndarray, days: Any, residual: np.ndarray, 
     residual = np.asarray(residual, np.float64)
     weight = np.ones_like(residual) if weight is None else np.asarray(weight, np.float64)
     ok = np.isfinite(residual) & (weight > 0)
+    day = day_number(days)
     if math.isfinite(clip_ppm) and ok.any():
         residual = residual.copy()
-        day = day_number(days)
-        centre = _weighted_medians(day[ok], residual[ok], weight[ok])
+        centre = _day_medians(day[ok], residual[ok], weight[ok])
         residual[ok] = centre + np.clip(residual[ok] - centre, -clip_ppm, clip_ppm)
-    frame = pd.DataFrame({"day": day_number(days)[ok], "i": np.floor(np.asarray(lat)[ok] / superob_deg),
+    frame = pd.DataFrame({"day": day[ok], "i": np.floor(np.asarray(lat)[ok] / superob_deg),
                           "j": np.floor(np.asarray(lon)[ok] / superob_deg), "w": weight[ok],
                           "wr": weight[ok] * residual[ok], "wlon": weight[ok] * np.asarray(lon)[ok],
                           "wlat": weight[ok] * np.asarray(lat)[ok]})
@@ -175,21 +177,11 @@ def superobs(lon: np.ndarray, lat: np.ndarray, days: Any, residual: np.ndarray, 
         np.float64), g["wr"].to_numpy() / w, w)
 
 
-def _weighted_medians(groups: np.ndarray, values: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Each value's group's weighted median (the first value holding half the group's weight)."""
-    order = np.lexsort((values, groups))
-    g, v, w = groups[order], values[order], weight[order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    ends = np.r_[starts[1:], len(g)]
-    cumulative = np.cumsum(w)
-    before = np.r_[0.0, cumulative][starts]
-    medians = np.empty(len(starts))
-    for k, (a, b) in enumerate(zip(starts, ends)):
-        half = before[k] + 0.5 * (cumulative[b - 1] - before[k])
-        medians[k] = v[a + min(int(np.searchsorted(cumulative[a:b], half)), b - a - 1)]
-    out = np.empty(len(values))
-    out[order] = np.repeat(medians, ends - starts)
-    return out
+def _day_medians(day: np.ndarray, values: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Each value's day's weighted median."""
+    days, which = np.unique(day, return_inverse=True)
+    medians = np.array([weighted_quantile(values[which == k], weight[which == k], 0.5) for k in range(len(days))])
+    return medians[which]
 
 
 def _xy_km(lon: np.ndarray, lat: np.ndarray, lat0: float) -> np.ndarray:
@@ -367,13 +359,6 @@ def calibrate_interval(field: ResidualField, holdouts: dict[str, tuple[np.ndarra
     best = min(candidates, key=lambda q: max(abs(c - 0.6827) for c in scaled(q)[1].values()))
     scale, coverages = scaled(float(best))
     return replace(field, interval_scale=scale, noise_scale=float(best)), coverages
-
-
-def weighted_quantile(values: np.ndarray, weight: np.ndarray, q: float) -> float:
-    """The smallest value with at least a share q of the weight at or below it."""
-    order = np.argsort(values)
-    cumulative = np.cumsum(np.asarray(weight, np.float64)[order])
-    return float(np.asarray(values)[order][min(np.searchsorted(cumulative, q * cumulative[-1]), len(values) - 1)])
 
 
 def interval_half_width(field: ResidualField, variance: np.ndarray) -> np.ndarray:

@@ -117,12 +117,12 @@ def background_for_maps(trained: TrainedModel, field_fit: FieldFit | None, X: np
     except BackgroundError as exc:
         log.warning("background kept from the training samples: %s", exc)
         return trained, field_fit
-    old = trained.background.evaluate_features(X, FEATURE_NAMES)
     refitted = dataclasses.replace(trained, background=background)
     if field_fit is None:
         return refitted, None
-    residual_model = trained.predict(X) - old  # the share x network anomaly, which the refit leaves alone
-    residual = y - background.evaluate_features(X, FEATURE_NAMES) - residual_model
+    residual = y - background.evaluate_features(X, FEATURE_NAMES)
+    if trained.anomaly_scale:  # the share x network anomaly, which the refit leaves alone (0: no network pass)
+        residual[keep] -= trained.predict(X[keep]) - trained.background.evaluate_features(X[keep], FEATURE_NAMES)
     return refitted, observed_by(field_fit, df, residual, keep)
 
 

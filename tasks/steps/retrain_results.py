@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.background import Background
 from models.holdouts import FieldFit, Holdouts, holdout_scores, map_predict
 from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.settings import Settings
@@ -75,9 +74,10 @@ def gate_data(split: Holdouts) -> tuple[np.ndarray, str]:
     return split.random, "random holdout"
 
 
-def training_params(settings: Settings, df: pd.DataFrame, split: Holdouts, trained, background: Background,
-                    gosat_fit_id: str, gate: str) -> dict[str, Any]:
-    """The run's parameters logged to MLflow beside the training configuration."""
+def training_params(settings: Settings, df: pd.DataFrame, split: Holdouts, trained, gosat_fit_id: str,
+                    gate: str) -> dict[str, Any]:
+    """The run's parameters logged to MLflow beside the training configuration (the background's
+    coefficients are the deployed one's)."""
     field_params = ({f"field_{k}": v for k, v in trained.residual_field.to_dict().items()}
                     if trained.residual_field is not None else {"field": "none (too few observations)"})
     return {"n_random_holdout": len(split.random), "n_heldout_blocks": len(split.spatial),
@@ -86,7 +86,7 @@ def training_params(settings: Settings, df: pd.DataFrame, split: Holdouts, train
             "promotion_holdout": gate, "samples_days": int(df["day"].nunique()),
             "train_last_day": str(max(df["day"]))[:10], "gosat_fit_id": gosat_fit_id,
             "anomaly_scale": round(trained.anomaly_scale, 4), **field_params,
-            **{f"background_{t}": round(c, 5) for t, c in zip(BACKGROUND_TERMS, background.coefficients)}}
+            **{f"background_{t}": round(c, 5) for t, c in zip(BACKGROUND_TERMS, trained.background.coefficients)}}
 
 
 def heldout_table(scores: dict[str, dict]) -> list[dict]:
