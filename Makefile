@@ -52,7 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m slow tests/benchmarks -p no:cacheprovider
 
 # The real-value benchmark (docs/benchmark-real.md): real OCO-2 retrievals over three boxes x windows
-# of the development set (../shared/data; SKIPPED when absent), one combined table. About 10 min a box
+# of the development set (../shared/data; SKIPPED when absent), one combined table. About 20 min a box
 # on two cores.
 .PHONY: bench-real
 BENCH_REAL_ARGS ?= --box amazon --box andes --box south
