@@ -58,7 +58,7 @@ class BenchmarkBox:
 #   cycle at its clearest.
 # The window is the whole record, 2015-2017 (docs/benchmark-real.md): a year held out 15-24 observed
 # days, so its whole-day coverage had a sampling range of about 15 points (amazon 2016: 51-64 %), as
-# wide as the 60-76 % it is judged against; three years hold out 50-70 days, and a retrain fits every
+# wide as the 60-76 % it is judged against; three years hold out 55-70 days, and a retrain fits every
 # year of its store as this one does.
 DEFAULT_BOXES = (
     BenchmarkBox("amazon", -65.0, -12.0, -55.0, -2.0, date(2015, 1, 1), date(2017, 12, 31)),
