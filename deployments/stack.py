@@ -31,8 +31,10 @@ Configuration (environment; command-line options win):
     XCO2_STACK_TIMEOUT            seconds to wait for health checks       240
 
 The worker's flow runs start in the repository with the environment above, so they use the
-stack's MLflow server; XCO2_DATA_DIR (default ./xco2-data) and XCO2_SOURCE (default demo) are
-taken from the environment of `up`, as is every other XCO2_* setting.
+stack's MLflow server; XCO2_DATA_DIR (default ./xco2-data) is taken from the environment of `up`, as
+is every other XCO2_* setting. The region and source are the data directory's own when it records
+them (`<data dir>/data-dir.toml`: a demo's data dir maps the demo's region from the demo world),
+else the environment's, else the settings' defaults.
 """
 
 from __future__ import annotations
@@ -97,7 +99,6 @@ class StackConfig:
                         if k.startswith("XCO2_") and not k.startswith("XCO2_STACK_")
                         and k not in ("XCO2_MLFLOW_TRACKING_URI", "XCO2_REPO")}
         settings_env["XCO2_DATA_DIR"] = str(Path(settings_env.get("XCO2_DATA_DIR", "xco2-data")).resolve())
-        settings_env.setdefault("XCO2_SOURCE", "demo")
         # A tracking URI naming a database is the command line's store: the server serves it. An
         # http one is a server already (this stack's, from a shell that sourced its env file).
         tracking = env.get("XCO2_MLFLOW_TRACKING_URI") or ""
@@ -159,6 +160,30 @@ class StackConfig:
     @property
     def data_dir(self) -> Path:
         return Path(self.settings_env["XCO2_DATA_DIR"])
+
+    def _recorded(self, key: str, default: str) -> str:
+        """A setting as the worker's flow runs will see it: the environment's, else the data
+        directory's record (tasks/settings.py), else the settings' default."""
+        from tasks.settings import read_data_dir_record
+
+        env = self.settings_env.get(f"XCO2_{key.upper()}") or self.settings_env.get(f"XCO2_{key.upper()}__NAME")
+        if env:
+            return env
+        try:
+            value = read_data_dir_record(self.data_dir).get(key)
+        except ValueError as exc:  # ConfigError: a damaged record; the flow runs will name it too
+            raise StackError(str(exc)) from None
+        if isinstance(value, dict):
+            value = value.get("name")
+        return str(value) if value else default
+
+    @property
+    def source(self) -> str:
+        return self._recorded("source", "demo")
+
+    @property
+    def region(self) -> str:
+        return self._recorded("region", "sichuan")
 
     @property
     def mlflow_backend_store(self) -> str:
@@ -443,10 +468,10 @@ def up(cfg: StackConfig) -> None:
         "prefect_api_url": cfg.prefect_api_url, "prefect_ui": cfg.prefect_url, "mlflow_url": cfg.mlflow_url,
         "pool": cfg.pool, "prefect_database": _redact(cfg.prefect_database_url),
         "mlflow_backend_store": _redact(cfg.mlflow_backend_store), "mlflow_artifact_root": cfg.mlflow_artifact_root,
-        "data_dir": cfg.settings_env["XCO2_DATA_DIR"], "source": cfg.settings_env["XCO2_SOURCE"],
+        "data_dir": cfg.settings_env["XCO2_DATA_DIR"], "source": cfg.source, "region": cfg.region,
         "stopped": False})
     print(f"ready\n  Prefect UI  {cfg.prefect_url}\n  MLflow UI   {cfg.mlflow_url}\n"
-          f"  data dir    {cfg.settings_env['XCO2_DATA_DIR']} (source {cfg.settings_env['XCO2_SOURCE']})\n"
+          f"  data dir    {cfg.settings_env['XCO2_DATA_DIR']} (region {cfg.region}, source {cfg.source})\n"
           f"  logs        {cfg.logs_dir}\n  environment source {cfg.env_file}", flush=True)
 
 
@@ -589,6 +614,32 @@ def use_running_stack(data_dir: Path | str | None, environ=None, timeout: float 
     log.info("xco2 stack (%s): flows run on its Prefect server (UI %s), models are recorded in its MLflow %s",
              state_file.parent, state.get("prefect_ui", api), mlflow_url)
     return StackUse("attached", state_file)
+
+
+def command_prefect_database(environ=None) -> str | None:
+    """The Prefect database an `xco2` command without a running stack records its flow runs in:
+    the stack's own SQLite file (`<XCO2_STACK_DIR or ./.xco2-stack>/prefect/prefect.db`), so that
+    `make up` afterwards shows them in its UI, the demo's runs first among them. None (Prefect's
+    default, under PREFECT_HOME) when a database is configured for Prefect, when the stack keeps
+    its database elsewhere (PostgreSQL), or while a stack that `up` started on that file has not
+    been stopped: two servers on one SQLite file would contend for it."""
+    environ = os.environ if environ is None else environ
+    if environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or environ.get("XCO2_STACK_DATABASE_URL"):
+        return None
+    cfg = StackConfig(state_dir=Path(environ.get("XCO2_STACK_DIR") or ".xco2-stack").resolve())
+    try:
+        state = json.loads(cfg.state_file.read_text())
+    except FileNotFoundError:
+        state = None
+    except (OSError, ValueError):
+        return None  # a damaged state file: use_running_stack has warned; stay out of its way
+    if isinstance(state, dict) and (not state.get("stopped") or state.get("prefect_database") != cfg.prefect_database_url):
+        return None
+    try:
+        cfg.prefect_home.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # not writable here: Prefect's own home still is
+    return cfg.prefect_database_url
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from tasks.gridding.geometry import Grid
 from tasks.io.progress import Stopwatch, progress_bar
 from tasks.settings import load_settings
 from tasks.steps.demo import (SMALL_REGION, DemoDataDirError, DemoOptions, clear_previous_demo, demo_overrides,
-                              demo_summary, world_matches, world_wanted)
+                              demo_summary, record_demo_data_dir, world_matches, world_wanted)
 
 # The names tests and the CLI import from here.
 _clear_previous_demo = clear_previous_demo
@@ -38,6 +38,7 @@ def run_demo(opts: DemoOptions) -> dict:
                 write_demo_world(root, settings.region, opts.start, opts.end, grid_step=settings.grid_step,
                                  seed=opts.seed, dense=opts.small,
                                  progress=lambda _s, done, total: advance(int(100 * done / max(total, 1))))
+        record_demo_data_dir(settings, overrides)  # every run: a world kept from an older demo has none yet
     with timings.step("daily_ingest_s"):
         first = daily_update(start=opts.start.isoformat(), end=opts.end.isoformat(), overrides=overrides)
     with timings.step("retrain_s"):

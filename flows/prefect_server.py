@@ -18,8 +18,10 @@ API (a command that fails before its flow starts none), and it is started
   the server in order) rather than killing the server under a flow still reporting to it;
 - with stdin from /dev/null and stdout/stderr to a log file under PREFECT_HOME
   (`xco2-servers/server-<pid>.log`, removed after a clean stop), never the caller's pipes;
-- on a free loopback port, against the SQLite database Prefect's settings name (PREFECT_HOME's
-  by default, as the ephemeral server would), waited on until /api/health answers;
+- on a free loopback port, against the SQLite database the command names (the local stack's, so
+  that `make up` later shows the command's runs: deployments/stack.py command_prefect_database) or
+  else the one Prefect's settings name (PREFECT_HOME's, as the ephemeral server would), waited on
+  until /api/health answers;
 - with PREFECT_API_URL set in the environment once it answers, so that processes the command
   starts later (a local Dask cluster) report to it instead of starting servers of their own;
 - and stopped (SIGTERM, then SIGKILL after a grace period) when the command ends normally or
@@ -135,8 +137,9 @@ class TemporaryPrefectServer:
     """One Prefect API server for the life of this process (see the module docstring). It offers
     what Prefect uses of its SubprocessASGIServer: start(timeout), server_process, api_url, stop()."""
 
-    def __init__(self, log_dir: Path, startup_timeout: float = STARTUP_TIMEOUT_S):
+    def __init__(self, log_dir: Path, startup_timeout: float = STARTUP_TIMEOUT_S, database_url: str | None = None):
         self.log_dir = Path(log_dir)
+        self.database_url = database_url  # None: the one Prefect's settings name
         self.startup_timeout = startup_timeout
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
@@ -176,6 +179,8 @@ class TemporaryPrefectServer:
                "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
                **get_current_settings().to_environment_variables(exclude_unset=True)}
         env.pop("PREFECT_API_URL", None)
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         return env
 
     def _remove_stale_logs(self) -> None:
@@ -287,16 +292,17 @@ def _drain_prefect_workers() -> None:
 
 
 @contextmanager
-def prefect_api() -> Iterator[TemporaryPrefectServer | None]:
+def prefect_api(database_url: str | None = None) -> Iterator[TemporaryPrefectServer | None]:
     """For one command: None when a Prefect API is configured (used as it is); else the
-    temporary server Prefect will start when a flow first needs it, stopped on the way out."""
+    temporary server Prefect will start when a flow first needs it, stopped on the way out, on
+    `database_url` (None: the database Prefect's settings name)."""
     if configured_api_url():
         yield None
         return
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_HOME
 
-    server = TemporaryPrefectServer(Path(PREFECT_HOME.value()) / "xco2-servers")
+    server = TemporaryPrefectServer(Path(PREFECT_HOME.value()) / "xco2-servers", database_url=database_url)
     registry = SubprocessASGIServer._instances
     previous = registry.get(None)
     registry[None] = server  # what `SubprocessASGIServer()` returns from now on

@@ -28,7 +28,7 @@ from pydantic_settings import (
 
 # The source of truth for the protocol names (plain Python and numpy: the nightly path may import it).
 from models.validation import PROTOCOLS
-from tasks.regions.boundary import BoundaryError, check_boundary, shipped_boundary
+from tasks.regions.boundary import SHIPPED_BOUNDARIES, BoundaryError, check_boundary, shipped_boundary
 
 
 class SourceMode(str, Enum):
@@ -56,6 +56,13 @@ class Region(BaseModel):
     @classmethod
     def _default_boundary(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            named = data.get("boundary")
+            if isinstance(named, str) and named.startswith(SHIPPED_PREFIX):
+                shipped = shipped_boundary(named.removeprefix(SHIPPED_PREFIX))
+                if shipped is None:
+                    raise ValueError(f"no shipped boundary {named!r}; shipped: "
+                                     f"{', '.join(SHIPPED_PREFIX + n for n in SHIPPED_BOUNDARIES)}")
+                data = {**data, "boundary": str(shipped)}
             if "boundary" not in data:
                 shipped = shipped_boundary(data.get("name", cls.model_fields["name"].default))
                 data = {**data, "boundary": str(shipped) if shipped else None}
@@ -102,6 +109,18 @@ ENV_PREFIX = "XCO2_"
 # XCO2_STACK_*: `make up` (deployments/stack.py).
 NON_SETTING_VARIABLES = frozenset({"XCO2_CONFIG", "XCO2_REPO"})
 NON_SETTING_PREFIXES = ("XCO2_STACK_",)
+
+# The data directory's record of what it was made for (`xco2 demo` writes it): settings it holds
+# are defaults below the environment and the configuration file, and an explicit region or source
+# that disagrees with it is an error naming both (a demo data dir read with the default region
+# would otherwise fail on layers made for another box, and quarantine them).
+DATA_DIR_RECORD = "data-dir.toml"
+# What a data dir is *for*: an explicit value of these must agree with the record. Every other
+# recorded setting (the demo's CPU-sized training, say) is only a default.
+RECORD_BINDING = ("region", "source")
+# The record's boundary when it is a shipped one: installed copies live in different places (a
+# venv, the image's /app), so the record names it, not its path.
+SHIPPED_PREFIX = "shipped:"
 
 # The names of models.baselines.MODELS, copied because that module reaches torch (the ResNet's fit)
 # and settings are on the nightly path; tests/test_settings_lists.py checks the two agree.
@@ -348,6 +367,9 @@ class Settings(BaseSettings):
         if toml is not None:
             _check_toml_keys(read_toml(toml), toml)
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        sources.append(DataDirRecordSource(settings_cls, init_settings, [
+            (f"{ENV_PREFIX}* variables", env_settings),
+            *([(str(toml), sources[-1])] if toml is not None else [])]))
         return tuple(sources)
 
     # Derived locations: one place decides the data layout.
@@ -373,6 +395,126 @@ class Settings(BaseSettings):
     def region_dir(self) -> Path:
         """Derived per-region products: gridded cells, samples, covariates."""
         return self.data_dir / "regions" / self.region.name
+
+
+class DataDirRecordSource(PydanticBaseSettingsSource):
+    """The settings recorded in `<data_dir>/data-dir.toml`, below every other source.
+
+    The data directory is the one the sources above name (else the default). A region or source
+    set explicitly (environment or configuration file) must agree with the record; one passed in
+    code (the demo's own overrides, which rewrite the record) wins without a check. A region set
+    above, even in part, replaces the recorded one whole: half of each would be neither."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource,
+                 explicit: list[tuple[str, PydanticBaseSettingsSource]]) -> None:
+        super().__init__(settings_cls)
+        self.init = init
+        self.explicit = explicit
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the whole record at once
+
+    def __call__(self) -> dict[str, Any]:
+        code = self.init()
+        given = [(name, source()) for name, source in self.explicit]
+        data_dir = next((values["data_dir"] for values in (code, *(v for _, v in given)) if values.get("data_dir")),
+                        Settings.model_fields["data_dir"].default)
+        path = Path(data_dir) / DATA_DIR_RECORD
+        record = read_data_dir_record(Path(data_dir))
+        for key in RECORD_BINDING:
+            if key not in record:
+                continue
+            for origin, values in given:
+                if key not in values:
+                    continue
+                # A region given in part (its name, say) agrees when the fields it gives agree.
+                merged = ({**record[key], **values[key]} if key == "region" and isinstance(values[key], Mapping)
+                          and isinstance(record[key], Mapping) else values[key])
+                if _canonical(key, merged) != _canonical(key, record[key]):
+                    raise ConfigError(
+                        f"{key}: {_describe(key, values[key])} from {origin} conflicts with "
+                        f"{_describe(key, record[key])} recorded in {path} for this data directory; "
+                        f"unset the {key} setting to use the recorded one, or choose another data directory "
+                        f"(XCO2_DATA_DIR)")
+        # Values passed in code replace recorded ones whole (a recorded region must not lend its
+        # box to a region the demo passes); explicit ones above agree with the record or stopped here.
+        return {k: v for k, v in record.items() if k not in code}
+
+
+def _canonical(key: str, value: Any) -> Any:
+    try:
+        if key == "region":
+            return Region(**value).model_dump() if isinstance(value, Mapping) else value
+        return SourceMode(value).value if isinstance(value, (str, SourceMode)) else value
+    except (ValidationError, ValueError):
+        return value  # invalid: the setting's own validation names it
+
+
+def _describe(key: str, value: Any) -> str:
+    if key == "region" and isinstance(value, Mapping):
+        return "region " + ", ".join(f"{k}={v}" for k, v in value.items())
+    return f"{key} {str(getattr(value, 'value', value))!r}"
+
+
+def read_data_dir_record(data_dir: Path) -> dict[str, Any]:
+    """The settings `<data_dir>/data-dir.toml` records ({} when there is none); a record that is
+    not TOML, or names a setting that does not exist, is a ConfigError naming the file."""
+    path = Path(data_dir) / DATA_DIR_RECORD
+    if not path.is_file():
+        return {}
+    record = read_toml(path)
+    if "data_dir" in record:
+        raise ConfigError(f"{path}: a data directory's record cannot name another data_dir")
+    _check_toml_keys(record, path)
+    return record
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(getattr(value, "value", value))
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_data_dir_record(data_dir: Path, values: Mapping[str, Any], made_by: str) -> Path:
+    """Record in `<data_dir>/data-dir.toml` the settings the data directory was made with (region,
+    source, ...; None values left out), written to a sibling temp file, read back and renamed.
+    A shipped boundary is recorded by name (SHIPPED_PREFIX)."""
+    path = Path(data_dir) / DATA_DIR_RECORD
+    flat = {k: v for k, v in values.items() if v is not None and not isinstance(v, Mapping) and k != "data_dir"}
+    tables = {k: v for k, v in values.items() if isinstance(v, Mapping)}
+    lines = [f"# What this data directory was made for, written by {made_by}. xco2 reads these settings",
+             "# below the environment and xco2.toml; an explicit region or source that disagrees is an error.",
+             "# Edit or remove this file to use the directory for something else (docs/configuration.md)."]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in flat.items()]
+    shipped = {str(p): name for name, p in SHIPPED_BOUNDARIES.items()}
+    for name, table in tables.items():
+        lines.append(f"\n[{name}]")
+        for k, v in table.items():
+            if k == "boundary" and str(v) in shipped:
+                v = SHIPPED_PREFIX + shipped[str(v)]
+            if v is not None:
+                lines.append(f"{k} = {_toml_value(v)}")
+    text = "\n".join(lines) + "\n"
+    if tomllib.loads(text) is None:  # pragma: no cover - loads raises on a bad document
+        raise ConfigError(f"{path}: could not serialise the record")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if read_toml(tmp) != tomllib.loads(text):
+            raise ConfigError(f"{tmp}: the record did not read back as written")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -15,6 +15,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.pop("PREFECT_API_URL", None)
 for _var in [v for v in os.environ if v.startswith("XCO2_")]:
     os.environ.pop(_var)
+# The stack's state dir, where commands run without a stack record their Prefect runs: never the
+# checkout's ./.xco2-stack.
+os.environ["XCO2_STACK_DIR"] = str(_SESSION_TMP / "stack")
 
 import pytest  # noqa: E402
 

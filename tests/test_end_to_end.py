@@ -12,6 +12,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from flows.demo import SMALL_REGION, DemoOptions, run_demo
 from flows.daily import daily_update
+from models.holdouts import NetworkShare
 from registry.champion import load_champion
 from tasks.archive import collection_path, day_cog_path, validate_stac
 from tasks.gridding.geometry import Grid
@@ -33,6 +34,9 @@ def test_demo_summary(demo_run):
     assert summary["archive_days"] == ["2020-06-05", "2020-06-06"]
     assert summary["model"]["version"] == 1 and summary["model"]["alias"] == "champion"
     assert summary["model"]["onnx_parity_max_abs_ppm"] <= 1e-3
+    # Whether the maps use the network, in the words `xco2 demo` prints.
+    share = summary["model"]["network_share"]
+    assert share["reading"].startswith(f"network share {share['share']:.2f}: the maps are background + ")
     v = summary["validation"]
     assert v["n"] > 100 and np.isfinite(v["rmse"])
     acc = summary["truth_accuracy"]
@@ -108,13 +112,14 @@ def test_registry_has_a_champion_with_an_onnx_matching_torch(demo_run, tracking_
 
 def test_rerunning_the_daily_flow_is_idempotent(demo_run):
     opts, summary = demo_run
-    overrides = {"data_dir": str(opts.data_dir), "source": "demo", "region": SMALL_REGION.model_dump(),
-                 "archive_lookback_days": 2, **opts.extra}
+    # Only the data dir and the look-back: region, source and registry are the demo's record (issue 20).
+    overrides = {"data_dir": str(opts.data_dir), "archive_lookback_days": 2}
     path = day_cog_path(opts.data_dir / "archive", SMALL_REGION.name, date(2020, 6, 6))
     before = path.read_bytes()
     again = daily_update(start="2020-06-01", end="2020-06-06", overrides=overrides)
     assert again["new_granules"] == 0 and again["days"] == [] and again["archive_days"] == []
     assert path.read_bytes() == before
+    assert not (opts.data_dir / "quarantine").exists() or not any((opts.data_dir / "quarantine").rglob("*.*"))
 
 
 def test_replaced_meteorology_recomputes_the_days_it_closes(demo_run):
@@ -160,6 +165,12 @@ def test_retrain_with_the_model_comparison(demo_run, tracking_uri):
     for version in {v, 1}:
         tags = client.get_model_version("e2e-resnet-lstm", str(version)).tags
         assert tags[f"promotion_v{v}_holdout"].startswith(gate)
+    # The registered version says whether its maps use the network, as the retrain's result does.
+    registered = client.get_model_version("e2e-resnet-lstm", str(v))
+    network = NetworkShare(result["anomaly_scale"], with_field=result["residual_field"] is not None)
+    assert result["network_share"] == network.to_dict()
+    assert registered.tags["network_share"] == str(round(result["anomaly_scale"], 4))
+    assert registered.tags["network_in_map"] == network.in_map and registered.description == network.sentence
     assert set(result["figures"]) == {"loss curves", "heldout scatter"}
     for uri in result["figures"].values():
         assert Path(uri.removeprefix("file://")).is_file(), uri  # the report links real artifacts

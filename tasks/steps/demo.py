@@ -10,7 +10,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from tasks.regions.boundary import SHIPPED_BOUNDARIES
-from tasks.settings import Region
+from tasks.settings import DATA_DIR_RECORD, Region, write_data_dir_record
 
 # A 0.5 x 0.5 degree box for quick runs (`--small`, `make demo`) that crosses Sichuan's border into
 # Chongqing (about two thirds of its cells in Sichuan, around Suining and Nanchong; Tongnan and
@@ -65,6 +65,8 @@ def clear_previous_demo(settings) -> None:
     # The registry goes with an old demo world only when it is the local store. A registry the
     # running stack serves (`make up`: this very mlflow.db) keeps its history, and one made
     # before any demo world (the stack's, on a fresh data dir) is recorded into, not deleted.
+    if old_world and (data / DATA_DIR_RECORD).is_file():
+        present.append(DATA_DIR_RECORD)
     if old_world and settings.mlflow_tracking_uri is None:
         present += [name for name in ("mlartifacts", "mlflow.db") if (data / name).exists()]
     for name in present:
@@ -84,9 +86,22 @@ def demo_overrides(opts: DemoOptions) -> dict:
            if opts.compare else {"comparison_protocols": []}),
         **opts.extra,
     }
-    if opts.small:
-        overrides["region"] = SMALL_REGION.model_dump()
+    # Always a region: a data dir the demo made before records its own, which must not be reused here.
+    overrides.setdefault("region", (SMALL_REGION if opts.small else Region()).model_dump())
     return overrides
+
+
+# The demo's settings that say what its data dir is for; the look-back is the demo's own run's.
+NOT_RECORDED = ("data_dir", "archive_lookback_days")
+
+
+def record_demo_data_dir(settings, overrides: dict) -> Path:
+    """Record in the data dir (tasks/settings.py, DATA_DIR_RECORD) the region, source and CPU-sized
+    training the demo made it with, so that `xco2 daily`, the stack's deployments and every other
+    command map the demo's region from its sources with no settings of their own."""
+    values = {k: v for k, v in overrides.items() if k not in NOT_RECORDED}
+    values["region"] = settings.region.model_dump()
+    return write_data_dir_record(settings.data_dir, values, "`xco2 demo`")
 
 
 def world_wanted(settings, opts: DemoOptions) -> dict:
@@ -107,7 +122,9 @@ def demo_summary(settings, grid, opts: DemoOptions, first: dict, retrain: dict, 
         "archive_days": [d.isoformat() for d in days],
         "model": {"name": settings.registered_model_name, "version": retrain["version"], "alias": retrain["alias"],
                   "epochs": retrain["epochs"], "best_epoch": retrain["best_epoch"],
-                  "onnx_parity_max_abs_ppm": retrain["onnx_parity_max_abs_ppm"]},
+                  "onnx_parity_max_abs_ppm": retrain["onnx_parity_max_abs_ppm"],
+                  # Whether the maps use the network at all (share 0: background + daily-anomaly field).
+                  "network_share": retrain["network_share"]},
         "validation": retrain["metrics"],
         "spatial_validation": retrain["spatial_metrics"], "promotion_holdout": retrain["promotion_holdout"],
         "holdouts": retrain["holdouts"], "uncertainty": retrain["uncertainty"], "comparison": retrain["comparison"],
