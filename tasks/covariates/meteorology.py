@@ -1,4 +1,10 @@
-"""ERA5 daily covariates on the region's grid (bilinear, as Table 2 prescribes)."""
+"""ERA5 daily covariates on the region's grid (bilinear, as Table 2 prescribes).
+
+A damaged or implausible ERA5 file is quarantined by era5_readiness and only the days it feeds
+wait. A sound file whose grid does not reach over the region's box (made for another region) is
+not damaged: meteo_for_day raises Era5CoverageError naming it, its extent and the region's box,
+and leaves it where it is.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from tasks.covariates.features import METEO_NAMES
+from tasks.covariates.static import Box, CoverageError, leaves_uncovered
 from tasks.gridding.geometry import Grid
 from tasks.io.quarantine import InputFileError, last_quarantine_note, quarantine
 
@@ -20,6 +27,17 @@ log = logging.getLogger(__name__)
 
 class MeteorologyError(ValueError):
     pass
+
+
+class Era5CoverageError(CoverageError, MeteorologyError):
+    """Sound ERA5 files whose grid does not reach over the region's box: made for another region."""
+
+
+# ERA5's native spacing: a file of a single grid point stands for the 0.25-degree cell around it.
+ERA5_STEP_DEG = 0.25
+ERA5_REMEDY = ("Pull ERA5 for this region's box (in local mode: put files covering it in the source folder), "
+               "or run with the region these files were made for (XCO2_REGION__NAME, __WEST, __SOUTH, __EAST, "
+               "__NORTH)")
 
 
 def era5_files_for_day(era5_dir: Path, day: date) -> list[Path]:
@@ -148,6 +166,28 @@ def regrid_bilinear(daily: xr.Dataset, grid: Grid, names=METEO_NAMES) -> np.ndar
     return out
 
 
+def era5_box(data: xr.Dataset) -> Box:
+    """(west, south, east, north) of the ERA5 grid points: bilinear interpolation reaches no further."""
+    lat = data["latitude"].values.astype(np.float64)
+    lon = data["longitude"].values.astype(np.float64)
+    pad_lat = ERA5_STEP_DEG / 2 if lat.size == 1 else 0.0
+    pad_lon = ERA5_STEP_DEG / 2 if lon.size == 1 else 0.0
+    return (float(lon.min()) - pad_lon, float(lat.min()) - pad_lat,
+            float(lon.max()) + pad_lon, float(lat.max()) + pad_lat)
+
+
+def check_era5_coverage(data: xr.Dataset, files: list[Path], grid: Grid) -> None:
+    """Era5CoverageError unless the ERA5 grid points reach over every cell centre of `grid`."""
+    file_box = era5_box(data)
+    # Cell centres, not the box's edges: those are what is interpolated.
+    centres = (float(grid.lons.min()), float(grid.lats.min()), float(grid.lons.max()), float(grid.lats.max()))
+    if not leaves_uncovered(file_box, centres, 1e-9):
+        return
+    others = "".join(f" (and that of {p.name})" for p in files[1:])
+    raise Era5CoverageError(files[0], f"its ERA5 grid{others}", file_box,
+                            (grid.west, grid.south, grid.east, grid.north), ERA5_REMEDY)
+
+
 def meteo_for_day(era5_dir: Path, day: date, grid: Grid) -> np.ndarray:
     from tasks.readers import era5_daily, read_era5
 
@@ -156,5 +196,6 @@ def meteo_for_day(era5_dir: Path, day: date, grid: Grid) -> np.ndarray:
     if missing:
         raise MeteorologyError(f"ERA5 input missing for {day}: {', '.join(missing)}")
     hourly = read_era5(files)
+    check_era5_coverage(hourly, files, grid)
     daily = era5_daily(hourly, [day])
     return regrid_bilinear(daily.isel(day=0), grid)

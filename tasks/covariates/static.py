@@ -13,10 +13,15 @@ Every raw layer is checked against its plausible range (tasks.gridding.plausibil
 region before it is used. A few bad cells are damage too small to matter: they are masked, filled
 from their neighbours and logged as a warning naming the file. A layer that cannot be read, or
 whose cells over the region are mostly implausible or missing (a layer in the wrong units, a tile
-of another place), is not data: with a quarantine folder it is moved there with a .json note
+in the wrong place), is not data: with a quarantine folder it is moved there with a .json note
 (and marked in the manifest, so the pull fetches it again). A bad NDVI composite then only holds
 back the days it feeds (`ndvi_problem`), recorded under `ndvi_quarantined` in static.json; a bad
 static layer feeds every day, so the build fails naming it (CovariateError).
+
+A sound layer made for another area (its extent leaves part or all of the region's box
+uncovered: the demo's layers under a data directory run for the whole province) is not damaged:
+fetching it again would bring the same file. It stays where it is and the build fails with
+CoverageError, naming the file, its extent, the region's box and what to do.
 """
 
 from __future__ import annotations
@@ -60,6 +65,58 @@ class CovariateError(ValueError):
 
 class CovariateInputError(InputFileError, CovariateError):
     """A raw covariate layer that cannot be used: unreadable, or mostly implausible or missing."""
+
+
+Box = tuple[float, float, float, float]  # west, south, east, north in degrees (WGS84)
+
+
+class CoverageError(CovariateError):
+    """A sound input file made for another area: its extent leaves part or all of the region's box
+    uncovered. Not damage (a copy fetched again would be the same file), so it is never
+    quarantined: the message names the file, its extent, the region's box and what to do."""
+
+    def __init__(self, path: Path | str, what: str, file_box: Box, region_box: Box, remedy: str,
+                 hint: str = "") -> None:
+        self.path = Path(path)
+        self.what, self.file_box, self.region_box, self.remedy, self.hint = what, file_box, region_box, remedy, hint
+        share = covered_share(file_box, region_box)
+        covered = "none" if share <= 0 else f"only {max(1, math.floor(100 * share))}%"
+        super().__init__(
+            f"{self.path}: {what} covers {describe_box(file_box)}, {covered} of the region's box "
+            f"{describe_box(region_box)}: it was made for another area and is left where it is (not "
+            f"quarantined). {remedy}" + (f" ({hint})" if hint else ""))
+
+    def with_hint(self, hint: str) -> "CoverageError":
+        return type(self)(self.path, self.what, self.file_box, self.region_box, self.remedy, hint)
+
+
+def describe_box(box: Box) -> str:
+    west, south, east, north = (round(v, 4) for v in box)
+    return f"{west:g}..{east:g} E, {south:g}..{north:g} N"
+
+
+def covered_share(file_box: Box, region_box: Box) -> float:
+    """Fraction of `region_box`'s area (in square degrees: enough to say how much) inside `file_box`."""
+    width = min(file_box[2], region_box[2]) - max(file_box[0], region_box[0])
+    height = min(file_box[3], region_box[3]) - max(file_box[1], region_box[1])
+    area = (region_box[2] - region_box[0]) * (region_box[3] - region_box[1])
+    if width <= 0 or height <= 0 or area <= 0:
+        return 0.0
+    return min(1.0, width * height / area)
+
+
+def leaves_uncovered(file_box: Box, region_box: Box, tolerance: float) -> bool:
+    """Does `region_box` reach more than `tolerance` degrees beyond `file_box` on any side?"""
+    return (file_box[0] - region_box[0] > tolerance or file_box[1] - region_box[1] > tolerance
+            or region_box[2] - file_box[2] > tolerance or region_box[3] - file_box[3] > tolerance)
+
+
+def layer_remedy(layer: str) -> str:
+    """What to do about a `layer` made for another area (`xco2 covariates ...`, or the region)."""
+    how = ("`xco2 covariates import ndvi FILE --start YYYY-MM-DD`" if layer == "ndvi"
+           else f"`xco2 covariates import {layer} FILE`")
+    return (f"Build or import {layer} for this region (`xco2 covariates build`, or {how}), or run with "
+            f"the region this data directory was made for (XCO2_REGION__NAME, __WEST, __SOUTH, __EAST, __NORTH)")
 
 
 def window_cells(km: float, step: float) -> int:
@@ -126,9 +183,11 @@ def check_plausible(path: Path, variable: str, values: np.ndarray, missing: np.n
                     region: Grid, bounds: Range) -> np.ndarray:
     """Mask of `values` (already scaled) that are usable: finite, not nodata, inside `bounds`.
 
-    Over `region`, a layer whose cells are mostly implausible or missing (not finite, or outside
-    the file) raises CovariateInputError naming the file, the variable, the counts and an example
-    value; a few bad cells are logged as a warning and left to the caller to mask and fill.
+    Over the part of `region` the file covers, a layer whose cells are mostly implausible (not
+    finite, or outside `bounds`) raises CovariateInputError naming the file, the variable, the
+    counts and an example value: it is damaged. A sound layer whose extent leaves part or all of
+    the region's box uncovered (by more than half a grid cell) raises CoverageError: it was made for
+    another area. A few bad cells are logged as a warning and left to the caller to mask and fill.
     Cells the file declares as nodata (sea, cloud) are not damage and are not counted."""
     with np.errstate(invalid="ignore"):
         finite = np.isfinite(values)
@@ -139,9 +198,6 @@ def check_plausible(path: Path, variable: str, values: np.ndarray, missing: np.n
     n_nodata = int(missing[here].sum())
     n_implausible = int(implausible[here].sum())
     n_nonfinite = int((~finite[here] & ~missing[here]).sum())
-    # Cells outside the file count as missing; cells it declares nodata are not counted.
-    considered = values[here].size - n_nodata + outside
-    bad = n_implausible + n_nonfinite + outside
     example = None
     if n_implausible:
         shown = values[here][implausible[here]].astype(np.float64)
@@ -151,6 +207,22 @@ def check_plausible(path: Path, variable: str, values: np.ndarray, missing: np.n
         parts.append(f"{n_implausible} outside {bounds.describe()} (e.g. {example:.6g})")
     if n_nonfinite:
         parts.append(f"{n_nonfinite} NaN/inf")
+    # Damage is judged over the cells the file has: a layer of another area can be damaged too.
+    covered = values[here].size - n_nodata
+    damaged = n_implausible + n_nonfinite
+    if covered > 0 and damaged > MAX_BAD_FRACTION * covered:
+        where = "over the region" if not outside else "over the part of the region the file covers"
+        raise CovariateInputError(path, f"{variable}: {damaged} of {covered} values {where} are implausible "
+                                        f"or missing ({', '.join(parts)}); wrong units or scale?")
+    file_box = raster_box(values.shape, transform, crs)
+    region_box = (region.west, region.south, region.east, region.north)
+    # Within half a grid cell every cell of the region still gets most of its area from the file.
+    if leaves_uncovered(file_box, region_box, region.step / 2):
+        what = "the NDVI composite" if variable == "ndvi" else f"the {variable} layer"
+        raise CoverageError(path, what, file_box, region_box, layer_remedy(variable))
+    # A sliver at the edge outside the file counts as missing; cells it declares nodata are not counted.
+    considered = covered + outside
+    bad = damaged + outside
     if outside:
         parts.append(f"{outside} not covered by the file")
     if considered <= 0:
@@ -163,6 +235,16 @@ def check_plausible(path: Path, variable: str, values: np.ndarray, missing: np.n
         log.warning("%s: %s: %d of %d values over the region masked and filled from their neighbours (%s)",
                     path, variable, bad, considered, ", ".join(parts))
     return usable
+
+
+def raster_box(shape: tuple[int, ...], transform, crs) -> Box:
+    """(west, south, east, north) in degrees of a raster's extent."""
+    west, south, east, north = rasterio.transform.array_bounds(shape[-2], shape[-1], transform)
+    west, east = min(west, east), max(west, east)
+    south, north = min(south, north), max(south, north)
+    if crs != WGS84:
+        west, south, east, north = transform_bounds(crs, WGS84, west, south, east, north, densify_pts=21)
+    return (float(west), float(south), float(east), float(north))
 
 
 def _box(grid: Grid) -> str:
@@ -313,7 +395,11 @@ def build_covariates(static_dir: Path, grid: Grid, region_dir: Path, progress=No
     wait (ndvi_problem); a bad static layer feeds every day, so CovariateError names it. Without
     `quarantine_dir` (`xco2 covariates build`, the state check) a bad layer stays where it is and
     CovariateError names it. `set_aside`: NDVI composites the pull quarantined before they reached
-    `static_dir` (rows with "file" and "problem"), whose days wait too."""
+    `static_dir` (rows with "file" and "problem"), whose days wait too.
+
+    A static layer or NDVI composite made for another area (check_plausible) is never quarantined:
+    CoverageError names it, its extent, the region's box and the regions this data directory
+    holds covariates for, and the file stays where it is (the next run says the same)."""
     out_dir = covariates_dir(region_dir)
     meta_path = out_dir / "static.json"
     ndvi_files = sorted(static_dir.rglob("ndvi_*.tif"))
@@ -347,6 +433,8 @@ def build_covariates(static_dir: Path, grid: Grid, region_dir: Path, progress=No
                                      + (f" (last {earlier})" if earlier else ""))
         try:
             cube = build_static_layers(static_dir, grid)
+        except CoverageError as exc:
+            raise exc.with_hint(_regions_built_beside(region_dir)) from None
         except CovariateInputError as exc:
             if quarantine_dir is None:
                 raise
@@ -369,6 +457,11 @@ def build_covariates(static_dir: Path, grid: Grid, region_dir: Path, progress=No
                 or meta.get("ndvi_inputs", {}).get(key) != signature):
             try:
                 layers = build_ndvi_layers(f, grid)
+            except CoverageError as exc:
+                # Every composite of this folder was most likely made for that other area too: the
+                # build stops here, keeping what it has gridded so far.
+                write_json(meta_path, meta)
+                raise exc.with_hint(_regions_built_beside(region_dir)) from None
             except CovariateInputError as exc:
                 if quarantine_dir is None:
                     raise
@@ -388,6 +481,21 @@ def build_covariates(static_dir: Path, grid: Grid, region_dir: Path, progress=No
             progress("covariates", i, total)
     write_json(meta_path, meta)
     return meta
+
+
+def _regions_built_beside(region_dir: Path) -> str:
+    """The other regions whose covariates this data directory holds, with their boxes: most likely
+    the region its raw layers were made for."""
+    found = []
+    for meta_path in sorted(region_dir.parent.glob("*/covariates/static.json")):
+        name = meta_path.parent.parent.name
+        grid = (_read_meta(meta_path) or {}).get("grid") or {}
+        if name == region_dir.name or not all(k in grid for k in ("west", "south", "east", "north")):
+            continue
+        found.append(f"{name} ({describe_box((grid['west'], grid['south'], grid['east'], grid['north']))})")
+    if not found:
+        return ""
+    return f"this data directory holds covariates built for region{'s' if len(found) > 1 else ''} {', '.join(found)}"
 
 
 def _now() -> str:

@@ -27,7 +27,7 @@ from affine import Affine
 
 from flows.demo import SMALL_REGION
 from tasks.covariates.static import (
-    CovariateError, CovariateInputError, StaticCovariates, build_covariates, ndvi_problem,
+    CovariateError, CovariateInputError, CoverageError, StaticCovariates, build_covariates, ndvi_problem,
 )
 from demo_world import write_demo_world
 from tasks.io.geotiff import write_geotiff
@@ -160,14 +160,115 @@ def test_a_mostly_implausible_ndvi_composite_is_quarantined_naming_file_variable
     assert ndvi_problem(region_dir, date(2020, 2, 26)) is None
 
 
-def test_a_composite_of_another_place_is_quarantined(tmp_path):
+def test_a_composite_of_another_place_is_named_and_left_in_place(tmp_path):
+    """Issue 20: a sound composite made for another area is not damaged: fetching it again would
+    bring the same file, so it is named with both extents, not quarantined, and the build stops."""
     static = _static_dir(tmp_path)
     far = _tif(static / "ndvi_2020017.tif", _ndvi(np.random.default_rng(4), (20, 20)), NDVI_RES, nodata=-3000,
                west=80.0, north=40.0)
+    manifest = _record_in_manifest(static, far.name)
+    data = static.parent.parent
+
+    for attempt in range(2):  # the next run says the same and still sets nothing aside
+        quarantined: list[dict] = []
+        with pytest.raises(CoverageError) as err:
+            _build(static, quarantined)
+        message = str(err.value)
+        assert message.startswith(f"{far}: the NDVI composite covers 80..81 E, 39..40 N, none of the region's box "
+                                  "104..104.2 E, 30..30.1 N"), attempt
+        assert "xco2 covariates import ndvi FILE --start YYYY-MM-DD" in message and "XCO2_REGION__" in message
+        assert "\n" not in message  # `xco2 daily` prints it as its last line
+        assert err.value.path == far and not isinstance(err.value, CovariateInputError)
+        assert far.exists() and quarantined == [] and not list((data / "quarantine").glob("*"))
+        assert manifest.load()["status"].tolist() == ["ok"]  # the pull does not fetch it again
+    # What was gridded before it is kept (static layers, the composite before it).
+    meta = json.loads((data / "regions" / "test" / "covariates" / "static.json").read_text())
+    assert list(meta["ndvi"]) == ["2020-01-01"] and meta["ndvi_quarantined"] == {}
+
+
+def _static_layer_elsewhere(static: Path, layer: str, west: float, north: float) -> Path:
+    """`layer` as sound values on a raster whose north-west corner is (`west`, `north`)."""
+    rng = np.random.default_rng(8)
+    if layer == "elevation":
+        return _tif(static / "elevation.tif", rng.uniform(300, 3000, (400, 400)).astype(np.float32), 0.005,
+                    west=west, north=north)
+    if layer == "population":
+        return _tif(static / "population.tif", rng.uniform(0, 500, (20, 20)).astype(np.float32), 0.1, nodata=-1.0,
+                    west=west, north=north)
+    return _tif(static / "landcover.tif", rng.integers(1, 8, (160, 160)).astype(np.uint8), 0.0125, nodata=0,
+                west=west, north=north)
+
+
+@pytest.mark.parametrize("layer, west, north, extent, share", [
+    ("elevation", 80.0, 40.0, "80..82 E, 38..40 N", "none"),  # wholly elsewhere
+    ("population", 104.1, 32.0, "104.1..106.1 E, 30..32 N", "only 50%"),  # the region's western half missing
+    ("landcover", 103.0, 30.05, "103..105 E, 28.05..30.05 N", "only 50%"),  # its northern half missing
+], ids=["elevation-elsewhere", "population-west-half", "landcover-north-half"])
+def test_a_static_layer_of_another_area_is_named_and_left_in_place(tmp_path, layer, west, north, extent, share):
+    static = _static_dir(tmp_path)
+    path = _static_layer_elsewhere(static, layer, west, north)
+    manifest = _record_in_manifest(static, path.name)
+    data = static.parent.parent
+
+    for attempt in range(2):  # a rerun: the same error, still nothing set aside
+        quarantined: list[dict] = []
+        with pytest.raises(CoverageError) as err:
+            _build(static, quarantined)
+        message = str(err.value)
+        assert message.startswith(f"{path}: the {layer} layer covers {extent}, {share} of the region's box "
+                                  "104..104.2 E, 30..30.1 N: it was made for another area"), attempt
+        assert f"xco2 covariates import {layer} FILE" in message and "not quarantined" in message
+        assert path.exists() and quarantined == [] and not list((data / "quarantine").glob("*"))
+        assert manifest.load()["status"].tolist() == ["ok"]
+
+
+def test_layers_of_the_demo_box_under_the_whole_province_name_the_region_they_were_built_for(tmp_path):
+    """The report: `make demo`, then `xco2 daily` with the default region moved the demo's good
+    elevation.tif into quarantine/, and every later run pulled it and set it aside again."""
+    from tasks.settings import Region
+
+    static = _static_dir(tmp_path)
+    data = static.parent.parent
+    _build(static)  # the demo: covariates of its own box
+    province = Grid.for_region(Region(), 0.01)
+
+    for _ in range(2):
+        with pytest.raises(CoverageError) as err:
+            build_covariates(static, province, data / "regions" / "sichuan", quarantine_dir=data / "quarantine",
+                             manifest_path=data / "raw" / "manifest.parquet")
+        message = str(err.value)
+        assert message.startswith(f"{static / 'elevation.tif'}: the elevation layer covers 102..107 E, 27..32 N, "
+                                  "only 19% of the region's box 92.35..108.2 E, 26.05..34.32 N")
+        assert message.endswith("(this data directory holds covariates built for region test "
+                                "(104..104.2 E, 30..30.1 N))")
+        assert (static / "elevation.tif").exists() and not (data / "quarantine").exists()
+
+
+def test_a_layer_of_another_area_that_is_also_implausible_is_quarantined(tmp_path):
+    """Damage over the part of the region a file does cover is still damage."""
+    static = _static_dir(tmp_path)
+    path = _tif(static / "elevation.tif", np.full((400, 400), 5e6, np.float32), 0.005, west=104.1, north=32.0)
     quarantined: list[dict] = []
-    _build(static, quarantined)
+    with pytest.raises(CovariateError, match="over the part of the region the file covers"):
+        _build(static, quarantined)
     [row] = quarantined
-    assert row["file"] == far.name and "8 not covered by the file" in row["problem"]
+    assert row["file"] == path.name and not path.exists() and "outside [-500, 9000] m" in row["problem"]
+
+
+def test_a_layer_short_of_the_region_by_less_than_half_a_cell_is_used(tmp_path, caplog):
+    """Rounding at a layer's edge is not another area: the sliver is filled from its neighbours."""
+    static = _static_dir(tmp_path)
+    # 0.001-degree elevation ending at 104.197 E: 0.003 degrees (under half a 0.01 cell) short.
+    path = _tif(static / "elevation.tif", np.random.default_rng(9).uniform(300, 3000, (2500, 1197)).astype(np.float32),
+                0.001, west=103.0)
+    quarantined: list[dict] = []
+    with caplog.at_level(logging.WARNING, logger="tasks.covariates.static"):
+        _build(static, quarantined)
+    assert quarantined == [] and path.exists()
+    [warning] = [r.getMessage() for r in caplog.records if path.name in r.getMessage()]
+    assert "300 not covered by the file" in warning and "masked and filled" in warning
+    cube = np.load(static.parent.parent / "regions" / "test" / "covariates" / "static.npy")
+    assert np.isfinite(cube).all()
 
 
 def test_a_handful_of_bad_ndvi_cells_are_masked_filled_and_logged(tmp_path, caplog):
@@ -357,6 +458,31 @@ def test_a_corrupt_elevation_fails_the_daily_run_naming_it_and_the_next_run_comp
     assert all(r["era5"] == "yes" and r["ndvi"] == "yes" and r["samples"] > 100 for r in rows)
 
 
+def test_the_demo_layers_under_another_region_fail_the_daily_run_and_stay_in_place(
+        prefect_harness, tracking_uri, world, tmp_path):
+    """Issue 20: the demo's data (layers of its small box) run with the whole province: the run
+    ends Failed naming the layer, both extents and what to do; nothing is quarantined, and the next
+    run neither pulls the layer again nor sets it aside, but says the same."""
+    from flows.daily import daily_update
+    from tasks.settings import Region
+
+    source, data_dir = tmp_path / "source", tmp_path / "xco2-data"
+    shutil.copytree(world, source)
+    overrides = {**_overrides(source, data_dir, tracking_uri), "region": Region().model_dump()}
+    elevation = data_dir / "raw" / "static" / "elevation.tif"
+
+    for attempt in range(2):
+        state = daily_update(start=START.isoformat(), end=END.isoformat(), overrides=overrides, return_state=True)
+        assert state.is_failed(), attempt
+        with pytest.raises(CoverageError) as err:
+            state.result()
+        message = str(err.value)
+        assert message.startswith(f"{elevation}: the elevation layer covers 105.2..106.7 E, 29.7..31.2 N, only 1% "
+                                  "of the region's box 92.35..108.2 E, 26.05..34.32 N"), attempt
+        assert elevation.exists() and not list((data_dir / "quarantine").glob("*"))
+        assert _manifest_statuses(data_dir, "elevation.tif") == ["ok"]  # fetched once, by the first run
+
+
 # ---- the archive: daily run and backfill with a champion (slow) ------------------------------------
 
 ARCHIVE_REGION_NAME = "chengdu-tiny-covariates"
@@ -413,7 +539,7 @@ def test_days_fed_by_a_quarantined_composite_are_not_archived_until_a_good_copy_
     assert ndvi_problem(settings.region_dir, end) is None
 
 
-@pytest.mark.parametrize("failure", ["covariates", "archive"])
+@pytest.mark.parametrize("failure", ["covariates", "coverage", "archive"])
 def test_cli_daily_ends_with_the_cause_not_a_traceback(tmp_path, monkeypatch, capsys, failure):
     """A daily run that ends Failed for a cause it has reported (a bad static layer, archive days
     that could not be written) makes `xco2 daily` exit 1 with that cause as its last line."""
@@ -423,6 +549,9 @@ def test_cli_daily_ends_with_the_cause_not_a_traceback(tmp_path, monkeypatch, ca
     def failed_run(**_):
         if failure == "covariates":
             raise CovariateError("/data/raw/static/elevation.tif: quarantined: unreadable")
+        if failure == "coverage":
+            raise CoverageError("/data/raw/static/elevation.tif", "the elevation layer", (105.2, 29.7, 106.7, 31.2),
+                                (92.35, 26.05, 108.2, 34.32), "Build or import elevation for this region")
         raise flows.daily.ArchiveDaysFailed({"2020-06-02": "ArchiveWriteError: /a/x.tif: No space left on device"})
 
     monkeypatch.setattr(flows.daily, "daily_update", failed_run)
@@ -431,5 +560,7 @@ def test_cli_daily_ends_with_the_cause_not_a_traceback(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert err[-1].startswith("xco2 daily: ")
-    assert ("elevation.tif" if failure == "covariates" else "No space left on device") in err[-1]
+    assert ("No space left on device" if failure == "archive" else "elevation.tif") in err[-1]
+    if failure == "coverage":
+        assert "covers 105.2..106.7 E, 29.7..31.2 N, only 1% of the region's box 92.35..108.2 E" in err[-1]
     assert not any("Traceback" in line for line in err)
