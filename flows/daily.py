@@ -32,7 +32,7 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     settings = load_settings(**(overrides or {}))
     grid = Grid.for_region(settings.region, settings.grid_step)
     region = settings.region.name
-    first, last = steps.window(settings.ingest_lookback_days, start, end)
+    first, last = steps.window(settings.ingest_lookback_days, start, end, today=settings.today)
     logger.info("region %s (%d x %d cells), days %s..%s, source %s",
                 region, grid.nx, grid.ny, first, last, settings.source.value)
     # Before anything reads the store: damaged derived files are recomputed, dead writers' temp files go.

@@ -38,7 +38,7 @@ def run_demo(opts: DemoOptions) -> dict:
                 write_demo_world(root, settings.region, opts.start, opts.end, grid_step=settings.grid_step,
                                  seed=opts.seed, dense=opts.small,
                                  progress=lambda _s, done, total: advance(int(100 * done / max(total, 1))))
-        record_demo_data_dir(settings, overrides)  # every run: a world kept from an older demo has none yet
+        record_demo_data_dir(settings, opts, overrides)  # every run: a world kept from an older demo has none yet
     with timings.step("daily_ingest_s"):
         first = daily_update(start=opts.start.isoformat(), end=opts.end.isoformat(), overrides=overrides)
     with timings.step("retrain_s"):

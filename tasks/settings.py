@@ -14,6 +14,7 @@ import difflib
 import os
 import tempfile
 import tomllib
+from datetime import date
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -282,6 +283,9 @@ class Settings(BaseSettings):
     comparison_folds: int = Field(5, ge=2, description="folds of the block cross-validations")
 
     # Operation.
+    # The demo world ends on a day of 2020: a demo data dir records it here, so that a daily run
+    # without dates (the stack's nightly deployment) updates the world's last days, not 2026's.
+    today: date | None = Field(None, description="the day a run without an end date takes as today (default: UTC today)")
     unavailable_recheck_days: float = Field(1.0, ge=0, description="wait before asking again for a granule the archive lacked")
     ingest_lookback_days: int = Field(10, ge=1, description="days back the daily run looks for late granules")
     archive_lookback_days: int = Field(3, ge=1, description="days back the nightly run fills")
@@ -474,6 +478,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, date):
+        return value.isoformat()  # a TOML local date
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     text = str(getattr(value, "value", value))

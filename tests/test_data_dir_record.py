@@ -30,7 +30,7 @@ def demo_dir(clean_env, tmp_path) -> Path:
     data = tmp_path / "xco2-data"
     opts = DemoOptions(data_dir=data, small=True, archive_days=7)
     overrides = demo_overrides(opts)
-    record_demo_data_dir(load_settings(**overrides), overrides)
+    record_demo_data_dir(load_settings(**overrides), opts, overrides)
     return data
 
 
@@ -41,6 +41,7 @@ def test_the_demo_records_region_source_and_its_training(demo_dir):
     assert record["source"] == "demo" and record["region"]["name"] == SMALL_REGION.name
     assert record["max_epochs"] == DemoOptions().max_epochs and record["comparison_protocols"] == []
     assert "archive_lookback_days" not in record and "data_dir" not in record
+    assert record["today"] == DemoOptions().end  # a run without dates updates the world's last days
 
 
 def test_commands_without_settings_use_the_recorded_region_and_source(demo_dir, clean_env):

@@ -95,12 +95,13 @@ def demo_overrides(opts: DemoOptions) -> dict:
 NOT_RECORDED = ("data_dir", "archive_lookback_days")
 
 
-def record_demo_data_dir(settings, overrides: dict) -> Path:
+def record_demo_data_dir(settings, opts: DemoOptions, overrides: dict) -> Path:
     """Record in the data dir (tasks/settings.py, DATA_DIR_RECORD) the region, source and CPU-sized
     training the demo made it with, so that `xco2 daily`, the stack's deployments and every other
     command map the demo's region from its sources with no settings of their own."""
     values = {k: v for k, v in overrides.items() if k not in NOT_RECORDED}
     values["region"] = settings.region.model_dump()
+    values["today"] = opts.end  # the world's clock: it has no data after its last day
     return write_data_dir_record(settings.data_dir, values, "`xco2 demo`")
 
 
