@@ -72,7 +72,14 @@ def _cmd_retrain(args) -> int:
     load_settings()
     result = monthly_retrain()
     console.print_json(json.dumps(result, default=str))
+    _print_retrain_summary(result)
     return 0
+
+
+def _print_retrain_summary(result: dict) -> None:
+    """The lines a modeler reads first under the JSON: the version, its alias, and whether its maps use the network."""
+    console.print(f"version {result['version']}: alias '{result['alias']}' ({result['decision']})")
+    console.print(result["network_share"]["reading"], markup=False, highlight=False)
 
 
 def _cmd_backfill(args) -> int:
@@ -168,6 +175,8 @@ def _print_demo_summary(s: dict) -> None:
     m = s["model"]
     table.add_row("model", f"{m['name']} version {m['version']} alias '{m['alias']}' "
                   f"(best epoch {m['best_epoch']} of {m['epochs']}; ONNX parity {m['onnx_parity_max_abs_ppm']:.1e} ppm)")
+    if m.get("network_share"):
+        table.add_row("network share", m["network_share"]["reading"])
     for name, h in (s.get("holdouts") or {}).items():
         table.add_row(f"held out: {name}", f"RMSE {h['rmse']:.3f} ppm, R2 {h['r2']:.3f} (detrended {h['r2_detrended']:.3f}), "
                       f"bias {h['bias']:+.3f}, 68% coverage {h.get('coverage68', float('nan')):.1%}, N {h['n']}")

@@ -14,7 +14,7 @@ import numpy as np
 from prefect import flow, get_run_logger
 
 from models.evaluation import plot_loss_curves, plot_scatter
-from models.holdouts import Holdouts
+from models.holdouts import Holdouts, NetworkShare
 from models.onnx_export import check_onnx_parity, export_onnx
 from registry.baselines import log_model_comparison
 from registry.promotion import promote, tag_gate
@@ -64,6 +64,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     # Choices made, the deployed background refitted on every sample but the gate's.
     trained, field_fit = retrain_tasks.background_for_maps(trained, field_fit, X, y, df, split)
     scores = results.score_holdouts(trained, field_fit, X, y, df, split)
+    logger.info("%s", NetworkShare.of(trained).reading)
 
     # One ONNX graph, parity checked; the figures on the data the gate compares on.
     work = Path(tempfile.mkdtemp(prefix="xco2-retrain-"))

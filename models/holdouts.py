@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field as dataclass_field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -162,6 +163,60 @@ def simplest_share(candidates: list[tuple[float, dict[str, tuple[np.ndarray, np.
         if mse[i] - mse[best] <= se:
             return float(squared[i][0])
     return float(squared[best][0])
+
+
+@dataclass(frozen=True)
+class NetworkShare:
+    """The network anomaly's share in a model's maps, in the words a modeler reads in the registry,
+    the retrain's and the demo's summaries: on real data the share has been 0 on every box measured
+    (docs/benchmark-real.md), so the maps do not use the network at all, which nobody should have
+    to infer from a number called anomaly_scale.
+
+    with_field: the retrain fitted a daily-anomaly field (the maps add it); with_background: the
+    network learned the anomaly from a background (a model without one maps the network alone)."""
+
+    share: float
+    with_field: bool
+    with_background: bool = True
+
+    @property
+    def network_used(self) -> bool:
+        return self.share > 0 or not self.with_background
+
+    @property
+    def formula(self) -> str:
+        """What the maps are: 'background + 0.50 x network anomaly + daily-anomaly field'."""
+        if not self.with_background:
+            terms = ["network"]
+        else:
+            terms = ["background"] + ([f"{self.share:.2f} x network anomaly"] if self.share > 0 else [])
+        return " + ".join(terms + (["daily-anomaly field"] if self.with_field else []))
+
+    @property
+    def reading(self) -> str:
+        """'network share 0.00: the maps are background + daily-anomaly field (the network is not used)'."""
+        unused = "" if self.network_used else " (the network is not used)"
+        return f"network share {self.share:.2f}: the maps are {self.formula}{unused}"
+
+    @property
+    def in_map(self) -> str:
+        """The registry tag's value: 'no (share 0.00: maps are background + daily-anomaly field)'."""
+        return f"{'yes' if self.network_used else 'no'} (share {self.share:.2f}: maps are {self.formula})"
+
+    @property
+    def sentence(self) -> str:
+        """One sentence for a registered version's description."""
+        unused = "; its network is not used" if not self.network_used else ""
+        return f"Network share {self.share:.2f}: this version's maps are {self.formula}{unused}."
+
+    def to_dict(self) -> dict:
+        return {"share": self.share, "network_used": self.network_used, "in_map": self.in_map,
+                "reading": self.reading}
+
+    @classmethod
+    def of(cls, trained: Any) -> NetworkShare:
+        """A trained model's (models.training.TrainedModel, untyped here so that no torch loads)."""
+        return cls(float(trained.anomaly_scale), trained.residual_field is not None, trained.background is not None)
 
 
 @dataclass(frozen=True)

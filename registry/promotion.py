@@ -27,6 +27,8 @@ from registry.redaction import redact_uri
 from registry.store import (
     CHALLENGER,
     CHAMPION,
+    CHAMPION_NETWORK_TAG,
+    NETWORK_IN_MAP_TAG,
     RegistryError,
     client_for,
     get_version,
@@ -176,6 +178,9 @@ def promote(
     if promoted and CHALLENGER in (candidate.aliases or []):
         # A challenger that is now champion would otherwise carry both aliases.
         client.delete_registered_model_alias(name, CHALLENGER)
+    if promoted:
+        in_map = (candidate.tags or {}).get(NETWORK_IN_MAP_TAG, "not recorded (registered before the tag existed)")
+        client.set_registered_model_tag(name, CHAMPION_NETWORK_TAG, f"v{candidate.version}: {in_map}")
     previous = int(champion.version) if champion is not None else None
     new_champion = int(candidate.version) if promoted or previous is None else previous
 

@@ -30,6 +30,12 @@ MODEL_NAME_IN_RUN = "model"  # log_model(name=...) of the registered (ONNX) flav
 # checked at every load (registry.champion) without downloading it again.
 ONNX_SHA256_TAG = "onnx_sha256"
 ONNX_SIZE_TAG = "onnx_size_bytes"
+# The network anomaly's share in a version's maps (models/holdouts.py::NetworkShare), as a number and
+# in plain words, on each version (registry.tracking); the champion's reading also on the registered
+# model (registry.promotion), so its page says whether the maps use the network.
+NETWORK_SHARE_TAG = "network_share"
+NETWORK_IN_MAP_TAG = "network_in_map"
+CHAMPION_NETWORK_TAG = "champion_network_in_map"
 
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 

@@ -46,6 +46,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
+from models.holdouts import NetworkShare
 from models.onnx_runtime import read_metadata
 from models.training import TrainedModel
 from registry.redaction import redact_mapping, redact_uri
@@ -53,6 +54,8 @@ from registry.store import (
     FEATURES_ARTIFACT,
     FIGURES_DIR,
     MODEL_NAME_IN_RUN,
+    NETWORK_IN_MAP_TAG,
+    NETWORK_SHARE_TAG,
     ONNX_ARTIFACT,
     ONNX_SHA256_TAG,
     ONNX_SIZE_TAG,
@@ -263,6 +266,7 @@ def _run_metrics(trained: TrainedModel, validation: Mapping[str, float]) -> list
         "epochs_trained": len(trained.history),
         "best_val_loss": trained.best_val_loss,
         "training_seconds": trained.training_seconds,
+        NETWORK_SHARE_TAG: trained.anomaly_scale,
     }
     metrics += [Metric(key, float(value), now, 0) for key, value in summary.items()]
     return metrics
@@ -362,8 +366,9 @@ def log_training_run(
     if missing:
         raise FileNotFoundError(f"figures not found: {', '.join(missing)}")
     run_params = _run_params(trained, params)
+    network = NetworkShare.of(trained)
     run_tags = {**redact_mapping(tags), "feature_set_version": trained.feature_set_version,
-                WRITER_TAG: writer_identity()}
+                NETWORK_IN_MAP_TAG: network.in_map, WRITER_TAG: writer_identity()}
 
     onnx_model = onnx.load(str(onnx_path))
     signature = _onnx_signature(onnx_model)
@@ -433,9 +438,14 @@ def log_training_run(
             TORCH_MODEL_URI_TAG: torch_info.model_uri,
             ONNX_SHA256_TAG: onnx_sha256,
             ONNX_SIZE_TAG: str(onnx_size),
+            NETWORK_SHARE_TAG: str(round(network.share, 4)),
+            NETWORK_IN_MAP_TAG: network.in_map,
         }
         for key, value in version_tags.items():
             client.set_model_version_tag(registered_model_name, str(version), key, value)
+        # The description is the first thing the registry UI shows of a version: whether the network
+        # contributes to its maps is read there without opening the tags.
+        client.update_model_version(registered_model_name, str(version), description=network.sentence)
         client.set_tag(run_id, "registered_model_version", f"{registered_model_name}/{version}")
         # Last: until this tag is set, the version is an unfinished registration (module docstring).
         client.set_model_version_tag(registered_model_name, str(version), REGISTRATION_TAG,

@@ -91,3 +91,50 @@ def test_covariates_import_reprojects_a_user_layer(tmp_path, monkeypatch, capsys
     bad.write_text("hello")
     assert main(["covariates", "import", "elevation", str(bad)]) == 2
     assert "notes.txt" in capsys.readouterr().err
+
+
+NETWORK_UNUSED = {"share": 0.0, "network_used": False,
+                  "in_map": "no (share 0.00: maps are background + daily-anomaly field)",
+                  "reading": "network share 0.00: the maps are background + daily-anomaly field (the network is not used)"}
+
+
+@pytest.fixture
+def wide_console(monkeypatch):
+    """The CLI's console into a buffer, wide enough that no table cell wraps."""
+    import io
+
+    from rich.console import Console
+
+    from flows import cli
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buffer, width=400, color_system=None))
+    return buffer
+
+
+def test_the_demo_summary_says_whether_the_maps_use_the_network(wide_console):
+    from flows.cli import _print_demo_summary
+
+    summary = {
+        "region": {"name": "box", "west": 105.7, "east": 106.2, "south": 30.2, "north": 30.7},
+        "grid": {"nx": 50, "ny": 50, "step": 0.01}, "window": ["2020-06-01", "2020-06-06"],
+        "samples": 900, "samples_days": 6,
+        "gosat_fit": {"intercept": 0.1, "slope": 1.0, "n_collocations": 40, "method": "ols", "fit_id": "f1"},
+        "archive_days": ["2020-06-06"], "archive_root": "/tmp/archive",
+        "model": {"name": "xco2-resnet-lstm", "version": 1, "alias": "champion", "epochs": 3, "best_epoch": 2,
+                  "onnx_parity_max_abs_ppm": 1e-6, "network_share": NETWORK_UNUSED},
+        "holdouts": {}, "promotion_holdout": "random holdout", "truth_accuracy": None, "comparison": None,
+        "tracking_uri": "sqlite:///mlflow.db", "timings": {"retrain": "1 s"},
+    }
+    _print_demo_summary(summary)
+    lines = [line for line in wide_console.getvalue().splitlines() if "network share" in line]
+    assert len(lines) == 1 and NETWORK_UNUSED["reading"] in lines[0]
+
+
+def test_the_retrain_summary_says_whether_the_maps_use_the_network(wide_console):
+    from flows.cli import _print_retrain_summary
+
+    _print_retrain_summary({"version": 4, "alias": "challenger", "decision": "RMSE 1.0 does not beat v3",
+                            "network_share": NETWORK_UNUSED})
+    assert wide_console.getvalue().splitlines() == [
+        "version 4: alias 'challenger' (RMSE 1.0 does not beat v3)", NETWORK_UNUSED["reading"]]

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from models.background import fit_background
-from models.holdouts import (anomaly_scale, detrended_r2, fit_field, holdout_scores, map_predict, split_samples)
+from models.holdouts import (NetworkShare, anomaly_scale, detrended_r2, fit_field, holdout_scores, map_predict,
+                             split_samples)
 from models.validation import spatial_block_ids
 
 START = pd.Timestamp("2020-01-01")
@@ -309,3 +310,37 @@ def test_the_deployed_background_never_sees_the_gate(trained_on_background):
     other_changed = y.copy()
     other_changed[split.days_calibration] += 30.0
     assert deployed(other_changed)[0] != before
+
+
+def test_the_network_share_reads_in_plain_words():
+    # Share 0, as on every real box measured: the maps leave the network out, and every reading says so.
+    unused = NetworkShare(0.0, with_field=True)
+    assert not unused.network_used
+    assert unused.reading == ("network share 0.00: the maps are background + daily-anomaly field "
+                              "(the network is not used)")
+    assert unused.in_map == "no (share 0.00: maps are background + daily-anomaly field)"
+    assert unused.sentence == ("Network share 0.00: this version's maps are background + daily-anomaly field; "
+                               "its network is not used.")
+    half = NetworkShare(0.5, with_field=True)
+    assert half.network_used
+    assert half.reading == ("network share 0.50: the maps are background + 0.50 x network anomaly + "
+                            "daily-anomaly field")
+    assert half.in_map == "yes (share 0.50: maps are background + 0.50 x network anomaly + daily-anomaly field)"
+    # Too few observations for a field: the model maps alone.
+    assert NetworkShare(0.0, with_field=False).reading == ("network share 0.00: the maps are background "
+                                                           "(the network is not used)")
+    # Without a background the network is the whole map, whatever its share says.
+    alone = NetworkShare(1.0, with_field=False, with_background=False)
+    assert alone.network_used and alone.in_map == "yes (share 1.00: maps are network)"
+    assert half.to_dict() == {"share": 0.5, "network_used": True, "in_map": half.in_map, "reading": half.reading}
+
+
+def test_the_network_share_of_a_trained_model():
+    @dataclasses.dataclass
+    class Trained:
+        anomaly_scale: float = 0.0
+        residual_field: object = "field"
+        background: object = "background"
+
+    assert NetworkShare.of(Trained()) == NetworkShare(0.0, with_field=True, with_background=True)
+    assert NetworkShare.of(Trained(1.0, None, None)) == NetworkShare(1.0, with_field=False, with_background=False)

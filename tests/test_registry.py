@@ -379,3 +379,36 @@ def test_credentials_are_redacted():
 def test_artifacts_go_next_to_the_sqlite_db():
     assert artifact_root_for("sqlite:////srv/x/mlflow.db") == "file:///srv/x/mlartifacts"
     assert artifact_root_for("http://mlflow:5000") is None
+
+
+# --- the network's share in the maps ---------------------------------------------------------
+
+def test_a_version_says_whether_its_maps_use_the_network(tracking_uri, eval_data, tmp_path):
+    from models.background import INPUTS, TERMS, Background
+    from models.residual_field import ResidualField
+
+    names = [*INPUTS, "cov_extra"]
+    rng = np.random.default_rng(3)
+    X = np.column_stack([rng.uniform(0, 5, 300), rng.uniform(-1, 1, 300), rng.uniform(-1, 1, 300),
+                         rng.uniform(28, 32, 300), rng.uniform(102, 106, 300), rng.normal(size=300)])
+    background = Background((410.0, 2.4) + (0.0,) * (len(TERMS) - 2), 2.5, 30.0, 104.0)
+    y = background.evaluate_features(X, names) + 0.3 * X[:, 5]
+    network = train_resnet_lstm(X[:240], y[:240], X[240:], y[240:], names, "toy-bg-v1",
+                                TrainingConfig(max_epochs=1, batch_size=64), background=background)
+    # Share 0 with a daily-anomaly field: what every real box measured so far has chosen.
+    model = replace(network, anomaly_scale=0.0,
+                    residual_field=ResidualField(0.8, 60.0, 3.0, 0.2, 400.0, 20.0, 0.05, 0.1))
+    name = "test-registry-network-share"
+    info = register(tracking_uri, name, model, tmp_path, (X, y))
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = client.get_model_version(name, str(info.version))
+    in_map = "no (share 0.00: maps are background + daily-anomaly field)"
+    assert version.tags["network_share"] == "0.0" and version.tags["network_in_map"] == in_map
+    assert version.description == ("Network share 0.00: this version's maps are background + daily-anomaly field; "
+                                   "its network is not used.")
+    run = client.get_run(info.run_id)
+    assert run.data.metrics["network_share"] == 0.0 and run.data.tags["network_in_map"] == in_map
+    # The champion's reading on the registered model's own page.
+    promote(tracking_uri, name, info.version, X, y)
+    assert client.get_registered_model(name).tags["champion_network_in_map"] == f"v{info.version}: {in_map}"

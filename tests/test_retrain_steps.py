@@ -69,6 +69,7 @@ class _Trained:
     history: list = field(default_factory=lambda: [1, 2, 3, 4])
     anomaly_scale: float = 0.5
     residual_field: object = None
+    background: object = "background"
 
 
 @dataclass
@@ -89,5 +90,30 @@ def test_report_says_what_was_trained_scored_and_decided():
     assert "- samples: 10 fit / 2 early stopping / 3 random / 4 in held-out blocks / 3 on held-out days" in md
     assert f"| {steps.HOLDOUT_LABELS['spatial blocks']} | 1.500 | 0.500 | 0.400 | +0.100 | 70.0% | 4 |" in md
     assert "daily-anomaly field: none" in md
+    assert "- **network share 0.50: the maps are background + 0.50 x network anomaly** " in md
     assert "alias **champion** (better by 0.2 ppm)" in md
     assert "- [loss curves](s3://x/loss_curves.png)" in md and md.endswith("## Model comparison\n\n| a |\n")
+
+
+def test_the_run_result_says_whether_the_maps_use_the_network():
+    @dataclass
+    class Decision(_Decision):
+        previous_champion_version: int | None = None
+
+    @dataclass
+    class Version(_Version):
+        run_id: str = "abc"
+
+    trained = _Trained(anomaly_scale=0.0, residual_field=_Field())
+    result = steps.run_result(Version(), Decision(), SCORES, "random holdout", 1e-6, trained, {}, None, [])
+    assert result["anomaly_scale"] == 0.0
+    assert result["network_share"] == {
+        "share": 0.0, "network_used": False,
+        "in_map": "no (share 0.00: maps are background + daily-anomaly field)",
+        "reading": "network share 0.00: the maps are background + daily-anomaly field (the network is not used)"}
+
+
+@dataclass
+class _Field:
+    def to_dict(self) -> dict:
+        return {"window_days": 15}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.holdouts import FieldFit, Holdouts, holdout_scores, map_predict
+from models.holdouts import FieldFit, Holdouts, NetworkShare, holdout_scores, map_predict
 from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.settings import Settings
 
@@ -100,8 +100,9 @@ def report_markdown(settings: Settings, version, decision, trained, split: Holdo
              f"- samples: {trained.n_train} fit / {trained.n_val} early stopping / {len(split.random)} random / "
              f"{len(split.spatial)} in held-out blocks / {len(split.whole_days)} on held-out days "
              "(blocks and days: half calibrate, half score)",
-             f"- best epoch {trained.best_epoch} of {len(trained.history)}; network anomaly scale "
-             f"{trained.anomaly_scale:.2f} (0: the covariates add nothing held-out data support)",
+             f"- best epoch {trained.best_epoch} of {len(trained.history)}",
+             f"- **{NetworkShare.of(trained).reading}** (the share of the network's anomaly that held-out "
+             "data support; 0: the covariates add nothing the background has not)",
              "", "## Held-out scores of the map (model + daily anomaly), headline first", "",
              "| holdout | RMSE ppm | R2 | R2 detrended | bias ppm | 68% coverage | N |", "|---|---|---|---|---|---|---|"]
     for name, s in scores.items():
@@ -176,7 +177,7 @@ def run_result(version, decision, scores: dict[str, dict], gate: str, parity: fl
             "promotion_holdout": gate, "onnx_parity_max_abs_ppm": parity, "decision": decision.reason,
             "uncertainty": {k: v.get("coverage68") for k, v in scores.items()},
             "residual_field": trained.residual_field.to_dict() if trained.residual_field is not None else None,
-            "anomaly_scale": trained.anomaly_scale,
+            "anomaly_scale": trained.anomaly_scale, "network_share": NetworkShare.of(trained).to_dict(),
             "gosat_fit": gosat_fit,
             "epochs": len(trained.history), "best_epoch": trained.best_epoch,
             "comparison": comparison.rows() if comparison else None, "figures": dict(figure_links)}
