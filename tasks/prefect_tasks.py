@@ -103,7 +103,7 @@ def refit_gosat(settings: Settings, grid: Grid) -> dict:
     return ingest.refit_gosat_and_refuse(settings.region_dir, raw_dir(settings, "era5"), grid).to_dict()
 
 
-@unit(name="update-samples", retries=2, retry_delay_seconds=5)
+@unit(name="update-samples", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
 def update_samples(settings: Settings, grid: Grid, day: date, fit) -> int:
     return ingest.sample_day(settings.region_dir, raw_dir(settings, "era5"), grid, day, fit)
 

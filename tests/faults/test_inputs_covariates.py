@@ -9,6 +9,10 @@ layer that cannot be read or is mostly implausible or missing is quarantined wit
 (and marked in the manifest, so the next pull fetches it again). A bad NDVI composite holds back
 only the days it feeds; a bad static layer feeds every day, so the daily run ends Failed naming
 it, and the next run with a good file completes.
+
+Issue 20: a sound layer or composite made for another area (the demo's, under the whole province)
+is not damage: it stays in place, nothing is quarantined or pulled again, and CoverageError names
+the file, its extent and the region's box, on every run.
 """
 
 from __future__ import annotations

@@ -6,13 +6,16 @@ one with `t2m = 1e20` was used silently and moved the map's mean by 2.4 ppm. Now
 refuses both, naming the file, the variable, the count and the value; the daily run quarantines
 the file, the days it feeds wait (said so in the run's rows and summary), every other day is
 sampled, and the next run pulls the file again.
+
+Issue 20: sound ERA5 cut to another box is not damage: it is left in place and Era5CoverageError
+names it, its extent and the region's box.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,9 @@ from flows.demo import SMALL_REGION
 from demo_world import write_demo_world
 from demo_world.fixtures import tiny_era5_hourly
 from demo_world.writers import write_era5_new_cds, write_era5_old_cds, write_era5_zip
-from tasks.covariates.meteorology import era5_readiness
+from tasks.covariates.meteorology import Era5CoverageError, era5_readiness, meteo_for_day
+from tasks.covariates.static import CovariateError
+from tasks.gridding.geometry import Grid
 from tasks.io.quarantine import InputFileError
 from tasks.readers import inspect_file
 from tasks.readers.era5 import read_era5_file
@@ -106,6 +111,36 @@ def test_readiness_quarantines_the_bad_file_and_only_its_days_wait(tmp_path):
     assert not third.ready and "sp: 1 outside" in third.why and (era5_dir / "era5_single_levels_20200604.nc").exists()
 
 
+@pytest.mark.parametrize("bbox, extent, share", [
+    ((80.0, 40.0, 81.0, 41.0), "80..81 E, 40..41 N", "none"),  # another region altogether
+    ((103.5, 30.0, 104.0, 31.0), "103.5..104 E, 30..31 N", "only 50%"),  # the region's eastern part missing
+], ids=["elsewhere", "west-part"])
+def test_era5_of_another_area_is_named_and_left_in_place(tmp_path, bbox, extent, share):
+    """Issue 20: sound ERA5 made for another box is not damaged (a copy pulled again would be the
+    same): it is named with both extents, never quarantined, and every try says the same."""
+    era5_dir, quarantine_dir = tmp_path / "era5", tmp_path / "quarantine"
+    era5_dir.mkdir()
+    files = [write_era5_new_cds(era5_dir / f"era5_single_levels_{day:%Y%m%d}.nc",
+                                tiny_era5_hourly(day, n_days=1, bbox=bbox))
+             for day in (DAY, DAY + timedelta(days=1))]
+    grid = Grid(west=103.7, south=30.2, east=104.3, north=30.7, step=0.01)
+
+    for attempt in range(2):
+        # The daily run's readiness check reads the files: sound, so nothing is set aside.
+        ready = era5_readiness(era5_dir, DAY, quarantine_dir)
+        assert ready.ready and ready.quarantined == [], attempt
+        with pytest.raises(Era5CoverageError) as err:
+            meteo_for_day(era5_dir, DAY, grid)
+        message = str(err.value)
+        assert message.startswith(f"{files[0]}: its ERA5 grid (and that of {files[1].name}) covers {extent}, "
+                                  f"{share} of the region's box 103.7..104.3 E, 30.2..30.7 N: it was made for "
+                                  "another area and is left where it is (not quarantined). Pull ERA5 for this "
+                                  "region's box"), attempt
+        # The daily run and `xco2 daily` end on it as they do on a bad static layer.
+        assert isinstance(err.value, CovariateError) and not isinstance(err.value, InputFileError)
+        assert all(f.exists() for f in files) and not quarantine_dir.exists()
+
+
 # ---- through the daily flow, local mode ---------------------------------------------------------
 
 
@@ -173,3 +208,30 @@ def test_bad_era5_days_wait_while_the_rest_of_the_window_is_sampled(prefect_harn
     assert again["quarantined"] == []
     # A new delivery is a new remote id: its row is 'ok', the quarantined one stays as history.
     assert sorted(_manifest_statuses(data_dir, nan_file.name)) == ["ok", "quarantined"]
+
+
+def test_era5_of_another_area_fails_the_daily_run_and_stays_in_place(prefect_harness, tracking_uri, world, tmp_path):
+    """Issue 20: ERA5 cut to another box ends the daily run Failed naming it, not quarantined; the
+    next run does not pull it again and says the same."""
+    from flows.daily import daily_update
+
+    source, data_dir = tmp_path / "source", tmp_path / "xco2-data"
+    shutil.copytree(world, source)
+    for path in sorted((source / "era5").glob("era5_single_levels_*.nc")):
+        hourly = read_era5_file(path)
+        write_era5_zip(path, hourly.assign_coords(longitude=hourly["longitude"].values - 5.0))
+    overrides = {"data_dir": str(data_dir), "source": "local", "local_dir": str(source),
+                 "region": SMALL_REGION.model_dump(), "mlflow_tracking_uri": tracking_uri,
+                 "registered_model_name": "inputs-meteorology-no-model", "archive_lookback_days": 1}
+    era5_dir = data_dir / "raw" / "era5" / SMALL_REGION.name
+
+    for attempt in range(2):
+        state = daily_update(start=START.isoformat(), end=END.isoformat(), overrides=overrides, return_state=True)
+        assert state.is_failed(), attempt
+        with pytest.raises(Era5CoverageError) as err:
+            state.result()
+        assert str(err.value).startswith(f"{era5_dir / 'era5_single_levels_20200601.nc'}: its ERA5 grid"), attempt
+        assert "none of the region's box 105.7..106.2 E, 30.2..30.7 N" in str(err.value)
+        assert not list((data_dir / "quarantine").glob("*"))
+        for path in (source / "era5").glob("*.nc"):
+            assert (era5_dir / path.name).exists() and _manifest_statuses(data_dir, path.name) == ["ok"]
