@@ -448,9 +448,11 @@ def _prefect_api_for(args):
     it is killed (flows/prefect_server.py), for a command that runs flows."""
     if args.command not in FLOW_COMMANDS:
         return nullcontext()
+    from deployments.stack import command_prefect_database
     from flows.prefect_server import prefect_api
 
-    return prefect_api()
+    # Before `make up`, the runs go where the stack will find them (the demo's, say).
+    return prefect_api(database_url=command_prefect_database())
 
 
 def _join_running_stack(args) -> None:
