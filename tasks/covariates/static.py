@@ -248,7 +248,7 @@ def raster_box(shape: tuple[int, ...], transform, crs) -> Box:
 
 
 def _box(grid: Grid) -> str:
-    return f"{grid.west:g}..{grid.east:g} E, {grid.south:g}..{grid.north:g} N"
+    return describe_box((grid.west, grid.south, grid.east, grid.north))
 
 
 def area_weighted(path: Path, grid: Grid, band: int = 1, scale: float = 1.0, variable: str | None = None,
