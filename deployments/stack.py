@@ -150,6 +150,16 @@ class StackConfig:
         return self.api_url.rstrip("/") if self.api_url else f"{self.prefect_url}/api"
 
     @property
+    def ui_api_url(self) -> str:
+        """The API address the Prefect UI's pages call from the browser. `prefect server start
+        --port` does not tell the UI: without it, the UI calls port 4200 and shows no data on any
+        other port. A PREFECT_UI_API_URL of the environment (a proxy in front) is kept."""
+        if os.environ.get("PREFECT_UI_API_URL"):
+            return os.environ["PREFECT_UI_API_URL"]
+        host = "localhost" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.prefect_port}/api"
+
+    @property
     def mlflow_url(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
 
@@ -363,7 +373,8 @@ def server_plans(cfg: StackConfig) -> dict[str, tuple[int, list[str], dict[str, 
     return {
         "prefect-server": (cfg.prefect_port, [_tool("prefect"), "server", "start", "--host", cfg.host,
                                               "--port", str(cfg.prefect_port), "--no-background"],
-                           cfg.process_env(PREFECT_API_DATABASE_CONNECTION_URL=cfg.prefect_database_url)),
+                           cfg.process_env(PREFECT_API_DATABASE_CONNECTION_URL=cfg.prefect_database_url,
+                                           PREFECT_UI_API_URL=cfg.ui_api_url)),
         # Database URLs travel in the environment, never on a command line: a password there would
         # show in `ps` and in the log's header line. New experiments get the command line's artifact
         # root (a file: URI), which this local server reads for the UI and clients write directly;

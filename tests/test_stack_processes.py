@@ -54,3 +54,18 @@ def test_stop_ends_the_process_and_removes_its_pid_file(cfg, sleeper):
 def test_status_of_nothing_running_fails(cfg, capsys):
     assert stack.status(cfg) != 0
     assert "stopped" in capsys.readouterr().out
+
+
+def test_the_prefect_ui_calls_the_stacks_own_port(tmp_path, monkeypatch):
+    # `prefect server start --port` does not tell the UI: its pages would call port 4200 and show
+    # "Can't connect to Server API" on any other port (seen by tests/test_stack_browser.py).
+    monkeypatch.delenv("PREFECT_UI_API_URL", raising=False)
+    cfg = stack.StackConfig.from_env({"XCO2_STACK_PREFECT_PORT": "4311"}, state_dir=tmp_path / "state")
+    _, argv, env = stack.server_plans(cfg)["prefect-server"]
+    assert argv[argv.index("--port") + 1] == "4311"
+    assert env["PREFECT_UI_API_URL"] == "http://127.0.0.1:4311/api"
+    wildcard = stack.StackConfig.from_env({}, state_dir=tmp_path / "state", host="0.0.0.0")
+    assert stack.server_plans(wildcard)["prefect-server"][2]["PREFECT_UI_API_URL"] == "http://localhost:4200/api"
+    # A proxy's address, set by the operator, is kept.
+    monkeypatch.setenv("PREFECT_UI_API_URL", "https://prefect.example.org/api")
+    assert stack.server_plans(cfg)["prefect-server"][2]["PREFECT_UI_API_URL"] == "https://prefect.example.org/api"
