@@ -15,7 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.prefect_server import PrefectServerError
-from tasks.settings import ConfigError, check_data_dir, load_settings
+from tasks.settings import (
+    ConfigError,
+    check_data_dir,
+    check_local_source,
+    check_tracking_server,
+    load_settings,
+)
 
 console = Console()
 
@@ -484,6 +490,25 @@ def _check_data_dir_first(args) -> None:
         check_data_dir(load_settings(data_dir=args.data_dir) if args.command == "demo" else load_settings())
 
 
+# Commands that read the configured source (and `config`, which shows what they would use): a
+# local source directory that is not there stops them at once, not after the pull's retries.
+SOURCE_COMMANDS = frozenset({"daily", "serve", "covariates", "config"})
+# Commands that use the MLflow registry: an http(s) tracking server that does not take a connection
+# stops them at once, not after MLflow's retries (a plain load_settings() probes nothing).
+REGISTRY_COMMANDS = frozenset({"demo", "daily", "retrain", "backfill", "serve"})
+
+
+def _check_sources_first(args) -> None:
+    if args.command in SOURCE_COMMANDS:
+        check_local_source(load_settings())
+
+
+def _check_registry_first(args) -> None:
+    """After joining the stack, which may name its MLflow server; before a Prefect server starts."""
+    if args.command in REGISTRY_COMMANDS:
+        check_tracking_server(load_settings(data_dir=args.data_dir) if args.command == "demo" else load_settings())
+
+
 def main(argv: list[str] | None = None) -> int:
     # Offline-friendly defaults: no usage telemetry calls from MLflow or Prefect.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -496,7 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_data_dir_first(args)
+        _check_sources_first(args)
         _join_running_stack(args)
+        _check_registry_first(args)
         with _prefect_api_for(args):
             return args.func(args)
     except ConfigError as exc:

@@ -11,15 +11,29 @@ did-you-mean, and a TOML file that is not UTF-8 or not TOML is named with its li
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import re
+import socket
 import tempfile
+import threading
 import tomllib
+import urllib.request
 from datetime import date
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -122,6 +136,19 @@ RECORD_BINDING = ("region", "source")
 # The record's boundary when it is a shipped one: installed copies live in different places (a
 # venv, the image's /app), so the record names it, not its path.
 SHIPPED_PREFIX = "shipped:"
+
+# The most cells a region's grid may have. A day's mapping holds a few dozen float32 layers of the
+# whole grid (covariates, features, the map and its uncertainty): at 4 bytes a cell each, this many
+# cells is tens of GB. Sichuan at the paper's 0.01 degree is 1.3 million cells, at 0.001 131 million.
+MAX_GRID_CELLS = 200_000_000
+
+# The URI schemes MLflow's model registry can use (mlflow.tracking._model_registry.utils
+# _get_store_registry; "" is a plain path). Copied, not imported: settings are on the nightly path
+# and MLflow takes seconds to import. tests/faults/test_config_fail_fast.py checks they agree.
+MLFLOW_DATABASE_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")
+MLFLOW_REGISTRY_SCHEMES = ("", "file", "http", "https", *MLFLOW_DATABASE_SCHEMES, "databricks", "databricks-uc", "uc")
+# How long `check_tracking_server` waits for a TCP connection to an http(s) tracking server.
+TRACKING_PROBE_TIMEOUT_S = 1.5
 
 # The names of models.baselines.MODELS, copied because that module reaches torch (the ResNet's fit)
 # and settings are on the nightly path; tests/test_settings_lists.py checks the two agree.
@@ -323,6 +350,27 @@ class Settings(BaseSettings):
         # Path("") is ".": an empty variable would quietly put the data in the current directory.
         if isinstance(v, str) and not v.strip():
             raise ValueError("must not be empty (unset the variable for the default)")
+        return v
+
+    @field_validator("grid_step")
+    @classmethod
+    def _grid_fits(cls, v: float, info: ValidationInfo) -> float:
+        region = info.data.get("region")  # absent when the region itself is invalid (named on its own)
+        if isinstance(region, Region):
+            nx, ny = grid_size(region, v)
+            if nx * ny > MAX_GRID_CELLS:
+                raise ValueError(f"{v:g} degrees makes a grid of {nx:,} x {ny:,} = {nx * ny:.3g} cells over region "
+                                 f"{region.name!r}, more than the {MAX_GRID_CELLS:,} a day's mapping can hold in "
+                                 "memory; choose a larger grid_step or a smaller region")
+        return v
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _tracking_uri_form(cls, v: str | None) -> str | None:
+        if v:
+            problem = tracking_uri_problem(v)
+            if problem:
+                raise ValueError(problem)
         return v
 
     @field_validator("registered_model_name")
@@ -535,7 +583,10 @@ def load_settings(**overrides: Any) -> Settings:
             if err["type"] == "extra_forbidden":
                 problems.append(f"unknown setting '{name}'{_did_you_mean(env, setting_variables())}")
                 continue
-            problems.append(f"setting '{name}' ({env}): {err['msg']} (got {err.get('input')!r})")
+            shown = redact_userinfo(err.get("input")) if name == "mlflow_tracking_uri" else err.get("input")
+            problems.append(f"setting '{name}' ({env}): {err['msg']} (got {shown!r})")
+        if len(problems) == 1:  # one line: the last line of the command's output names the setting
+            raise ConfigError(f"invalid configuration: {problems[0]}") from None
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 
 
@@ -564,3 +615,100 @@ def check_data_dir(settings: Settings) -> Settings:
     if settings.archive_dir is not None:
         check_writable_dir(settings.archive_dir, "archive directory (XCO2_ARCHIVE_DIR)")
     return settings
+
+
+def grid_size(region: Region, step: float) -> tuple[int, int]:
+    """(nx, ny) of the region's grid at `step`, its edges snapped outwards to multiples of the
+    step as tasks.gridding.geometry.Grid does (which imports this module)."""
+    def cells(low: float, high: float) -> int:
+        return math.ceil(round(high / step, 6)) - math.floor(round(low / step, 6))
+    return cells(region.west, region.east), cells(region.south, region.north)
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
+
+
+def redact_userinfo(value: Any) -> Any:
+    """'postgresql://u:pw@h/db' -> 'postgresql://u:***@h/db' (a password never reaches a message);
+    anything but a string unchanged."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value) if isinstance(value, str) else value
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow's model registry could not use `uri`, from its form alone; None when it can."""
+    if uri != uri.strip() or any(c.isspace() for c in uri):
+        return "must not contain spaces"
+    try:
+        parts = urlsplit(uri)
+        port = parts.port if parts.scheme.lower() in ("http", "https") else None
+    except ValueError as exc:
+        return f"not a URI ({exc})"
+    scheme = parts.scheme.lower()
+    if len(scheme) == 1:
+        scheme = ""  # a Windows drive letter: a path
+    engine = scheme.split("+", 1)[0]
+    if scheme not in MLFLOW_REGISTRY_SCHEMES and not ("+" in scheme and engine in MLFLOW_DATABASE_SCHEMES):
+        return (f"scheme '{scheme}' is not one MLflow's model registry can use: use sqlite:///<path>, "
+                "http(s)://<host>:<port> of a tracking server, or a database URI (postgresql://, mysql://, mssql://)")
+    if scheme in ("http", "https") and not parts.hostname:
+        return f"{scheme}:// needs a host (http://<host>:<port>)"
+    if scheme in ("http", "https") and port == 0:
+        return "port 0 is no server's port"
+    if engine == "sqlite" and not uri.startswith(f"{parts.scheme}:///"):
+        return "a SQLite URI is sqlite:///<path of the .db file> (three slashes, then the path)"
+    return None
+
+
+def check_local_source(settings: Settings) -> None:
+    """source=local: `local_dir` is an existing directory. Checked at a command's start: the pull
+    would otherwise list nothing and the run end on a later symptom."""
+    if settings.source != SourceMode.local or settings.local_dir is None:
+        return
+    path = settings.local_dir
+    if not path.is_dir():
+        why = "is not a directory" if path.exists() else "does not exist"
+        raise ConfigError(f"local_dir (XCO2_LOCAL_DIR): {path} {why}; source=local reads the granules from it")
+
+
+def _connect_problem(host: str, port: int, timeout_s: float) -> str | None:
+    """Why a TCP connection to host:port could not be made within `timeout_s`, or None. The name
+    lookup runs in a thread too, so that a resolver that hangs is bounded as well."""
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                outcome.append(None)
+        except OSError as exc:
+            outcome.append("connection refused" if isinstance(exc, ConnectionRefusedError) else
+                           "no answer" if isinstance(exc, TimeoutError) else
+                           exc.strerror or type(exc).__name__)
+
+    thread = threading.Thread(target=attempt, name="xco2-tracking-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 0.25)
+    return outcome[0] if outcome else "no answer"
+
+
+def check_tracking_server(settings: Settings, timeout_s: float = TRACKING_PROBE_TIMEOUT_S) -> None:
+    """An http(s) tracking URI: its server (or the proxy the environment names for it) accepts a
+    TCP connection within `timeout_s`, else a ConfigError naming the setting and the server, at
+    once instead of after MLflow's retries. Other URIs are local stores: nothing to probe.
+    Called where a command that uses the registry starts, not in `load_settings`."""
+    uri = settings.tracking_uri
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return
+    host, port = parts.hostname, parts.port or (443 if scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if via.hostname:
+            host, port = via.hostname, via.port or 80
+    problem = _connect_problem(host, port, timeout_s)
+    if problem is not None:
+        raise ConfigError(
+            f"mlflow_tracking_uri (XCO2_MLFLOW_TRACKING_URI): the MLflow tracking server {redact_userinfo(uri)} "
+            f"does not answer ({problem}, {host}:{port} probed for {timeout_s:g} s): start it (`make up` starts "
+            "the stack) or point XCO2_MLFLOW_TRACKING_URI at a running one")

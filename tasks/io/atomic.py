@@ -8,8 +8,11 @@ disk. Reading the temp file back is what catches that, before anything is publis
 name starts with '.' and ends with '.tmp' so listings (archive days, raw granules) skip it.
 
 Any I/O failure (ENOSPC, EFBIG, EIO) or failed verification raises `PublishError`, an OSError
-whose message names the final path; the temp file is removed and the previous version of the
-file, if any, stays in place untouched.
+whose message names the final path and, for a storage error, its cause first ("disk full
+(ENOSPC) in <folder> (N bytes free on its filesystem)"); the temp file is removed and the
+previous version of the file, if any, stays in place untouched. Every `atomic_path` has a temp
+name of its own: a write that is tried again goes through a new `atomic_path`, never through the
+temp file of the attempt that failed.
 
 Unlike a `mkstemp` temp file (mode 0600), the file is created by whoever writes it (GDAL,
 `open`) with the usual umask-derived mode, so analysts other than the pipeline user can read
@@ -108,6 +111,21 @@ def _free_space_note(folder: Path) -> str:
     return f" ({free:,} bytes free on its filesystem)"
 
 
+# What a storage errno means, named first: "[Errno 28] No space left on device" at the end of a
+# chain of causes is easily missed, and a full disk is the one cause an operator must act on.
+_STORAGE_CAUSES = {"ENOSPC": "disk full", "EDQUOT": "disk quota exceeded", "EFBIG": "file too large",
+                   "EIO": "I/O error", "EROFS": "read-only filesystem"}
+
+
+def _storage_problem(exc: OSError, folder: Path) -> str:
+    """'disk full (ENOSPC) in <folder> (N bytes free on its filesystem): <the error>'."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    cause = _STORAGE_CAUSES.get(name)
+    if cause is None:  # no errno (numpy's short write): the error and the free space
+        return f"{describe_error(exc)}{_free_space_note(folder)}"
+    return f"{cause} ({name}) in {folder}{_free_space_note(folder)}: {describe_error(exc)}"
+
+
 @contextmanager
 def atomic_path(path: Path | str, verify: Verifier | None = None,
                 error: type[PublishError] = PublishError, local_writer: bool = False) -> Iterator[Path]:
@@ -129,7 +147,7 @@ def atomic_path(path: Path | str, verify: Verifier | None = None,
             yield temp
         except OSError as exc:
             if local_writer or exc.errno in STORAGE_ERRNOS:
-                raise error(path, f"{describe_error(exc)}{_free_space_note(path.parent)}", exc.errno) from exc
+                raise error(path, _storage_problem(exc, path.parent), exc.errno) from exc
             raise
         if not temp.is_file():
             raise error(path, f"nothing was written to the temp file {temp.name}")

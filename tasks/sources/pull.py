@@ -24,8 +24,14 @@ from tasks.settings import Settings, SourceMode
 from tasks.sources.credentials import redact
 from tasks.sources.manifest import Manifest
 from tasks.sources.products import PRODUCTS
-from tasks.sources.remote import DirectoryRemote, GranuleUnavailable, Remote, SourceError
-from tasks.sources.retry import CircuitBreaker, bounded_requests, with_retries
+from tasks.sources.remote import DirectoryRemote, GranuleUnavailable, Remote, RemoteGranule, SourceError
+from tasks.sources.retry import (
+    CircuitBreaker,
+    PermanentSourceError,
+    bounded_requests,
+    is_storage_failure,
+    with_retries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,10 @@ def remote_for(settings: Settings, product: str) -> Remote:
         return DirectoryRemote(settings.data_dir / "demo" / "remote")
     if settings.source == SourceMode.local:
         assert settings.local_dir is not None
+        if not settings.local_dir.is_dir():
+            # Not retried: a directory that is not there now will not be there in a minute.
+            raise PermanentSourceError(f"local_dir (XCO2_LOCAL_DIR): {settings.local_dir} "
+                                       f"{'is not a directory' if settings.local_dir.exists() else 'does not exist'}")
         return DirectoryRemote(settings.local_dir)
     from tasks.sources.real import real_remote
 
@@ -105,6 +115,22 @@ def _check_readable(product: str, path: Path) -> None:
     detect_format(path)
 
 
+def _fetch_into(settings: Settings, product: str, remote: Remote, granule: RemoteGranule, dst: Path,
+                breaker: CircuitBreaker) -> None:
+    """One attempt: fetch `granule` into a new temp file, check it reads, publish it as `dst`; an
+    unreadable one is quarantined (_Quarantined) and `dst` left as it was."""
+    with atomic_path(dst) as tmp:
+        breaker.call(lambda: remote.fetch(granule, tmp))
+        try:
+            _check_readable(product, tmp)
+        except InputFileError as exc:
+            # Kept for inspection; the manifest does not count it, so it is fetched again.
+            # The note names the granule, not the download's temp file.
+            problem = exc.problem.replace(str(tmp), granule.name).replace(tmp.name, granule.name)
+            moved = quarantine(tmp, problem, settings.quarantine_dir, name=granule.name)
+            raise _Quarantined(problem, moved) from None
+
+
 def raw_dir(settings: Settings, product: str) -> Path:
     """Satellite granules are global files, shared by every region; ERA5 is cut to a region's box."""
     if product == "era5":
@@ -131,7 +157,12 @@ def _pull(settings: Settings, products: tuple[str, ...], start: date | None, end
     manifest = Manifest(settings.raw_dir / "manifest.parquet", data_dir=settings.data_dir)
     report = PullReport(products=list(products))
     breakers: dict[str, CircuitBreaker] = {}
+    storage_failure: str | None = None  # the raw cache's disk failed (full): the pull stops
     for product in products:
+        if storage_failure is not None:
+            report.fetched[product] = []
+            report.failed[product] = f"not pulled, the raw cache cannot be written: {storage_failure}"
+            continue
         service = service_of(settings, product)
         breaker = breakers.setdefault(service, CircuitBreaker(service, settings.source_breaker_failures))
         fetched: list[str] = []
@@ -161,17 +192,10 @@ def _pull(settings: Settings, products: tuple[str, ...], start: date | None, end
             dst = raw_dir(settings, product) / granule.name
             had_copy = dst.is_file()
             try:
-                with atomic_path(dst) as tmp:
-                    with_retries(lambda: breaker.call(lambda: remote.fetch(granule, tmp)), f"fetching {granule.name}",
-                                 passthrough=(GranuleUnavailable,))
-                    try:
-                        _check_readable(product, tmp)
-                    except InputFileError as exc:
-                        # Kept for inspection; the manifest does not count it, so it is fetched again.
-                        # The note names the granule, not the download's temp file.
-                        problem = exc.problem.replace(str(tmp), granule.name).replace(tmp.name, granule.name)
-                        moved = quarantine(tmp, problem, settings.quarantine_dir, name=granule.name)
-                        raise _Quarantined(problem, moved) from None
+                # Each attempt writes a temp file of its own: one left by a failed attempt (a full
+                # disk) would make every retry fail on it instead of trying again.
+                with_retries(lambda: _fetch_into(settings, product, remote, granule, dst, breaker),
+                             f"fetching {granule.name}", passthrough=(GranuleUnavailable, _Quarantined))
             except GranuleUnavailable as why:
                 rows.append(Manifest.row(product, granule.day, granule.remote_id, dst, "unavailable", str(why)))
                 report.unavailable[product] += 1
@@ -186,6 +210,10 @@ def _pull(settings: Settings, products: tuple[str, ...], start: date | None, end
                 log.error("%s: %s", product, report.failed[product])
                 if breaker.is_open:  # the service is given up for this run: its other granules too
                     report.unreachable[service] = breaker.reason or ""
+                    break
+                if is_storage_failure(exc):
+                    # The raw cache's disk: every further granule would wait through the same retries.
+                    storage_failure = report.failed[product]
                     break
                 continue
             rows.append(Manifest.row(product, granule.day, granule.remote_id, dst, "ok"))

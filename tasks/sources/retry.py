@@ -20,6 +20,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
+from tasks.io.atomic import STORAGE_ERRNOS, PublishError
 from tasks.sources.credentials import MissingCredentials, redact
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,17 @@ def http_status(exc: BaseException) -> int | None:
     return None
 
 
+def is_storage_failure(exc: BaseException) -> bool:
+    """The local disk failed the write (full, over quota, read-only, I/O error), not the archive."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
 def is_permanent(exc: BaseException) -> bool:
     # Missing credentials will be just as missing in two minutes; an open breaker stays open
-    # for the rest of the run.
+    # for the rest of the run. A storage error is retried (space may be freed meanwhile), and its
+    # message, with paths and byte counts, must not be read for an HTTP status ("1,404,112 bytes").
+    if is_storage_failure(exc):
+        return False
     return (isinstance(exc, (PermanentSourceError, MissingCredentials, ServiceUnreachable))
             or http_status(exc) in PERMANENT_STATUS)
 
@@ -211,6 +220,10 @@ def with_retries(call: Callable[[], T], what: str, attempts: int = 4, base_delay
     """Run `call`; on a transient failure wait base*2^k (full jitter) and try again.
 
     Exceptions in `passthrough` are answers, not failures (e.g. 'no such granule yet'): re-raised at once.
+    Each attempt calls `call` afresh: a call that writes a file must make its temp file inside
+    (a new `atomic_path` per attempt), or an attempt finds the last one's leftovers. When the
+    attempts are used up, the last error is raised; a storage error (a PublishError: disk full,
+    with the path and the free space) then also says how many attempts it took.
     """
     rng = rng or random.Random()
     for attempt in range(1, attempts + 1):
@@ -224,6 +237,9 @@ def with_retries(call: Callable[[], T], what: str, attempts: int = 4, base_delay
             if is_permanent(exc):
                 raise PermanentSourceError(f"{what}: {redact(str(exc))}") from None
             if attempt == attempts:
+                if isinstance(exc, PublishError) and attempts > 1:
+                    raise type(exc)(exc.path, f"{exc.problem}; gave up after {attempts} attempts",
+                                    exc.errno) from exc
                 raise
             delay = rng.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
             log.warning("%s failed (%s); retry %d/%d in %.1f s", what, redact(type(exc).__name__ + ": " + str(exc))[:200],
