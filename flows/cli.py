@@ -492,7 +492,7 @@ def _check_data_dir_first(args) -> None:
 
 # Commands that read the configured source (and `config`, which shows what they would use): a
 # local source directory that is not there stops them at once, not after the pull's retries.
-SOURCE_COMMANDS = frozenset({"daily", "serve", "covariates", "config"})
+SOURCE_COMMANDS = frozenset({"daily", "serve", "config"})
 # Commands that use the MLflow registry: an http(s) tracking server that does not take a connection
 # stops them at once, not after MLflow's retries (a plain load_settings() probes nothing).
 REGISTRY_COMMANDS = frozenset({"demo", "daily", "retrain", "backfill", "serve"})
