@@ -34,9 +34,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 # Against real servers on loopback: the stack (Prefect server, MLflow server, worker) on SQLite and on
-# PostgreSQL, and the docker compose services run as local processes (about 13 min on two cores).
+# PostgreSQL, the docker compose services run as local processes (about 13 min on two cores), and the
+# operator's first hour after the demo through both UIs in Debian's chromium (about 18 min more).
 test-stack: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow tests/test_stack.py tests/test_compose_stack.py -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m slow tests/test_stack.py tests/test_compose_stack.py tests/test_stack_browser.py -p no:cacheprovider
 
 # The slow half of the fault-injection suite (docs/faults.md), test-packaging included: about 4.5 min
 # on two cores before test-packaging's installs and demo, about 25 min with them.
