@@ -41,7 +41,8 @@ from prefect.utilities.annotations import unmapped
 from registry.champion import load_champion
 from tasks.archive.backfill_pool import PoolPlan
 from tasks.archive.health import check_archive
-from tasks.archive.provenance import stale_days
+from tasks.archive import archived_days
+from tasks.archive.provenance import stale_archive_days
 from tasks import prefect_tasks
 from tasks.prefect_tasks import BackfillProgress, backfill_day, backfill_days_in_processes, collect_days
 from tasks.gridding.geometry import Grid
@@ -69,15 +70,28 @@ def task_runner_for(settings: Settings) -> TaskRunner:
 
 
 @flow(name="xco2-backfill", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
-def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bool = False) -> dict:
+def backfill(start: str | None = None, end: str | None = None, overrides: dict | None = None,
+             stale_only: bool = False) -> dict:
     """Map every day in [start, end] whose inputs are available, replacing archived days.
 
-    stale_only: recompute only the archived days of the window that a model other than the
-    current champion made (after moving the alias, say)."""
+    stale_only: redo only the archived days of the window that are stale: made by another model
+    than the current champion (after moving the alias, say), with another GOSAT fit, or from
+    samples or meteorology that have since changed (tasks/archive/provenance.py), plus those found
+    unsound. With stale_only, a bound left out is the archive's first (last) day."""
     logger = get_run_logger()
     settings = steps.absolute(load_settings(**(overrides or {})))
     grid = Grid.for_region(settings.region, settings.grid_step)
-    window = steps.window_days(start, end)
+    if stale_only:
+        window = steps.stale_window(start, end, archived_days(settings.archive_root, settings.region.name))
+        if not window:
+            logger.info("the archive of %s is empty: no stale days", settings.region.name)
+            return {"window": None, "days": [], "skipped_days": [], "archive_repairs": [], "state_findings": [],
+                    "model": None, "task_runner": settings.task_runner, "task_runner_started_in_run": False,
+                    "why": {}}
+    elif start is None or end is None:
+        raise ValueError("a backfill needs start and end (or stale_only, over the whole archive)")
+    else:
+        window = steps.window_days(start, end)
     label = f"Backfill {window[0]}..{window[-1]}"
     # Mapping reads the covariates and (anchoring) the sample store: damaged files are recomputed
     # first, and temp files of writers that died are removed, as at the start of a daily run.
@@ -92,11 +106,16 @@ def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bo
     champion = load_champion(settings.tracking_uri, settings.registered_model_name, settings.data_dir / "models")
     era5_dir = raw_dir(settings, "era5")
     candidates = window
+    why: dict[str, str] | None = None
     if stale_only:
-        candidates = steps.stale_candidates(stale_days(settings.archive_root, settings.region.name, champion.name,
-                                                       champion.version, window[0], window[-1]), health.to_remap)
-        logger.info("%d archived days of the window were made by another model than %s v%s",
-                    len(candidates), champion.name, champion.version)
+        stale = stale_archive_days(settings.archive_root, settings.region.name, window,
+                                   prefect_tasks.current_provenance(settings, champion))
+        candidates = steps.stale_candidates(stale, health.to_remap)
+        why = steps.reasons_for(candidates, stale, health.to_remap)
+        logger.info("%d archived days of %s..%s are stale or unsound (champion %s v%s)",
+                    len(candidates), window[0], window[-1], champion.name, champion.version)
+        for day, reason in why.items():
+            logger.info("%s is redone: %s", day, reason)
     # A bad ERA5 file is quarantined here as in the daily run (and pulled again by the next one).
     # So are the days a quarantined NDVI composite feeds: they wait for a good copy.
     todo, skipped = steps.split_by_inputs(candidates, lambda d: inputs_available(
@@ -128,16 +147,19 @@ def backfill(start: str, end: str, overrides: dict | None = None, stale_only: bo
                 with wanted as runner:
                     rows, failed = collect_days(runner.map(backfill_day, parameters), todo, progress)
 
-    prefect_tasks.publish(steps.run_artifacts(window, state_findings, health.rows() if health.repairs else [], rows))
+    if why is not None:
+        rows = [{**r, "why": why.get(r["day"], "")} for r in rows]
+    prefect_tasks.publish(steps.run_artifacts(window, state_findings, health.rows() if health.repairs else [], rows,
+                                              why))
     if failed:
         raise RuntimeError(steps.failure_message(failed, len(todo)))
     return {"window": [window[0].isoformat(), window[-1].isoformat()], "days": rows, "skipped_days": skipped,
             "archive_repairs": health.rows(), "state_findings": state_findings,
             "model": {"name": champion.name, "version": champion.version}, "task_runner": settings.task_runner,
-            "task_runner_started_in_run": started_in_run}
+            "task_runner_started_in_run": started_in_run, "why": why or {}}
 
 
-def run_backfill(start: str, end: str, overrides: dict | None = None, stale_only: bool = False) -> dict:
+def run_backfill(start: str | None, end: str | None, overrides: dict | None = None, stale_only: bool = False) -> dict:
     """Run the backfill flow with the task runner the settings (with `overrides`) ask for as
     the flow run's own task runner (`backfill.with_options(task_runner=...)`)."""
     settings = load_settings(**(overrides or {}))

@@ -97,11 +97,16 @@ def _cmd_backfill(args) -> int:
     if args.dask_address:
         overrides["dask_address"] = args.dask_address
         overrides.setdefault("task_runner", "dask")  # an address means Dask unless told otherwise
+    if not args.stale_only and not (args.start and args.end):
+        console.print("xco2 backfill: --start and --end are required (or --stale, over the whole archive)",
+                      markup=False, highlight=False)
+        return 2
     load_settings(**overrides)  # fail fast on bad configuration, before any flow starts
     result = run_backfill(start=args.start, end=args.end, overrides=overrides or None, stale_only=args.stale_only)
     console.print_json(json.dumps({"window": result["window"], "task_runner": result["task_runner"],
                                    "model": result["model"], "days": [r["day"] for r in result["days"]],
-                                   "skipped_days": result["skipped_days"]}, default=str))
+                                   "skipped_days": result["skipped_days"],
+                                   **({"why": result["why"]} if args.stale_only else {})}, default=str))
     return 0
 
 
@@ -374,12 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_retrain)
 
     bf = sub.add_parser("backfill", help="(re)map every day of a window onto the archive with the champion")
-    bf.add_argument("--start", required=True, help="first day (YYYY-MM-DD)")
-    bf.add_argument("--end", required=True, help="last day (YYYY-MM-DD)")
+    bf.add_argument("--start", help="first day (YYYY-MM-DD); with --stale, default: the archive's first day")
+    bf.add_argument("--end", help="last day (YYYY-MM-DD); with --stale, default: the archive's last day")
     bf.add_argument("--task-runner", choices=["process", "thread", "dask"], help="default: XCO2_TASK_RUNNER (process)")
     bf.add_argument("--dask-address", help="scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786")
-    bf.add_argument("--stale-only", action="store_true",
-                    help="only archived days made by a model other than the current champion")
+    bf.add_argument("--stale", "--stale-only", dest="stale_only", action="store_true",
+                    help="only stale archived days: made by another champion or GOSAT fit, or from samples or "
+                         "meteorology that have since changed (and days found unsound)")
     bf.set_defaults(func=_cmd_backfill)
 
     i = sub.add_parser("inspect", help="describe one input file as JSON")

@@ -12,6 +12,7 @@ from tasks import prefect_tasks
 from tasks.samples import store as samples
 from tasks.archive import archived_days
 from tasks.archive.health import check_archive
+from tasks.archive.provenance import stale_archive_days
 from tasks.gridding.geometry import Grid
 from tasks.covariates.static import CovariateError
 from tasks.mapping.inference import day_readiness, inputs_available
@@ -71,8 +72,10 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                               refreshed, first, last)
     gridded = [prefect_tasks.grid_day(settings, grid, d, steps.granules_of_day(granules, d)) for d in days]
     # The fit stays as the last retrain stored it (fitted here only when none is stored yet), so
-    # every sample day carries the same fit_id; the retrain refits it and re-fuses the store.
-    fit = prefect_tasks.current_gosat_fit(settings)
+    # every sample day carries the same fit_id; the retrain refits it and re-fuses the store. Only
+    # when the GOSAT days it was made on have since grown or changed (a granule delivered late) is
+    # it refitted here, on the same days, and the samples it fused re-fused.
+    fit, gosat_refit = prefect_tasks.current_gosat_fit(settings, grid)
 
     era5_dir = raw_dir(settings, "era5")
     rows, meteo_quarantined = [], []
@@ -93,17 +96,19 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     mapped, champion, archive_repairs, unmapped = extend_archive(settings, grid, last, recompute=refreshed)
 
     prefect_tasks.publish(steps.run_artifacts(first, last, region, settings.archive_root, pulled, rows, fit, quarantined,
-                                          state_findings, archive_repairs, mapped, champion, unmapped))
+                                              state_findings, archive_repairs, mapped, champion, unmapped,
+                                              gosat_refit=gosat_refit))
     if unmapped:
         # After the artifacts, so the operator sees what did work; the state says the run did not.
         raise ArchiveDaysFailed(unmapped)
     return steps.run_result(first, last, pulled, rows, mapped, quarantined, state_findings, archive_repairs,
-                            refreshed, fit)
+                            refreshed, fit, gosat_refit=gosat_refit)
 
 
 def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = frozenset()):
     """Map every day of the archive look-back missing from the archive whose inputs exist, and
-    re-map archived days in `recompute` (their inputs changed). Returns (rows, champion or None,
+    re-map archived days in `recompute` (their ERA5 was replaced) and the look-back's stale days
+    (what they were made from changed: tasks/archive/provenance.py); each row says why. Returns (rows, champion or None,
     repairs, {day: why} of days that could not be written): first the look-back's COG + STAC item
     pairs are checked, a lost item written again, an unsound COG quarantined (and so mapped
     again below)."""
@@ -121,10 +126,17 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
         logger.warning("no champion model registered yet: the archive waits for the first retrain")
         return [], None, repairs, {}
     era5_dir = raw_dir(settings, "era5")
-    todo = steps.days_to_map(lookback, set(archived_days(settings.archive_root, settings.region.name)), recompute,
+    archived = set(archived_days(settings.archive_root, settings.region.name))
+    stale = stale_archive_days(settings.archive_root, settings.region.name, lookback,
+                               prefect_tasks.current_provenance(settings, champion))
+    todo = steps.days_to_map(lookback, archived, set(recompute) | set(stale),
                              lambda d: inputs_available(era5_dir, d, settings.quarantine_dir,
                                                         settings.raw_dir / "manifest.parquet",
                                                         region_dir=settings.region_dir))
+    why = steps.map_reasons(todo, archived, recompute, stale)
+    for day in todo:
+        if day in archived:
+            logger.info("archive day %s is redone: %s", day, why[day])
     if not todo:
         return [], champion, repairs, {}
     predictor = OnnxPredictor(champion.onnx_path)
@@ -135,7 +147,7 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
         # One day that cannot be written (a full disk, a bad input found late) must not keep the
         # other days of the look-back out of the archive; the run still ends Failed for it.
         try:
-            rows.append(prefect_tasks.map_day(settings, grid, day, predictor, champion))
+            rows.append({**prefect_tasks.map_day(settings, grid, day, predictor, champion), "why": why[day]})
         except Exception as exc:  # noqa: BLE001 - reported per day, raised by the flow at its end
             unmapped[day.isoformat()] = f"{type(exc).__name__}: {exc}"
             logger.error("archive day %s not written: %s", day, unmapped[day.isoformat()])

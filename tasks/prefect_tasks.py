@@ -30,6 +30,7 @@ from tasks.analysis import report
 from models.onnx_runtime import OnnxPredictor
 from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
 from tasks.archive.backfill_pool import DayDone, PoolPlan, map_days_in_processes, progress_line
+from tasks.archive.provenance import InputDigests, Provenance, input_window
 from tasks.archive.stac import item_properties
 from tasks.mapping.daily_anomaly import daily_anomaly, field_of
 from tasks.covariates.static import CovariateError, StaticCovariates, build_covariates
@@ -92,9 +93,17 @@ def grid_day(settings: Settings, grid: Grid, day: date, granules: dict[str, list
 
 
 @unit(name="gosat-fit")
-def current_gosat_fit(settings: Settings):
-    """The stored GOSAT -> OCO fit the daily update maps with (fitted only when none is stored)."""
-    return ingest.current_gosat_fit(settings.region_dir)
+def current_gosat_fit(settings: Settings, grid: Grid) -> tuple:
+    """The GOSAT -> OCO fit the daily update maps with: the stored one (fitted only when none is
+    stored), refitted, with the sample days it fused re-fused, when the GOSAT days and their OCO
+    it was made on have since grown or changed; (fit, the refit as a dict or None)."""
+    fit, refit = ingest.gosat_fit_for_daily(settings.region_dir, raw_dir(settings, "era5"), grid)
+    if refit is not None:
+        get_run_logger().warning(
+            "GOSAT fit %s was made on data that has since changed (%s): refitted as %s on %d collocations, "
+            "%d sample days re-fused", refit.previous_fit_id, refit.why, fit.fit_id, fit.n_collocations,
+            len(refit.rewritten))
+    return fit, (refit.to_dict() if refit is not None else None)
 
 
 @unit(name="refit-gosat-to-oco")
@@ -116,6 +125,28 @@ def check_state(settings: Settings, grid: Grid) -> list[dict]:
     from tasks.io.state_check import check_state as check
 
     return [f.to_dict() for f in check(settings, grid, logger=get_run_logger())]
+
+
+def mapping_window(settings: Settings, champion, day: date) -> tuple[date, date]:
+    """The days whose observations map_day uses for `day` with `champion` (as its branches choose)."""
+    field = field_of(champion.mapping)
+    if field is not None and settings.daily_anomaly:
+        return input_window(day, field.window_days, None)
+    if (settings.anchoring and field is None
+            and (champion.train_last_day is None or day > champion.train_last_day)):
+        return input_window(day, None, settings.anchor_window_days)
+    return input_window(day, None, None)
+
+
+def current_provenance(settings: Settings, champion, digests: InputDigests | None = None):
+    """day -> the Provenance mapping that day now would record (the stored fit, today's files)."""
+    digests = digests or InputDigests(settings.region_dir, raw_dir(settings, "era5"))
+    stored = ingest.stored_gosat_fit(settings.region_dir)
+    fit_id = stored.fit_id if stored is not None else ""
+
+    def of(day: date) -> Provenance:
+        return digests.provenance(champion.name, str(champion.version), fit_id, mapping_window(settings, champion, day))
+    return of
 
 
 @unit(name="map-day", retries=1)
@@ -152,6 +183,8 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
         xco2 = xco2 + anomaly.mean
         uncertainty = anomaly.half_width
     synthetic = settings.source.value == "demo"
+    # What the map was made from, read after mapping: the same files the field just read.
+    provenance = current_provenance(settings, champion)(day)
     tags = {
         "units": "ppm",
         "date": day.isoformat(),
@@ -163,6 +196,7 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
         "synthetic": "true" if synthetic else "false",
         **(anomaly.to_tags() if anomaly else anchor.to_tags() if anchor else
            {"anchor_offset_ppm": "0", "anchor_method": "off" if not settings.anchoring else "in training window"}),
+        **provenance.to_tags(),
     }
     if anomaly is not None:
         tags["uncertainty"] = ("band 2: half-width of the calibrated 68% interval for a retrieval at the cell (ppm): "

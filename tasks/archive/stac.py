@@ -134,6 +134,14 @@ def _number(value: str | None) -> float | None:
     return number if number is not None and number == number else None  # NaN: no own-day observations
 
 
+def _inputs_list(text: str) -> list[dict[str, str]]:
+    try:
+        days = json.loads(text)
+        return [{"day": d, "samples": str(v["samples"]), "meteorology": str(v["meteorology"])} for d, v in days.items()]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
+
+
 def item_properties(tags: Mapping[str, str]) -> dict[str, Any]:
     """The item properties of a day from its COG's tags: the map run and the repair of a lost
     item (health.py) both derive them here, so a restored item equals the one first written."""
@@ -143,6 +151,9 @@ def item_properties(tags: Mapping[str, str]) -> dict[str, Any]:
                           own_day_superobs=int(tags["own_day_superobs"]),
                           own_day_rmse_ppm=_number(tags.get("own_day_rmse_ppm")),
                           own_day_bias_ppm=_number(tags.get("own_day_bias_ppm")))
+    if "inputs_digest" in tags:  # what the day was made from (tasks/archive/provenance.py)
+        properties.update(gosat_fit_id=tags.get("gosat_fit_id", ""), inputs_window=tags.get("inputs_window", ""),
+                          inputs_digest=tags["inputs_digest"], inputs=_inputs_list(tags.get("inputs", "{}")))
     if "anchor_cells" in tags:  # the day was anchored (or tried to be): its offset and support
         properties.update(anchor_offset_ppm=round(float(tags["anchor_offset_ppm"]), 4),
                           anchor_cells=int(tags["anchor_cells"]), anchor_days=int(tags["anchor_days"]))

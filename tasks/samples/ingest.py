@@ -1,11 +1,14 @@
 """A day's granules to gridded cells, fused targets and training samples (steps 1-3).
 
-The GOSAT -> OCO fit is stored in `<region_dir>/gosat_fit.json`: the daily update uses it as it
-is (fitting one only when none is stored), and the retrain refits it on every gridded day and
-re-fuses the sample days it changes (`refit_gosat_and_refuse`). docs/fusion.md."""
+The GOSAT -> OCO fit is stored in `<region_dir>/gosat_fit.json` with the last day of data it saw
+and a digest of that data: the daily update uses it as it is (fitting one only when none is
+stored) unless that data has since grown or changed (`gosat_fit_for_daily`), and the retrain
+refits it on every gridded day; both re-fuse the sample days it changes
+(`refit_gosat_and_refuse`). docs/fusion.md."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -180,17 +183,54 @@ def load_gridded(region_dir: Path, source: str) -> dict[date, pd.DataFrame]:
     return out
 
 
-def fit_gosat(region_dir: Path) -> GosatFit:
-    """Step 2's linear map GOSAT -> OCO on every GOSAT sounding gridded so far that OCO observed
-    the same day (one collocation per sounding); stored as the current fit."""
-    oco2, oco3 = load_gridded(region_dir, "oco2"), load_gridded(region_dir, "oco3")
-    gosat_days = sorted(date.fromisoformat(p.stem) for p in (region_dir / "gridded" / "gosat").glob("*.parquet"))
+def _gridded_days(region_dir: Path, source: str) -> list[date]:
+    folder = region_dir / "gridded" / source
+    return sorted(date.fromisoformat(p.stem) for p in folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+def _fit_on(region_dir: Path, through: date | None) -> GosatFit:
+    """The fit on every GOSAT sounding gridded on a day up to `through` (None: every day) that OCO
+    observed the same day (one collocation per sounding); not stored."""
+    def upto(by_day: dict[date, pd.DataFrame]) -> dict[date, pd.DataFrame]:
+        return {d: f for d, f in by_day.items() if through is None or d <= through}
+
+    oco2, oco3 = upto(load_gridded(region_dir, "oco2")), upto(load_gridded(region_dir, "oco3"))
+    gosat_days = [d for d in _gridded_days(region_dir, "gosat") if through is None or d <= through]
     empty = _empty_cells()
     oco_days = set(oco2) | set(oco3)
     oco_by_day = {d: merge_oco(oco2.get(d, empty), oco3.get(d, empty)) for d in oco_days}
     footprints = load_footprints(region_dir, "gosat", [d for d in gosat_days if d in oco_days])
-    fit = fit_gosat_to_oco(collocations(oco_by_day, footprints))
-    write_json(gosat_fit_file(region_dir), fit.to_dict())
+    return fit_gosat_to_oco(collocations(oco_by_day, footprints))
+
+
+def fit_inputs_digest(region_dir: Path, through: date | None) -> str:
+    """A digest of what a fit through `through` is made from: for every gridded GOSAT day up to
+    it, the bytes of its footprints and of that day's OCO-2 and OCO-3 cells. A GOSAT day that
+    arrives late, or a day re-gridded with other soundings, changes it."""
+    h = hashlib.sha256()
+    for day in _gridded_days(region_dir, "gosat"):
+        if through is not None and day > through:
+            continue
+        for path in (footprint_file(region_dir, "gosat", day), gridded_file(region_dir, "gosat", day),
+                     gridded_file(region_dir, "oco2", day), gridded_file(region_dir, "oco3", day)):
+            h.update(f"{path.parent.name}/{path.name}:".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"-")
+    return h.hexdigest()
+
+
+def _data_through(region_dir: Path) -> date | None:
+    days = [d for s in ("oco2", "oco3", "gosat") for d in _gridded_days(region_dir, s)]
+    return max(days) if days else None
+
+
+def fit_gosat(region_dir: Path, through: date | None = None) -> GosatFit:
+    """Step 2's linear map GOSAT -> OCO on every GOSAT sounding gridded up to `through` (None:
+    so far) that OCO observed the same day; stored as the current fit with the last day of data
+    it saw (`data_through`) and the digest of its inputs (`inputs_digest`)."""
+    through = through or _data_through(region_dir)
+    fit = _fit_on(region_dir, through)
+    write_json(gosat_fit_file(region_dir), {**fit.to_dict(), "data_through": through.isoformat() if through else None,
+                                            "inputs_digest": fit_inputs_digest(region_dir, through)})
     log.info("GOSAT -> OCO fit: %s", fit.to_dict())
     return fit
 
@@ -208,8 +248,18 @@ def stored_gosat_fit(region_dir: Path) -> GosatFit | None:
 
 
 def current_gosat_fit(region_dir: Path) -> GosatFit:
-    """What the daily update maps GOSAT with: the stored fit; a fit on the gridded days when none is."""
+    """What the daily update maps with: the stored fit; a fit on the gridded days when none is."""
     return stored_gosat_fit(region_dir) or fit_gosat(region_dir)
+
+
+def _stored_record(region_dir: Path) -> tuple[date | None, str | None]:
+    """(data_through, inputs_digest) stored with the fit; (None, None) for a fit stored before them."""
+    try:
+        data = json.loads(gosat_fit_file(region_dir).read_text())
+        through = data.get("data_through")
+        return (date.fromisoformat(through) if through else None), data.get("inputs_digest")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None, None
 
 
 @dataclass
@@ -219,22 +269,54 @@ class Refit:
     rewritten: list[date]          # sample days whose GOSAT targets changed
     resampled: list[date]          # of those, the days whose features had to be recomputed
     unchanged: int
+    why: str = "retrain"           # what made it refit
 
     def to_dict(self) -> dict:
         return {"fit": self.fit.to_dict(), "previous_fit_id": self.previous_fit_id,
                 "rewritten": [d.isoformat() for d in self.rewritten],
-                "resampled": [d.isoformat() for d in self.resampled], "unchanged": self.unchanged}
+                "resampled": [d.isoformat() for d in self.resampled], "unchanged": self.unchanged, "why": self.why}
 
 
-def refit_gosat_and_refuse(region_dir: Path, era5_dir: Path, grid: Grid) -> Refit:
-    """Refit GOSAT -> OCO on every gridded day, store it, and re-fuse each sample day whose GOSAT
+def gosat_fit_for_daily(region_dir: Path, era5_dir: Path, grid: Grid) -> tuple[GosatFit, Refit | None]:
+    """The fit a daily run fuses with, and the refit when there was one.
+
+    The stored fit holds until the retrain, except when the data it was made on (the gridded
+    GOSAT days up to its `data_through`, with their OCO) has since grown or changed: a GOSAT
+    granule delivered late, a day re-gridded. Then it is refitted on the same days, as an
+    undisturbed run would have made it, and the sample days it fused are re-fused. New days
+    after `data_through` wait for the retrain, so the fit (and every sample's fit_id) does not
+    move with every night's data. A fit stored before the record is checked against its last
+    collocated day."""
+    stored = stored_gosat_fit(region_dir)
+    if stored is None:
+        return fit_gosat(region_dir), None
+    through, digest = _stored_record(region_dir)
+    if through is None and stored.fitted_days is not None:
+        through = stored.fitted_days[1]
+    now = fit_inputs_digest(region_dir, through)
+    if digest == now:
+        return stored, None
+    candidate = _fit_on(region_dir, through)
+    if candidate.fit_id == stored.fit_id:  # other bytes, same collocations: the fit holds
+        write_json(gosat_fit_file(region_dir), {**stored.to_dict(),
+                                                "data_through": through.isoformat() if through else None,
+                                                "inputs_digest": now})
+        return stored, None
+    refit = refit_gosat_and_refuse(region_dir, era5_dir, grid, through=through)
+    refit.why = (f"its GOSAT days through {through or 'the last gridded day'} changed: "
+                 f"{stored.n_collocations} -> {refit.fit.n_collocations} collocations")
+    return refit.fit, refit
+
+
+def refit_gosat_and_refuse(region_dir: Path, era5_dir: Path, grid: Grid, through: date | None = None) -> Refit:
+    """Refit GOSAT -> OCO on every gridded day (up to `through`), store it, and re-fuse each sample day whose GOSAT
     rows carry another fit_id. Only the targets change, so the stored features are kept; a day
     whose fused cells no longer match its stored ones (gridded since) is sampled afresh.
     Idempotent: a second call finds every day on the current fit and rewrites nothing."""
     from tasks.samples.store import read_day, stored_days, write_day
 
     previous = stored_gosat_fit(region_dir)
-    fit = fit_gosat(region_dir)
+    fit = fit_gosat(region_dir, through)
     rewritten, resampled, unchanged = [], [], 0
     for day in stored_days(region_dir):
         stored = read_day(region_dir, day)

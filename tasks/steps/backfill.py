@@ -28,9 +28,29 @@ def absolute(settings: Settings) -> Settings:
                                        "archive_dir": settings.archive_root.resolve()})
 
 
+UNSOUND = "found unsound by the archive check"
+
+
 def stale_candidates(stale: Iterable[date], to_remap: Iterable[date]) -> list[date]:
-    """The days a `stale_only` backfill recomputes: made by another model, or found unsound."""
+    """The days a `stale_only` backfill recomputes: stale (tasks/archive/provenance.py), or found unsound."""
     return sorted(set(stale) | set(to_remap))
+
+
+def stale_window(start: str | None, end: str | None, archived: list[date]) -> list[date]:
+    """Every day of [start, end]; a bound left out is the archive's first (last) day. Empty when
+    the archive is and a bound is left out."""
+    if start and end:
+        return window_days(start, end)
+    if not archived:
+        return []
+    return window_days(start or archived[0].isoformat(), end or archived[-1].isoformat())
+
+
+def reasons_for(candidates: Iterable[date], stale: Mapping[date, list[str]], to_remap: Iterable[date]) -> dict[str, str]:
+    """{ISO day: why} of a stale-only backfill's days: what made each stale, or unsound."""
+    unsound = set(to_remap)
+    return {d.isoformat(): "; ".join(list(stale.get(d, [])) + ([UNSOUND] if d in unsound else [])) or "requested"
+            for d in candidates}
 
 
 def split_by_inputs(candidates: list[date], available: Callable[[date], bool]) -> tuple[list[date], list[str]]:
@@ -39,8 +59,10 @@ def split_by_inputs(candidates: list[date], available: Callable[[date], bool]) -
     return todo, [d.isoformat() for d in candidates if d not in todo]
 
 
-def run_artifacts(window: list[date], state_findings: list[dict], repairs: list[dict], rows: list[dict]) -> list[Artifact]:
-    """What a finished backfill publishes (the progress artifact aside, which follows the days)."""
+def run_artifacts(window: list[date], state_findings: list[dict], repairs: list[dict], rows: list[dict],
+                  why: Mapping[str, str] | None = None) -> list[Artifact]:
+    """What a finished backfill publishes (the progress artifact aside, which follows the days);
+    `why`: {ISO day: why it was redone} of a stale-only backfill."""
     out = []
     if state_findings:
         out.append(table("backfill-state-check", state_findings,
@@ -48,7 +70,9 @@ def run_artifacts(window: list[date], state_findings: list[dict], repairs: list[
     if repairs:
         out.append(table("backfill-archive-repairs", repairs, "Archive days found unsound (COG or STAC item) and repaired"))
     out.append(table(DAYS_KEY, [{"day": r["day"], "path": r["path"], "mean_ppm": r["mean_ppm"],
-                                 "model_version": r["model_version"]} for r in rows] or [{"day": "none"}],
+                                 "model_version": r["model_version"],
+                                 **({"why": why.get(r["day"], "")} if why is not None else {})}
+                                for r in rows] or [{"day": "none"}],
                      f"Archive days written by the backfill {window[0]}..{window[-1]}"))
     return out
 

@@ -96,6 +96,34 @@ def days_to_map(lookback: Iterable[date], archived: set[date], recompute: set[da
     return sorted(d for d in todo if available(d))
 
 
+MISSING = "missing from the archive"
+ERA5_REPLACED = "its ERA5 was replaced"
+
+
+def map_reasons(todo: Iterable[date], archived: set[date], recompute: set[date] | frozenset[date],
+                stale: Mapping[date, list[str]]) -> dict[date, str]:
+    """Why each day of `todo` is (re)mapped: missing, its ERA5 replaced, or what made it stale."""
+    out = {}
+    for day in todo:
+        reasons = [] if day in archived else [MISSING]
+        reasons += [ERA5_REPLACED] if day in recompute and day in archived else []
+        reasons += list(stale.get(day, [])) if day in archived else []
+        out[day] = "; ".join(dict.fromkeys(reasons)) or "requested"
+    return out
+
+
+def redone_rows(mapped: list[dict]) -> list[dict]:
+    """The archive days of the run that replaced an archived day, with why."""
+    return [{"day": r["day"], "why": r.get("why", "")} for r in mapped if r.get("why", MISSING) != MISSING]
+
+
+def gosat_refit_line(gosat_refit: Mapping | None) -> str:
+    if not gosat_refit:
+        return "kept"
+    return (f"refitted ({gosat_refit['why']}): {gosat_refit['previous_fit_id']} -> {gosat_refit['fit']['fit_id']}, "
+            f"{len(gosat_refit['rewritten'])} sample days re-fused")
+
+
 def archive_state(champion, mapped: list[dict]) -> str:
     if champion is None:
         return "waiting for a first champion (no model version holds alias `champion`): run the monthly retrain"
@@ -125,30 +153,43 @@ def covariates_failed_artifacts(first: date, last: date, region: str, n_fetched:
 
 
 def summary_markdown(first: date, last: date, region: str, pulled: PullReport, rows: list[dict], fit,
-                     quarantined: list[dict], state: str, archive_repairs: list[dict], unmapped: Mapping[str, str]) -> str:
+                     quarantined: list[dict], state: str, archive_repairs: list[dict], unmapped: Mapping[str, str],
+                     redone: list[dict] | None = None, gosat_refit: Mapping | None = None) -> str:
     waiting = [f"{r['day']} ({r['era5_problem']})" if r["era5_problem"] else r["day"]
                for r in rows if r["era5"] == "waiting"]
     waiting_ndvi = [f"{r['day']} ({r['ndvi_problem']})" for r in rows if r["ndvi"] == "waiting"]
+    redone_days = "; ".join(f"{r['day']} ({r['why']})" for r in redone or [])
     return (
         f"# Daily update {first}..{last} ({region})\n\n"
         f"- new granules: {pulled.n_fetched} ({', '.join(f'{k}: {len(v)}' for k, v in pulled.fetched.items())})\n"
         f"- days sampled: {sum(1 for r in rows if r['samples'])} of {len(rows)} gridded\n"
         f"- GOSAT->OCO fit {fit.fit_id}: intercept {fit.intercept:.3f} ppm, slope {fit.slope:.4f}, "
         f"{fit.n_collocations} collocated GOSAT soundings ({fit.method})\n"
+        f"- GOSAT fit this run: {gosat_refit_line(gosat_refit)}\n"
         f"- quarantined inputs: {len(quarantined)}\n"
         f"- products that failed to pull: {', '.join(pulled.failed) or 'none'}\n"
         f"- days waiting for ERA5: {', '.join(waiting) or 'none'}\n"
         f"- days waiting for NDVI: {', '.join(waiting_ndvi) or 'none'}\n"
         f"- archive: {state}\n"
         f"- archive repairs: {len(archive_repairs) or 'none'}\n"
+        f"- archive days redone (what they were made from changed): {redone_days or 'none'}\n"
         f"- archive days that could not be written: {', '.join(sorted(unmapped)) or 'none'}\n")
 
 
 def run_artifacts(first: date, last: date, region: str, archive_root: Path, pulled: PullReport, rows: list[dict], fit,
                   quarantined: list[dict], state_findings: list[dict], archive_repairs: list[dict], mapped: list[dict],
-                  champion, unmapped: Mapping[str, str]) -> list[Artifact]:
+                  champion, unmapped: Mapping[str, str], gosat_refit: Mapping | None = None) -> list[Artifact]:
     """Everything a finished daily run publishes, in the order it is published (the summary last)."""
     out = [table("daily-days-processed", rows or [{"day": "none new"}], "Days gridded, fused and sampled in this run")]
+    if gosat_refit:
+        out.append(table("daily-gosat-refit", [
+            {"why": gosat_refit["why"], "previous_fit_id": gosat_refit["previous_fit_id"],
+             "fit_id": gosat_refit["fit"]["fit_id"], "n_collocations": gosat_refit["fit"]["n_collocations"],
+             "sample_days_refused": ", ".join(gosat_refit["rewritten"]) or "none"}],
+            "The GOSAT fit was made on data that has since changed: refitted, its samples re-fused"))
+    redone = redone_rows(mapped)
+    if redone:
+        out.append(table("daily-archive-redone", redone, "Archived days mapped again: what they were made from changed"))
     if quarantined:
         out.append(table("daily-quarantined", quarantined, "Inputs set aside as unreadable"))
     if state_findings:
@@ -174,18 +215,19 @@ def run_artifacts(first: date, last: date, region: str, archive_root: Path, pull
         out.append(page("daily-quicklook", quicklook_markdown(day_cog_path(archive_root, region, latest),
                                                                f"XCO2 {region} {latest}"), f"Quicklook of {latest}"))
     out.append(page("daily-summary", summary_markdown(first, last, region, pulled, rows, fit, quarantined, state,
-                                                      archive_repairs, unmapped)))
+                                                      archive_repairs, unmapped, redone, gosat_refit)))
     return out
 
 
 def run_result(first: date, last: date, pulled: PullReport, rows: list[dict], mapped: list[dict],
                quarantined: list[dict], state_findings: list[dict], archive_repairs: list[dict],
-               refreshed: set[date], fit) -> dict:
+               refreshed: set[date], fit, gosat_refit: Mapping | None = None) -> dict:
     """What daily_update returns."""
     return {"window": [first.isoformat(), last.isoformat()], "days": rows, "archive_days": mapped,
             "quarantined": quarantined, "state_findings": state_findings, "archive_repairs": archive_repairs,
             "source_failures": pulled.failed, "recomputed_days": sorted(d.isoformat() for d in refreshed),
-            "gosat_fit": fit.to_dict(), "new_granules": pulled.n_fetched}
+            "gosat_fit": fit.to_dict(), "gosat_refit": dict(gosat_refit) if gosat_refit else None,
+            "redone_days": redone_rows(mapped), "new_granules": pulled.n_fetched}
 
 
 class ArchiveDaysFailed(RuntimeError):

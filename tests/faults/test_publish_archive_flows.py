@@ -108,7 +108,9 @@ def test_the_daily_run_remaps_a_cog_cut_short(world):
     repairs = {r["file"]: r for r in result["archive_repairs"]}
     assert repairs[str(cog)]["action"] == "COG quarantined; the day is mapped again"
     note = json.loads(Path(repairs[str(cog)]["quarantined_as"] + ".json").read_text())
-    assert note["file"] == cog.name and "read" in note["reason"]
+    # Cut in half, the file loses its tiles or (a small map with a long record of its inputs) part
+    # of its header: either way the note names what is wrong.
+    assert note["file"] == cog.name and ("read" in note["reason"] or "expected" in note["reason"])
     assert Path(note["quarantined_as"]).parent == Path(overrides["data_dir"]) / "quarantine" / "archive"
     assert [r["day"] for r in result["archive_days"]] == [days[0].isoformat()]
     assert_archive_as_undisturbed(overrides, undisturbed, days)
