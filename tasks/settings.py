@@ -122,7 +122,9 @@ ENV_PREFIX = "XCO2_"
 # must name a setting. XCO2_CONFIG: the TOML file (below). XCO2_REPO: the checkout a Prefect
 # worker runs the deployments from (deployments/prefect.yaml, Dockerfile, docker-compose.yml).
 # XCO2_STACK_*: `make up` (deployments/stack.py).
-NON_SETTING_VARIABLES = frozenset({"XCO2_CONFIG", "XCO2_REPO"})
+# XCO2_TEST_OUTPUT: where the slow tests save what a person should look at (the browser test's
+# screenshots, tests/test_stack_browser.py).
+NON_SETTING_VARIABLES = frozenset({"XCO2_CONFIG", "XCO2_REPO", "XCO2_TEST_OUTPUT"})
 NON_SETTING_PREFIXES = ("XCO2_STACK_",)
 
 # The data directory's record of what it was made for (`xco2 demo` writes it): settings it holds

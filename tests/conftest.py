@@ -13,7 +13,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.pop("PREFECT_API_URL", None)
-for _var in [v for v in os.environ if v.startswith("XCO2_")]:
+for _var in [v for v in os.environ if v.startswith("XCO2_") and v != "XCO2_TEST_OUTPUT"]:
     os.environ.pop(_var)
 # The stack's state dir, where commands run without a stack record their Prefect runs: never the
 # checkout's ./.xco2-stack.

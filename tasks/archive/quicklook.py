@@ -68,7 +68,9 @@ def quicklook_png(cog_path: Path | str, png_path: Path | str, title: str) -> Pat
     figure.colorbar(image, cax=colourbar_axes, label=f"XCO2 ({unit})")
 
     with publishing(png_path, verify=_decodes_whole, error=ArchiveWriteError, local_writer=True) as temp:
-        figure.savefig(temp, format="png")
+        # The inset colour bar is outside the layout engine's view: "tight" keeps its label (and the
+        # latitude label) inside the picture instead of cut at the edges.
+        figure.savefig(temp, format="png", bbox_inches="tight", pad_inches=0.08)
     return png_path
 
 
