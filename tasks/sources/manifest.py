@@ -16,7 +16,6 @@ Credentials never enter it: only file names, sizes and checksums.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -25,19 +24,15 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.io.atomic import atomic_path
-from tasks.io.quarantine import quarantine
+from tasks.io.quarantine import file_sha256, quarantine
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["product", "day", "remote_id", "local_file", "size", "sha256", "retrieved_at", "status", "problem"]
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# One digest for the manifest and the quarantine: a file set aside is known again by it.
+sha256 = file_sha256
 
 
 # The data directory's folders a manifest row can point into (see `_relative`).
