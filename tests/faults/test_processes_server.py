@@ -141,8 +141,11 @@ def test_only_commands_that_run_flows_get_a_server(monkeypatch, tmp_path):
     entered = []
 
     class Recorder:
+        def __init__(self, database_url=None):
+            self.database_url = database_url
+
         def __enter__(self):
-            entered.append(True)
+            entered.append(self.database_url)
 
         def __exit__(self, *exc):
             return False
@@ -152,4 +155,7 @@ def test_only_commands_that_run_flows_get_a_server(monkeypatch, tmp_path):
     assert cli.main(["features"]) == 0 and entered == []
     monkeypatch.setattr(cli, "_cmd_daily", lambda args: 0)
     monkeypatch.setattr(cli, "_join_running_stack", lambda args: None, raising=False)
-    assert cli.main(["daily"]) == 0 and entered == [True]
+    monkeypatch.setenv("XCO2_STACK_DIR", str(tmp_path / "stack"))
+    assert cli.main(["daily"]) == 0
+    # Its server keeps the runs where a later `make up` finds them: the stack's database.
+    assert entered == [f"sqlite+aiosqlite:///{tmp_path / 'stack' / 'prefect' / 'prefect.db'}"]
