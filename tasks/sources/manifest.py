@@ -75,6 +75,16 @@ class Manifest:
         path = Path(local_file)
         return path if path.is_absolute() else self.data_dir / path
 
+    @staticmethod
+    def _here(local_file: str | Path | None) -> str | Path | None:
+        """A path this process names (under settings.raw_dir: relative to the working directory when
+        the data directory is, as the default `xco2-data` is) made absolute, so that `_relative`
+        cuts it against the data directory. Left relative, `xco2-data/raw/...` was stored as is and
+        then looked for under `xco2-data/xco2-data/raw/...`: every run pulled its window again."""
+        if local_file is None or (isinstance(local_file, float) and pd.isna(local_file)):
+            return None
+        return Path(local_file).absolute()
+
     def _relative(self, local_file: str | Path | None) -> str | None:
         if local_file is None or (isinstance(local_file, float) and pd.isna(local_file)):
             return None
@@ -136,7 +146,7 @@ class Manifest:
         df = self.load()
         if df.empty:
             return 0
-        hit = ((df["product"] == product) & (df["local_file"] == self._relative(local_file))
+        hit = ((df["product"] == product) & (df["local_file"] == self._relative(self._here(local_file)))
                & (df["status"] == "ok")).to_numpy()
         if hit.any():
             df.loc[hit, "status"] = "quarantined"
@@ -161,7 +171,7 @@ class Manifest:
         new = pd.DataFrame(rows, columns=COLUMNS)
         keys = set(zip(new["product"], new["remote_id"]))
         keep = [k not in keys for k in zip(df["product"], df["remote_id"])]
-        new["local_file"] = [self._relative(f) for f in new["local_file"]]
+        new["local_file"] = [self._relative(self._here(f)) for f in new["local_file"]]
         self._write(pd.concat([df[keep], new], ignore_index=True))
 
     def _write(self, df: pd.DataFrame) -> None:

@@ -49,6 +49,17 @@ def test_moved_data_dir_pulls_nothing_again(tmp_path, source):
     assert again.n_fetched == 0 and again.skipped == {p: 1 for p in PRODUCTS}
 
 
+def test_a_relative_data_dir_pulls_nothing_again(tmp_path, source, monkeypatch):
+    # The default data dir, `xco2-data`, is relative: its rows are cut against it all the same, and
+    # a second pull of the same window fetches nothing (it used to fetch everything again).
+    monkeypatch.chdir(tmp_path)
+    assert pull(_settings("xco2-data", source), products=PRODUCTS).n_fetched == 3
+    stored = _stored_paths(tmp_path / "xco2-data")
+    assert stored and all(p.startswith("raw/") for p in stored), stored
+    again = pull(_settings("xco2-data", source), products=PRODUCTS)
+    assert again.n_fetched == 0 and again.skipped == {p: 1 for p in PRODUCTS}
+
+
 def test_old_absolute_manifest_still_counts_after_a_move(tmp_path, source):
     first = tmp_path / "old" / "xco2-data"
     pull(_settings(first, source), products=PRODUCTS)
