@@ -65,7 +65,8 @@ def test_an_absurd_grid_step_stops_every_command(command_env, no_flow, capsys, c
     assert "grid_step" in line and "XCO2_GRID_STEP" in line and f"{MAX_GRID_CELLS:,}" in line
 
 
-def test_the_grid_limit_counts_the_cells_the_grid_will_have():
+def test_the_grid_limit_counts_the_cells_the_grid_will_have(clean_env):
+    # clean_env: not the checkout's ./xco2-data, whose record (after `make demo`) names a smaller region
     for region, step in [(Region(), 0.01), (Region(), 0.0037), (Region(name="x", west=-1.005, south=0.2, east=0.5,
                                                                           north=0.71, boundary="none"), 0.05)]:
         grid = Grid.for_region(region, step)
