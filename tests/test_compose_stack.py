@@ -218,9 +218,11 @@ def test_compose_worker_runs_the_daily_deployment(compose_stack):
 
     from flows.demo import DemoOptions
     from demo_world import write_demo_world
-    from tasks.settings import Settings
+    from tasks.settings import Region
 
-    region = Settings().region  # the worker has no region setting: the default one
+    # The worker has no region setting: the default one (not Settings().region, which reads the
+    # record of a checkout's own ./xco2-data after `make demo`).
+    region = Region()
     write_demo_world(compose_stack["data"] / "demo", region, DAY, DAY, seed=DemoOptions().seed, dense=True)
     t = time.perf_counter()
     with temporary_settings(updates={PREFECT_API_URL: compose_stack["api"]}):
