@@ -5,7 +5,7 @@
 
 By default (`task_runner="process"`) the days are mapped by worker processes on this machine,
 one per core (`backfill_workers`), each with its share of the cores as ONNX Runtime threads and
-the days pipelined across them: tasks/archive/backfill_pool.py, under one thin task here. As the
+the days pipelined across them: tasks/mapping/backfill_pool.py, under one thin task here. As the
 days finish the run prints a line with days/hour and an ETA, a rich bar moves, and the progress
 artifact follows.
 
@@ -39,11 +39,12 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
 from registry.champion import load_champion
-from tasks.archive.backfill_pool import PoolPlan
+from tasks.mapping.backfill_pool import PoolPlan
 from tasks.archive.health import check_archive
 from tasks.archive import archived_days
 from tasks.archive.provenance import stale_archive_days
 from tasks import prefect_tasks
+from tasks.mapping.day import current_provenance
 from tasks.prefect_tasks import BackfillProgress, backfill_day, backfill_days_in_processes, collect_days
 from tasks.gridding.geometry import Grid
 from tasks.mapping.inference import inputs_available
@@ -109,7 +110,7 @@ def backfill(start: str | None = None, end: str | None = None, overrides: dict |
     why: dict[str, str] | None = None
     if stale_only:
         stale = stale_archive_days(settings.archive_root, settings.region.name, window,
-                                   prefect_tasks.current_provenance(settings, champion))
+                                   current_provenance(settings, champion))
         candidates = steps.stale_candidates(stale, health.to_remap)
         why = steps.reasons_for(candidates, stale, health.to_remap)
         logger.info("%d archived days of %s..%s are stale or unsound (champion %s v%s)",

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from registry.champion import ChampionNotFoundError, load_champion
 from models.onnx_runtime import OnnxPredictor
 from tasks import prefect_tasks
+from tasks.mapping.day import current_provenance
 from tasks.samples import store as samples
 from tasks.archive import archived_days
 from tasks.archive.health import check_archive
@@ -128,7 +129,7 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
     era5_dir = raw_dir(settings, "era5")
     archived = set(archived_days(settings.archive_root, settings.region.name))
     stale = stale_archive_days(settings.archive_root, settings.region.name, lookback,
-                               prefect_tasks.current_provenance(settings, champion))
+                               current_provenance(settings, champion))
     todo = steps.days_to_map(lookback, archived, set(recompute) | set(stale),
                              lambda d: inputs_available(era5_dir, d, settings.quarantine_dir,
                                                         settings.raw_dir / "manifest.parquet",

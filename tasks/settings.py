@@ -336,7 +336,7 @@ class Settings(BaseSettings):
     promotion_block_km: float = Field(50.0, ge=50, description="side of the spatial blocks the promotion holds out")
 
     # Backfill (flows/backfill.py): how the days are mapped. "process": backfill_workers worker
-    # processes (tasks/archive/backfill_pool.py; default one per core, the cores shared out as ONNX
+    # processes (tasks/mapping/backfill_pool.py; default one per core, the cores shared out as ONNX
     # Runtime threads); "thread": a Prefect thread pool of backfill_workers in the flow's process;
     # "dask": a Dask cluster, the scheduler at dask_address when set, else a local cluster of
     # dask_workers single-threaded processes.

@@ -229,10 +229,10 @@ def test_backfill_heals_damaged_covariates_and_removes_dead_writers_temp_files(w
     assert cog.read_bytes() == before[DAYS[0]]
 
 
-# ---- the process pool (tasks/archive/backfill_pool.py) -------------------------------------------
+# ---- the process pool (tasks/mapping/backfill_pool.py) -------------------------------------------
 
 def test_pool_plan_shares_the_cores_out():
-    from tasks.archive.backfill_pool import PoolPlan
+    from tasks.mapping.backfill_pool import PoolPlan
 
     assert PoolPlan.for_days(7, cores=2) == PoolPlan(workers=2, threads_per_worker=1)
     assert PoolPlan.for_days(7, workers=1, cores=2) == PoolPlan(workers=1, threads_per_worker=2)
@@ -243,7 +243,7 @@ def test_pool_plan_shares_the_cores_out():
 
 
 def test_progress_line_gives_days_per_hour_and_an_eta():
-    from tasks.archive.backfill_pool import progress_line
+    from tasks.mapping.backfill_pool import progress_line
 
     assert progress_line(0, 7, 0, 0.0) == "backfill 0/7 days, 0.0 days/hour, ETA --:--:--"
     # 3 days in 10 minutes: 18 days/hour, 4 days left = 13 min 20 s.
@@ -255,7 +255,7 @@ def test_progress_line_gives_days_per_hour_and_an_eta():
 def test_a_worker_that_dies_fails_its_day_alone_and_leaves_no_litter(tmp_path):
     from backfill_pool_support import fake_map_one, fake_predictor
 
-    from tasks.archive.backfill_pool import PoolPlan, map_days_in_processes
+    from tasks.mapping.backfill_pool import PoolPlan, map_days_in_processes
 
     settings = load_settings(data_dir=str(tmp_path / "data"), region=SMALL_REGION.model_dump())
     grid = Grid.for_region(settings.region, settings.grid_step)
@@ -282,7 +282,7 @@ def test_a_worker_death_seen_late_on_a_loaded_machine_still_ends_the_pool(tmp_pa
     readable) and the other days still map."""
     from backfill_pool_support import fake_map_one, fake_predictor
 
-    import tasks.archive.backfill_pool as pool
+    import tasks.mapping.backfill_pool as pool
 
     real_wait = pool.wait
 

@@ -64,7 +64,7 @@ def one_worker(world):
 
 
 def test_default_workers_map_the_same_bytes_as_one_worker(world, one_worker):
-    from tasks.archive.backfill_pool import PoolPlan
+    from tasks.mapping.backfill_pool import PoolPlan
 
     settings = load_settings(**world[1])  # no override below: the defaults
     assert settings.task_runner == Settings.model_fields["task_runner"].default == "process"

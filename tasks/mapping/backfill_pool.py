@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tasks.gridding.geometry import Grid
+from tasks.mapping.day import map_day
 from tasks.settings import Settings
 
-# (settings, grid, day, predictor, champion) -> the day's archive row (tasks/prefect_tasks.py::map_day).
+# (settings, grid, day, predictor, champion) -> the day's archive row (tasks/mapping/day.py::map_day).
 MapOne = Callable[[Settings, Grid, date, Any, Any], dict]
 # (settings, champion, intra_op_threads) -> the worker's predictor, opened once per worker.
 OpenPredictor = Callable[[Settings, Any, int], Any]
@@ -77,10 +78,7 @@ def open_onnx_predictor(settings: Settings, champion, intra_op_threads: int):
 
 
 def map_one_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> dict:
-    from tasks import prefect_tasks as units  # the map-day task (tasks/prefect_tasks.py)
-
-    row: dict = units.map_day.fn(settings, grid, day, predictor, champion)  # type: ignore[attr-defined]
-    return row
+    return map_day(settings, grid, day, predictor, champion)
 
 
 @dataclass(frozen=True)
