@@ -12,11 +12,12 @@ from datetime import date
 
 import numpy as np
 
+from tasks.gridding.plausibility import LANDCOVER_CLASSES
+
 FEATURE_SET_VERSION = "fs1-46"
 
 # Neighbourhood windows (cells; one cell ~ 1 km): the paper's "spatial convolution".
 SCALES_KM = (5, 25, 75, 150)
-LANDCOVER_CLASSES = ("cropland", "forest", "grassland", "shrubland", "urban", "water", "bare")
 
 
 @dataclass(frozen=True)

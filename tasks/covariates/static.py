@@ -41,9 +41,9 @@ from rasterio.warp import transform_bounds
 from scipy import ndimage
 
 from tasks.io.atomic import save_npy, write_json
-from tasks.covariates.features import FEATURE_SET_VERSION, LANDCOVER_CLASSES, NDVI_NAMES, SCALES_KM, STATIC_NAMES
+from tasks.covariates.features import FEATURE_SET_VERSION, NDVI_NAMES, SCALES_KM, STATIC_NAMES
 from tasks.gridding.geometry import Grid
-from tasks.gridding.plausibility import COVARIATES, Range
+from tasks.gridding.plausibility import COVARIATES, LANDCOVER_CLASSES, Range
 from tasks.io.quarantine import InputFileError, last_quarantine_note, quarantine
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from affine import Affine
 
-from tasks.settings import Region
+
+class Box(Protocol):
+    """A bounding box in degrees (WGS84), such as tasks.settings.Region; the grid needs no more of a region."""
+
+    @property
+    def west(self) -> float: ...
+    @property
+    def south(self) -> float: ...
+    @property
+    def east(self) -> float: ...
+    @property
+    def north(self) -> float: ...
 
 
 def _snap(value: float, step: float, up: bool) -> float:
@@ -31,7 +43,7 @@ class Grid:
     step: float
 
     @classmethod
-    def for_region(cls, region: Region, step: float) -> "Grid":
+    def for_region(cls, region: Box, step: float) -> "Grid":
         return cls(
             west=round(_snap(region.west, step, up=False), 9),
             south=round(_snap(region.south, step, up=False), 9),

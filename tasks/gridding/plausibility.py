@@ -21,8 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.covariates.features import LANDCOVER_CLASSES
-
 
 @dataclass(frozen=True)
 class Range:
@@ -58,6 +56,11 @@ SOUNDING_YEARS = (1979, 2100)
 # A daily granule's soundings lie within its UTC day; a day either side covers files that
 # start before midnight (and any product that labels by local day).
 SOUNDING_DAY_SLACK_DAYS = 1
+
+# The land cover layer's classes, stored as codes 1..7 in this order (0 is no data); the features
+# (tasks.covariates.features) are named after them, and tasks/sources/static_layers/landcover_codes.py
+# maps the ESA CCI legend onto them. Defined here, the lowest room that needs them.
+LANDCOVER_CLASSES = ("cropland", "forest", "grassland", "shrubland", "urban", "water", "bare")
 
 # Static covariates as the raw layers hold them (before area-weighting and log1p); NDVI after
 # MOD13Q1's 1e-4 scaling, whose valid range is -2000..10000.

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 from rasterio.features import geometry_mask
 from shapely.geometry import Polygon, box, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
+from tasks.gridding.geometry import Grid
 from tasks.regions.shapefile import POLYGON_TYPES, ShapefileError, read_parts
-
-if TYPE_CHECKING:  # tasks.gridding.geometry imports tasks.settings, which validates boundaries with this module
-    from tasks.gridding.geometry import Grid
 
 BOUNDARIES_DIR = Path(__file__).resolve().parent / "boundaries"
 # Regions whose boundary ships with the project (see boundaries/PROVENANCE.md), by region name.
@@ -129,13 +125,13 @@ def check_boundary(path: Path | str, west: float, south: float, east: float, nor
     return outline
 
 
-def boundary_mask(outline: BaseGeometry, grid: "Grid") -> np.ndarray:
+def boundary_mask(outline: BaseGeometry, grid: Grid) -> np.ndarray:
     """Boolean [ny, nx]: True where the cell's centre lies inside the polygon (GDAL's rasterising
     rule without all_touched)."""
     return geometry_mask([outline], out_shape=grid.shape, transform=grid.transform, invert=True, all_touched=False)
 
 
-def region_mask(region, grid: "Grid") -> np.ndarray:
+def region_mask(region, grid: Grid) -> np.ndarray:
     """The cells of `grid` that belong to `region` (a tasks.settings.Region): inside its boundary,
     or every cell when it has none."""
     if region.boundary is None:

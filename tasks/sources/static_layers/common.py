@@ -32,7 +32,6 @@ from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window
 
 from tasks.io.atomic import write_json
-from tasks.covariates.static import CovariateError
 from tasks.io.geotiff import write_geotiff
 from tasks.gridding.geometry import Grid
 from tasks.settings import Settings
@@ -50,7 +49,7 @@ MAX_PIXELS = 64_000_000
 LAYERS_JSON = "layers.json"
 
 
-class StaticLayerError(CovariateError):
+class StaticLayerError(ValueError):
     """A static layer cannot be imported or built; the message names the file and the problem."""
 
 

@@ -1,6 +1,6 @@
 """ESA CCI / C3S land cover (LCCS legend) codes mapped to the pipeline's 7 classes.
 
-Our classes (`tasks.covariates.features.LANDCOVER_CLASSES`, stored as uint8 1..7, 0 = no data):
+Our classes (`tasks.gridding.plausibility.LANDCOVER_CLASSES`, stored as uint8 1..7, 0 = no data):
 1 cropland, 2 forest, 3 grassland, 4 shrubland, 5 urban, 6 water, 7 bare.
 
 The LCCS legend is the one of the ESA CCI Land Cover / C3S `satellite-land-cover` maps (22 level-1
