@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from prefect import flow, get_run_logger
 
-from models.evaluation import plot_loss_curves, plot_scatter
-from models.holdouts import Holdouts, NetworkShare
+from models.figures import plot_loss_curves, plot_scatter
+from models.holdouts import NetworkShare
 from models.onnx_export import check_onnx_parity, export_onnx
 from registry.baselines import log_model_comparison
 from registry.promotion import promote, tag_gate
@@ -24,14 +24,8 @@ from tasks.gridding.geometry import Grid
 from tasks.settings import Settings, load_settings
 from tasks.steps import retrain as steps, retrain_results as results
 from tasks.steps.artifacts import page, table
-from tasks.steps.retrain import NotEnoughSamples
-from tasks.steps.retrain_results import score_holdouts
 
-__all__ = ["NotEnoughSamples", "monthly_retrain", "score_holdouts", "split_samples"]
-
-
-def split_samples(settings: Settings, df) -> Holdouts:
-    return steps.split_samples(settings, df)
+__all__ = ["monthly_retrain"]
 
 
 def comparison_truth(settings: Settings):
@@ -56,7 +50,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     logger.info("%d samples (%.0f independent soundings) over %d days", len(y), weight.sum(), df["day"].nunique())
 
     # Holdouts, background, network, daily-anomaly field and the network's own spread.
-    split = split_samples(settings, df)
+    split = steps.split_samples(settings, df)
     background = retrain_tasks.fit_the_background(X, y, weight, split)
     trained = retrain_tasks.train(settings, X, y, weight, split, background)
     trained, field_fit = retrain_tasks.fit_daily_field(settings, trained, X, y, df, split)

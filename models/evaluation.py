@@ -1,7 +1,7 @@
 """Validation numbers as the paper reports them (RMSE, R², scatter slope) and the holdout split.
 
-The figures live in models/figures.py (matplotlib is imported only when a figure is drawn); they
-are re-exported here so callers find all of the validation in one place.
+The figures drawn from these numbers live in models/figures.py, which imports this module (never
+the other way round: matplotlib is imported only when a figure is drawn).
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from models.figures import plot_loss_curves, plot_scatter
-
-__all__ = ["plot_loss_curves", "plot_scatter", "random_split", "regression_metrics"]
+__all__ = ["random_split", "regression_metrics"]
 
 
 def _finite_vector(name: str, values: Any) -> np.ndarray:

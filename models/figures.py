@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from models.evaluation import regression_metrics
+
 
 def _save_png(fig: Any, path: Path) -> Path:
     path = Path(path)
@@ -62,8 +64,6 @@ def plot_loss_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
 def plot_scatter(y_true: Any, y_pred: Any, path: Path, title: str = "Validation") -> Path:
     """Density scatter of predicted vs observed XCO2 with the 1:1 line and the OLS fit."""
     from matplotlib.figure import Figure
-
-    from models.evaluation import regression_metrics
 
     obs = np.asarray(y_true, dtype=np.float64)
     pred = np.asarray(y_pred, dtype=np.float64)

@@ -26,7 +26,7 @@ def test_refuses_a_data_dir_the_demo_did_not_make(tmp_path):
 def test_the_holdouts_never_steer_training(tmp_path):
     import numpy as np
 
-    from flows.retrain import split_samples
+    from tasks.steps.retrain import split_samples
     from models.validation import spatial_block_ids
 
     import pandas as pd
