@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from models.onnx_contract import INPUT_NAME, OUTPUT_NAME, decode_metadata
+from models.onnx_contract import INPUT_NAME, OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME, decode_metadata
 
 log = logging.getLogger(__name__)
 
@@ -294,9 +294,22 @@ class OnnxPredictor:
         memory_fraction: float = GPU_MEMORY_FRACTION,
         max_cells_per_batch: int = MAX_CELLS_PER_BATCH,
         intra_op_threads: int | None = None,
+        graph: bytes | None = None,
+        network_pass: bool = True,
+        precision: str = "fp32",
     ) -> None:
         self.onnx_path = Path(onnx_path)
         self.intra_op_threads = intra_op_threads
+        # `graph`: a serialised graph derived from the file at onnx_path (the network-free cut, a
+        # quantized network), run instead of the file itself; the file stays the champion's name.
+        self._graph = graph
+        self.network_pass = network_pass
+        self.path = FULL_NETWORK if network_pass else NETWORK_FREE
+        self.precision = precision
+        self.columns: tuple[int, ...] | None = None  # the feature columns the graph reads (None: all)
+        self._network_free: dict[bool, OnnxPredictor | None] = {}
+        self._for_mapping: OnnxPredictor | None = None
+        self._prefer_cuda = prefer_cuda
         if not self.onnx_path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.onnx_path}")
         if not 0 < memory_fraction <= 1:
@@ -346,12 +359,13 @@ class OnnxPredictor:
                 "CUDA was wanted for %s but is not available (%s): CPU fallback, running on %s",
                 self.onnx_path.name, why_not or "CUDA provider did not start", self.provider)
         where = (f"GPU {self.device_id}" if self.device == "cuda" else "CPU")
-        log.info("ONNX Runtime runs %s on %s (%s, %s; outputs %s)", self.onnx_path.name,
+        log.info("ONNX Runtime runs %s on %s (%s, %s; outputs %s; %s, %s)", self.onnx_path.name,
                  self.provider, where, "IO binding" if self.use_io_binding else "plain run",
-                 ", ".join(self.output_names))
+                 ", ".join(self.output_names), self.path, self.precision)
 
     def _start(self, attempt_cuda: bool) -> tuple[ort.InferenceSession, str | None]:
         options = session_options(self.intra_op_threads)
+        source: str | bytes = self._graph if self._graph is not None else str(self.onnx_path)
         why_not = None
         if attempt_cuda:
             # Our provider options first; should this onnxruntime reject one, CUDA with its
@@ -359,8 +373,7 @@ class OnnxPredictor:
             for extra in (self.cuda_options, {}):
                 providers = [(CUDA, {"device_id": str(self.device_id), **extra}), CPU]
                 try:
-                    session = ort.InferenceSession(str(self.onnx_path), sess_options=options,
-                                                   providers=providers)
+                    session = ort.InferenceSession(source, sess_options=options, providers=providers)
                 except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/RuntimeError
                     why_not = f"session with CUDA failed: {exc}"
                     log.warning("ONNX Runtime session with CUDA options %s failed: %s", extra, exc)
@@ -372,8 +385,59 @@ class OnnxPredictor:
             why_not = "this onnxruntime build has no CUDA provider"
         else:
             why_not = "no NVIDIA GPU found (no /dev/nvidia0, no nvidia-smi)"
-        session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=[CPU])
+        session = ort.InferenceSession(source, sess_options=options, providers=[CPU])
         return session, why_not
+
+    # -- no network pass --
+
+    def without_network(self, keep_uncertainty: bool = False) -> "OnnxPredictor | None":
+        """A predictor over the background alone, cut from this graph (network_free_graph), when
+        the champion's network share is 0; None otherwise (a share above 0, no background, a graph
+        of another shape, or a cut that fails its check: each logged). Its 'xco2' is bit for bit
+        this graph's wherever the network's output is finite. `keep_uncertainty`: keep the
+        uncertainty output too (its spread network reads every covariate); without it the cut reads
+        only the background's columns (`.columns`). Built once per predictor and kept."""
+        if not self.network_pass:
+            return self
+        keep = keep_uncertainty and UNCERTAINTY_OUTPUT_NAME in self.output_names
+        if keep not in self._network_free:
+            self._network_free[keep] = self._cut(keep)
+        return self._network_free[keep]
+
+    def _cut(self, keep_uncertainty: bool) -> "OnnxPredictor | None":
+        metadata = read_metadata(self.onnx_path)
+        share = network_share(metadata)
+        if share != 0.0:
+            return None
+        model = onnx.load(str(self.onnx_path), load_external_data=False)
+        cut = network_free_graph(model, (UNCERTAINTY_OUTPUT_NAME,) if keep_uncertainty else ())
+        if cut is None:
+            log.warning("%s: network share 0 but no background term found in the graph; the network runs",
+                        self.onnx_path.name)
+            return None
+        # On the CPU even beside a GPU: eight terms per cell are not worth a transfer.
+        predictor = OnnxPredictor(self.onnx_path, False, intra_op_threads=self.intra_op_threads,
+                                  graph=cut.SerializeToString(), network_pass=False)
+        try:
+            worst = check_network_free(predictor.session, metadata)
+        except ValueError as exc:
+            log.warning("%s: %s; the network runs", self.onnx_path.name, exc)
+            return None
+        predictor.columns = columns_used(cut)
+        log.info("%s: network share 0: %s (reads feature columns %s; check %.1e ppm)", self.onnx_path.name,
+                 NETWORK_FREE, "all" if predictor.columns is None else list(predictor.columns), worst)
+        return predictor
+
+    def for_mapping(self, keep_uncertainty: bool = False) -> "OnnxPredictor":
+        """What a day's mapping should run: the network-free cut when the network's share is 0
+        (without_network), else this graph in the precision the processor supports
+        (choose_precision: int8-dynamic behind the parity gate, or fp32). Chosen once and kept."""
+        free = self.without_network(keep_uncertainty)
+        if free is not None:
+            return free
+        if self._for_mapping is None:
+            self._for_mapping = choose_precision(self)
+        return self._for_mapping
 
     # -- batch size --
 
@@ -497,3 +561,222 @@ class OnnxPredictor:
         values = binding.copy_outputs_to_cpu()
         return {name: value for name, value in zip(self.output_names, values)
                 if name not in in_place}
+
+
+# --- No network pass where the map does not use it (network share 0) ------------------------
+#
+# The exported graph is background(features) + share x network(features) (models/deployable.py).
+# With a share of 0 the map is the background (+ the daily-anomaly field, added where maps are
+# made): the network's term is exactly 0 for every finite network output, and the graph's Add
+# returns its other operand unchanged, so the background's own subgraph, cut out of the very graph
+# the champion ships, gives the same float32 bits without running the ResNet-LSTM. Cut from the
+# graph at load time, so champions exported before this need no re-export.
+
+NETWORK_FREE = "background only (network share 0: no network pass)"
+FULL_NETWORK = "full graph (network pass)"
+# The cut graph is checked at load against the background evaluated in numpy (float64) from the
+# champion's own metadata: a cut at the wrong tensor is off by the network's whole anomaly.
+NETWORK_FREE_CHECK_PPM = 1e-3
+NETWORK_FREE_CHECK_ROWS = 64
+
+
+def network_share(metadata: Mapping[str, Any]) -> float | None:
+    """The share of the network's anomaly in the map (models/holdouts.py), from an export's
+    metadata (read_metadata); None for exports without a background, whose graph is all network."""
+    mapping = metadata.get("mapping") or {}
+    if "anomaly_scale" not in mapping or not mapping.get("background"):
+        return None
+    return float(mapping["anomaly_scale"])
+
+
+def _constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return np.asarray(onnx.numpy_helper.to_array(init))
+    for node in graph.node:
+        if node.op_type == "Constant" and name in node.output:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return np.asarray(onnx.numpy_helper.to_array(attr.t))
+    return None
+
+
+def background_tensor(model: onnx.ModelProto, share: float = 0.0) -> str | None:
+    """The name of the background's tensor in an exported graph: the operand of the output's final
+    Add whose other operand is Mul(share, network). None when the graph has another shape (a model
+    without a background, or a future export): then the full graph runs."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    final = producers.get(OUTPUT_NAME)
+    if final is None or final.op_type != "Add" or len(final.input) != 2:
+        return None
+    for i, operand in enumerate(final.input):
+        scaled = producers.get(operand)
+        if scaled is None or scaled.op_type != "Mul":
+            continue
+        for factor in scaled.input:
+            value = _constant_value(graph, factor)
+            if value is not None and value.size == 1 and float(value.reshape(())) == share:
+                return final.input[1 - i]
+    return None
+
+
+def network_free_graph(model: onnx.ModelProto, keep: tuple[str, ...] = (),
+                       share: float = 0.0) -> onnx.ModelProto | None:
+    """The subgraph of `model` from its input to the background's tensor, which it outputs as
+    OUTPUT_NAME, plus the outputs named in `keep` (e.g. the uncertainty's, which needs its own
+    spread network but no ResNet-LSTM); None when background_tensor finds no background."""
+    source = background_tensor(model, share)
+    if source is None:
+        return None
+    missing = [name for name in keep if name not in {o.name for o in model.graph.output}]
+    if missing:
+        raise ValueError(f"the graph has no output {missing}")
+    # The extractor wants every tensor's type, which the export records only for inputs and outputs.
+    cut = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model)).extract_model([INPUT_NAME], [source, *keep])
+    # The extracted graph names its output after the inner tensor; consumers want OUTPUT_NAME.
+    cut.graph.node.append(onnx.helper.make_node("Identity", [source], [OUTPUT_NAME]))
+    renamed = onnx.helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["batch"])
+    outputs = [renamed, *(o for o in cut.graph.output if o.name != source)]
+    del cut.graph.output[:]
+    cut.graph.output.extend(outputs)
+    del cut.metadata_props[:]
+    cut.metadata_props.extend(model.metadata_props)
+    onnx.checker.check_model(cut)
+    return cut
+
+
+def columns_used(model: onnx.ModelProto) -> tuple[int, ...] | None:
+    """The feature columns a graph reads, when it reads the input only through Gathers of constant
+    columns (the background's five); None when it reads the whole row (the network)."""
+    graph = model.graph
+    used: set[int] = set()
+    for node in graph.node:
+        if INPUT_NAME not in node.input:
+            continue
+        axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        index = _constant_value(graph, node.input[1]) if node.op_type == "Gather" and len(node.input) == 2 else None
+        if node.input[0] != INPUT_NAME or axis != 1 or index is None:
+            return None
+        used.update(int(i) for i in np.atleast_1d(index))
+    return tuple(sorted(used))
+
+
+def _probe_rows(metadata: Mapping[str, Any], rows: int, seed: int = 20240601) -> np.ndarray:
+    scalers = metadata["scalers"]
+    mean = np.asarray(scalers["feature_mean"], np.float64)
+    std = np.asarray(scalers["feature_std"], np.float64)
+    rng = np.random.default_rng(seed)
+    return (mean + std * rng.standard_normal((rows, len(mean)))).astype(np.float32)
+
+
+def check_network_free(session: ort.InferenceSession, metadata: Mapping[str, Any]) -> float:
+    """Max |cut graph - background| (ppm) on probe rows, the background evaluated in numpy from the
+    metadata; raises ValueError above NETWORK_FREE_CHECK_PPM."""
+    from models.background import Background
+
+    background = Background.from_dict(metadata["mapping"]["background"])
+    X = _probe_rows(metadata, NETWORK_FREE_CHECK_ROWS)
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: X})[0].astype(np.float64)
+    worst = float(np.max(np.abs(got - background.evaluate_features(X, metadata["feature_names"]))))
+    if not np.isfinite(worst) or worst > NETWORK_FREE_CHECK_PPM:
+        raise ValueError(f"the background cut out of the graph differs from the champion's background by "
+                         f"{worst:.3g} ppm (tolerance {NETWORK_FREE_CHECK_PPM:g})")
+    return worst
+
+
+# --- Reduced precision where the processor has it ---------------------------------------------
+#
+# ONNX Runtime's CPU provider has int8 kernels (dynamic quantization: int8 weights, activations
+# quantized per call) that use AMX-INT8, AVX-512 VNNI or AVX-VNNI where the processor has them; it
+# has no bf16 convolution or GEMM kernels on x86, so a processor with AVX-512 BF16 or AMX-BF16 (all
+# of which also have VNNI) gets the int8 path too. Without these instructions int8 runs on plain
+# AVX2 integer multiplies, no faster than fp32: fp32 stays.
+
+REDUCED_PRECISION_FLAGS = ("amx_int8", "amx_bf16", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni")
+INT8_DYNAMIC = "int8-dynamic"
+FP32 = "fp32"
+# The parity gate: a reduced-precision network is used only when it stays within this of fp32 on
+# every output, on probe rows of the champion's own feature distribution.
+REDUCED_PRECISION_TOLERANCE_PPM = 0.05
+PRECISION_PROBE_ROWS = 2048
+# The quantized operators: the fast export's convolutions and its LSTM/head GEMMs.
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The instruction-set flags of the first processor in a /proc/cpuinfo text."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def reduced_precision_support(cpuinfo: str) -> str | None:
+    """The flag that makes a reduced-precision network worth trying on this processor (the first of
+    REDUCED_PRECISION_FLAGS it has), or None: fp32. A pure function of the cpuinfo text."""
+    flags = cpu_flags(cpuinfo)
+    return next((flag for flag in REDUCED_PRECISION_FLAGS if flag in flags), None)
+
+
+def read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def precision_gate(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+                   tolerance_ppm: float = REDUCED_PRECISION_TOLERANCE_PPM) -> tuple[bool, float]:
+    """(passes, worst |candidate - reference| in ppm over every output of the reference)."""
+    worst = 0.0
+    for name, expected in reference.items():
+        if name not in candidate:
+            return False, float("inf")
+        diff = np.abs(np.asarray(candidate[name], np.float64) - np.asarray(expected, np.float64))
+        worst = max(worst, float(np.max(diff)) if diff.size else 0.0)
+        if not np.isfinite(worst):
+            return False, float("inf")
+    return worst <= tolerance_ppm, worst
+
+
+def int8_dynamic_graph(onnx_path: str | Path) -> bytes:
+    """The graph with int8 dynamic quantization of its convolutions and GEMMs (onnxruntime.quantization)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="xco2-int8-") as scratch:
+        out = Path(scratch) / "int8.onnx"
+        quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=list(QUANTIZED_OPS))
+        return out.read_bytes()
+
+
+def choose_precision(predictor: "OnnxPredictor", cpuinfo: str | None = None) -> "OnnxPredictor":
+    """`predictor` (fp32) or, on a processor with reduced-precision instructions
+    (reduced_precision_support), its int8-dynamic form when that passes the parity gate against
+    fp32 on probe rows; the choice and its figure are logged. CPU only: a GPU runs fp32."""
+    if predictor.device != "cpu" or not predictor.network_pass:
+        return predictor
+    flag = reduced_precision_support(read_cpuinfo() if cpuinfo is None else cpuinfo)
+    if flag is None:
+        log.info("%s: fp32 network (this processor has none of %s)", predictor.onnx_path.name,
+                 ", ".join(REDUCED_PRECISION_FLAGS))
+        return predictor
+    try:
+        candidate = OnnxPredictor(predictor.onnx_path, False, intra_op_threads=predictor.intra_op_threads,
+                                  graph=int8_dynamic_graph(predictor.onnx_path), precision=INT8_DYNAMIC)
+    except Exception as exc:  # noqa: BLE001 - any failure to quantize keeps fp32, logged
+        log.warning("%s: int8 dynamic quantization failed (%s); fp32 network", predictor.onnx_path.name, exc)
+        return predictor
+    X = _probe_rows(read_metadata(predictor.onnx_path), PRECISION_PROBE_ROWS)
+    passes, worst = precision_gate(predictor.run(X), candidate.run(X))
+    if not passes:
+        log.info("%s: %s (has %s) differs from fp32 by %.3g ppm > %g: fp32 network", predictor.onnx_path.name,
+                 INT8_DYNAMIC, flag, worst, REDUCED_PRECISION_TOLERANCE_PPM)
+        return predictor
+    log.info("%s: %s network (processor has %s; within %.3g ppm of fp32, gate %g)", predictor.onnx_path.name,
+             INT8_DYNAMIC, flag, worst, REDUCED_PRECISION_TOLERANCE_PPM)
+    return candidate

@@ -16,13 +16,14 @@ import numpy as np
 from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
 from tasks.archive.provenance import InputDigests, Provenance, input_window
 from tasks.archive.stac import item_properties
-from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION, DayLayers
 from tasks.covariates.static import StaticCovariates
 from tasks.gridding.geometry import Grid
 from tasks.io.progress import progress_bar
 from tasks.mapping import anchoring
 from tasks.mapping.daily_anomaly import daily_anomaly, field_of
-from tasks.mapping.inference import day_layers, predict_day, predict_xco2
+from tasks.mapping.inference import (TimeLocationLayers, day_layers, predict_day, predict_xco2,
+                                     reads_only_time_location)
 from tasks.regions.boundary import region_mask
 from tasks.samples import ingest
 from tasks.settings import Settings
@@ -56,13 +57,23 @@ def current_provenance(settings: Settings, champion, digests: InputDigests | Non
 def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> dict:
     """Map one day with the champion's predictor (models.onnx_runtime.OnnxPredictor) and publish
     its COG and STAC item; the day's row for the run's artifacts."""
-    covariates = StaticCovariates(settings.region_dir)
-    layers = day_layers(covariates, raw_dir(settings, "era5"), grid, day)
     inside = region_mask(settings.region, grid)
     field = field_of(champion.mapping)
+    with_field = field is not None and settings.daily_anomaly
+    # With a network share of 0 the map is background + field: the graph's background alone, with
+    # no network pass and no covariate layer read (OnnxPredictor.for_mapping); the same bits.
+    # The model's own uncertainty band is only kept where no field replaces it.
+    mapper = predictor.for_mapping(keep_uncertainty=not with_field) if hasattr(predictor, "for_mapping") else predictor
+    network_pass = getattr(mapper, "network_pass", True)
+    layers: DayLayers | TimeLocationLayers
+    if reads_only_time_location(getattr(mapper, "columns", None)):
+        layers = TimeLocationLayers(day, grid.lats, grid.lons)
+    else:
+        layers = day_layers(StaticCovariates(settings.region_dir), raw_dir(settings, "era5"), grid, day)
+    log.info("%s: %s, %s", day, getattr(mapper, "path", "full graph"), getattr(mapper, "precision", "fp32"))
     anchor = anomaly = None
-    predict = partial(predict_xco2, predictor, batch_size=settings.inference_batch_size)
-    if field is not None and settings.daily_anomaly:
+    predict = partial(predict_xco2, mapper, batch_size=settings.inference_batch_size)
+    if field is not None and with_field:
         anomaly = daily_anomaly(settings.region_dir, champion.version, grid, day, predict, FEATURE_NAMES, field,
                                 settings.daily_anomaly_max_cells_per_day, inside)
         if anomaly.n_superobs == 0:
@@ -79,7 +90,7 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
             log.warning("%s: no observations in the %d days up to it; the map is not anchored", day,
                         settings.anchor_window_days)
     with progress_bar(f"mapping {day}", grid.ny) as advance:
-        prediction = predict_day(predictor, layers, grid, settings.inference_batch_size,
+        prediction = predict_day(mapper, layers, grid, settings.inference_batch_size,
                                  progress=lambda d, _t: advance(d), inside=inside)
     xco2 = prediction.xco2 + np.float32(anchor.offset_ppm if anchor else 0.0)
     uncertainty = prediction.uncertainty
@@ -101,6 +112,8 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
         **(anomaly.to_tags() if anomaly else anchor.to_tags() if anchor else
            {"anchor_offset_ppm": "0", "anchor_method": "off" if not settings.anchoring else "in training window"}),
         **provenance.to_tags(),
+        "network_pass": "yes" if network_pass else "no (network share 0: background + daily anomaly)",
+        "network_precision": getattr(mapper, "precision", "fp32"),
     }
     if anomaly is not None:
         tags["uncertainty"] = ("band 2: half-width of the calibrated 68% interval for a retrieval at the cell (ppm): "
@@ -121,4 +134,4 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
             "anchor_offset_ppm": round(anchor.offset_ppm, 3) if anchor else None,
             "own_day_rmse_ppm": round(anomaly.own_day_rmse_ppm, 3) if anomaly and anomaly.own_day_n else None,
             "own_day_superobs": anomaly.own_day_n if anomaly else None,
-            "model_version": str(champion.version)}
+            "model_version": str(champion.version), "network_pass": network_pass}

@@ -11,7 +11,7 @@ import numpy as np
 
 from models.onnx_contract import OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME
 from tasks.covariates.static import StaticCovariates, ndvi_problem
-from tasks.covariates.features import DayLayers
+from tasks.covariates.features import FEATURE_NAMES, DayLayers, time_features
 from tasks.gridding.geometry import Grid
 from tasks.covariates.meteorology import Era5Readiness, era5_readiness, meteo_for_day
 
@@ -63,6 +63,43 @@ def day_layers(covariates: StaticCovariates, era5_dir: Path, grid: Grid, day: da
     )
 
 
+# The columns the background reads (models/background.py INPUTS), filled by TimeLocationLayers.
+TIME_LOCATION = ("latitude", "longitude", "years_since_2015", "doy_sin", "doy_cos")
+
+
+@dataclass
+class TimeLocationLayers:
+    """A day's feature rows with only the calendar and the cell centres filled, the other covariates
+    0: all a network-free graph (models/onnx_runtime.py::OnnxPredictor.without_network) reads, with
+    no static layer, NDVI or ERA5 read. The filled columns hold the very float32 values DayLayers
+    gives them (same casts), so the background comes out bit for bit the same."""
+
+    day: date
+    lats: np.ndarray
+    lons: np.ndarray
+
+    def _filled(self, n: int, lats: np.ndarray, lons: np.ndarray) -> np.ndarray:
+        out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)  # calloc: untouched pages cost nothing
+        out[:, FEATURE_NAMES.index("latitude")] = lats
+        out[:, FEATURE_NAMES.index("longitude")] = lons
+        for name, value in time_features(self.day).items():
+            out[:, FEATURE_NAMES.index(name)] = value
+        return out
+
+    def for_rows(self, row_start: int, row_stop: int) -> np.ndarray:
+        nx = self.lons.shape[0]
+        return self._filled((row_stop - row_start) * nx, np.repeat(self.lats[row_start:row_stop], nx),
+                            np.tile(self.lons, row_stop - row_start))
+
+    def for_cells(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self._filled(len(rows), self.lats[rows], self.lons[cols])
+
+
+def reads_only_time_location(columns: tuple[int, ...] | None) -> bool:
+    """Whether a graph reading `columns` (OnnxPredictor.columns; None: every column) needs no covariate layer."""
+    return columns is not None and all(FEATURE_NAMES[i] in TIME_LOCATION for i in columns)
+
+
 @dataclass
 class DayPrediction:
     """One day's maps, [ny, nx] float32 ppm; `uncertainty` is None for models exported without it."""
@@ -71,7 +108,9 @@ class DayPrediction:
     uncertainty: np.ndarray | None
 
 
-def _rows_of(layers: DayLayers, start: int, stop: int) -> DayLayers:
+def _rows_of(layers: DayLayers | TimeLocationLayers, start: int, stop: int) -> DayLayers | TimeLocationLayers:
+    if isinstance(layers, TimeLocationLayers):
+        return replace(layers, lats=layers.lats[start:stop])
     # Slicing the rows first keeps the gather in memory: on the static memory map, fancy
     # indexing over the whole grid would touch pages all over the file.
     return replace(layers, static=layers.static[:, start:stop], ndvi=layers.ndvi[:, start:stop],
@@ -100,7 +139,7 @@ def _row_blocks(cells_per_row: np.ndarray, cells_per_batch: int) -> list[tuple[i
     return blocks
 
 
-def predict_day(predictor, layers: DayLayers, grid: Grid, batch_size: int, progress=None,
+def predict_day(predictor, layers: DayLayers | TimeLocationLayers, grid: Grid, batch_size: int, progress=None,
                 inside: np.ndarray | None = None) -> DayPrediction:
     """XCO2 (and its uncertainty when the model has one) for every cell with a
     models.onnx_runtime.OnnxPredictor; memory bounded by the batch (on a GPU, sized from free
