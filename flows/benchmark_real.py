@@ -11,7 +11,8 @@ One box x window per run (docs/benchmark-real.md):
 4. run the system in local mode on it: daily (pull, grid, fuse, sample) -> retrain -> backfill of
    every day of the window, through the flows' public functions only;
 5. score the archive's COGs at the held-out cell-days beside baselines fitted on the same rows;
-6. write a Markdown table, a JSON of every number and a figure, and log them to MLflow
+   check the two intervals' noise against same-day neighbouring bins and draw their reliability;
+6. write a Markdown table, a JSON of every number and the figures, and log them to MLflow
    (experiment `xco2-benchmark-real`).
 
 Each step is a function of tasks/analysis/real_benchmark_io.py (inputs, outputs) or
@@ -30,11 +31,13 @@ import numpy as np
 import pandas as pd
 
 from models import real_benchmark as rb
-from tasks.analysis.real_benchmark_io import (DEFAULT_BOXES, DEFAULT_TABLE, EXPERIMENT, SOUNDING_UNCERTAINTY_PPM,
-                                              BenchmarkBox, BenchmarkInputError, BenchmarkOptions, figure,
-                                              lite_soundings, parse_box, read_retrievals, select_box,
-                                              system_overrides, write_constant_covariates, write_lite_files,
-                                              write_text)
+from tasks.analysis import reliability as rel
+from tasks.analysis.real_benchmark_io import (ARCHIVE_BANDS, DEFAULT_BOXES, DEFAULT_TABLE, EXPERIMENT,
+                                              RELIABILITY_PNG, SOUNDING_UNCERTAINTY_PPM, BenchmarkBox,
+                                              BenchmarkInputError, BenchmarkOptions, figure, lite_soundings,
+                                              parse_box, read_retrievals, reliability_curves, reliability_figure,
+                                              select_box, system_overrides, write_constant_covariates,
+                                              write_lite_files, write_text)
 from tasks.io.progress import Stopwatch
 
 __all__ = ["DEFAULT_BOXES", "DEFAULT_TABLE", "SOUNDING_UNCERTAINTY_PPM", "BenchmarkBox", "BenchmarkInputError",
@@ -84,6 +87,12 @@ def log_to_mlflow(tracking_uri: str, box: BenchmarkBox, opts: BenchmarkOptions, 
                 for m in ("rmse", "r2", "bias", "n", "coverage68", "coverage68_low", "coverage68_high"):
                     if s.get(m) is not None and np.isfinite(s[m]):
                         metrics[f"{key}.{h}.{m}"] = float(s[m])
+        noise = result.get("noise") or {}
+        for name, value in (("noise.implied_ppm2", noise.get("implied", {}).get("variance")),
+                            ("noise.neighbours_ppm2", noise.get("neighbours", {}).get("variance")),
+                            ("noise.ratio", noise.get("ratio"))):
+            if value is not None and np.isfinite(value):
+                metrics[name] = float(value)
         mlflow.log_metrics(metrics)
         for f in files:
             mlflow.log_artifact(str(f))
@@ -122,22 +131,37 @@ def run_benchmark(opts: BenchmarkOptions, box: BenchmarkBox, table: pd.DataFrame
     system = run_system(overrides, box)
     timings.update(system.pop("timings"))
 
-    archive = {h: rb.archive_at(held[h], lambda d: day_cog_path(settings.archive_root, region.name, d))
-               for h in rb.HOLDOUTS}
+    archive = {h: rb.archive_at(held[h], lambda d: day_cog_path(settings.archive_root, region.name, d),
+                                ARCHIVE_BANDS) for h in rb.HOLDOUTS}
     result_table = rb.benchmark_table(train, held, archive, box.start, opts.seed)
     verdict = rb.goal_verdict(result_table)
+    # Every row of the box and window, held out or not: the neighbour estimate uses no model.
+    noise = rb.noise_consistency(archive, rows, seed=opts.seed)
+    curves = reliability_curves(held, archive, noise["neighbours"]["variance"])
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     result = {"box": {**asdict(box), "start": box.start.isoformat(), "end": box.end.isoformat()},
               "split": asdict(opts.split), "grid_step": opts.grid_step,
               "settings": {k: v for k, v in overrides.items() if k not in ("data_dir", "local_dir")},
-              "counts": counts, "system": system, "table": result_table, "goal": verdict, "timings": timings,
-              "run_dir": str(run_dir)}
-    md = rb.markdown_table({box.label: result_table})
+              "counts": counts, "system": system, "table": result_table, "goal": verdict, "noise": noise,
+              "reliability": [c.to_dict() for c in curves], "timings": timings, "run_dir": str(run_dir)}
+    reliability_png = reliability_figure(curves, run_dir / RELIABILITY_PNG, box.label)
+    md = box_markdown(box.label, result_table, noise, curves, reliability_png.name)
     files = [write_text(run_dir / "table.md", md),
              write_text(run_dir / "result.json", json.dumps(result, indent=2, default=str)),
-             figure(result_table, held, archive, run_dir / "benchmark.png", box.label)]
+             figure(result_table, held, archive, run_dir / "benchmark.png", box.label), reliability_png]
     result["mlflow_run_id"] = log_to_mlflow(benchmark_tracking_uri(opts), box, opts, result, files)
     return result
+
+
+def box_markdown(label: str, table: dict, noise: dict, curves: list[rel.Reliability], reliability_png: str) -> str:
+    """table.md of one box: the scores, the noise check and the reliability of both intervals."""
+    return (rb.markdown_table({label: table})
+            + "\nRetrieval noise variance: implied by the intervals (retrieval half-width^2 - true-column "
+              "half-width^2, mean over held-out values) and from same-day neighbouring bins (robust; it "
+              "misses the noise neighbours share along a track):\n\n"
+            + rb.noise_markdown({label: noise})
+            + "\nReliability (observed coverage at nominal levels, Gaussian scaling of each 68 % half-width):\n\n"
+            + rel.markdown_table(curves) + f"\n![reliability]({reliability_png})\n")
 
 
 def benchmark_tracking_uri(opts: BenchmarkOptions) -> str:

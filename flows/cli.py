@@ -268,7 +268,8 @@ def _cmd_demo(args) -> int:
 def _cmd_benchmark_real(args) -> int:
     from flows import benchmark_real as br
     from flows.prefect_server import prefect_api
-    from models.real_benchmark import HOLDOUT_LABELS, SplitConfig, markdown_table
+    from models.real_benchmark import HOLDOUT_LABELS, SplitConfig, markdown_table, noise_markdown
+    from tasks.analysis.reliability import markdown_rows as reliability_markdown
 
     table_path = Path(args.table)
     if not table_path.is_file():
@@ -302,7 +303,20 @@ def _cmd_benchmark_real(args) -> int:
                       f"{'YES' if g['no_baseline_better'] else 'NO (' + '; '.join(g['beaten_by']) + ')'}")
         cov = ", ".join(f"{HOLDOUT_LABELS[h]} {s['coverage68']:.0%}" for h, s in r["table"]["xco2 archive"].items())
         console.print(f"{label}: 68% coverage in 60-76%: {'YES' if g['coverage_ok'] else 'NO'} ({cov})")
+    # Issue 22: the noise the two intervals imply beside same-day neighbouring bins' (which share,
+    # and so cancel, the part of the noise correlated along a track), and each interval's reliability.
+    console.print("retrieval noise variance: implied by the intervals vs same-day neighbouring bins (robust; "
+                  "neighbours ~25 km apart cancel the noise they share along a track)")
+    console.print(noise_markdown({label: r["noise"] for label, r in results.items()}), markup=False,
+                  highlight=False, soft_wrap=True)
+    for label, r in results.items():
+        console.print(f"{label}: reliability ({r['run_dir']}/reliability.png)")
+        console.print(reliability_markdown(r["reliability"]), markup=False, highlight=False, soft_wrap=True)
     if len(results) > 1:
+        md += ("\nRetrieval noise variance (ppm2), implied by the intervals and from same-day neighbouring bins:\n\n"
+               + noise_markdown({label: r["noise"] for label, r in results.items()})
+               + "".join(f"\nReliability, {label} (![reliability]({Path(r['run_dir']).name}/reliability.png)):\n\n"
+                         + reliability_markdown(r["reliability"]) for label, r in results.items()))
         out = br.write_combined(opts.out_root, md, results)
         console.print(f"combined table written to {out}")
     return 0

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.residual_field import Z68
+
 HOLDOUTS = ("spatial", "days")
 HOLDOUT_LABELS = {"spatial": "spatial blocks", "days": "whole days"}
 YEAR_DAYS = 365.25
@@ -189,13 +191,11 @@ def baselines(origin: date, seed: int = 0) -> list:
     return [TrainingMean(), HarmonicFit(origin), HarmonicDailyAnomaly(origin), TreeModel(origin, seed)]
 
 
-def noise_floor(df: pd.DataFrame, max_deg: float = NEIGHBOUR_MAX_DEG) -> dict:
-    """Retrieval noise from pairs of neighbouring bins on the same day: for two bins with the same
-    true value and independent errors of sd s, Var(a - b) = 2 s^2, so s = sqrt(mean((a - b)^2) / 2).
-    Real differences over one bin (~25 km) add to it, so this is an upper bound on the noise, and
-    the lowest RMSE any map can reach at single cell-days. Each unordered pair counts once."""
-    diffs = []
-    for _, g in df.groupby(pd.to_datetime(df["day"]).dt.date):
+def neighbour_pairs(df: pd.DataFrame, max_deg: float = NEIGHBOUR_MAX_DEG) -> tuple[np.ndarray, np.ndarray]:
+    """Differences a - b of every unordered pair of bins of the same day whose centres are at most
+    `max_deg` apart, and the day number of each pair."""
+    diffs, days = [], []
+    for day, g in df.groupby(pd.to_datetime(df["day"]).dt.date):
         if len(g) < 2:
             continue
         lon, lat, x = (g[c].to_numpy(np.float64) for c in ("lon", "lat", "xco2_ppm"))
@@ -203,9 +203,113 @@ def noise_floor(df: pd.DataFrame, max_deg: float = NEIGHBOUR_MAX_DEG) -> dict:
         near = np.triu((np.hypot(dlon, dlat) <= max_deg), k=1)
         i, j = np.nonzero(near)
         diffs.append(x[i] - x[j])
-    d = np.concatenate(diffs) if diffs else np.array([])
+        days.append(np.full(len(i), _day_numbers([day])[0]))
+    if not diffs:
+        return np.array([]), np.array([], np.int64)
+    return np.concatenate(diffs), np.concatenate(days)
+
+
+def noise_floor(df: pd.DataFrame, max_deg: float = NEIGHBOUR_MAX_DEG) -> dict:
+    """Retrieval noise from pairs of neighbouring bins on the same day: for two bins with the same
+    true value and independent errors of sd s, Var(a - b) = 2 s^2, so s = sqrt(mean((a - b)^2) / 2).
+    Real differences over one bin (~25 km) add to it, so this is an upper bound on the noise, and
+    the lowest RMSE any map can reach at single cell-days. Each unordered pair counts once."""
+    d, _ = neighbour_pairs(df, max_deg)
     sigma = float(np.sqrt(np.mean(d ** 2) / 2)) if d.size else float("nan")
     return {"rmse": sigma, "pairs": int(d.size)}
+
+
+# The normal's 1.4826 x MAD = sd: a robust variance of the differences, as the 68 % interval is a
+# quantile and not a second moment (a few retrievals 5-10 ppm off would set a mean square).
+_MAD_TO_SD = 1.4826
+
+
+def _robust_half_variance(d: np.ndarray) -> float:
+    # About 0, not the median: a pair's order is arbitrary, so its difference is symmetric about 0.
+    return float((_MAD_TO_SD * np.median(np.abs(d))) ** 2 / 2) if d.size else float("nan")
+
+
+def neighbour_noise_variance(df: pd.DataFrame, max_deg: float = NEIGHBOUR_MAX_DEG, seed: int = 0,
+                             draws: int = 1000) -> dict:
+    """The retrieval noise variance (ppm2) from same-day differences of neighbouring bins,
+    Var(a - b) / 2 with Var the robust (1.4826 x median |a - b|)^2, independent of any model.
+
+    Which noise it sees: two bins ~25 km apart on one track share the part of the retrieval error
+    that is correlated along the track over that distance (the day's and the scene's bias: aerosol,
+    surface, the retrieval's own slowly varying error), and the difference cancels it; the real
+    change of XCO2 over 25 km adds to it. So it measures the uncorrelated noise plus a little real
+    signal, and misses the correlated noise that the interval's noise term also holds.
+    Also: `variance_mean_square` (mean((a - b)^2) / 2, the noise floor's square) and the robust
+    estimate's 90 % range over days drawn with replacement (`low`, `high`): pairs of one day share
+    that day's scenes, so days are the independent pieces."""
+    d, days = neighbour_pairs(df, max_deg)
+    out = {"variance": _robust_half_variance(d),
+           "variance_mean_square": float(np.mean(d ** 2) / 2) if d.size else float("nan"),
+           "pairs": int(d.size), "days": int(len(np.unique(days))), "low": float("nan"), "high": float("nan"),
+           "max_deg": max_deg}
+    if d.size and out["days"] >= 2 and draws > 0:
+        labels, which = np.unique(days, return_inverse=True)
+        order = np.argsort(which, kind="stable")
+        sorted_abs = np.abs(d)[order]
+        starts = np.searchsorted(which[order], np.arange(len(labels)))
+        counts = np.bincount(which)
+        rng = np.random.default_rng(seed)
+        values = []
+        for _ in range(draws):
+            pick = rng.integers(0, len(labels), len(labels))
+            idx = np.concatenate([np.arange(starts[k], starts[k] + counts[k]) for k in pick])
+            values.append((_MAD_TO_SD * np.median(sorted_abs[idx])) ** 2 / 2)
+        out["low"], out["high"] = float(np.quantile(values, 0.05)), float(np.quantile(values, 0.95))
+    return out
+
+
+def implied_noise_variance(retrieval_half_width: np.ndarray, true_column_half_width: np.ndarray) -> dict:
+    """The retrieval noise variance (ppm2) the two intervals imply: mean over held-out values of
+    (retrieval half-width^2 - true-column half-width^2) / Z68^2, each value counting once as it does
+    in the coverage (`score`); N the values with both half-widths."""
+    r = np.asarray(retrieval_half_width, np.float64)
+    t = np.asarray(true_column_half_width, np.float64)
+    ok = np.isfinite(r) & np.isfinite(t)
+    if not ok.any():
+        return {"variance": float("nan"), "n": 0}
+    return {"variance": float(np.mean(r[ok] ** 2 - t[ok] ** 2) / Z68 ** 2), "n": int(ok.sum())}
+
+
+NOISE_TOLERANCE = 0.25  # issue 22: the two estimates agree within 25 %
+
+
+def noise_consistency(archive: dict[str, tuple[np.ndarray, ...]], rows: pd.DataFrame,
+                      tolerance: float = NOISE_TOLERANCE, seed: int = 0) -> dict:
+    """The noise the intervals imply at the held-out values (archive[holdout] = (xco2, retrieval
+    half-width, true-column half-width), pooled over holdouts and per holdout) beside the
+    independent same-day neighbour estimate from `rows`; their ratio and whether it is within
+    1 +- `tolerance`."""
+    parts = {h: implied_noise_variance(a[1], a[2]) for h, a in archive.items() if len(a) >= 3}
+    pooled = implied_noise_variance(np.concatenate([archive[h][1] for h in parts]) if parts else np.array([]),
+                                    np.concatenate([archive[h][2] for h in parts]) if parts else np.array([]))
+    independent = neighbour_noise_variance(rows, seed=seed)
+    ratio = pooled["variance"] / independent["variance"] if independent["variance"] > 0 else float("nan")
+    within = bool(np.isfinite(ratio) and abs(ratio - 1) <= tolerance)
+    return {"implied": pooled, "implied_by_holdout": parts, "neighbours": independent, "ratio": float(ratio),
+            "within": within, "tolerance": tolerance}
+
+
+def noise_markdown(results: dict[str, dict]) -> str:
+    """One row per box: the implied and the independent noise variance side by side."""
+    head = ["box", "implied by the intervals (ppm2)", "N", "same-day neighbour pairs (ppm2)", "90% range (days)",
+            "pairs", "ratio", f"within {NOISE_TOLERANCE:.0%}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def f(v: float, fmt: str = ".3f") -> str:
+        return "" if v is None or not np.isfinite(v) else format(v, fmt)
+
+    for box, c in results.items():
+        imp, nb = c["implied"], c["neighbours"]
+        verdict = ("YES" if c["within"] else "NO") if np.isfinite(c["ratio"]) else "no true-column band"
+        lines.append("| " + " | ".join([box, f(imp["variance"]), str(imp["n"]), f(nb["variance"]),
+                                        f"{f(nb['low'])}-{f(nb['high'])}" if np.isfinite(nb["low"]) else "",
+                                        str(nb["pairs"]), f(c["ratio"], ".2f"), verdict]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # ---- scores ------------------------------------------------------------------------------------
@@ -254,52 +358,71 @@ def day_bootstrap_range(inside: np.ndarray, days: np.ndarray, seed: int = 0, dra
     return float(np.quantile(coverage, 0.05)), float(np.quantile(coverage, 0.95))
 
 
-def read_cog_at(path: Path | str, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Band 1 (XCO2) and band 2 (68% half-width) of a day's COG in the cell holding each point;
-    NaN outside the raster or on nodata."""
+# The archive's bands as the benchmark reads them when not told otherwise: by index, the layout of
+# every archive so far (band 1 XCO2, band 2 the retrieval's 68 % half-width).
+DEFAULT_BANDS: tuple[str | int, ...] = (1, 2)
+
+
+def _band_index(descriptions: tuple[str | None, ...], band: str | int) -> int | None:
+    """1-based index of a band given by index or by description; None when the file lacks it."""
+    if isinstance(band, int):
+        return band if 1 <= band <= len(descriptions) else None
+    for k, name in enumerate(descriptions, start=1):
+        if name == band:
+            return k
+    return None
+
+
+def read_cog_at(path: Path | str, lon: np.ndarray, lat: np.ndarray,
+                bands: tuple[str | int, ...] = DEFAULT_BANDS) -> tuple[np.ndarray, ...]:
+    """Each of `bands` (a 1-based index or a band description) of a day's COG in the cell holding
+    each point; NaN outside the raster, on nodata and for a band the file lacks (an archive day
+    written before that band existed)."""
     import rasterio
 
     lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
-    xco2 = np.full(lon.shape, np.nan)
-    half = np.full(lon.shape, np.nan)
+    out = tuple(np.full(lon.shape, np.nan) for _ in bands)
     with rasterio.open(path) as src:
         t = src.transform  # north-up, as every archive COG is
         col = np.floor((lon - t.c) / t.a).astype(np.int64)
         row = np.floor((lat - t.f) / t.e).astype(np.int64)
         inside = (col >= 0) & (col < src.width) & (row >= 0) & (row < src.height)
-        bands = src.read([1, 2] if src.count >= 2 else [1]).astype(np.float64)
         nodata = src.nodata
-    for k, target in enumerate((xco2, half)[: bands.shape[0]]):
-        v = bands[k][row[inside], col[inside]]
-        if nodata is not None and np.isfinite(nodata):
-            v = np.where(v == nodata, np.nan, v)
-        target[inside] = v
-    return xco2, half
+        for target, band in zip(out, bands):
+            index = _band_index(tuple(src.descriptions), band)
+            if index is None:
+                continue
+            v = src.read(index).astype(np.float64)[row[inside], col[inside]]
+            if nodata is not None and np.isfinite(nodata):
+                v = np.where(v == nodata, np.nan, v)
+            target[inside] = v
+    return out
 
 
-def archive_at(rows: pd.DataFrame, cog_for_day) -> tuple[np.ndarray, np.ndarray]:
-    """The archive's XCO2 and half-width at each row's cell-day; `cog_for_day(day)` gives the path
-    of that day's COG (NaN where the day is not archived)."""
-    xco2 = np.full(len(rows), np.nan)
-    half = np.full(len(rows), np.nan)
+def archive_at(rows: pd.DataFrame, cog_for_day, bands: tuple[str | int, ...] = DEFAULT_BANDS
+               ) -> tuple[np.ndarray, ...]:
+    """The archive's `bands` (as read_cog_at) at each row's cell-day; `cog_for_day(day)` gives the
+    path of that day's COG (NaN where the day is not archived)."""
+    out = tuple(np.full(len(rows), np.nan) for _ in bands)
     days = pd.to_datetime(rows["day"]).dt.date.to_numpy()
     for day in np.unique(days):
         path = Path(cog_for_day(day))
         if not path.is_file():
             continue
         idx = np.nonzero(days == day)[0]
-        x, h = read_cog_at(path, rows["lon"].to_numpy()[idx], rows["lat"].to_numpy()[idx])
-        xco2[idx], half[idx] = x, h
-    return xco2, half
+        for target, values in zip(out, read_cog_at(path, rows["lon"].to_numpy()[idx], rows["lat"].to_numpy()[idx],
+                                                   bands)):
+            target[idx] = values
+    return out
 
 
-def benchmark_table(train: pd.DataFrame, held: dict[str, pd.DataFrame], archive: dict[str, tuple[np.ndarray, np.ndarray]],
+def benchmark_table(train: pd.DataFrame, held: dict[str, pd.DataFrame], archive: dict[str, tuple[np.ndarray, ...]],
                     origin: date, seed: int = 0) -> dict[str, dict[str, dict]]:
-    """{method: {holdout: score}}: the archive (`archive[holdout]` = (xco2, half_width) at the
-    held-out rows), every baseline fitted on `train`, and the noise floor of the training rows."""
+    """{method: {holdout: score}}: the archive (`archive[holdout]` = (xco2, retrieval half-width, ...)
+    at the held-out rows), every baseline fitted on `train`, and the noise floor of the training rows."""
     table: dict[str, dict[str, dict]] = {"xco2 archive": {}}
     for h, rows in held.items():
-        x, hw = archive[h]
+        x, hw = archive[h][0], archive[h][1]
         table["xco2 archive"][h] = score(rows["xco2_ppm"].to_numpy(), x, hw, rows["day"].to_numpy(), seed)
     for model in baselines(origin, seed):
         model.fit(train)

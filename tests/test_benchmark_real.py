@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from flows import benchmark_real as br
+from tasks.analysis.real_benchmark_io import ARCHIVE_BANDS
 from models import real_benchmark as rb
 
 BOX = br.BenchmarkBox("tiny", -60.0, -10.0, -58.0, -8.0, date(2016, 3, 1), date(2016, 3, 12))
@@ -212,3 +213,89 @@ def test_the_command_skips_without_the_table(tmp_path, capsys):
     table.to_parquet(tmp_path / "t.parquet")
     assert main(["benchmark", "real", "--table", str(tmp_path / "t.parquet"), "--box", "nowhere"]) == 2
     assert "NAME:WEST,SOUTH,EAST,NORTH" in capsys.readouterr().err
+
+
+def synthetic_tracks(n_days: int, independent_sd: float, track_sd: float = 0.0, outliers: float = 0.0,
+                     seed: int = 0) -> pd.DataFrame:
+    """One north-bound track a day, bins 0.2496 degree apart (the development set's spacing):
+    a day's level, a gentle along-track gradient, a track-correlated error of sd `track_sd`
+    varying over ~10 bins (AR(1)), independent noise of sd `independent_sd` and a fraction
+    `outliers` of retrievals 8 ppm off."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n_days):
+        lat = -30.0 + 0.2496 * np.arange(40)
+        lon = -60.0 + 0.05 * np.arange(40) + rng.uniform(-3, 3)
+        rho = np.exp(-1 / 10)
+        corr = np.empty(40)
+        corr[0] = rng.normal(0, track_sd)
+        for i in range(1, 40):
+            corr[i] = rho * corr[i - 1] + np.sqrt(1 - rho ** 2) * rng.normal(0, track_sd)
+        x = 400 + rng.normal(0, 2) + 0.01 * (lat - lat[0]) + corr + rng.normal(0, independent_sd, 40)
+        x += np.where(rng.random(40) < outliers, 8.0, 0.0)
+        frames.append(pd.DataFrame({"day": date(2016, 1, 1) + timedelta(days=k), "lon": lon, "lat": lat,
+                                    "xco2_ppm": x}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_neighbour_pairs_recover_a_known_noise_variance():
+    df = synthetic_tracks(150, independent_sd=1.2)
+    est = rb.neighbour_noise_variance(df, draws=200)
+    assert est["pairs"] == 150 * 39 and est["days"] == 150
+    assert est["variance"] == pytest.approx(1.44, rel=0.1)
+    assert est["low"] < est["variance"] < est["high"]
+    # Robust: 3 % of retrievals 8 ppm off (6 % of the pairs) move it by a fifth, the mean square doubles.
+    noisy = rb.neighbour_noise_variance(synthetic_tracks(150, independent_sd=1.2, outliers=0.03), draws=0)
+    assert noisy["variance"] < 1.3 * 1.44
+    assert noisy["variance_mean_square"] > 2 * 1.44
+
+
+def test_neighbour_pairs_miss_the_noise_shared_along_a_track():
+    """A track-correlated error (sd 1, ~10 bins long) adds 1 ppm2 to every retrieval's noise, yet
+    neighbours share 90 % of it: the pairs see the independent part and only a tenth of the rest."""
+    est = rb.neighbour_noise_variance(synthetic_tracks(80, independent_sd=1.0, track_sd=1.0), draws=0)
+    assert 1.0 < est["variance"] < 1.3  # not the 2.0 ppm2 of the whole noise
+
+
+def test_noise_consistency_compares_the_intervals_noise_with_the_pairs():
+    df = synthetic_tracks(60, independent_sd=1.0)
+    n = 50
+    retrieval = np.full(n, np.sqrt(0.8 + 1.0))  # field variance 0.8 + noise 1.0
+    true_column = np.full(n, np.sqrt(0.8))
+    archive = {"spatial": (np.zeros(n), retrieval, true_column), "days": (np.zeros(n), retrieval, true_column)}
+    c = rb.noise_consistency(archive, df)
+    assert c["implied"]["variance"] == pytest.approx(1.0) and c["implied"]["n"] == 2 * n
+    assert c["ratio"] == pytest.approx(1.0, rel=0.15) and c["within"]
+    doubled = {h: (a[0], np.sqrt(0.8 + 2.0) * np.ones(n), a[2]) for h, a in archive.items()}
+    assert not rb.noise_consistency(doubled, df)["within"]
+    old_layout = {h: (a[0], a[1], np.full(n, np.nan)) for h, a in archive.items()}
+    c_old = rb.noise_consistency(old_layout, df)
+    assert c_old["implied"]["n"] == 0 and not c_old["within"]
+    table = rb.noise_markdown({"box A": c, "box B": c_old})
+    assert "| box A | 1.000 | 100 |" in table and "| YES |" in table
+    assert "no true-column band" in table
+
+
+def test_the_archive_bands_are_read_by_description(tmp_path):
+    from affine import Affine
+    import rasterio
+
+    transform = Affine(0.25, 0, -60.0, 0, -0.25, -9.25)
+    path = tmp_path / "day.tif"
+    bands = np.stack([np.full((2, 2), 400.0), np.full((2, 2), 1.5), np.full((2, 2), 0.9)]).astype(np.float32)
+    with rasterio.open(path, "w", driver="GTiff", width=2, height=2, count=3, dtype="float32", crs="EPSG:4326",
+                       transform=transform, nodata=float("nan")) as dst:
+        dst.write(bands)
+        for k, name in enumerate(ARCHIVE_BANDS, start=1):
+            dst.set_band_description(k, name)
+    old = tmp_path / "old.tif"
+    with rasterio.open(old, "w", driver="GTiff", width=2, height=2, count=2, dtype="float32", crs="EPSG:4326",
+                       transform=transform, nodata=float("nan")) as dst:
+        dst.write(bands[:2])
+        for k, name in enumerate(ARCHIVE_BANDS[:2], start=1):
+            dst.set_band_description(k, name)
+    lon, lat = np.array([-59.9]), np.array([-9.3])
+    x, r, t = rb.read_cog_at(path, lon, lat, ARCHIVE_BANDS)
+    assert (x[0], r[0], t[0]) == (400.0, 1.5, pytest.approx(0.9))
+    x, r, t = rb.read_cog_at(old, lon, lat, ARCHIVE_BANDS)
+    assert x[0] == 400.0 and r[0] == 1.5 and np.isnan(t[0])  # a day archived before the band: NaN
