@@ -114,7 +114,7 @@ def check_state(settings: Settings, grid: Grid) -> list[dict]:
     """Damaged derived state set aside and recomputed, dead writers' temp files removed (what was found)."""
     from prefect import get_run_logger
 
-    from tasks.io.state_check import check_state as check
+    from tasks.steps.state_check import check_state as check
 
     return [f.to_dict() for f in check(settings, grid, logger=get_run_logger())]
 

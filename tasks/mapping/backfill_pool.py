@@ -19,7 +19,7 @@ kernel releases when a worker dies.
 
 A worker that dies (killed, out of memory) fails the day it was mapping and no other: the parent
 sees its exit, records the day as failed, removes the temp files that the dead writer left
-(tasks/io/state_check.remove_dead_temp_files) and starts a fresh worker for the remaining days.
+(tasks/io/integrity.remove_dead_temp_files) and starts a fresh worker for the remaining days.
 A day that raises fails alone too, with the worker kept.
 """
 
@@ -135,7 +135,7 @@ def map_days_in_processes(settings: Settings, grid: Grid, days: list[date], cham
 
     `on_done` is called in this process as each day finishes (progress). `open_predictor` and
     `map_one` must be module-level functions (they are sent to spawned processes)."""
-    from tasks.io.state_check import remove_dead_temp_files
+    from tasks.io.integrity import remove_dead_temp_files
 
     plan = PoolPlan.for_days(len(days), workers)
     context = multiprocessing.get_context("spawn")

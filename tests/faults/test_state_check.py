@@ -30,7 +30,8 @@ from tasks.settings import load_settings
 from tasks.sources import pull, raw_granules
 from tasks.sources.pull import raw_dir
 from tasks.sources.products import SATELLITES
-from tasks.io.state_check import check_state, npy_problem, parquet_problem, remove_dead_temp_files, set_aside
+from tasks.io.integrity import npy_problem, parquet_problem, remove_dead_temp_files
+from tasks.steps.state_check import check_state, set_aside
 
 START, END = date(2020, 6, 1), date(2020, 6, 3)
 DAMAGED_DAY = date(2020, 6, 2)
@@ -111,7 +112,7 @@ def test_truncated_sample_file_is_named_set_aside_and_sampled_again(store, caplo
     with pytest.raises(SampleStoreError, match=f"{path}: unreadable sample file"):
         read_samples(settings.region_dir)
 
-    with caplog.at_level("WARNING", logger="tasks.io.state_check"):
+    with caplog.at_level("WARNING", logger="tasks.steps.state_check"):
         [finding] = findings_of(settings, grid, "samples")
     assert "Parquet footer" in finding["problem"] and "sampled again" in finding["action"]
     assert f"state check: samples {path}: unreadable Parquet footer" in caplog.text
@@ -302,7 +303,7 @@ def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(store, caplog
         _touch(settings.archive_root / SMALL_REGION.name / ".stac.lock"),              # not a temp file
     ]
 
-    with caplog.at_level("WARNING", logger="tasks.io.state_check"):
+    with caplog.at_level("WARNING", logger="tasks.io.integrity"):
         findings = check_state(settings, grid)
     assert "removed 8 temp files of writers that are no longer running" in caplog.text
     assert sorted(f.path for f in findings) == sorted(str(p) for p in gone)
