@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from registry.champion import ChampionNotFoundError, load_champion
 from models.onnx_runtime import OnnxPredictor
 from tasks import prefect_tasks
-from tasks.mapping.day import current_provenance
+from tasks.mapping.day import current_provenance, mapping_window
 from tasks.samples import store as samples
 from tasks.archive import archived_days
 from tasks.archive.health import check_archive
@@ -94,7 +94,7 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     for product, why in pulled.failed.items():
         logger.error("could not pull %s: %s", product, why)
 
-    mapped, champion, archive_repairs, unmapped = extend_archive(settings, grid, last, recompute=refreshed)
+    mapped, champion, archive_repairs, unmapped = extend_archive(settings, grid, last, recompute=refreshed, first=first)
 
     prefect_tasks.publish(steps.run_artifacts(first, last, region, settings.archive_root, pulled, rows, fit, quarantined,
                                               state_findings, archive_repairs, mapped, champion, unmapped,
@@ -106,10 +106,11 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                             refreshed, fit, gosat_refit=gosat_refit)
 
 
-def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = frozenset()):
+def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = frozenset(), first: date | None = None):
     """Map every day of the archive look-back missing from the archive whose inputs exist, and
-    re-map archived days in `recompute` (their ERA5 was replaced) and the look-back's stale days
-    (what they were made from changed: tasks/archive/provenance.py); each row says why. Returns (rows, champion or None,
+    re-map archived days in `recompute` (their ERA5 was replaced) and the stale days among the
+    look-back and the days whose input window reaches into the run's window [first, last] (what
+    they were made from changed: tasks/archive/provenance.py); each row says why. Returns (rows, champion or None,
     repairs, {day: why} of days that could not be written): first the look-back's COG + STAC item
     pairs are checked, a lost item written again, an unsound COG quarantined (and so mapped
     again below)."""
@@ -128,7 +129,9 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
         return [], None, repairs, {}
     era5_dir = raw_dir(settings, "era5")
     archived = set(archived_days(settings.archive_root, settings.region.name))
-    stale = stale_archive_days(settings.archive_root, settings.region.name, lookback,
+    scan = steps.days_to_check_for_staleness(lookback, archived, first or min(lookback), last,
+                                             lambda d: mapping_window(settings, champion, d))
+    stale = stale_archive_days(settings.archive_root, settings.region.name, scan,
                                current_provenance(settings, champion))
     todo = steps.days_to_map(lookback, archived, set(recompute) | set(stale),
                              lambda d: inputs_available(era5_dir, d, settings.quarantine_dir,

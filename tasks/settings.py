@@ -14,16 +14,14 @@ import difflib
 import math
 import os
 import re
-import socket
 import tempfile
 import threading
 import tomllib
-import urllib.request
 from datetime import date
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -670,19 +668,28 @@ def check_local_source(settings: Settings) -> None:
         raise ConfigError(f"local_dir (XCO2_LOCAL_DIR): {path} {why}; source=local reads the granules from it")
 
 
-def _connect_problem(host: str, port: int, timeout_s: float) -> str | None:
-    """Why a TCP connection to host:port could not be made within `timeout_s`, or None. The name
-    lookup runs in a thread too, so that a resolver that hangs is bounded as well."""
+def _health_problem(health_url: str, timeout_s: float) -> str | None:
+    """Why `health_url` did not answer as an MLflow server does (HTTP 200) within `timeout_s`, or
+    None. A TCP connection alone proves nothing: a proxy, a firewall or another service may take
+    it and then say nothing useful. The request (name lookup included) runs in a thread so that
+    the whole probe is bounded."""
+    import requests
+
     outcome: list[str | None] = []
 
     def attempt() -> None:
         try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                outcome.append(None)
-        except OSError as exc:
-            outcome.append("connection refused" if isinstance(exc, ConnectionRefusedError) else
-                           "no answer" if isinstance(exc, TimeoutError) else
-                           exc.strerror or type(exc).__name__)
+            response = requests.get(health_url, timeout=(timeout_s, timeout_s), allow_redirects=False)
+        except requests.ConnectionError as exc:
+            refused = isinstance(getattr(exc, "__context__", None), ConnectionRefusedError) or "refused" in str(exc)
+            outcome.append("connection refused" if refused else "no connection")
+        except requests.Timeout:
+            outcome.append("no answer")
+        except requests.RequestException as exc:
+            outcome.append(type(exc).__name__)
+        else:
+            outcome.append(None if response.status_code == 200 else
+                           f"HTTP {response.status_code} from its /health: not an MLflow tracking server")
 
     thread = threading.Thread(target=attempt, name="xco2-tracking-probe", daemon=True)
     thread.start()
@@ -691,24 +698,23 @@ def _connect_problem(host: str, port: int, timeout_s: float) -> str | None:
 
 
 def check_tracking_server(settings: Settings, timeout_s: float = TRACKING_PROBE_TIMEOUT_S) -> None:
-    """An http(s) tracking URI: its server (or the proxy the environment names for it) accepts a
-    TCP connection within `timeout_s`, else a ConfigError naming the setting and the server, at
-    once instead of after MLflow's retries. Other URIs are local stores: nothing to probe.
-    Called where a command that uses the registry starts, not in `load_settings`."""
+    """An http(s) tracking URI: its server answers MLflow's health check (`<uri>/health`, HTTP 200,
+    through the proxy the environment names, as MLflow's own requests go) within `timeout_s`, else
+    a ConfigError naming the setting and the server, at once instead of after MLflow's retries.
+    Other URIs are local stores: nothing to probe. Called where a command that uses the registry
+    starts, not in `load_settings`."""
     uri = settings.tracking_uri
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
         return
-    host, port = parts.hostname, parts.port or (443 if scheme == "https" else 80)
-    proxy = urllib.request.getproxies().get(scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        if via.hostname:
-            host, port = via.hostname, via.port or 80
-    problem = _connect_problem(host, port, timeout_s)
+    # MLflow's server answers /health (under its static prefix, if any) without credentials.
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    health_url = urlunsplit((scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    problem = _health_problem(health_url, timeout_s)
     if problem is not None:
         raise ConfigError(
             f"mlflow_tracking_uri (XCO2_MLFLOW_TRACKING_URI): the MLflow tracking server {redact_userinfo(uri)} "
-            f"does not answer ({problem}, {host}:{port} probed for {timeout_s:g} s): start it (`make up` starts "
+            f"does not answer as MLflow does ({problem}; {health_url} probed for {timeout_s:g} s): start it (`make up` starts "
             "the stack) or point XCO2_MLFLOW_TRACKING_URI at a running one")

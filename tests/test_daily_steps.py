@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -124,6 +124,23 @@ def test_days_to_map_missing_or_recomputed_with_inputs():
     # 6-10 missing; 6-07 missing but without inputs; 6-08 and 5-01 archived and recomputed;
     # 5-02 to recompute but never archived; 6-09 archived and unchanged.
     assert todo == [date(2020, 5, 1), date(2020, 6, 8), D]
+
+
+def test_days_whose_field_window_reaches_the_runs_window_are_checked_for_staleness():
+    # A run over 6-01..6-10 (granules may arrive 10 days late) with a +-15-day field: every
+    # archived day from 5-17 to 6-25 may have gained samples; 5-16 and 6-26 cannot have.
+    lookback = steps.archive_lookback(D, 3)
+    archived = {date(2020, 5, 1), date(2020, 5, 16), date(2020, 5, 17), date(2020, 6, 25), date(2020, 6, 26)}
+
+    def field(d):
+        return d - timedelta(days=15), d + timedelta(days=15)
+
+    scan = steps.days_to_check_for_staleness(lookback, archived, date(2020, 6, 1), D, field)
+    assert scan == [date(2020, 5, 17), date(2020, 6, 8), date(2020, 6, 9), D, date(2020, 6, 25)]
+    # A map of the day alone (no field) is the concern of its own day only.
+    alone = steps.days_to_check_for_staleness(lookback, archived | {date(2020, 6, 2)}, date(2020, 6, 1), D,
+                                              lambda d: (d, d))
+    assert alone == [date(2020, 6, 2), date(2020, 6, 8), date(2020, 6, 9), D]
 
 
 @dataclass

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.io.atomic import atomic_path, write_json
+from tasks.io.file_digests import FileDigests
 from tasks.covariates.features import DayLayers
 from tasks.fusion.merge import GosatFit, collocations, fit_gosat_to_oco, fuse_day, merge_oco
 from tasks.gridding.geometry import Grid
@@ -65,6 +66,11 @@ def footprint_file(region_dir: Path, source: str, day: date) -> Path:
 
 def gosat_fit_file(region_dir: Path) -> Path:
     return region_dir / "gosat_fit.json"
+
+
+def fit_inputs_digests_file(region_dir: Path) -> Path:
+    """The remembered digests of the files a GOSAT fit is made from (a cache: tasks/io/file_digests.py)."""
+    return region_dir / "gosat_fit_inputs.digests.json"
 
 
 def grid_day(day: date, granules: dict[str, list[Path]], grid: Grid, region_dir: Path,
@@ -206,15 +212,20 @@ def _fit_on(region_dir: Path, through: date | None) -> GosatFit:
 def fit_inputs_digest(region_dir: Path, through: date | None) -> str:
     """A digest of what a fit through `through` is made from: for every gridded GOSAT day up to
     it, the bytes of its footprints and of that day's OCO-2 and OCO-3 cells. A GOSAT day that
-    arrives late, or a day re-gridded with other soundings, changes it."""
+    arrives late, or a day re-gridded with other soundings, changes it. The files' own digests
+    are remembered (`fit_inputs_digests_file`): a nightly run reads only the files written since,
+    not the whole history."""
     h = hashlib.sha256()
+    files = FileDigests(fit_inputs_digests_file(region_dir))
     for day in _gridded_days(region_dir, "gosat"):
         if through is not None and day > through:
             continue
         for path in (footprint_file(region_dir, "gosat", day), gridded_file(region_dir, "gosat", day),
                      gridded_file(region_dir, "oco2", day), gridded_file(region_dir, "oco3", day)):
             h.update(f"{path.parent.name}/{path.name}:".encode())
-            h.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"-")
+            digest = files.sha256(path)
+            h.update(bytes.fromhex(digest) if digest is not None else b"-")
+    files.save()
     return h.hexdigest()
 
 

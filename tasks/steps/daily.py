@@ -96,6 +96,21 @@ def days_to_map(lookback: Iterable[date], archived: set[date], recompute: set[da
     return sorted(d for d in todo if available(d))
 
 
+def days_to_check_for_staleness(lookback: Iterable[date], archived: Iterable[date], first: date, last: date,
+                                 window_of: Callable[[date], tuple[date, date]]) -> list[date]:
+    """The archived days whose record this run may have made untrue: the look-back's, and every
+    archived day whose input window reaches into the run's window [first, last] (its samples and
+    ERA5 may have arrived or changed). A field of +-15 days makes a granule delivered 10 days late
+    the concern of the 31 days around it, not of the last 3 alone; anything older is
+    `xco2 backfill --stale`'s."""
+    out = set(lookback)
+    for day in archived:
+        start, end = window_of(day)
+        if start <= last and end >= first:
+            out.add(day)
+    return sorted(out)
+
+
 MISSING = "missing from the archive"
 ERA5_REPLACED = "its ERA5 was replaced"
 

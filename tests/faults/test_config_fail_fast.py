@@ -6,11 +6,13 @@ retries), and a grid step that gives more cells than a day's mapping can hold.""
 from __future__ import annotations
 
 import socket
-from contextlib import nullcontext
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-import tasks.settings as settings_module
 from tasks.gridding.geometry import Grid
 from tasks.settings import (
     MAX_GRID_CELLS,
@@ -120,43 +122,89 @@ def test_an_unreachable_tracking_server_is_named_at_once(command_env, no_flow, c
     assert uri in line and "connection refused" in line
 
 
-def test_the_probe_is_one_short_connection_attempt(command_env, no_flow, capsys, monkeypatch):
-    """A server that never answers: one connect with the probe's timeout (MLflow's own defaults
+def test_the_probe_is_one_short_request(command_env, no_flow, capsys, monkeypatch):
+    """A server that never answers: one request with the probe's timeout (MLflow's own defaults
     retry for minutes); the message says how long it was given."""
+    import requests
+
     calls = []
 
-    def silent(address, timeout=None, *args, **kwargs):
-        calls.append((address, timeout))
-        raise TimeoutError("timed out")
+    def silent(url, timeout=None, **kwargs):
+        calls.append((url, timeout))
+        raise requests.Timeout("timed out")
 
-    monkeypatch.setattr(settings_module.socket, "create_connection", silent)
+    monkeypatch.setattr(requests, "get", silent)
     command_env.setenv("XCO2_MLFLOW_TRACKING_URI", "http://mlflow.example.org:5000")
     assert no_flow.main(["daily", "--end", "2020-06-01"]) == 2
-    assert calls == [(("mlflow.example.org", 5000), TRACKING_PROBE_TIMEOUT_S)] and TRACKING_PROBE_TIMEOUT_S <= 2
+    assert calls == [("http://mlflow.example.org:5000/health", (TRACKING_PROBE_TIMEOUT_S,) * 2)]
+    assert TRACKING_PROBE_TIMEOUT_S <= 2
     line = _one_line(capsys)
     assert "no answer" in line and f"probed for {TRACKING_PROBE_TIMEOUT_S:g} s" in line
 
 
+@contextmanager
+def _http_server(status: int, body: bytes = b"OK", hang: bool = False):
+    """A loopback HTTP server answering every GET with `status` (or taking the connection and
+    saying nothing, as a firewall or a stuck service may)."""
+    release = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            if hang:
+                release.wait(10)
+                return
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status, hang, why", [(404, False, "HTTP 404 from its /health"), (0, True, "no answer")])
+def test_a_port_that_takes_the_connection_but_is_not_mlflow_is_named_at_once(command_env, no_flow, capsys,
+                                                                            status, hang, why):
+    # What a sandbox's or a firewall's catch-all, or another service on the port, looks like.
+    with _http_server(status, b"", hang=hang) as uri:
+        command_env.setenv("XCO2_MLFLOW_TRACKING_URI", uri)
+        t0 = time.monotonic()
+        assert no_flow.main(["backfill", "--stale"]) == 2
+        assert time.monotonic() - t0 < 2 + 0.5
+    line = _one_line(capsys)
+    assert line.startswith("xco2: mlflow_tracking_uri (XCO2_MLFLOW_TRACKING_URI)") and why in line
+
+
 def test_plain_settings_and_commands_without_the_registry_do_not_probe(command_env, capsys, monkeypatch):
     """The nightly path's load_settings() and `xco2 config` never wait on the network."""
+    import requests
+
     from flows import cli
 
     def no_network(*args, **kwargs):
         raise AssertionError("probed the tracking server")
 
-    monkeypatch.setattr(settings_module.socket, "create_connection", no_network)
+    monkeypatch.setattr(requests, "get", no_network)
     command_env.setenv("XCO2_MLFLOW_TRACKING_URI", "http://mlflow.example.org:5000")
     assert load_settings().tracking_uri == "http://mlflow.example.org:5000"
     assert cli.main(["config"]) == 0
 
 
-def test_a_reachable_tracking_server_passes(command_env, monkeypatch):
+def test_a_server_that_answers_as_mlflow_does_passes(command_env, monkeypatch):
     from flows import cli
 
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-        command_env.setenv("XCO2_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.getsockname()[1]}")
+    with _http_server(200, b"OK") as uri:
+        command_env.setenv("XCO2_MLFLOW_TRACKING_URI", uri)
         monkeypatch.setattr(cli, "_prefect_api_for", lambda args: nullcontext())
         monkeypatch.setattr(cli, "_cmd_retrain", lambda args: 0)
         assert cli.main(["retrain"]) == 0
