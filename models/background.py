@@ -52,6 +52,10 @@ class Background:
     reference_longitude: float
     n_fit: int = 0
     residual_sd_ppm: float = float("nan")  # robust (MAD) sd of the fit's residuals
+    # The coefficients' covariance (ppm2 in TERMS' units, row-major, len(TERMS)^2 values): the
+    # posterior of the weighted fit with the prior, days as the independent pieces. None for a
+    # background fitted before it was kept (its maps have no true-column interval).
+    covariance: tuple[float, ...] | None = None
 
     def basis(self, years: np.ndarray, doy_sin: np.ndarray, doy_cos: np.ndarray, latitude: np.ndarray,
               longitude: np.ndarray) -> np.ndarray:
@@ -67,19 +71,60 @@ class Background:
         X = np.asarray(X, dtype=np.float64)
         return self.evaluate(*(X[:, i] for i in columns))
 
+    def covariance_matrix(self) -> np.ndarray | None:
+        if self.covariance is None:
+            return None
+        return np.asarray(self.covariance, np.float64).reshape(len(TERMS), len(TERMS))
+
+    def basis_at(self, day: np.ndarray, latitude: np.ndarray, longitude: np.ndarray) -> np.ndarray:
+        """The design rows at days (days since 1970-01-01) and places, the time terms computed as
+        the feature set computes them (tasks/covariates/features.py::time_features)."""
+        years, doy_sin, doy_cos = time_terms(day)
+        return self.basis(years, doy_sin, doy_cos, latitude, longitude)
+
+    def variance_at(self, day: np.ndarray, latitude: np.ndarray, longitude: np.ndarray) -> np.ndarray:
+        """The background's variance (ppm2) at days and places from its coefficients' uncertainty:
+        small inside the window it was fitted on, growing with the distance in time from it as the
+        trend and the seasonal cycle are extrapolated. Zeros when no covariance was kept."""
+        C = self.covariance_matrix()
+        if C is None:
+            return np.zeros(np.broadcast(np.asarray(day), np.asarray(latitude)).shape)
+        B = self.basis_at(day, latitude, longitude)
+        return np.maximum(np.einsum("ij,jk,ik->i", B, C, B), 0.0)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"terms": list(TERMS), "coefficients": list(self.coefficients),
-                "reference_years": self.reference_years, "reference_latitude": self.reference_latitude,
-                "reference_longitude": self.reference_longitude, "n_fit": self.n_fit,
-                "residual_sd_ppm": self.residual_sd_ppm}
+        out: dict[str, Any] = {"terms": list(TERMS), "coefficients": list(self.coefficients),
+                               "reference_years": self.reference_years, "reference_latitude": self.reference_latitude,
+                               "reference_longitude": self.reference_longitude, "n_fit": self.n_fit,
+                               "residual_sd_ppm": self.residual_sd_ppm}
+        if self.covariance is not None:
+            out["covariance"] = list(self.covariance)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Background":
         if list(data.get("terms", [])) != list(TERMS):
             raise BackgroundError(f"background terms {data.get('terms')} differ from this code's {list(TERMS)}")
+        covariance = data.get("covariance")
+        if covariance is not None and len(covariance) != len(TERMS) ** 2:
+            raise BackgroundError(f"background covariance has {len(covariance)} values, expected {len(TERMS) ** 2}")
         return cls(tuple(float(c) for c in data["coefficients"]), float(data["reference_years"]),
                    float(data["reference_latitude"]), float(data["reference_longitude"]), int(data.get("n_fit", 0)),
-                   float(data.get("residual_sd_ppm", float("nan"))))
+                   float(data.get("residual_sd_ppm", float("nan"))),
+                   tuple(float(c) for c in covariance) if covariance is not None else None)
+
+
+# 2015-01-01 in days since 1970-01-01: the origin of the feature years_since_2015.
+_DAY_2015 = 16436
+
+
+def time_terms(day: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """years_since_2015, doy_sin, doy_cos of days given as days since 1970-01-01 (as the feature set)."""
+    d = np.floor(np.asarray(day, np.float64)).astype(np.int64)
+    dates = d.astype("datetime64[D]")
+    day_of_year = (dates - dates.astype("datetime64[Y]").astype("datetime64[D]")).astype(np.int64) + 1
+    angle = 2 * np.pi * day_of_year / 365.25
+    return (d - _DAY_2015) / 365.25, np.sin(angle), np.cos(angle)
 
 
 def input_columns(feature_names: Sequence[str]) -> list[int]:
@@ -140,7 +185,23 @@ def fit_background(X: np.ndarray, y: np.ndarray, feature_names: Sequence[str], w
         beta = beta_new
     residual = y - A @ beta
     sd = 1.4826 * _weighted_median(np.abs(residual - _weighted_median(residual, w)), w)
-    return Background(tuple(float(b) for b in beta), *reference, n_fit=len(y), residual_sd_ppm=float(sd))
+    covariance = coefficient_covariance(A, residual, w * robust, precision)
+    return Background(tuple(float(b) for b in beta), *reference, n_fit=len(y), residual_sd_ppm=float(sd),
+                      covariance=tuple(float(c) for c in covariance.ravel()))
+
+
+def coefficient_covariance(A: np.ndarray, residual: np.ndarray, weight: np.ndarray, precision: np.ndarray
+                           ) -> np.ndarray:
+    """The coefficients' posterior covariance: (A' W A / s2 + prior precision)^-1.
+
+    `weight` sums to the number of days (fit_background): a day's observations share their error,
+    so the data count as one piece of variance s2 per day, s2 the weighted mean squared residual
+    (not the robust sd: the tails are part of what a day's level carries). Counted per cell the
+    thousands of cells of a day would make the trend look known to a few hundredths of a ppm."""
+    total = float(weight.sum())
+    s2 = max(float(np.sum(weight * residual ** 2)) / total, 1e-6) if total > 0 else 1.0
+    information = A.T @ (weight[:, None] * A) / s2 + np.diag(precision)
+    return np.linalg.pinv(information, hermitian=True)
 
 
 def weighted_quantile(values: np.ndarray, weight: np.ndarray, q: float) -> float:

@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 
 from models.evaluation import random_split, regression_metrics
-from models.residual_field import (CLIP_MADS, ResidualField, Superobs, calibrate_interval, day_number,
-                                   fit_residual_field, interval_half_width, predict_points, robust_sd, superobs)
+from models.background import Background
+from models.residual_field import (CLIP_MADS, ResidualField, Superobs, calibrate_interval, calibrate_true_column,
+                                   day_number, fit_residual_field, interval_half_width,
+                                   predict_points_with_background, robust_sd, superobs)
 from models.validation import group_holdout, spatial_block_ids
 
 
@@ -226,12 +228,15 @@ class FieldFit:
     calibration_coverage: dict[str, float]
     # name -> (residual, field mean, field variance) of the calibration halves
     calibration_predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = dataclass_field(default_factory=dict)
+    # name -> coverage of the held-out retrievals by the true-column interval plus their retrieval noise
+    true_column_coverage: dict[str, float] = dataclass_field(default_factory=dict)
 
 
 def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
               calibration: dict[str, np.ndarray], seed: int, superob_deg: float = 0.1,
               lattice_deg: float = 0.05, cross_validate: bool = False, block_km: float = 50.0,
-              residual_without: Callable[[np.ndarray], np.ndarray] | None = None) -> FieldFit:
+              residual_without: Callable[[np.ndarray], np.ndarray] | None = None,
+              background: Background | None = None) -> FieldFit:
     """The daily-anomaly field from the training samples' residuals (observed - model), its interval
     calibrated on the held-out sets in `calibration` (name -> indices), each predicted from the
     training samples only. frame: the samples (latitude, longitude, day, weight).
@@ -241,7 +246,10 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
     rests on: a half of a few held-out days is too few to set a 68% interval.
     residual_without(rest): every sample's residual from a model refitted on the samples `rest`
     only; with it each fold's residuals come from a background that never saw the fold, as a
-    held-out day's do (in-sample residuals understate whole-day errors: docs/design.md)."""
+    held-out day's do (in-sample residuals understate whole-day errors: docs/design.md).
+    background: the background the residuals are from; with its coefficients' covariance the
+    true column's interval is calibrated too (calibrate_true_column), its variance the field's plus
+    the background's left after conditioning."""
     lat0 = float(np.mean(frame["latitude"]))
     weight = frame["weight"].to_numpy(np.float64) if "weight" in frame else np.ones(len(frame))
     clip = CLIP_MADS * robust_sd(residual[training])
@@ -250,24 +258,29 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
     predictions = {}
     # Each held-out sample counts by its independent soundings: one GOSAT sounding fills ~80 cells,
     # and counted per cell its retrieval noise set the demo world's interval (scale 0.24, noise x 100).
-    weights = {}
+    weights, extras = {}, {}
     for name, idx in calibration.items():
         if len(idx):
-            mean, var = predict_field(fitted, obs, frame, idx)
+            mean, var, extra = predict_field_with_background(fitted, obs, frame, idx, background)
             predictions[name] = (residual[idx], mean, var)
-            weights[name] = weight[idx]
+            weights[name], extras[name] = weight[idx], extra
     holdouts = dict(predictions)
     if cross_validate:
-        for name, (r, m, v, w) in _cross_validated(fitted, frame, residual, weight, training, seed, block_km,
-                                                   residual_without).items():
+        for name, (r, m, v, x, w) in _cross_validated(fitted, frame, residual, weight, training, seed, block_km,
+                                                      residual_without, background=background).items():
             if name in holdouts:
                 r0, m0, v0 = holdouts[name]
                 holdouts[name] = (np.concatenate([r0, r]), np.concatenate([m0, m]), np.concatenate([v0, v]))
                 weights[name] = np.concatenate([weights[name], w])
+                extras[name] = np.concatenate([extras[name], x])
             else:
-                holdouts[name], weights[name] = (r, m, v), w
+                holdouts[name], weights[name], extras[name] = (r, m, v), w, x
     fitted, coverage = calibrate_interval(fitted, holdouts, weights)
-    return FieldFit(fitted, obs, coverage, predictions)
+    true_coverage: dict[str, float] = {}
+    if background is not None and background.covariance is not None:
+        fitted, true_coverage = calibrate_true_column(
+            fitted, {k: (r - m, v + extras[k]) for k, (r, m, v) in holdouts.items()}, weights)
+    return FieldFit(fitted, obs, coverage, predictions, true_coverage)
 
 
 def observed_by(field_fit: FieldFit, frame: pd.DataFrame, residual: np.ndarray, idx: np.ndarray) -> FieldFit:
@@ -288,7 +301,8 @@ def _superobs_of(frame: pd.DataFrame, residual: np.ndarray, weight: np.ndarray, 
 def _cross_validated(fitted: ResidualField, frame: pd.DataFrame, residual: np.ndarray, weight: np.ndarray,
                      training: np.ndarray, seed: int, block_km: float,
                      residual_without: Callable[[np.ndarray], np.ndarray] | None = None, n_folds: int = 3,
-                     max_targets: int = 1500) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+                     max_targets: int = 1500, background: Background | None = None
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     from models.validation import group_folds
 
     lat = frame["latitude"].to_numpy()[training]
@@ -307,18 +321,27 @@ def _cross_validated(fitted: ResidualField, frame: pd.DataFrame, residual: np.nd
                 test = np.sort(rng.choice(test, max_targets, replace=False))
             fold_residual = residual if residual_without is None else residual_without(training[rest])
             obs = _superobs_of(frame, fold_residual, weight, training[rest], fitted.superob_deg, fitted.clip_ppm)
-            mean, var = predict_field(fitted, obs, frame, test)
-            parts.append((fold_residual[test], mean, var, weight[test]))
-        r, m, v, w = (np.concatenate([p[i] for p in parts]) for i in range(4))
-        out[name] = (r, m, v, w)
+            # The background's covariance is the full fit's: the fold's own refit (two thirds of
+            # the days) is a little less certain, which the true column's scale absorbs.
+            mean, var, extra = predict_field_with_background(fitted, obs, frame, test, background)
+            parts.append((fold_residual[test], mean, var, extra, weight[test]))
+        r, m, v, x, w = (np.concatenate([p[i] for p in parts]) for i in range(5))
+        out[name] = (r, m, v, x, w)
     return out
 
 
 def predict_field(field: ResidualField, obs: Superobs, frame: pd.DataFrame, idx: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
+    mean, var, _ = predict_field_with_background(field, obs, frame, idx, None)
+    return mean, var
+
+
+def predict_field_with_background(field: ResidualField, obs: Superobs, frame: pd.DataFrame, idx: np.ndarray,
+                                  background: Background | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lat0 = float(np.mean(frame["latitude"]))
-    return predict_points(field, obs, lat0, frame["longitude"].to_numpy()[idx], frame["latitude"].to_numpy()[idx],
-                          day_number(frame["day"].to_numpy()[idx]))
+    return predict_points_with_background(field, obs, lat0, frame["longitude"].to_numpy()[idx],
+                                          frame["latitude"].to_numpy()[idx], day_number(frame["day"].to_numpy()[idx]),
+                                          background)
 
 
 def detrended_r2(observed: np.ndarray, predicted: np.ndarray, days: np.ndarray) -> float:

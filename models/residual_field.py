@@ -34,7 +34,7 @@ import pandas as pd
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.optimize import minimize
 
-from models.background import weighted_quantile
+from models.background import Background, weighted_quantile
 
 KM_PER_DEGREE_LAT = 110.57
 KM_PER_DEGREE_LON_EQUATOR = 111.32
@@ -74,12 +74,20 @@ class ResidualField:
     # robust standard deviations of the training residuals).
     clip_ppm: float = float("inf")
     n_fit: int = 0
+    # The true column's interval (no retrieval noise): sigma = true_column_scale * sqrt(field variance
+    # + the background's variance left after conditioning). Calibrated on held-out retrievals with
+    # their retrieval noise taken out (calibrate_true_column); None for a field calibrated before it
+    # existed: its maps carry no true-column interval rather than an uncalibrated one.
+    true_column_scale: float | None = None
 
     def __post_init__(self) -> None:
         for name in PARAMETERS + ("interval_scale", "noise_scale", "superob_deg", "lattice_deg", "clip_ppm"):
             value = getattr(self, name)
             if not (value >= 0 and (math.isfinite(value) or name == "clip_ppm")):
                 raise ResidualFieldError(f"residual field {name} must be finite and >= 0, got {value}")
+        scale = self.true_column_scale
+        if scale is not None and not (math.isfinite(scale) and scale > 0):
+            raise ResidualFieldError(f"residual field true_column_scale must be finite and > 0, got {scale}")
         for name in ("local_length_km", "local_time_days", "regional_length_km", "regional_time_days"):
             if getattr(self, name) <= 0:
                 raise ResidualFieldError(f"residual field {name} must be > 0, got {getattr(self, name)}")
@@ -277,22 +285,48 @@ class Kriging:
     def predict(self, lon: np.ndarray, lat: np.ndarray, day: float | np.ndarray,
                 chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Mean and variance (ppm, ppm2) of the field at points; variance excludes observation noise."""
+        mean, var, _ = self.predict_with_background(lon, lat, day, None, chunk)
+        return mean, var
+
+    def predict_with_background(self, lon: np.ndarray, lat: np.ndarray, day: float | np.ndarray,
+                                background: Background | None, chunk: int = 4096
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, variance and the background's variance left after conditioning (ppm, ppm2).
+
+        The observations are residuals from a background whose coefficients are uncertain
+        (covariance S): at a point with basis row b the map's error gains g' S g, g = b - B' lambda,
+        lambda the kriging weights and B the basis at the observations. The map's own mean is
+        unchanged: this is the error variance of the predictor the archive uses. Near a day's
+        observations the weights carry the background's error with them (g ~ 0); a day far from
+        every observation gets the whole b' S b, which grows as the trend and the seasonal cycle
+        are extrapolated past the training window. Zeros without a background covariance."""
         lon = np.asarray(lon, np.float64).ravel()
         lat = np.asarray(lat, np.float64).ravel()
         days = np.broadcast_to(np.asarray(day, np.float64), lon.shape)
         mean = np.zeros(lon.size)
         var = np.full(lon.size, self.field.prior_variance)
+        extra = np.zeros(lon.size)
+        S = background.covariance_matrix() if background is not None else None
+        if S is not None and background is not None:
+            extra = background.variance_at(days, lat, lon)
         if len(self.obs) == 0:
-            return mean, var
+            return mean, var, extra
         xy = _xy_km(lon, lat, self.lat0)
         L = np.tril(self.factor[0])
+        U = None
+        if S is not None and background is not None:
+            U = solve_triangular(L, background.basis_at(self.obs.day, self.obs.lat, self.obs.lon), lower=True,
+                                 check_finite=False)
         for start in range(0, lon.size, chunk):
             s = slice(start, start + chunk)
             k = self.field.covariance(xy[s], days[s], self.xy, self.obs.day)
             mean[s] = k @ self.alpha
             v = solve_triangular(L, k.T, lower=True, check_finite=False)
             var[s] = np.maximum(self.field.prior_variance - np.einsum("ij,ij->j", v, v), 0.0)
-        return mean, var
+            if U is not None and S is not None and background is not None:
+                g = background.basis_at(days[s], lat[s], lon[s]) - v.T @ U
+                extra[s] = np.maximum(np.einsum("ij,jk,ik->i", g, S, g), 0.0)
+        return mean, var, extra
 
 
 def condition(field: ResidualField, obs: Superobs, lat0: float, around_day: float | None = None) -> Kriging:
@@ -321,13 +355,22 @@ def predict_points(field: ResidualField, obs: Superobs, lat0: float, lon: np.nda
                    days: np.ndarray, exclude_own_day: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Field mean and variance at scattered points, each day conditioned on its own window (the
     benchmark's and the calibration's path; maps use `predict_map`)."""
+    mean, var, _ = predict_points_with_background(field, obs, lat0, lon, lat, days, None, exclude_own_day)
+    return mean, var
+
+
+def predict_points_with_background(field: ResidualField, obs: Superobs, lat0: float, lon: np.ndarray,
+                                   lat: np.ndarray, days: np.ndarray, background: Background | None,
+                                   exclude_own_day: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """predict_points and the background's variance left after conditioning (Kriging.predict_with_background)."""
     days = np.asarray(days, np.float64)
-    mean, var = np.zeros(len(days)), np.full(len(days), field.prior_variance)
+    mean, var, extra = np.zeros(len(days)), np.full(len(days), field.prior_variance), np.zeros(len(days))
     for day in np.unique(days):
         here = np.flatnonzero(days == day)
         kriging = condition(field, window(obs, day, field.window_days, exclude_own_day), lat0, around_day=day)
-        mean[here], var[here] = kriging.predict(np.asarray(lon)[here], np.asarray(lat)[here], day)
-    return mean, var
+        mean[here], var[here], extra[here] = kriging.predict_with_background(
+            np.asarray(lon)[here], np.asarray(lat)[here], day, background)
+    return mean, var, extra
 
 
 def calibrate_interval(field: ResidualField, holdouts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -366,10 +409,82 @@ def interval_half_width(field: ResidualField, variance: np.ndarray) -> np.ndarra
     return field.interval_scale * Z68 * np.sqrt(np.asarray(variance) + field.noise_scale * field.point_noise())
 
 
+def true_column_half_width(field: ResidualField, variance: np.ndarray,
+                           extra_variance: np.ndarray | None = None) -> np.ndarray | None:
+    """Half-width (ppm) of the 68% interval of the TRUE column at a cell (no retrieval noise), given
+    the field's variance there and `extra_variance`, the background's variance left after
+    conditioning (Kriging.predict_with_background; ppm2). None for a field without a calibrated
+    true-column scale (champions exported before it): no interval rather than an uncalibrated one."""
+    if field.true_column_scale is None:
+        return None
+    total = np.asarray(variance, np.float64)
+    if extra_variance is not None:
+        total = total + np.asarray(extra_variance, np.float64)
+    return field.true_column_scale * Z68 * np.sqrt(np.maximum(total, 0.0))
+
+
+def held_out_noise(field: ResidualField, weight: np.ndarray) -> np.ndarray:
+    """The retrieval noise variance (ppm2) a held-out value of `weight` independent soundings carries:
+    the fitted nugget of one value of that weight."""
+    return field.nugget(weight)
+
+
+def calibrate_true_column(field: ResidualField, holdouts: dict[str, tuple[np.ndarray, np.ndarray]],
+                          weights: dict[str, np.ndarray] | None = None) -> tuple[ResidualField, dict[str, float]]:
+    """The true column's scale a, from held-out retrievals without their truth.
+
+    holdouts: name -> (error = held-out residual - field mean, variance of the true-column error
+    before scaling: field variance + the background's left after conditioning); weights: each held-out
+    value's independent soundings (its retrieval noise is the field's nugget at that weight, fitted by
+    maximum likelihood on the training residuals, not on these). A held-out error is the true column's
+    error plus the retrieval's noise: if the true-column interval is right, error / sqrt(a2 V + N) is
+    a unit normal, and a is chosen so that it holds 68.27 % of the pooled held-out values (each holdout
+    weighing the same). Returns the field and each holdout's coverage of the retrievals by
+    sqrt(a2 V + N) at that a (the check of the fit, not of the truth)."""
+    weights = weights or {}
+    parts = {k: (np.asarray(e, np.float64), np.asarray(v, np.float64),
+                 np.asarray(weights[k], np.float64) if k in weights else np.ones(len(e)))
+             for k, (e, v) in holdouts.items() if len(e) >= 10}
+    parts = {k: p for k, p in parts.items() if p[2].sum() > 0}
+    if not parts:
+        return field, {}
+    error = np.concatenate([p[0] for p in parts.values()])
+    variance = np.concatenate([p[1] for p in parts.values()])
+    noise = np.concatenate([held_out_noise(field, p[2]) for p in parts.values()])
+    pooled_w = np.concatenate([w / w.sum() for _, _, w in parts.values()])
+
+    def coverage(a: float) -> float:
+        return float(np.sum(pooled_w * (np.abs(error) <= Z68 * np.sqrt(a * a * variance + noise))) / pooled_w.sum())
+
+    # Coverage grows with a; bisection on log a. Below the lower end the noise alone covers the
+    # held-out values (the field's own error is not visible in them); at the upper end nothing could.
+    lo, hi = 0.05, 20.0
+    if coverage(lo) >= 0.6827:
+        a = lo
+    elif coverage(hi) < 0.6827:
+        a = hi
+    else:
+        for _ in range(50):
+            mid = math.sqrt(lo * hi)
+            lo, hi = (mid, hi) if coverage(mid) < 0.6827 else (lo, mid)
+        a = hi
+    covered = {k: float(np.average(np.abs(e) <= Z68 * np.sqrt(a * a * v + held_out_noise(field, w)), weights=w))
+               for k, (e, v, w) in parts.items()}
+    return replace(field, true_column_scale=float(a)), covered
+
+
 def predict_map(field: ResidualField, obs: Superobs, lat0: float, lons: np.ndarray, lats: np.ndarray,
                 day: float, inside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Field mean and variance on a grid [len(lats), len(lons)] (cell centres), solved on a coarse
     lattice and interpolated bilinearly; NaN outside `inside` when given."""
+    mean, var, _ = predict_map_with_background(field, obs, lat0, lons, lats, day, None, inside)
+    return mean, var
+
+
+def predict_map_with_background(field: ResidualField, obs: Superobs, lat0: float, lons: np.ndarray,
+                                lats: np.ndarray, day: float, background: Background | None,
+                                inside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """predict_map and the background's variance left after conditioning, on the same grid."""
     from scipy.interpolate import RegularGridInterpolator
 
     kriging = condition(field, window(obs, day, field.window_days), lat0, around_day=day)
@@ -377,9 +492,9 @@ def predict_map(field: ResidualField, obs: Superobs, lat0: float, lons: np.ndarr
     lat_nodes = _nodes(lats, step)
     lon_nodes = _nodes(lons, step)
     LON, LAT = np.meshgrid(lon_nodes, lat_nodes)
-    mean, var = kriging.predict(LON.ravel(), LAT.ravel(), day)
+    mean, var, extra = kriging.predict_with_background(LON.ravel(), LAT.ravel(), day, background)
     out = []
-    for values in (mean, var):
+    for values in (mean, var, extra):
         interp = RegularGridInterpolator((lat_nodes, lon_nodes), values.reshape(LAT.shape), method="linear",
                                          bounds_error=False, fill_value=None)
         LA, LO = np.meshgrid(lats, lons, indexing="ij")
@@ -387,7 +502,7 @@ def predict_map(field: ResidualField, obs: Superobs, lat0: float, lons: np.ndarr
         if inside is not None:
             grid[~inside] = np.nan
         out.append(grid)
-    return out[0], np.maximum(out[1], 0)
+    return out[0], np.maximum(out[1], 0), np.maximum(out[2], 0)
 
 
 def _nodes(centres: np.ndarray, step: float) -> np.ndarray:

@@ -97,7 +97,8 @@ def _share_and_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y
         return y - refitted.evaluate_features(X, FEATURE_NAMES) - share * network_anomaly
 
     fitted = fit_field(df, y - background - share * network_anomaly, split.training, calibration, settings.seed,
-                       cross_validate=True, block_km=settings.promotion_block_km, residual_without=residual_without)
+                       cross_validate=True, block_km=settings.promotion_block_km, residual_without=residual_without,
+                       background=trained.background)
     return dataclasses.replace(trained, anomaly_scale=float(share), residual_field=fitted.field), fitted
 
 
