@@ -47,7 +47,7 @@ from tasks import prefect_tasks
 from tasks.mapping.day import current_provenance
 from tasks.prefect_tasks import BackfillProgress, backfill_day, backfill_days_in_processes, collect_days
 from tasks.gridding.geometry import Grid
-from tasks.mapping.inference import inputs_available
+from tasks.covariates.day import inputs_available
 from tasks.settings import Settings, load_settings
 from tasks.sources.pull import raw_dir
 from tasks.steps import backfill as steps

@@ -5,62 +5,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 
 from models.onnx_contract import OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME
-from tasks.covariates.static import StaticCovariates, ndvi_problem
 from tasks.covariates.features import FEATURE_NAMES, DayLayers, time_features
 from tasks.gridding.geometry import Grid
-from tasks.covariates.meteorology import Era5Readiness, era5_readiness, meteo_for_day
+# Moved to tasks.covariates.day; imported here for callers not yet changed (tasks/mapping/day.py,
+# tasks/analysis/past_window.py, flows/daily.py).
+from tasks.covariates.day import DayReadiness, day_layers, day_readiness, inputs_available  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DayReadiness:
-    """Whether a day's inputs can be sampled and mapped: its meteorology and its NDVI."""
-
-    day: date
-    era5: Era5Readiness
-    ndvi_problem: str | None = None  # e.g. "waiting: NDVI composite ndvi_2020161.tif quarantined (...)"
-
-    @property
-    def ready(self) -> bool:
-        return self.era5.ready and not self.ndvi_problem
-
-    @property
-    def why(self) -> str:
-        return "; ".join(p for p in (self.era5.why, self.ndvi_problem) if p)
-
-
-def day_readiness(era5_dir: Path, day: date, region_dir: Path | None = None, quarantine_dir: Path | None = None,
-                  manifest_path: Path | None = None) -> DayReadiness:
-    """Are a day's inputs usable? ERA5 as era5_readiness judges it (with `quarantine_dir`, a bad
-    file is quarantined); with `region_dir`, an NDVI composite the day is interpolated from must
-    not be quarantined (tasks.covariates.static.ndvi_problem). Static layers feed every day: a bad one
-    fails the covariates build instead."""
-    meteo = era5_readiness(era5_dir, day, quarantine_dir, manifest_path)
-    return DayReadiness(day, meteo, ndvi_problem(region_dir, day) if region_dir is not None else None)
-
-
-def inputs_available(era5_dir: Path, day: date, quarantine_dir: Path | None = None,
-                     manifest_path: Path | None = None, region_dir: Path | None = None) -> bool:
-    """A day can be mapped once its meteorology is complete and plausible and (with
-    `region_dir`) its NDVI composites are not quarantined; see day_readiness."""
-    return day_readiness(era5_dir, day, region_dir, quarantine_dir, manifest_path).ready
-
-
-def day_layers(covariates: StaticCovariates, era5_dir: Path, grid: Grid, day: date) -> DayLayers:
-    return DayLayers(
-        day=day,
-        static=covariates.static,
-        ndvi=covariates.ndvi_for_day(day),
-        meteo=meteo_for_day(era5_dir, day, grid),
-        lats=grid.lats,
-        lons=grid.lons,
-    )
 
 
 # The columns the background reads (models/background.py INPUTS), filled by TimeLocationLayers.

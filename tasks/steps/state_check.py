@@ -31,7 +31,7 @@ from tasks.fusion.merge import GosatFit
 from tasks.gridding.geometry import Grid
 from tasks.io.atomic import write_json
 from tasks.io.integrity import STALE_TEMP_AFTER_S, Finding, Logger, npy_problem, parquet_problem, remove_dead_temp_files
-from tasks.mapping.inference import day_readiness
+from tasks.covariates.day import day_readiness
 from tasks.samples import ingest
 from tasks.samples import store as samples
 from tasks.settings import Settings

@@ -36,7 +36,7 @@ from tasks.covariates.static import (
 from demo_world import write_demo_world
 from tasks.io.geotiff import write_geotiff
 from tasks.gridding.geometry import Grid
-from tasks.mapping.inference import day_readiness, inputs_available
+from tasks.covariates.day import day_readiness, inputs_available
 from tasks.sources.manifest import Manifest
 
 GRID = Grid(west=104.0, south=30.0, east=104.2, north=30.1, step=0.01)
