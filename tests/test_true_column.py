@@ -85,6 +85,7 @@ def test_background_variance_after_conditioning_is_the_predictors_error_variance
     X, _, y = _window(date(2020, 6, 1), 30, 40, seed=3)
     background = fit_background(X, y, NAMES)
     S = background.covariance_matrix()
+    assert S is not None
     field = _field()
     rng = np.random.default_rng(1)
     n = 60
@@ -139,4 +140,5 @@ def test_a_field_without_a_true_column_scale_has_no_true_column_interval():
     assert old.true_column_scale is None
     assert true_column_half_width(old, np.ones(3)) is None
     half = true_column_half_width(_field(), np.full(2, 0.25), np.array([0.0, 0.75]))
-    np.testing.assert_allclose(half, [1.3 * 0.5, 1.3 * 1.0])
+    assert half is not None
+    np.testing.assert_allclose(half, np.array([1.3 * 0.5, 1.3 * 1.0]))
