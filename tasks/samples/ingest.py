@@ -370,7 +370,7 @@ def sample_day(region_dir: Path, era5_dir: Path, grid: Grid, day: date, fit: Gos
     The daily update and the state check's re-sampling both come through here, so a recomputed
     day is the day the daily update would have written."""
     from tasks.covariates.static import StaticCovariates
-    from tasks.mapping.inference import day_layers
+    from tasks.covariates.day import day_layers
     from tasks.samples.store import write_day
 
     targets = fused_targets(region_dir, day, fit)
