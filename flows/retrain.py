@@ -66,8 +66,11 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     parity = check_onnx_parity(trained, onnx_path, X[split.random][:2000])
     gate_idx, gate = results.gate_data(split)
     gate_predicted, _ = results.archive_view(trained, field_fit, X, df, gate_idx)
+    truth = comparison_truth(settings)
+    reliability = results.reliability_of_holdouts(trained, field_fit, X, y, df, split, truth)
     figures = [plot_loss_curves(trained.history, work / "loss_curves.png"),
-               plot_scatter(y[gate_idx], gate_predicted, work / "heldout_scatter.png")]
+               plot_scatter(y[gate_idx], gate_predicted, work / "heldout_scatter.png"),
+               results.reliability_figure(reliability, work / results.RELIABILITY_PNG, truth is not None)]
 
     # Logged and registered; the gate: the champion and this version (graph outputs) on the same
     # held-out cells neither saw.
@@ -83,7 +86,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
 
     comparison = None
     if settings.comparison_protocols:
-        comparison = retrain_tasks.compare_models(settings, X, y, df, comparison_truth(settings))
+        comparison = retrain_tasks.compare_models(settings, X, y, df, truth)
         log_model_comparison(settings.tracking_uri, experiment, comparison.table, comparison.figure,
                              results.baseline_params(settings.comparison_models, comparison.budget),
                              comparison.budget.to_params(), settings.source.value, run_id=version.run_id)
@@ -93,6 +96,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
     prefect_tasks.publish([
         table("retrain-heldout-scores", results.heldout_table(scores), "The map on held-out data, headline first"),
         page("retrain-report", results.report_markdown(settings, version, decision, trained, split, scores, field_fit,
-                                                     parity, gate, links, comparison.markdown if comparison else None)),
+                                                     parity, gate, links, comparison.markdown if comparison else None,
+                                                     reliability)),
     ])
     return results.run_result(version, decision, scores, gate, parity, trained, gosat["fit"], comparison, links)

@@ -290,3 +290,53 @@ def test_flow_writes_files_and_publishes_artifacts(prefect_harness, two_year_arc
     printed = capsys.readouterr().out
     assert str(tmp_path / "cli" / "summary.md") in printed and "needs more data" in printed
     assert (tmp_path / "cli" / "annual_2022.png").is_file()
+
+
+def _write_day_with_true_column(root: Path, day: date, xco2: float, half_width: np.ndarray) -> Path:
+    """A day in the layout of issue 22 (written here with rasterio: the band is found by its name)."""
+    import rasterio
+
+    from tasks.analysis.report import TRUE_COLUMN_BAND
+
+    path = day_cog_path(root, REGION.name, day)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bands = np.stack([np.full(GRID.shape, xco2), np.full(GRID.shape, 9.0), half_width]).astype(np.float32)
+    with rasterio.open(path, "w", driver="GTiff", width=GRID.nx, height=GRID.ny, count=3, dtype="float32",
+                       crs="EPSG:4326", transform=GRID.transform, nodata=float("nan")) as dst:
+        dst.write(bands)
+        for k, name in enumerate(("xco2", "xco2_uncertainty", TRUE_COLUMN_BAND), start=1):
+            dst.set_band_description(k, name)
+        dst.update_tags(**TAGS)
+    return path
+
+
+def test_the_true_column_interval_is_mapped_and_days_without_it_are_counted(tmp_path):
+    from tasks.analysis.report import INTERVAL_KIND, TRUE_COLUMN_MAP_PNG
+
+    root = tmp_path / "archive"
+    first = np.full(GRID.shape, 1.0, np.float32)
+    first[0, 0] = np.nan  # a cell without an interval that day
+    _write_day_with_true_column(root, date(2022, 3, 1), 400.0, first)
+    _write_day_with_true_column(root, date(2022, 3, 2), 401.0, np.full(GRID.shape, 2.0, np.float32))
+    write_day(root, date(2022, 3, 3), 402.0, uncertainty=np.full(GRID.shape, 9.0, np.float32))  # the old layout
+    result = build_report(root, REGION.name, GRID, "2022-03-01", "2022-03-31", tmp_path / "report")
+    interval = result["tables"]["true_column_interval"]
+    assert interval == {"mean_ppm": pytest.approx(1.5), "n_days": 2, "days_without_band": 1}
+    daily = {r["day"]: r for r in result["tables"]["daily"]}
+    assert daily["2022-03-02"]["true_column_interval_ppm"] == pytest.approx(2.0)
+    assert daily["2022-03-03"]["true_column_interval_ppm"] is None
+    (mapped,) = [m for m in result["maps"] if m["kind"] == INTERVAL_KIND]
+    assert mapped["n_days"] == 2 and mapped["mean_ppm"] == pytest.approx(1.5, abs=0.01)
+    assert Path(mapped["path"]).name == TRUE_COLUMN_MAP_PNG and Path(mapped["path"]).is_file()
+    md = Path(result["summary"]).read_text()
+    assert "Mean 68 % half-width of the true XCO2 column over the area: **1.50 ppm** (2 days" in md
+    assert "1 day(s) archived without that band" in md and f"]({TRUE_COLUMN_MAP_PNG})" in md
+    # The XCO2 means are untouched by the extra band.
+    assert result["tables"]["monthly"][0]["mean_ppm"] == pytest.approx(401.0)
+
+
+def test_an_archive_without_the_true_column_band_has_no_interval_map(two_year_archive, tmp_path):
+    result = build_report(two_year_archive, REGION.name, GRID, "2022-01-01", "2022-12-31", tmp_path / "r")
+    assert result["tables"]["true_column_interval"] == {"mean_ppm": None, "n_days": 0, "days_without_band": 5}
+    assert all(m["kind"] != "true_column_interval" for m in result["maps"])
+    assert "No archived day of the window has the true column's interval band." in Path(result["summary"]).read_text()

@@ -117,3 +117,49 @@ def test_the_run_result_says_whether_the_maps_use_the_network():
 class _Field:
     def to_dict(self) -> dict:
         return {"window_days": 15}
+
+
+class _GaussianModel:
+    """A model whose own interval (no field) is a calibrated sigma of 1 ppm for data of unit noise."""
+
+    spread = "calibrated"
+
+    def predict(self, X):
+        return np.zeros(len(X))
+
+    def predict_uncertainty(self, X):
+        return np.ones(len(X))
+
+
+def test_the_reliability_of_both_intervals_on_the_scoring_halves(tmp_path):
+    import pandas as pd
+
+    n = 4000
+    rng = np.random.default_rng(5)
+    a = np.arange
+    split = Holdouts(fit=a(0, 10), early_stopping=a(10, 12), random=a(12, 15), blocks_calibration=a(15, 20),
+                     blocks_score=a(20, 2000), days_calibration=a(0), days_score=a(2000, n), spatial_is_blocks=True)
+    truth = rng.normal(0, 0.6, n)  # the map (0) misses the true column by 0.6 ppm sd
+    y = truth + rng.normal(0, 0.8, n)  # and a retrieval adds 0.8 ppm: sd 1, as the model's interval says
+    df = pd.DataFrame({"weight": np.ones(n), "cell": a(n), "day": np.repeat(np.datetime64("2020-01-01"), n)})
+    X = np.zeros((n, 1))
+    curves = steps.reliability_of_holdouts(_GaussianModel(), None, X, y, df, split)
+    assert [c.name for c in curves] == ["retrieval interval vs retrievals, spatial blocks",
+                                        "retrieval interval vs retrievals, whole days"]
+    for c in curves:
+        assert c.observed == pytest.approx((0.50, 0.6827, 0.90, 0.95), abs=0.04)
+    with_truth = steps.reliability_of_holdouts(_GaussianModel(), None, X, y, df, split,
+                                               truth=lambda cells, days: truth[cells],
+                                               true_column=lambda idx: np.full(len(idx), 0.6))
+    true_curves = [c for c in with_truth if c.name.startswith("true column vs truth")]
+    assert len(true_curves) == 2 and all(c.observed == pytest.approx((0.5, 0.6827, 0.9, 0.95), abs=0.04)
+                                         for c in true_curves)
+    # A model without a calibrated true-column interval: only the retrieval interval is drawn.
+    assert len(steps.reliability_of_holdouts(_GaussianModel(), None, X, y, df, split, truth=lambda c, d: truth[c],
+                                             true_column=lambda idx: None)) == 2
+    png = steps.reliability_figure(with_truth, tmp_path / steps.RELIABILITY_PNG, truth=True)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    md = steps.report_markdown(load_settings(), _Version(), _Decision(), _Trained(), _split(), SCORES, None, 1e-6,
+                               "random holdout", [], None, with_truth)
+    assert "## Reliability of the intervals (scoring halves)" in md
+    assert "| true column vs truth, whole days |" in md

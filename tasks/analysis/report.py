@@ -36,7 +36,13 @@ What is computed, and how:
   (all days of that season in the window, as in Fig. 9). For Sichuan (1585 x 827 cells) that is
   5 accumulators of about 16 MB, whatever the window's length.
 
-Only band 1 is read (by index): band 2, the uncertainty, may or may not exist.
+- The true column's interval (issue 22): the mean over the window of each cell's 68 % half-width
+  of the true XCO2 column (the band described `TRUE_COLUMN_BAND`), mapped beside the means; its
+  regional mean per day in the daily table. Days archived before that band existed are skipped
+  and counted (`true_column_interval.days_without_band`).
+
+Band 1 (XCO2) is read by index; the true column's interval by its description, as it may or may
+not exist; band 2, the retrieval's interval, is not read.
 When the window is short (the demo archives a few days) everything still works, and the report
 lists which statistics need more data (`needs_more_data`).
 """
@@ -94,6 +100,9 @@ PAPER_AREA = "Sichuan province"
 EARTH_RADIUS_KM = 6371.0072  # authalic: a sphere of the WGS84 ellipsoid's area
 
 TIMESERIES_PNG = "timeseries.png"
+TRUE_COLUMN_BAND = "xco2_true_column_uncertainty"
+TRUE_COLUMN_MAP_PNG = "true_column_interval.png"
+INTERVAL_KIND = "true_column_interval"
 SEASONAL_CYCLE_PNG = "seasonal_cycle.png"
 
 
@@ -161,19 +170,24 @@ class DayStat:
     model_name: str | None = None
     model_version: str | None = None
     synthetic: bool = False
+    # The regional mean of the true column's 68 % half-width (ppm); None when the day's file has no
+    # such band (`true_column_band` False) or no cell with a value.
+    true_column_interval_ppm: float | None = None
+    true_column_band: bool = False
 
     def row(self) -> dict:
         return {"day": self.day.isoformat(), "mean_ppm": _r(self.mean_ppm), "valid_cells": self.valid_cells,
                 "coverage": _r(self.coverage, 4), "model_name": self.model_name,
-                "model_version": self.model_version, "synthetic": self.synthetic}
+                "model_version": self.model_version, "synthetic": self.synthetic,
+                "true_column_interval_ppm": _r(self.true_column_interval_ppm)}
 
 
 @dataclass
 class MeanAccumulator:
     """Per-cell sums and counts of a period, built day by day (never stacking the days)."""
 
-    kind: str  # "annual" or "season"
-    label: str  # "2021" or "DJF"
+    kind: str  # "annual", "season" or INTERVAL_KIND (the true column's half-width over the window)
+    label: str  # "2021", "DJF" or "window"
     shape: tuple[int, int]
     sums: np.ndarray = field(init=False, repr=False)
     counts: np.ndarray = field(init=False, repr=False)
@@ -261,7 +275,8 @@ def regional_mean(xco2: np.ndarray, grid: Grid, inside: np.ndarray | None = None
     return mean, n, w_valid / total
 
 
-def _read_day(path: Path, grid: Grid) -> tuple[np.ndarray, dict[str, str]]:
+def _read_day(path: Path, grid: Grid) -> tuple[np.ndarray, dict[str, str], np.ndarray | None]:
+    """Band 1, the dataset tags and the true column's half-width (None when the file lacks it)."""
     with rasterio.open(path) as src:
         if (src.height, src.width) != grid.shape or not src.transform.almost_equals(grid.transform):
             raise ValueError(f"{path}: {src.height} x {src.width} cells at {tuple(src.transform)[:6]} does not "
@@ -269,7 +284,10 @@ def _read_day(path: Path, grid: Grid) -> tuple[np.ndarray, dict[str, str]]:
                              f"{tuple(grid.transform)[:6]}: is the region configured as when it was archived?")
         xco2 = src.read(XCO2_BAND_INDEX).astype(np.float32, copy=False)
         tags = src.tags()
-    return xco2, tags
+        names = list(src.descriptions)
+        true_column = (src.read(names.index(TRUE_COLUMN_BAND) + 1).astype(np.float32, copy=False)
+                       if TRUE_COLUMN_BAND in names else None)
+    return xco2, tags, true_column
 
 
 def scan_archive(
@@ -284,21 +302,29 @@ def scan_archive(
     `area`: the cells to average and map (default: the whole box).
 
     Annual accumulators are handed over as soon as their year ends (days are processed in
-    order), the four season ones at the end, so at most five exist at a time.
+    order), the four season ones at the end with the true column's interval over the window (when
+    any day has that band), so at most six exist at a time.
     """
     days = sorted(days)
     stats: list[DayStat] = []
     year_acc: MeanAccumulator | None = None
     season_accs: dict[str, MeanAccumulator] = {}
+    interval_acc = MeanAccumulator(INTERVAL_KIND, "window", grid.shape)
     for day in days:
-        xco2, tags = _read_day(day_cog_path(archive_root, region_name, day), grid)
+        xco2, tags, true_column = _read_day(day_cog_path(archive_root, region_name, day), grid)
         inside = area.inside if area is not None else None
         mean, n, coverage = regional_mean(xco2, grid, inside)
+        interval = regional_mean(true_column, grid, inside)[0] if true_column is not None else None
         stats.append(DayStat(day=day, mean_ppm=mean, valid_cells=n, coverage=coverage,
                              model_name=tags.get("model_name"), model_version=tags.get("model_version"),
-                             synthetic=tags.get("synthetic", "").strip().lower() == "true"))
+                             synthetic=tags.get("synthetic", "").strip().lower() == "true",
+                             true_column_interval_ppm=interval, true_column_band=true_column is not None))
         if on_map is None or n == 0:
             continue
+        if true_column is not None:
+            has_interval = np.isfinite(true_column) if inside is None else np.isfinite(true_column) & inside
+            if has_interval.any():
+                interval_acc.add(day, true_column, has_interval)
         valid = np.isfinite(xco2) if inside is None else np.isfinite(xco2) & inside
         if year_acc is not None and year_acc.label != str(day.year):
             on_map(year_acc)
@@ -314,6 +340,8 @@ def scan_archive(
         for season in SEASONS:
             if season in season_accs:
                 on_map(season_accs.pop(season))
+        if interval_acc.n_days:
+            on_map(interval_acc)
     return stats
 
 
@@ -512,6 +540,14 @@ def model_versions(daily: list[DayStat]) -> list[dict]:
     return rows
 
 
+def true_column_interval(daily: list[DayStat]) -> dict:
+    """The true column's half-width over the window: the mean of its daily regional means, the days
+    that had the band, and the days skipped for lacking it (archived before issue 22)."""
+    values = [s.true_column_interval_ppm for s in daily if s.true_column_interval_ppm is not None]
+    return {"mean_ppm": _r(float(np.mean(values))) if values else None, "n_days": len(values),
+            "days_without_band": sum(not s.true_column_band for s in daily)}
+
+
 def summarise(daily: list[DayStat]) -> dict:
     """Every table of the report, from the daily statistics (no file access)."""
     if not _with_values(daily):
@@ -532,6 +568,7 @@ def summarise(daily: list[DayStat]) -> dict:
         "models": model_versions(daily),
         "synthetic_days": sum(s.synthetic for s in daily),
         "n_days": len(daily),
+        "true_column_interval": true_column_interval(daily),
         "needs_more_data": needs_more_data(daily, annual, monthly_clim, seasonal_clim, seasonal),
     }
 
@@ -577,9 +614,10 @@ def _draw_outline(axes, outline) -> None:
             axes.plot(x, y, color="black", linewidth=0.8)
 
 
-def plot_mean_map(acc: MeanAccumulator, grid: Grid, png_path: Path | str, title: str, outline=None) -> Path:
-    """A mean map as PNG: lon/lat axes, colourbar in ppm, the period and its day count in the title,
-    and the region's boundary (`outline`, a shapely polygon) when it has one."""
+def plot_mean_map(acc: MeanAccumulator, grid: Grid, png_path: Path | str, title: str, outline=None,
+                  label: str = "XCO2 (ppm)", cmap: str = "viridis") -> Path:
+    """A mean map as PNG: lon/lat axes, colourbar in ppm (`label`), the period and its day count in the
+    title, and the region's boundary (`outline`, a shapely polygon) when it has one."""
     from matplotlib.ticker import MaxNLocator
 
     png_path = Path(png_path)
@@ -599,7 +637,7 @@ def plot_mean_map(acc: MeanAccumulator, grid: Grid, png_path: Path | str, title:
     figure = _figure(map_width + 1.9, max(map_width * height_per_width + 1.3, 2.8))
     axes = figure.add_subplot()
     image = axes.imshow(np.ma.masked_invalid(values), extent=(west, east, south, north), origin="upper",
-                        cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+                        cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     axes.set_xlim(grid.west, grid.east)
     axes.set_ylim(grid.south, grid.north)
     axes.set_aspect(aspect)
@@ -614,7 +652,7 @@ def plot_mean_map(acc: MeanAccumulator, grid: Grid, png_path: Path | str, title:
         axes.set_xlim(grid.west, grid.east)  # the outline may reach past the box
         axes.set_ylim(grid.south, grid.north)
     colourbar_axes = axes.inset_axes((1.03, 0.0, 0.035, 1.0))
-    figure.colorbar(image, cax=colourbar_axes, label="XCO2 (ppm)")
+    figure.colorbar(image, cax=colourbar_axes, label=label)
     return _save(figure, png_path)
 
 
@@ -689,6 +727,14 @@ def scan_and_map(archive_root: Path | str, region_name: str, grid: Grid, days: l
     maps: list[MapInfo] = []
 
     def write(acc: MeanAccumulator) -> None:
+        if acc.kind == INTERVAL_KIND:
+            path = plot_mean_map(acc, grid, out_dir / TRUE_COLUMN_MAP_PNG,
+                                 f"Mean 68 % half-width of the true XCO2 column, {region_name}", area.outline,
+                                 label="true column, 68 % half-width (ppm)", cmap="magma")
+            mean, _, _ = regional_mean(acc.mean(), grid, area.inside)
+            maps.append(MapInfo(kind=acc.kind, label=acc.label, path=str(path), n_days=acc.n_days,
+                                first=str(acc.first), last=str(acc.last), mean_ppm=_r(mean)))
+            return
         if acc.kind == "annual":
             name, title = f"annual_{acc.label}.png", f"Mean XCO2 {acc.label}, {region_name}"
         else:
@@ -841,7 +887,12 @@ def summary_markdown(tables: dict, maps: list[MapInfo], context: dict, figures: 
         if name in figures:
             lines.append(f"- {caption}: [{Path(figures[name]).name}]({Path(figures[name]).name})")
     for m in maps:
-        what = f"annual mean {m.label}" if m.kind == "annual" else f"{m.label} ({SEASON_NAMES[m.label]}) mean"
+        if m.kind == INTERVAL_KIND:
+            what = "mean 68 % half-width of the true column"
+        elif m.kind == "annual":
+            what = f"annual mean {m.label}"
+        else:
+            what = f"{m.label} ({SEASON_NAMES[m.label]}) mean"
         lines.append(f"- Map, {what}, {m.n_days} days ({m.first} .. {m.last}): "
                      f"[{Path(m.path).name}]({Path(m.path).name})")
     lines.append("")
@@ -851,6 +902,19 @@ def summary_markdown(tables: dict, maps: list[MapInfo], context: dict, figures: 
     for m in maps:
         lines += [f"![{m.kind} {m.label}]({Path(m.path).name})", ""]
 
+    interval = tables.get("true_column_interval") or {}
+    lines += ["## The true column's interval", ""]
+    if interval.get("n_days"):
+        lines.append(f"Mean 68 % half-width of the true XCO2 column over the area: **{interval['mean_ppm']:.2f} ppm** "
+                     f"({interval['n_days']} days; map `{TRUE_COLUMN_MAP_PNG}`). It is the uncertainty of the "
+                     "column itself (background, network and field), without the retrieval noise that band 2 "
+                     "adds for comparing with a new retrieval (docs/data.md).")
+    else:
+        lines.append("No archived day of the window has the true column's interval band.")
+    if interval.get("days_without_band"):
+        lines.append(f"{interval['days_without_band']} day(s) archived without that band (before it existed) "
+                     "were skipped for it.")
+    lines += [""]
     lines += ["## Models that made these days", "",
               _md_table(tables["models"], [("model_name", "model"), ("model_version", "version"),
                                            ("n_days", "days"), ("first_day", "first"), ("last_day", "last")])]
@@ -874,7 +938,7 @@ def _growth_rows(growth: dict) -> list[dict]:
 
 def _remove_stale_maps(out_dir: Path, keep: set[str]) -> None:
     # A rerun into the same folder must not leave maps of years no longer in the report.
-    for pattern in ("annual_*.png", "season_*.png"):
+    for pattern in ("annual_*.png", "season_*.png", TRUE_COLUMN_MAP_PNG):
         for path in out_dir.glob(pattern):
             if path.name not in keep:
                 path.unlink(missing_ok=True)

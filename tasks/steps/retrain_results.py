@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from models.holdouts import FieldFit, Holdouts, NetworkShare, holdout_scores, map_predict
+from tasks.analysis import reliability as rel
 from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.settings import Settings
 
@@ -53,6 +54,47 @@ def score_holdouts(trained, field_fit: FieldFit | None, X: np.ndarray, y: np.nda
         predicted, half_width = archive_view(trained, field_fit, X, df, idx)
         out[name] = holdout_scores(y[idx], predicted, half_width, days[idx], sources[idx], weight[idx])
     return out
+
+
+# The true column's 68 % half-width at held-out samples (`idx`), None when the model has no
+# calibrated true-column interval.
+TrueColumnView = Callable[[np.ndarray], "np.ndarray | None"]
+# The true XCO2 at (cell, day) pairs: the demo world's (flows/retrain.py::comparison_truth).
+Truth = Callable[[np.ndarray, "np.ndarray | None"], Any]
+RELIABILITY_PNG = "reliability.png"
+
+
+def reliability_of_holdouts(trained, field_fit: FieldFit | None, X: np.ndarray, y: np.ndarray, df: pd.DataFrame,
+                            split: Holdouts, truth: Truth | None = None,
+                            true_column: TrueColumnView | None = None) -> list[rel.Reliability]:
+    """Each interval's coverage at 50, 68, 90 and 95 % on the scoring halves of blocks and days.
+
+    The retrieval interval against the held-out retrievals, each counted by its independent
+    soundings as the 68 % coverage of `score_holdouts` is. The true column's interval against the
+    truth where there is one (the demo world), each held-out cell-day once; on real data there is
+    no truth to check it against here (`xco2 benchmark real` checks it through the retrieval noise
+    of neighbouring retrievals)."""
+    weight = df["weight"].to_numpy(np.float64)
+    curves = []
+    for name, idx in (("spatial blocks", split.blocks_score), ("whole days", split.days_score)):
+        if len(idx) < 2:
+            continue
+        predicted, half_width = archive_view(trained, field_fit, X, df, idx)
+        if half_width is not None:
+            curves.append(rel.reliability(f"retrieval interval vs retrievals, {name}", predicted - y[idx], half_width,
+                                          weight[idx]))
+        true_half = true_column(idx) if true_column is not None else None
+        if truth is not None and true_half is not None:
+            true_values = np.asarray(truth(df["cell"].to_numpy()[idx], df["day"].to_numpy()[idx]), np.float64)
+            curves.append(rel.reliability(f"true column vs truth, {name}", predicted - true_values, true_half))
+    return curves
+
+
+def reliability_figure(curves: list[rel.Reliability], path: Path, truth: bool) -> Path:
+    """The retrain's reliability diagram (an MLflow figure beside the loss curves and the scatter)."""
+    note = None if truth else ("the true column's interval is not drawn: real data have no truth to check it "
+                               "against (xco2 benchmark real checks it through neighbouring retrievals)")
+    return rel.reliability_figure(curves, path, "Reliability of the intervals, scoring halves", note=note)
 
 
 def headline(scores: dict[str, dict]) -> dict:
@@ -94,8 +136,10 @@ def heldout_table(scores: dict[str, dict]) -> list[dict]:
 
 
 def report_markdown(settings: Settings, version, decision, trained, split: Holdouts, scores: dict, field_fit,
-                    parity: float, gate: str, figure_links, comparison_markdown: str | None) -> str:
-    """The retrain's report: samples, held-out scores (headline first), the field, parity, the gate."""
+                    parity: float, gate: str, figure_links, comparison_markdown: str | None,
+                    reliability: list[rel.Reliability] | None = None) -> str:
+    """The retrain's report: samples, held-out scores (headline first), the field, parity, the gate,
+    and each interval's reliability when given."""
     lines = [f"# Retrain {settings.registered_model_name} v{version.version}", "",
              f"- samples: {trained.n_train} fit / {trained.n_val} early stopping / {len(split.random)} random / "
              f"{len(split.spatial)} in held-out blocks / {len(split.whole_days)} on held-out days "
@@ -122,6 +166,11 @@ def report_markdown(settings: Settings, version, decision, trained, split: Holdo
                   f"{f.regional_time_days:.1f} d, noise {f.point_noise():.2f} ppm2, window +-{f.window_days} d; interval "
                   f"scale {f.interval_scale:.2f} (calibration coverage "
                   + ", ".join(f"{k} {v:.1%}" for k, v in field_fit.calibration_coverage.items()) + ")"]
+    if reliability:
+        lines += ["", "## Reliability of the intervals (scoring halves)", "",
+                  "Observed coverage at each nominal level, the archived 68 % half-width scaled as a Gaussian's "
+                  "sigma; a calibrated interval sits on the nominal value at every level.", "",
+                  rel.markdown_table(reliability)]
     lines += [f"- ONNX parity: max |diff| {parity:.2e} ppm",
               f"- promotion gate ({gate}): alias **{decision.alias}** ({decision.reason})",
               "", "## Figures (MLflow artifacts)", ""] + [f"- [{name}]({uri})" for name, uri in figure_links]
