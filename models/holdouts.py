@@ -20,7 +20,7 @@ from models.evaluation import random_split, regression_metrics
 from models.background import Background
 from models.residual_field import (CLIP_MADS, ResidualField, Superobs, calibrate_interval, calibrate_true_column,
                                    day_number, fit_residual_field, interval_half_width,
-                                   predict_points_with_background, robust_sd, superobs)
+                                   predict_points_with_background, robust_sd, superobs, true_column_half_width)
 from models.validation import group_holdout, spatial_block_ids
 
 
@@ -382,6 +382,15 @@ def map_predict(field_fit: FieldFit, frame: pd.DataFrame, model_prediction: np.n
     """What the archive would show at held-out samples: model + field, and the 68% half-width."""
     mean, var = predict_field(field_fit.field, field_fit.observations, frame, idx)
     return model_prediction + mean, interval_half_width(field_fit.field, var)
+
+
+def map_true_column(field_fit: FieldFit, frame: pd.DataFrame, background: Background | None, idx: np.ndarray
+                    ) -> np.ndarray | None:
+    """The true column's 68% half-width the archive would show at held-out samples `idx` (band 3),
+    None when the field has no calibrated true-column scale. background: the model's (the deployed
+    one, whose residuals field_fit.observations are)."""
+    _, var, extra = predict_field_with_background(field_fit.field, field_fit.observations, frame, idx, background)
+    return true_column_half_width(field_fit.field, var, extra)
 
 
 Predict = Callable[[np.ndarray], np.ndarray]
