@@ -49,7 +49,6 @@ from tasks.prefect_tasks import BackfillProgress, backfill_day, backfill_days_in
 from tasks.gridding.geometry import Grid
 from tasks.covariates.day import inputs_available
 from tasks.settings import Settings, load_settings
-from tasks.sources.pull import raw_dir
 from tasks.steps import backfill as steps
 from tasks.steps.backfill import DAYS_KEY, PROGRESS_KEY
 
@@ -105,7 +104,7 @@ def backfill(start: str | None = None, end: str | None = None, overrides: dict |
 
     # The champion is resolved once: every day of the backfill comes from the same version.
     champion = load_champion(settings.tracking_uri, settings.registered_model_name, settings.data_dir / "models")
-    era5_dir = raw_dir(settings, "era5")
+    era5_dir = settings.raw("era5")
     candidates = window
     why: dict[str, str] | None = None
     if stale_only:
@@ -120,7 +119,7 @@ def backfill(start: str | None = None, end: str | None = None, overrides: dict |
     # A bad ERA5 file is quarantined here as in the daily run (and pulled again by the next one).
     # So are the days a quarantined NDVI composite feeds: they wait for a good copy.
     todo, skipped = steps.split_by_inputs(candidates, lambda d: inputs_available(
-        era5_dir, d, settings.quarantine_dir, settings.raw_dir / "manifest.parquet", region_dir=settings.region_dir))
+        era5_dir, d, settings.quarantine_dir, settings.manifest_path, region_dir=settings.region_dir))
     logger.info("backfill %s..%s (%s): %d days to map with %s v%s on the %s task runner, %d without inputs",
                 window[0], window[-1], settings.region.name, len(todo), champion.name, champion.version,
                 settings.task_runner, len(skipped))

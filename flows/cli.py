@@ -133,7 +133,7 @@ def _grid_covariates(settings) -> None:
     from tasks.covariates.static import build_covariates
     from tasks.gridding.geometry import Grid
 
-    meta = build_covariates(settings.raw_dir / "static", Grid.for_region(settings.region, settings.grid_step),
+    meta = build_covariates(settings.raw("static"), Grid.for_region(settings.region, settings.grid_step),
                             settings.region_dir)
     console.print(f"gridded {len(meta['static_names'])} static layers and {len(meta['ndvi'])} NDVI composites "
                   f"for region {settings.region.name}")
@@ -234,13 +234,22 @@ def _cmd_past_window(args) -> int:
         print(f"xco2 past-window: {exc}", file=sys.stderr)
         return 2
     table = Table(title=f"{opts.days} days after {opts.train_end}: map - truth (ppm), ResNet-LSTM trained as the retrain")
-    for col in ("map", "mean bias", "largest daily bias", "RMSE", "68% band 2 covers truth",
-                "68% without retrieval noise covers truth"):
+    for col in ("map", "mean bias", "largest daily bias", "RMSE", "68% band 2 (retrieval) covers truth",
+                "band 2 without retrieval noise covers truth", "68% band 3 (true column) covers truth"):
         table.add_column(col)
+    coverages = ("coverage68_band2", "coverage68_noise_free", "coverage68_true_column")
     for name, m in result["maps"].items():
         table.add_row(MAP_LABELS[name], f"{m['bias']:+.3f}", f"{m['max_abs_daily_bias']:.3f}", f"{m['rmse']:.3f}",
-                      *(f"{m[k]:.1%}" if k in m else "-" for k in ("coverage68_band2", "coverage68_noise_free")))
+                      *(f"{m[k]:.1%}" if k in m else "-" for k in coverages))
     console.print(table)
+    if result.get("true_column_by_distance"):
+        by_distance = Table(title="band 3 (true column's 68% interval) of the map by days after the training window")
+        for col in ("days after", "covers truth", "mean half-width (ppm)"):
+            by_distance.add_column(col)
+        for part in result["true_column_by_distance"]:
+            by_distance.add_row(part["days"], f"{part['coverage68_true_column']:.1%}",
+                                f"{part['mean_half_width_true_column']:.3f}")
+        console.print(by_distance)
     console.print(f"mean bias of the map within {BIAS_CRITERION_PPM} ppm: "
                   f"{'YES' if result['bias_within_criterion'] else 'NO'}; network anomaly scale "
                   f"{result['anomaly_scale']:.2f}")

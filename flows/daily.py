@@ -16,10 +16,10 @@ from tasks.archive.health import check_archive
 from tasks.archive.provenance import stale_archive_days
 from tasks.gridding.geometry import Grid
 from tasks.covariates.static import CovariateError
-from tasks.mapping.inference import day_readiness, inputs_available
+from tasks.covariates.day import day_readiness, inputs_available
 from tasks.settings import SourceMode, load_settings
 from tasks.sources import raw_granules
-from tasks.sources.pull import CDS_SERVICE, EverySourceFailed, every_source_failed, raw_dir
+from tasks.sources.pull import CDS_SERVICE, EverySourceFailed, every_source_failed
 from tasks.sources.products import SATELLITES
 from tasks.steps import daily as steps
 from tasks.steps.daily import ArchiveDaysFailed
@@ -78,13 +78,13 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
     # it refitted here, on the same days, and the samples it fused re-fused.
     fit, gosat_refit = prefect_tasks.current_gosat_fit(settings, grid)
 
-    era5_dir = raw_dir(settings, "era5")
+    era5_dir = settings.raw("era5")
     rows, meteo_quarantined = [], []
     for g in gridded:
         # A bad ERA5 file is quarantined here: only the days it feeds wait, every other day goes on.
         # So do the days a quarantined NDVI composite feeds.
         inputs = day_readiness(era5_dir, g.day, settings.region_dir, settings.quarantine_dir,
-                               settings.raw_dir / "manifest.parquet")
+                               settings.manifest_path)
         row, set_aside = steps.sample_ready_day(
             g, inputs, lambda day: prefect_tasks.update_samples(settings, grid, day, fit), logger)
         rows.append(row)
@@ -127,7 +127,7 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
     except ChampionNotFoundError:
         logger.warning("no champion model registered yet: the archive waits for the first retrain")
         return [], None, repairs, {}
-    era5_dir = raw_dir(settings, "era5")
+    era5_dir = settings.raw("era5")
     archived = set(archived_days(settings.archive_root, settings.region.name))
     scan = steps.days_to_check_for_staleness(lookback, archived, first or min(lookback), last,
                                              lambda d: mapping_window(settings, champion, d))
@@ -135,7 +135,7 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
                                current_provenance(settings, champion))
     todo = steps.days_to_map(lookback, archived, set(recompute) | set(stale),
                              lambda d: inputs_available(era5_dir, d, settings.quarantine_dir,
-                                                        settings.raw_dir / "manifest.parquet",
+                                                        settings.manifest_path,
                                                         region_dir=settings.region_dir))
     why = steps.map_reasons(todo, archived, recompute, stale)
     for day in todo:

@@ -439,6 +439,18 @@ class Settings(BaseSettings):
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"
 
+    def raw(self, product: str) -> Path:
+        """Where a product's raw files lie (`era5`, `oco2`, `static`, ...). Satellite granules are
+        global files, shared by every region; ERA5 is cut to a region's box, so it is the region's own."""
+        if product == "era5":
+            return self.raw_dir / product / self.region.name
+        return self.raw_dir / product
+
+    @property
+    def manifest_path(self) -> Path:
+        """The record of every raw file pulled (tasks/sources/manifest.py)."""
+        return self.raw_dir / "manifest.parquet"
+
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"

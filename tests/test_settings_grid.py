@@ -73,3 +73,16 @@ def test_cell_ids_round_trip():
     row, col = g.rowcol(lat, lon)
     assert row.tolist() == [0, 49, 10] and col.tolist() == [0, 49, 20]
     assert g.contains([30.25, 29.0], [104.25, 104.25]).tolist() == [True, False]
+
+
+def test_settings_name_the_raw_folders_and_the_manifest(tmp_path):
+    # ERA5 is cut to the region's box, so two regions sharing a data dir keep their own; satellite
+    # granules are global files, shared.
+    sichuan = load_settings(data_dir=str(tmp_path))
+    other = load_settings(data_dir=str(tmp_path), region=Region(name="testbox", west=103, south=30, east=104,
+                                                                 north=31, boundary="none"))
+    assert sichuan.raw("era5") == tmp_path / "raw" / "era5" / "sichuan"
+    assert other.raw("era5") == tmp_path / "raw" / "era5" / "testbox"
+    assert sichuan.raw("oco2") == other.raw("oco2") == tmp_path / "raw" / "oco2"
+    assert sichuan.raw("static") == tmp_path / "raw" / "static"
+    assert sichuan.manifest_path == other.manifest_path == tmp_path / "raw" / "manifest.parquet"

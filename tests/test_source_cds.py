@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import requests
 
-from tasks.sources.pull import raw_dir
 from demo_world.fixtures import tiny_era5_hourly, tiny_soundings
 from demo_world.writers import write_era5_old_cds, write_era5_zip, write_gosat_c3s
 from tasks.readers import read_era5, read_soundings
@@ -199,7 +198,7 @@ def test_gosat_zip_request_unpacked_under_real_name_and_second_pull_asks_nothing
     df = read_soundings(raw / name)
     good = df[df["quality_flag"] == 0]
     assert len(good) == 40 and good["xco2"].between(400, 425).all()
-    rows = Manifest(settings.raw_dir / "manifest.parquet").load()
+    rows = Manifest(settings.manifest_path).load()
     assert list(rows["remote_id"]) == [f"{GOSAT}:tanso_fts_ocfp:7_3:2020-06-01"]
 
     again = pull_gosat(settings, DAY, DAY)
@@ -244,7 +243,7 @@ def test_gosat_day_without_data_is_unavailable_not_a_failure(settings, monkeypat
     assert report.unavailable["gosat"] == 4 and not report.failed
     assert report.fetched["gosat"] == [gosat_c3s_name(DAY + timedelta(days=4))]
     assert sorted(fake.days()) == sorted(answers)  # each day asked once: no retry storm
-    rows = Manifest(settings.raw_dir / "manifest.parquet").load()
+    rows = Manifest(settings.manifest_path).load()
     assert sorted(rows["status"]) == ["ok"] + ["unavailable"] * 4
     assert "no daily file for 2020-06-01" in " ".join(rows["problem"])
 
@@ -281,7 +280,7 @@ def test_era5_request_and_zip_and_old_cds_answers_are_stored_and_read(settings, 
     assert request["data_format"] == "netcdf" and request["download_format"] == "unarchived"
     assert (request["year"], request["month"], request["day"]) == (["2020"], ["06"], ["01"])
 
-    raw = raw_dir(settings, "era5")
+    raw = settings.raw("era5")
     zip_file, old_file = (raw / n for n in names)
     assert zipfile.is_zipfile(zip_file)  # stored as it came, under the .nc name
     assert old_file.read_bytes()[:3] == b"CDF"  # NetCDF-3, old CDS
@@ -306,7 +305,7 @@ def test_era5_days_newer_than_the_latency_are_not_requested(settings, monkeypatc
 
 
 def test_era5_day_that_ages_past_final_after_days_is_fetched_again_and_replaced(tmp_path, settings, monkeypatch):
-    path = raw_dir(settings, "era5") / f"era5_single_levels_{DAY:%Y%m%d}.nc"
+    path = settings.raw("era5") / f"era5_single_levels_{DAY:%Y%m%d}.nc"
     fake = FakeCds(monkeypatch, era5_answer(lambda d: "zip", expver="0005"))
     first = pull_era5(settings, DAY, DAY, today=DAY + timedelta(days=10))
     assert first.n_fetched == 1 and cds.is_preliminary(path)
@@ -323,7 +322,7 @@ def test_era5_day_that_ages_past_final_after_days_is_fetched_again_and_replaced(
     final = pull_era5(eager, DAY, DAY, today=late)
     assert final.fetched["era5"] == [path.name] and len(fake.requests) == 3
     assert cds.era5_expvers(path) == {"0001"} and not cds.is_preliminary(path)
-    rows = Manifest(settings.raw_dir / "manifest.parquet").load().set_index("remote_id")
+    rows = Manifest(settings.manifest_path).load().set_index("remote_id")
     assert rows.loc[f"{ERA5}:2020-06-01:final", "status"] == "ok"
     assert pull_era5(eager, DAY, DAY, today=late + timedelta(days=1)).n_fetched == 0
 

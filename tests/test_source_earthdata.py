@@ -188,7 +188,7 @@ def _visible(settings):
 
 
 def _ok_rows(settings):
-    rows = Manifest(settings.raw_dir / "manifest.parquet").load()
+    rows = Manifest(settings.manifest_path).load()
     return rows[rows["status"] == "ok"]
 
 

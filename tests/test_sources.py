@@ -38,7 +38,7 @@ def test_second_pull_fetches_nothing(tmp_path, remote):
     assert set(raw_granules(settings, "oco2")) == {DAY}
     second = pull(settings, products=("oco2", "oco3", "gosat"))
     assert second.n_fetched == 0 and second.skipped == {"oco2": 1, "oco3": 1, "gosat": 1}
-    rows = Manifest(settings.raw_dir / "manifest.parquet").load()
+    rows = Manifest(settings.manifest_path).load()
     assert len(rows) == 3 and set(rows["status"]) == {"ok"}
     assert all(len(h) == 64 for h in rows["sha256"]) and (rows["size"] > 0).all()
 

@@ -132,10 +132,9 @@ def _fetch_into(settings: Settings, product: str, remote: Remote, granule: Remot
 
 
 def raw_dir(settings: Settings, product: str) -> Path:
-    """Satellite granules are global files, shared by every region; ERA5 is cut to a region's box."""
-    if product == "era5":
-        return settings.raw_dir / product / settings.region.name
-    return settings.raw_dir / product
+    """Settings.raw(product), for the callers not yet changed (tasks/prefect_tasks.py,
+    tasks/mapping/day.py, tasks/analysis/past_window.py); new code asks the settings."""
+    return settings.raw(product)
 
 
 def pull(settings: Settings, products: tuple[str, ...] | None = None, start: date | None = None,
@@ -154,7 +153,7 @@ def pull(settings: Settings, products: tuple[str, ...] | None = None, start: dat
 
 def _pull(settings: Settings, products: tuple[str, ...], start: date | None, end: date | None,
           remotes: dict[str, Remote]) -> PullReport:
-    manifest = Manifest(settings.raw_dir / "manifest.parquet", data_dir=settings.data_dir)
+    manifest = Manifest(settings.manifest_path, data_dir=settings.data_dir)
     report = PullReport(products=list(products))
     breakers: dict[str, CircuitBreaker] = {}
     storage_failure: str | None = None  # the raw cache's disk failed (full): the pull stops
@@ -189,7 +188,7 @@ def _pull(settings: Settings, products: tuple[str, ...], start: date | None, end
             if granule.remote_id in present or granule.remote_id in asked or granule.remote_id in rejected:
                 report.skipped[product] += 1
                 continue
-            dst = raw_dir(settings, product) / granule.name
+            dst = settings.raw(product) / granule.name
             had_copy = dst.is_file()
             try:
                 # Each attempt writes a temp file of its own: one left by a failed attempt (a full
@@ -242,7 +241,7 @@ def raw_granules(settings: Settings, product: str) -> dict[date, list[Path]]:
     """Granules in the raw cache by day."""
     spec = PRODUCTS[product]
     out: dict[date, list[Path]] = {}
-    folder = raw_dir(settings, product)
+    folder = settings.raw(product)
     for p in sorted(folder.glob("*")) if folder.is_dir() else []:
         day = spec.day(p.name)
         if day is not None and p.is_file():

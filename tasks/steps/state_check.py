@@ -36,7 +36,7 @@ from tasks.samples import ingest
 from tasks.samples import store as samples
 from tasks.settings import Settings
 from tasks.sources.products import SATELLITES
-from tasks.sources.pull import raw_dir, raw_granules
+from tasks.sources.pull import raw_granules
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _check_covariates(settings: Settings, grid: Grid) -> list[Finding]:
     damaged = [(path, kind, why) for path, kind, why in damaged if moved[path] is not None]
     if not damaged:
         return []
-    static_dir = settings.raw_dir / "static"
+    static_dir = settings.raw("static")
     try:
         # What is missing now is built again; what is intact is kept (build_covariates' own rule).
         build_covariates(static_dir, grid, settings.region_dir)
@@ -185,10 +185,10 @@ def _check_gridded(settings: Settings, grid: Grid) -> list[Finding]:
                 if upgrade and not granules:
                     # Gridding nothing would replace whole cells with none: keep them and say so.
                     raise FileNotFoundError(f"no raw {source} granules of {day} left to grid it from; restore them "
-                                            f"under {raw_dir(settings, source)}")
+                                            f"under {settings.raw(source)}")
                 # Only this source: the day's other gridded files are intact and stay as they are.
                 result = ingest.grid_day(day, {source: granules}, grid, settings.region_dir,
-                                         settings.quarantine_dir, manifest_path=settings.raw_dir / "manifest.parquet")
+                                         settings.quarantine_dir, manifest_path=settings.manifest_path)
                 outcome = (f"gridded again from {len(granules)} raw granules "
                            f"({result.soundings.get(source, 0)} soundings)")
                 if result.quarantined:
@@ -223,14 +223,14 @@ def _check_samples(settings: Settings, grid: Grid) -> list[Finding]:
     findings: list[Finding] = []
     if not damaged:
         return findings
-    era5_dir = raw_dir(settings, "era5")
+    era5_dir = settings.raw("era5")
     fit = None
     for day, path, why, moved in damaged:
         try:
             # As the daily update judges it: a bad ERA5 file is quarantined and the day waits, as
             # does a day fed by a quarantined NDVI composite.
             inputs = day_readiness(era5_dir, day, region_dir, settings.quarantine_dir,
-                                   settings.raw_dir / "manifest.parquet")
+                                   settings.manifest_path)
             if not inputs.ready:
                 what = "ERA5" if not inputs.era5.ready else "NDVI"
                 raise FileNotFoundError(f"{what} for {day} is not usable ({inputs.why}); the daily update samples "

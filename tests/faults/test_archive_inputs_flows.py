@@ -32,7 +32,6 @@ from tasks.samples.ingest import footprint_file, gosat_fit_file, gridded_file, r
 from tasks.samples.store import day_file, read_day, stored_days, write_day
 from tasks.gridding.geometry import Grid
 from tasks.settings import Region, load_settings
-from tasks.sources.pull import raw_dir
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +146,7 @@ def test_a_gosat_fit_made_on_partial_data_is_refitted_and_its_samples_refused(wo
     hold_back(overrides, "gosat", NEIGHBOUR, tmp_path / "held")
     for path in (gridded_file(rd, "gosat", NEIGHBOUR), footprint_file(rd, "gosat", NEIGHBOUR)):
         path.unlink()
-    partial = refit_gosat_and_refuse(rd, raw_dir(settings, "era5"), Grid.for_region(settings.region, settings.grid_step))
+    partial = refit_gosat_and_refuse(rd, settings.raw("era5"), Grid.for_region(settings.region, settings.grid_step))
     assert partial.fit.fit_id != undisturbed_fit and partial.rewritten
     assert not (read_day(rd, NEIGHBOUR)["source"] == "gosat").any()
     damaged = daily(overrides)  # the archive follows the partial fit: its days are stale and redone

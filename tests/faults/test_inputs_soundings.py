@@ -112,7 +112,7 @@ def test_a_granule_quarantined_at_gridding_is_marked_and_not_pulled_again(tmp_pa
     assert sorted(first.fetched["oco2"]) == sorted([good.name, broken.name]) and not first.quarantined
 
     cached = settings.raw_dir / "oco2" / broken.name
-    manifest = settings.raw_dir / "manifest.parquet"
+    manifest = settings.manifest_path
     result = ingest.grid_day(date(2020, 6, 2), {"oco2": [cached]}, GRID, settings.region_dir,
                              settings.quarantine_dir, manifest_path=manifest)
     [entry] = result.quarantined

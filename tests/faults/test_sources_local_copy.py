@@ -29,7 +29,7 @@ def source(tmp_path):
 
 
 def _ok_rows(settings):
-    rows = Manifest(settings.raw_dir / "manifest.parquet").load()
+    rows = Manifest(settings.manifest_path).load()
     return rows[rows["status"] == "ok"].set_index("product")
 
 

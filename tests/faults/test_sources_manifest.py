@@ -87,7 +87,7 @@ def test_granule_quarantined_at_gridding_is_not_pulled_again_until_it_changes(tm
     settings = _settings(tmp_path / "data", source)
     pull(settings, products=("oco2",))
     cached = next((settings.raw_dir / "oco2").iterdir())
-    manifest = Manifest(settings.raw_dir / "manifest.parquet")
+    manifest = Manifest(settings.manifest_path)
     cached.unlink()  # gridding moved it to quarantine/
     assert manifest.mark_quarantined("oco2", cached.name, "no valid soundings") == 1
     row = manifest.load().iloc[0]
@@ -107,7 +107,7 @@ def test_an_unreadable_manifest_is_set_aside_and_the_granules_pulled_again(tmp_p
     over their cached copies, and nothing already pulled is lost."""
     settings = _settings(tmp_path / "data", source)
     first = pull(settings, products=PRODUCTS)
-    manifest = settings.raw_dir / "manifest.parquet"
+    manifest = settings.manifest_path
     whole = manifest.read_bytes()
     manifest.write_bytes(whole[: len(whole) // 2])
 

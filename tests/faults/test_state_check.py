@@ -28,7 +28,6 @@ from tasks.covariates.meteorology import era5_available
 from tasks.samples.store import SampleStoreError, day_file, read_samples, write_day
 from tasks.settings import load_settings
 from tasks.sources import pull, raw_granules
-from tasks.sources.pull import raw_dir
 from tasks.sources.products import SATELLITES
 from tasks.io.integrity import npy_problem, parquet_problem, remove_dead_temp_files
 from tasks.steps.state_check import check_state, set_aside
@@ -50,13 +49,13 @@ def build_store(data_dir: Path) -> None:
     write_demo_world(data_dir / "demo", settings.region, START, END, grid_step=settings.grid_step, dense=True)
     report = pull(settings, start=START, end=END + timedelta(days=1))
     assert not report.failed and report.n_fetched > 0
-    build_covariates(settings.raw_dir / "static", grid, settings.region_dir)
+    build_covariates(settings.raw("static"), grid, settings.region_dir)
     granules = {s: raw_granules(settings, s) for s in SATELLITES}
     for day in sorted({d for s in SATELLITES for d in granules[s]}):
         ingest.grid_day(day, {s: granules[s].get(day, []) for s in SATELLITES}, grid, settings.region_dir,
                         settings.quarantine_dir)
     fit = ingest.fit_gosat(settings.region_dir)
-    era5 = raw_dir(settings, "era5")
+    era5 = settings.raw("era5")
     for day in ingest.load_gridded(settings.region_dir, "oco2"):
         assert era5_available(era5, day)
         ingest.sample_day(settings.region_dir, era5, grid, day, fit)
@@ -226,7 +225,7 @@ def test_a_sample_day_whose_meteorology_is_gone_is_set_aside_and_said_so(store):
     settings, grid = store
     path = day_file(settings.region_dir, DAMAGED_DAY)
     truncate(path)
-    for f in raw_dir(settings, "era5").glob("*20200602*"):
+    for f in settings.raw("era5").glob("*20200602*"):
         f.unlink()
     [finding] = findings_of(settings, grid, "samples")
     assert "could not be sampled again" in finding["action"] and "ERA5 for 2020-06-02" in finding["action"]
@@ -360,7 +359,7 @@ def test_refit_re_fuses_only_the_days_on_another_fit_and_is_idempotent(store):
     from tasks.fusion.merge import GosatFit
 
     settings, grid = store
-    region, era5 = settings.region_dir, raw_dir(settings, "era5")
+    region, era5 = settings.region_dir, settings.raw("era5")
     pristine = read_samples(region)
     fit = ingest.current_gosat_fit(region)
     gosat = pristine["source"] == "gosat"

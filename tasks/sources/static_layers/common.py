@@ -72,7 +72,7 @@ NDVI_SCALE = 1e-4
 
 
 def static_dir(settings: Settings) -> Path:
-    return settings.raw_dir / "static"
+    return settings.raw("static")
 
 
 def ndvi_file_name(composite_start: date) -> str:
