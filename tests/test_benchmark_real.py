@@ -299,3 +299,27 @@ def test_the_archive_bands_are_read_by_description(tmp_path):
     assert (x[0], r[0], t[0]) == (400.0, 1.5, pytest.approx(0.9))
     x, r, t = rb.read_cog_at(old, lon, lat, ARCHIVE_BANDS)
     assert x[0] == 400.0 and r[0] == 1.5 and np.isnan(t[0])  # a day archived before the band: NaN
+
+
+def test_the_reliability_of_both_intervals_at_held_out_values(tmp_path):
+    from tasks.analysis.real_benchmark_io import reliability_curves
+
+    rng = np.random.default_rng(4)
+    n = 5000
+    held, archive = {}, {}
+    for h in rb.HOLDOUTS:
+        truth = 400 + rng.normal(0, 1, n)
+        observed = truth + rng.normal(0, 1.2, n)  # retrieval noise variance 1.44
+        mapped = truth + rng.normal(0, 0.8, n)  # the map misses the true column by 0.8 ppm sd
+        held[h] = pd.DataFrame({"xco2_ppm": observed})
+        archive[h] = (mapped, np.full(n, np.sqrt(0.64 + 1.44)), np.full(n, 0.8))
+    curves = reliability_curves(held, archive, noise_variance=1.44)
+    assert [c.name for c in curves] == ["retrieval interval, spatial blocks", "retrieval interval, whole days",
+                                        "true column + neighbour noise, spatial blocks",
+                                        "true column + neighbour noise, whole days"]
+    for c in curves:
+        assert c.n == n and c.observed == pytest.approx((0.5, 0.6827, 0.9, 0.95), abs=0.025)
+    noise = rb.noise_consistency(archive, synthetic_tracks(60, independent_sd=1.2))
+    md = br.box_markdown("box", {"xco2 archive": {}}, noise, curves, "reliability.png")
+    assert "| retrieval interval, whole days |" in md and "![reliability](reliability.png)" in md
+    assert "| box | 1.440 | 10000 |" in md
