@@ -47,14 +47,6 @@ MapOne = Callable[[Settings, Grid, date, Any, Any], dict]
 OpenPredictor = Callable[[Settings, Any, int], Any]
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 @dataclass(frozen=True)
 class PoolPlan:
     workers: int
@@ -64,6 +56,8 @@ class PoolPlan:
     def for_days(cls, days: int, workers: int | None = None, cores: int | None = None) -> "PoolPlan":
         """One worker per core (never more workers than days), the cores shared out as ONNX
         Runtime intra-op threads: 2 cores, 2 workers -> 1 thread each; 1 worker -> 2 threads."""
+        from models.onnx_runtime import available_cores  # the cores its sessions are sized by
+
         cores = cores or available_cores()
         if workers is not None and workers < 1:
             raise ValueError(f"backfill workers must be >= 1, got {workers}")
