@@ -13,6 +13,7 @@ Pure functions (numpy, matplotlib's Agg canvas), no Prefect: the retrain report
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ def reliability_figure(curves: Sequence[Reliability], path: Path | str, title: s
     figure = Figure(figsize=(6.0, 5.4 if note else 5.0), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.plot([0.4, 1.0], [0.4, 1.0], color="0.4", linestyle="--", linewidth=1, label="calibrated")
+    axes.plot([0.3, 1.0], [0.3, 1.0], color="0.4", linestyle="--", linewidth=1, label="calibrated")
     markers = "osD^vP*X"
     drawn = 0
     for k, c in enumerate(curves):
@@ -122,7 +123,7 @@ def reliability_figure(curves: Sequence[Reliability], path: Path | str, title: s
         drawn += 1
     axes.set_xticks(list(LEVELS), [level_label(lv) for lv in LEVELS])
     axes.set_xlim(0.4, 1.0)
-    axes.set_ylim(0.0, 1.0)
+    axes.set_ylim(0.3, 1.0)
     axes.set_xlabel("nominal coverage (Gaussian scaling of the 68 % half-width)")
     axes.set_ylabel("observed coverage of held-out values")
     axes.grid(alpha=0.3)
@@ -132,7 +133,8 @@ def reliability_figure(curves: Sequence[Reliability], path: Path | str, title: s
     else:
         axes.text(0.7, 0.5, "nothing to score", ha="center", va="center", color="0.4")
     if note:
-        figure.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=7, wrap=True)
+        # supxlabel: the constrained layout makes room for it under the axis label.
+        figure.supxlabel(textwrap.fill(note, 110), fontsize=7, color="0.3")
     with atomic_path(path) as temp:
         figure.savefig(temp, format="png")
     return path
