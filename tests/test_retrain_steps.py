@@ -163,3 +163,29 @@ def test_the_reliability_of_both_intervals_on_the_scoring_halves(tmp_path):
                                "random holdout", [], None, with_truth)
     assert "## Reliability of the intervals (scoring halves)" in md
     assert "| true column vs truth, whole days |" in md
+
+
+def test_the_true_column_defaults_to_the_archive_s_band_3(monkeypatch):
+    """With a field, the true column's half-width comes from models.holdouts.map_true_column with
+    the model's background (what band 3 of the archive shows)."""
+    import pandas as pd
+
+    n = 30
+    a = np.arange
+    split = Holdouts(fit=a(0, 5), early_stopping=a(0), random=a(0), blocks_calibration=a(0),
+                     blocks_score=a(5, 15), days_calibration=a(0), days_score=a(15, n), spatial_is_blocks=True)
+    df = pd.DataFrame({"weight": np.ones(n), "cell": a(n), "day": np.repeat(np.datetime64("2020-01-01"), n)})
+    calls = []
+
+    def fake_true_column(field_fit, frame, background, idx):
+        calls.append((field_fit, background, tuple(idx)))
+        return np.full(len(idx), 0.5)
+
+    monkeypatch.setattr(steps, "archive_view", lambda trained, ff, X, d, idx: (np.zeros(len(idx)), np.ones(len(idx))))
+    monkeypatch.setattr(steps, "map_true_column", fake_true_column)
+    field_fit = object()
+    curves = steps.reliability_of_holdouts(_Trained(), field_fit, np.zeros((n, 1)), np.zeros(n), df, split,
+                                           truth=lambda cells, days: np.full(len(cells), 1.0))
+    assert [c.name for c in curves][1::2] == ["true column vs truth, spatial blocks", "true column vs truth, whole days"]
+    assert calls[0] == (field_fit, "background", tuple(range(5, 15)))
+    assert curves[1].observed == (0.0, 0.0, 0.0, 0.0)  # errors of 1 ppm outside 0.5 ppm x 1.96 everywhere

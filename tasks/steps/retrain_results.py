@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.holdouts import FieldFit, Holdouts, NetworkShare, holdout_scores, map_predict
+from models.holdouts import FieldFit, Holdouts, NetworkShare, holdout_scores, map_predict, map_true_column
 from tasks.analysis import reliability as rel
 from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.settings import Settings
@@ -73,8 +73,15 @@ def reliability_of_holdouts(trained, field_fit: FieldFit | None, X: np.ndarray, 
     soundings as the 68 % coverage of `score_holdouts` is. The true column's interval against the
     truth where there is one (the demo world), each held-out cell-day once; on real data there is
     no truth to check it against here (`xco2 benchmark real` checks it through the retrieval noise
-    of neighbouring retrievals)."""
+    of neighbouring retrievals). true_column: the true column's half-width at held-out samples
+    (default: the archive's, models.holdouts.map_true_column, when the retrain fitted a field)."""
     weight = df["weight"].to_numpy(np.float64)
+    if true_column is None and field_fit is not None:
+        fitted = field_fit
+
+        def true_column(idx: np.ndarray) -> np.ndarray | None:
+            return map_true_column(fitted, df, trained.background, idx)
+
     curves = []
     for name, idx in (("spatial blocks", split.blocks_score), ("whole days", split.days_score)):
         if len(idx) < 2:
