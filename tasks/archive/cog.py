@@ -14,9 +14,15 @@ File choices, and why:
   region smaller than a tile has none: its single tile already is the cheapest overview.
 - CRS EPSG:4326, pixel-is-area, transform exactly `grid.transform`, so pixels sit on the
   global 0.01 degree lattice and days stack without resampling.
-- Band 1 'xco2', optional band 2 'xco2_uncertainty', both float32 in ppm (GDAL unit type and a
-  'units' band tag, since tools read one or the other). GDAL also stores each band's
-  statistics so QGIS gets a sensible colour stretch without scanning the file.
+- Band 1 'xco2', optional band 2 'xco2_uncertainty' (the 68 % half-width for a new retrieval at
+  the cell, retrieval noise included) and, from format 2, optional band 3
+  'xco2_true_column_uncertainty' (the 68 % half-width of the true column, no retrieval noise), all
+  float32 in ppm (GDAL unit type and a 'units' band tag, since tools read one or the other). Each
+  interval band also carries 'interval' and 'description' tags saying which it is. Band 2 keeps its
+  number and name from format 1 so that a reader of band 2 still gets what it always got; the
+  dataset tag 'xco2_format_version' (absent: format 1) tells the layouts apart, and readers find a
+  band by its description (band_index). GDAL also stores each band's statistics so QGIS gets a
+  sensible colour stretch without scanning the file.
 
 GDAL's COG driver writes the whole file from one in-memory copy of the bands (about 5 MB
 per band for Sichuan), so memory stays a small multiple of the input arrays.
@@ -55,7 +61,25 @@ ACCEPTED_COMPRESSIONS = ("DEFLATE", "ZSTD")
 FLOATING_POINT_PREDICTOR = "3"
 OVERVIEW_RESAMPLING = "AVERAGE"
 XCO2_BAND = "xco2"
-UNCERTAINTY_BAND = "xco2_uncertainty"
+UNCERTAINTY_BAND = "xco2_uncertainty"  # the retrieval interval (its format-1 name, kept)
+RETRIEVAL_INTERVAL_BAND = UNCERTAINTY_BAND
+TRUE_COLUMN_BAND = "xco2_true_column_uncertainty"
+# The layout's version, a dataset tag; files without it are format 1 (bands xco2[, xco2_uncertainty]).
+FORMAT_VERSION_TAG = "xco2_format_version"
+FORMAT_VERSION = "2"
+# What each band is, written as band tags (interval, description) and into the STAC item.
+BAND_MEANINGS = {
+    XCO2_BAND: ("", "XCO2, column-averaged dry-air CO2 mole fraction (ppm)"),
+    UNCERTAINTY_BAND: ("new retrieval", "half-width (ppm) of the calibrated 68% interval for a NEW RETRIEVAL at the "
+                       "cell: map uncertainty plus retrieval noise; what held-out retrievals fall in 68% of the time"),
+    TRUE_COLUMN_BAND: ("true column", "half-width (ppm) of the calibrated 68% interval of the TRUE XCO2 COLUMN at the "
+                       "cell: background-parameter and field uncertainty, no retrieval noise; compare with TCCON "
+                       "or use in an inversion"),
+}
+LAYOUTS = {
+    "1": ((XCO2_BAND,), (XCO2_BAND, UNCERTAINTY_BAND)),
+    "2": ((XCO2_BAND,), (XCO2_BAND, UNCERTAINTY_BAND), (XCO2_BAND, UNCERTAINTY_BAND, TRUE_COLUMN_BAND)),
+}
 
 _CREATION_OPTIONS = {
     "compress": COMPRESSION,
@@ -156,17 +180,24 @@ def write_day_cog(
     grid: Grid,
     tags: Mapping[str, Any],
     uncertainty: np.ndarray | None = None,
+    true_column_uncertainty: np.ndarray | None = None,
 ) -> Path:
     """Write (or replace) one day's map as a COG at `path`, atomically; returns `path`.
 
-    `xco2` and `uncertainty` are (ny, nx) in ppm, NaN where there is no estimate. `tags` become
-    dataset tags (model name/version, feature set version, source mode, synthetic, date...).
+    `xco2`, `uncertainty` (the 68 % half-width for a new retrieval, band 2) and
+    `true_column_uncertainty` (the 68 % half-width of the true column, band 3) are (ny, nx) in ppm,
+    NaN where there is no estimate. `tags` become dataset tags (model name/version, feature set
+    version, source mode, synthetic, date...), with the format version added.
     """
     path = Path(path)
+    if true_column_uncertainty is not None and uncertainty is None:
+        raise ValueError("a true-column interval (band 3) needs the retrieval interval (band 2) beside it")
     bands = [(XCO2_BAND, _as_band(xco2, grid, XCO2_BAND))]
     if uncertainty is not None:
         bands.append((UNCERTAINTY_BAND, _as_band(uncertainty, grid, UNCERTAINTY_BAND)))
-    dataset_tags = _dataset_tags(tags)
+    if true_column_uncertainty is not None:
+        bands.append((TRUE_COLUMN_BAND, _as_band(true_column_uncertainty, grid, TRUE_COLUMN_BAND)))
+    dataset_tags = {**_dataset_tags(tags), FORMAT_VERSION_TAG: FORMAT_VERSION}
 
     profile = {
         "driver": "COG",
@@ -186,7 +217,9 @@ def write_day_cog(
                 for index, (name, values) in enumerate(bands, start=1):
                     dst.write(values, index)
                     dst.set_band_description(index, name)
-                    dst.update_tags(index, units=UNITS)
+                    interval, description = BAND_MEANINGS[name]
+                    dst.update_tags(index, units=UNITS, description=description,
+                                    **({"interval": interval} if interval else {}))
                 dst.units = tuple(UNITS for _ in bands)
                 dst.update_tags(**dataset_tags)
     except GDAL_ERRORS as exc:
@@ -219,8 +252,13 @@ def _dataset_problems(src, grid: Grid | None) -> list[str]:
     problems: list[str] = []
     if src.crs is None or src.crs.to_epsg() != CRS_EPSG:
         problems.append(f"CRS is {src.crs}, expected EPSG:{CRS_EPSG}")
-    if src.count not in (1, 2):
-        problems.append(f"{src.count} bands, expected 1 (xco2) or 2 (xco2, xco2_uncertainty)")
+    version = src.tags().get(FORMAT_VERSION_TAG, "1")
+    layouts = LAYOUTS.get(version)
+    if layouts is None:
+        problems.append(f"format version {version!r}, expected one of {sorted(LAYOUTS)}")
+        layouts = LAYOUTS[FORMAT_VERSION]
+    if tuple(src.descriptions) not in layouts:
+        problems.append(f"band descriptions {src.descriptions}, expected one of {list(layouts)} (format {version})")
     if any(dtype != "float32" for dtype in src.dtypes):
         problems.append(f"band types {src.dtypes}, expected float32")
     if src.nodata is None:
@@ -242,9 +280,6 @@ def _dataset_problems(src, grid: Grid | None) -> list[str]:
     if src.tags().get("AREA_OR_POINT", "Area") != "Area":
         problems.append("pixels are points, expected areas (cells of the grid)")
 
-    expected_names = (XCO2_BAND, UNCERTAINTY_BAND)[: src.count]
-    if tuple(src.descriptions) != expected_names:
-        problems.append(f"band descriptions {src.descriptions}, expected {expected_names}")
     for index in src.indexes:
         unit = src.units[index - 1] or src.tags(index).get("units")
         if unit != UNITS:
@@ -256,3 +291,17 @@ def _dataset_problems(src, grid: Grid | None) -> list[str]:
         if src.transform != grid.transform:
             problems.append(f"transform {tuple(src.transform)[:6]}, expected {tuple(grid.transform)[:6]}")
     return problems
+
+
+def format_version(src) -> str:
+    """An open COG's format version ('1' for files written before the tag)."""
+    return src.tags().get(FORMAT_VERSION_TAG, "1")
+
+
+def band_index(src, name: str) -> int | None:
+    """The 1-based index of the band described `name` in an open COG (rasterio dataset), None when
+    it has none: readers find bands by what they are, not by number."""
+    for index, description in enumerate(src.descriptions, start=1):
+        if description == name:
+            return index
+    return None

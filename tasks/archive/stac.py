@@ -28,7 +28,7 @@ import rasterio
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Statistics
 
-from tasks.archive.cog import CRS_EPSG, ArchiveWriteError
+from tasks.archive.cog import BAND_MEANINGS, CRS_EPSG, FORMAT_VERSION_TAG, ArchiveWriteError
 from tasks.archive.layout import (
     COLLECTION_FILE,
     collection_path,
@@ -146,6 +146,8 @@ def item_properties(tags: Mapping[str, str]) -> dict[str, Any]:
     """The item properties of a day from its COG's tags: the map run and the repair of a lost
     item (health.py) both derive them here, so a restored item equals the one first written."""
     properties: dict[str, Any] = {k: tags[k] for k in ITEM_PROPERTY_TAGS if k in tags}
+    # The COG's layout (tasks/archive/cog.py, docs/data.md): "1" for days written before the tag.
+    properties["format_version"] = tags.get(FORMAT_VERSION_TAG, "1")
     if "own_day_superobs" in tags:  # the daily anomaly's support and the map's check on its own day
         properties.update(daily_anomaly_superobs=int(tags.get("daily_anomaly_superobs", 0)),
                           own_day_superobs=int(tags["own_day_superobs"]),
@@ -179,23 +181,28 @@ def _band_statistics(tags: Mapping[str, str]) -> Statistics | None:
 
 
 def _raster_bands(cog_path: Path, grid: Grid) -> tuple[list[RasterBand], list[str]]:
-    """The COG's bands as the raster extension describes them, and their names."""
+    """The COG's bands as the raster extension describes them (each with its name and what it
+    means, so that a reader picks the interval it needs by name), and their names."""
     bands, names = [], []
     with rasterio.open(cog_path) as src:
         for index in src.indexes:
             nodata = src.nodatavals[index - 1]
             if nodata is not None and math.isnan(nodata):
                 nodata = "nan"  # JSON has no NaN; the raster extension spells it out
-            bands.append(
-                RasterBand.create(
-                    nodata=nodata,
-                    data_type=DataType(src.dtypes[index - 1]),
-                    unit=src.units[index - 1] or src.tags(index).get("units"),
-                    spatial_resolution=_spatial_resolution_m(grid),
-                    statistics=_band_statistics(src.tags(index)),
-                )
+            band = RasterBand.create(
+                nodata=nodata,
+                data_type=DataType(src.dtypes[index - 1]),
+                unit=src.units[index - 1] or src.tags(index).get("units"),
+                spatial_resolution=_spatial_resolution_m(grid),
+                statistics=_band_statistics(src.tags(index)),
             )
-            names.append(src.descriptions[index - 1] or f"band {index}")
+            name = src.descriptions[index - 1] or f"band {index}"
+            band.properties["name"] = name
+            description = src.tags(index).get("description") or BAND_MEANINGS.get(name, ("", ""))[1]
+            if description:
+                band.properties["description"] = f"band {index}: {description}"
+            bands.append(band)
+            names.append(name)
     return bands, names
 
 
@@ -237,8 +244,10 @@ def build_day_item(
         media_type=pystac.MediaType.COG,
         roles=["data"],
         title="XCO2 (ppm)",
-        description="Column-averaged dry-air CO2 mole fraction; bands: " + ", ".join(band_names)
-        + ". NaN marks cells without an estimate.",
+        description="Column-averaged dry-air CO2 mole fraction; bands: "
+        + ", ".join(f"{i} {name}" for i, name in enumerate(band_names, start=1))
+        + " (raster:bands say what each is: band 2 is for a new retrieval, band 3 for the true column; "
+        "find them by name). NaN marks cells without an estimate.",
     )
     item.add_asset(ASSET_KEY, asset)
     RasterExtension.ext(asset, add_if_missing=True).apply(bands=raster_bands)
@@ -282,7 +291,10 @@ def build_collection(archive_root: Path | str, region_name: str, grid: Grid) -> 
             f"Daily column-averaged dry-air CO2 mole fraction (XCO2, ppm) over {region_name} on a "
             f"{grid.step:g} degree grid (EPSG:4326), gap-filled by a ResNet-LSTM from OCO-2, "
             "OCO-3 and GOSAT retrievals. One Cloud Optimized GeoTIFF per UTC day; band 1 is "
-            "XCO2, band 2 (when present) its uncertainty; NaN marks cells without an estimate. "
+            "XCO2; band 2 (xco2_uncertainty, when present) the 68% half-width for a new retrieval at "
+            "the cell; band 3 (xco2_true_column_uncertainty, format 2, when present) the 68% half-width "
+            "of the true column; the item's xco2:format_version says the layout. NaN marks cells "
+            "without an estimate. "
             "Items with xco2:synthetic true are demonstration output, not measurements."
         ),
         extent=extent,

@@ -28,8 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.residual_field import (ResidualField, Superobs, day_number, interval_half_width, predict_map,
-                                   predict_points, superobs, window)
+from models.background import Background
+from models.residual_field import (ResidualField, Superobs, day_number, interval_half_width,
+                                   predict_map_with_background, predict_points, superobs, true_column_half_width,
+                                   window)
 from tasks.io.atomic import atomic_path
 from tasks.gridding.geometry import Grid
 from tasks.samples.store import day_file, read_samples, stored_days
@@ -44,6 +46,9 @@ class DailyAnomaly:
 
     mean: np.ndarray  # [ny, nx] ppm, NaN outside the region's boundary
     half_width: np.ndarray  # [ny, nx] ppm: the map's 68% interval for a retrieval at the cell
+    # [ny, nx] ppm: the 68% interval of the true column at the cell (no retrieval noise); None when
+    # the champion predates its calibration (models/residual_field.py::true_column_half_width)
+    true_column_half_width: np.ndarray | None
     n_superobs: int
     window_start: date
     window_end: date
@@ -66,6 +71,14 @@ def field_of(mapping: dict | None) -> ResidualField | None:
     if not mapping or not mapping.get("residual_field"):
         return None
     return ResidualField.from_dict(mapping["residual_field"])
+
+
+def background_of(mapping: dict | None) -> Background | None:
+    """The champion's background (its coefficients' covariance, when kept, widens the true column's
+    interval away from the observations and past the training window)."""
+    if not mapping or not mapping.get("background"):
+        return None
+    return Background.from_dict(mapping["background"])
 
 
 def _cache_file(region_dir: Path, version: int | str, day: date) -> Path:
@@ -123,12 +136,16 @@ def window_superobs(region_dir: Path, version: int | str, day: date, predict, fe
 
 
 def daily_anomaly(region_dir: Path, version: int | str, grid: Grid, day: date, predict, feature_names,
-                  field: ResidualField, max_cells: int, inside: np.ndarray | None = None) -> DailyAnomaly:
-    """The field for `day` on the grid, its half-width and the day's leave-own-day-out score."""
+                  field: ResidualField, max_cells: int, inside: np.ndarray | None = None,
+                  background: Background | None = None) -> DailyAnomaly:
+    """The field for `day` on the grid, its half-widths and the day's leave-own-day-out score.
+    background: the champion's (background_of), for the true column's interval."""
     obs = window_superobs(region_dir, version, day, predict, feature_names, field, max_cells)
     lat0 = float(np.mean(grid.lats))
     t = float(day_number([day])[0])
-    mean, variance = predict_map(field, obs, lat0, grid.lons, grid.lats, t, inside)
+    mean, variance, background_variance = predict_map_with_background(field, obs, lat0, grid.lons, grid.lats, t,
+                                                                      background, inside)
+    true_half = true_column_half_width(field, variance, background_variance)
     own = window(obs, t, 0)
     n, rmse, bias = len(own), float("nan"), float("nan")
     if n:
@@ -136,5 +153,6 @@ def daily_anomaly(region_dir: Path, version: int | str, grid: Grid, day: date, p
         m, _ = predict_points(field, others, lat0, own.lon, own.lat, own.day)
         error = m - own.residual
         rmse, bias = float(np.sqrt(np.mean(error ** 2))), float(np.mean(error))
-    return DailyAnomaly(mean, interval_half_width(field, variance).astype(np.float32), len(obs),
+    return DailyAnomaly(mean, interval_half_width(field, variance).astype(np.float32),
+                        true_half.astype(np.float32) if true_half is not None else None, len(obs),
                         day - timedelta(days=field.window_days), day + timedelta(days=field.window_days), n, rmse, bias)

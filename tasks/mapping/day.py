@@ -21,7 +21,7 @@ from tasks.covariates.static import StaticCovariates
 from tasks.gridding.geometry import Grid
 from tasks.io.progress import progress_bar
 from tasks.mapping import anchoring
-from tasks.mapping.daily_anomaly import daily_anomaly, field_of
+from tasks.mapping.daily_anomaly import background_of, daily_anomaly, field_of
 from tasks.mapping.inference import (TimeLocationLayers, day_layers, predict_day, predict_xco2,
                                      reads_only_time_location)
 from tasks.regions.boundary import region_mask
@@ -75,7 +75,7 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
     predict = partial(predict_xco2, mapper, batch_size=settings.inference_batch_size)
     if field is not None and with_field:
         anomaly = daily_anomaly(settings.region_dir, champion.version, grid, day, predict, FEATURE_NAMES, field,
-                                settings.daily_anomaly_max_cells_per_day, inside)
+                                settings.daily_anomaly_max_cells_per_day, inside, background_of(champion.mapping))
         if anomaly.n_superobs == 0:
             log.warning("%s: no observations within %d days; the map is the model alone", day, field.window_days)
     # Champions exported before the background carry no field: the single offset of before.
@@ -94,9 +94,11 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
                                  progress=lambda d, _t: advance(d), inside=inside)
     xco2 = prediction.xco2 + np.float32(anchor.offset_ppm if anchor else 0.0)
     uncertainty = prediction.uncertainty
+    true_column = None
     if anomaly is not None:
         xco2 = xco2 + anomaly.mean
         uncertainty = anomaly.half_width
+        true_column = anomaly.true_column_half_width
     synthetic = settings.source.value == "demo"
     # What the map was made from, read after mapping: the same files the field just read.
     provenance = current_provenance(settings, champion)(day)
@@ -118,12 +120,17 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
     if anomaly is not None:
         tags["uncertainty"] = ("band 2: half-width of the calibrated 68% interval for a retrieval at the cell (ppm): "
                                "background, network and daily-anomaly uncertainty and retrieval noise")
+        # Band 3 or why there is none (docs/data.md): a champion calibrated before issue 22.
+        tags["true_column_uncertainty"] = (
+            "band 3: half-width of the calibrated 68% interval of the true column at the cell (ppm): background-"
+            "parameter and daily-anomaly uncertainty, no retrieval noise" if true_column is not None else
+            "absent: the champion predates the true column's calibration; band 2 is for a retrieval, not the truth")
     elif uncertainty is not None:
         tags["uncertainty"] = "band 2: half-width of the calibrated 68% interval (ppm)"
     if synthetic:
         tags["note"] = "SYNTHETIC demo output: not real XCO2"
     path = day_cog_path(settings.archive_root, settings.region.name, day)
-    write_day_cog(path, xco2, grid, tags, uncertainty=uncertainty)
+    write_day_cog(path, xco2, grid, tags, uncertainty=uncertainty, true_column_uncertainty=true_column)
     # From the tags, as the archive check derives them when it restores a lost item.
     upsert_day_item(settings.archive_root, settings.region, grid, day, path, item_properties(tags))
     finite = xco2[np.isfinite(xco2)]
