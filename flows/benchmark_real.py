@@ -71,9 +71,14 @@ def run_system(overrides: dict, box: BenchmarkBox) -> dict:
 def log_to_mlflow(tracking_uri: str, box: BenchmarkBox, opts: BenchmarkOptions, result: dict,
                   files: list[Path]) -> str:
     import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from registry.tracking import ensure_experiment
 
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(EXPERIMENT)
+    # Created with its artifacts beside the tracking DB: mlflow.set_experiment alone would put
+    # them in ./mlruns of whatever directory the benchmark was started from.
+    mlflow.set_experiment(experiment_id=ensure_experiment(MlflowClient(tracking_uri), EXPERIMENT, tracking_uri))
     with mlflow.start_run(run_name=box.label) as run:
         mlflow.log_params({"box": box.name, "west": box.west, "south": box.south, "east": box.east,
                            "north": box.north, "start": box.start.isoformat(), "end": box.end.isoformat(),

@@ -323,3 +323,28 @@ def test_the_reliability_of_both_intervals_at_held_out_values(tmp_path):
     md = br.box_markdown("box", {"xco2 archive": {}}, noise, curves, "reliability.png")
     assert "| retrieval interval, whole days |" in md and "![reliability](reliability.png)" in md
     assert "| box | 1.440 | 10000 |" in md
+
+
+def test_the_benchmark_run_keeps_its_artifacts_beside_the_tracking_db(tmp_path, monkeypatch):
+    """Logged from any directory, the run's files go under the data dir, never ./mlruns there."""
+    from datetime import date
+
+    from mlflow.tracking import MlflowClient
+
+    from flows.benchmark_real import log_to_mlflow
+    from tasks.analysis.real_benchmark_io import BenchmarkBox, BenchmarkOptions
+
+    elsewhere = tmp_path / "started-here"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    uri = f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
+    (tmp_path / "data").mkdir()
+    table = tmp_path / "table.md"
+    table.write_text("| method | rmse |\n")
+    box = BenchmarkBox("amazon", -65, -10, -55, 0, date(2016, 1, 1), date(2016, 6, 30))
+    run_id = log_to_mlflow(uri, box, BenchmarkOptions(),
+                           {"table": {"map": {"blocks": {"rmse": 2.1, "n": 10}}}}, [table])
+    assert not (elsewhere / "mlruns").exists()
+    artifacts = MlflowClient(uri).get_run(run_id).info.artifact_uri
+    assert artifacts.startswith((tmp_path / "data" / "mlartifacts").as_uri())
+    assert (tmp_path / "data" / "mlartifacts").is_dir()
