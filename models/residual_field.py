@@ -492,17 +492,42 @@ def predict_map_with_background(field: ResidualField, obs: Superobs, lat0: float
     lat_nodes = _nodes(lats, step)
     lon_nodes = _nodes(lons, step)
     LON, LAT = np.meshgrid(lon_nodes, lat_nodes)
-    mean, var, extra = kriging.predict_with_background(LON.ravel(), LAT.ravel(), day, background)
+    if inside is None:
+        rows, cols = (a.ravel() for a in np.meshgrid(np.arange(len(lats)), np.arange(len(lons)), indexing="ij"))
+    else:
+        rows, cols = np.nonzero(inside)
+    # Kriging is the map's cost (a province's box: ~50,000 lattice nodes x the window's
+    # super-observations): only the nodes that interpolate a cell inside the boundary are solved
+    # (a province fills about a third of its box), and only those cells interpolated (issue 23).
+    needed = _nodes_needed(lat_nodes, lon_nodes, lats[rows], lons[cols])
+    out_nodes = [np.zeros(LAT.size) for _ in range(3)]
+    for target, values in zip(out_nodes, kriging.predict_with_background(
+            LON.ravel()[needed], LAT.ravel()[needed], day, background)):
+        target[needed] = values
+    points = np.column_stack([np.asarray(lats, np.float64)[rows], np.asarray(lons, np.float64)[cols]])
     out = []
-    for values in (mean, var, extra):
+    for values in out_nodes:
         interp = RegularGridInterpolator((lat_nodes, lon_nodes), values.reshape(LAT.shape), method="linear",
                                          bounds_error=False, fill_value=None)
-        LA, LO = np.meshgrid(lats, lons, indexing="ij")
-        grid = interp(np.column_stack([LA.ravel(), LO.ravel()])).reshape(len(lats), len(lons)).astype(np.float32)
-        if inside is not None:
-            grid[~inside] = np.nan
+        grid = np.full((len(lats), len(lons)), np.nan, dtype=np.float32)
+        grid[rows, cols] = interp(points).astype(np.float32)
         out.append(grid)
     return out[0], np.maximum(out[1], 0), np.maximum(out[2], 0)
+
+
+def _nodes_needed(lat_nodes: np.ndarray, lon_nodes: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Flat indices (row-major over [lat_nodes, lon_nodes]) of the lattice nodes that bilinear
+    interpolation at the points reads: each point's cell corners, and one node more either side so
+    that a point on a node's line never misses the node the interpolator picks."""
+    i = np.clip(np.searchsorted(lat_nodes, lat) - 1, 0, len(lat_nodes) - 2)
+    j = np.clip(np.searchsorted(lon_nodes, lon) - 1, 0, len(lon_nodes) - 2)
+    cells = np.unique(i * len(lon_nodes) + j)
+    i, j = np.divmod(cells, len(lon_nodes))
+    mask = np.zeros((len(lat_nodes), len(lon_nodes)), dtype=bool)
+    for di in (-1, 0, 1, 2):
+        for dj in (-1, 0, 1, 2):
+            mask[np.clip(i + di, 0, len(lat_nodes) - 1), np.clip(j + dj, 0, len(lon_nodes) - 1)] = True
+    return np.flatnonzero(mask)
 
 
 def _nodes(centres: np.ndarray, step: float) -> np.ndarray:

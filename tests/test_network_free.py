@@ -218,8 +218,14 @@ def test_map_day_of_a_share_0_champion_is_the_same_map_without_the_network(prefe
         champion = SimpleNamespace(name="share0", version=version, mapping=mapping_metadata(trained),
                                    train_last_day=start, onnx_path=onnx_path)
         run = load_settings(**overrides, archive_dir=str(tmp_path / f"archive-{version}"))
-        with caplog.at_level(logging.INFO, logger="tasks.mapping.day"):
-            row = map_day(run, grid, day, predictor, champion)
+        # Prefect's logging setup stops propagation to the root: the handler goes on the logger itself.
+        logger = logging.getLogger("tasks.mapping.day")
+        logger.addHandler(caplog.handler)
+        try:
+            with caplog.at_level(logging.INFO, logger="tasks.mapping.day"):
+                row = map_day(run, grid, day, predictor, champion)
+        finally:
+            logger.removeHandler(caplog.handler)
         assert row["network_pass"] is (version == 901)
         with rasterio.open(day_cog_path(run.archive_root, run.region.name, day)) as src:
             pixels[version] = src.read()
@@ -230,3 +236,22 @@ def test_map_day_of_a_share_0_champion_is_the_same_map_without_the_network(prefe
     assert "no network pass" in caplog.text
     assert pixels[901].shape[0] == 2 and np.isfinite(pixels[901][0]).sum() > 100
     assert np.array_equal(pixels[901].view(np.uint32), pixels[902].view(np.uint32))
+
+
+def test_the_field_solved_only_under_the_boundary_is_the_same_field():
+    """predict_map_with_background krige only the lattice nodes a cell inside the boundary reads:
+    inside, the same bits as the field solved over the whole box; outside, nodata."""
+    from models.residual_field import Superobs, predict_map_with_background
+
+    rng = np.random.default_rng(0)
+    n = 200
+    obs = Superobs(rng.uniform(103, 105, n), rng.uniform(30, 31.5, n), 18400.0 + rng.integers(-3, 4, n),
+                   rng.normal(0, 1, n), rng.uniform(1, 5, n))
+    lons, lats = np.arange(103.005, 105, 0.01), np.arange(30.005, 31.5, 0.01)
+    yy, xx = np.mgrid[:len(lats), :len(lons)]
+    inside = (yy - len(lats) / 2) ** 2 / (len(lats) / 2.2) ** 2 + (xx - len(lons) / 3) ** 2 / (len(lons) / 4) ** 2 < 1
+    box = predict_map_with_background(FIELD, obs, 30.7, lons, lats, 18400.0, BACKGROUND, None)
+    province = predict_map_with_background(FIELD, obs, 30.7, lons, lats, 18400.0, BACKGROUND, inside)
+    for whole, masked in zip(box, province):
+        assert np.all(np.isfinite(whole)) and np.isnan(masked[~inside]).all()
+        assert np.array_equal(whole[inside], masked[inside])
