@@ -202,8 +202,15 @@ def _print_demo_summary(s: dict) -> None:
                           f"RMSE {g['rmse']:.3f} ppm, bias {g['bias']:+.3f}, R2 {g['r2']:.3f}, N {g['n']} "
                           f"({100 * (1 - acc['observed_cell_fraction']):.1f}% of cells never observed)")
         if acc.get("never_observed_interval_coverage") is not None:
-            table.add_row("68% interval vs truth, never-observed cells",
-                          f"covers {acc['never_observed_interval_coverage']:.1%}")
+            table.add_row("68% retrieval interval (band 2) vs truth, never-observed cells",
+                          f"covers {acc['never_observed_interval_coverage']:.1%} (retrieval noise included: "
+                          "more than 68% expected)")
+        if acc.get("never_observed_true_column_coverage") is not None:
+            table.add_row("68% true-column interval (band 3) vs truth, never-observed cells",
+                          f"covers {acc['never_observed_true_column_coverage']:.1%}")
+    for holdout, coverage in (s.get("true_column_vs_truth") or {}).items():
+        if coverage is not None:
+            table.add_row(f"68% true-column interval vs truth, held-out {holdout}", f"covers {coverage:.1%}")
     for row in s.get("comparison") or []:
         table.add_row(f"compare {row['model']} / {row['protocol']}",
                       f"RMSE {row['rmse']:.3f} ppm, R2 {row['r2']:.3f}, bias {row['bias']:+.3f}, N {row['n']}"

@@ -99,4 +99,7 @@ def monthly_retrain(overrides: dict | None = None) -> dict:
                                                      parity, gate, links, comparison.markdown if comparison else None,
                                                      reliability)),
     ])
-    return results.run_result(version, decision, scores, gate, parity, trained, gosat["fit"], comparison, links)
+    result = results.run_result(version, decision, scores, gate, parity, trained, gosat["fit"], comparison, links)
+    # Each interval's coverage at the diagram's levels (the demo's summary prints the true column's vs truth).
+    result["reliability"] = [curve.to_dict() for curve in reliability]
+    return result

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
+from tasks.analysis.reliability import level_label
 from tasks.regions.boundary import SHIPPED_BOUNDARIES
 from tasks.settings import DATA_DIR_RECORD, Region, write_data_dir_record
 
@@ -111,6 +112,18 @@ def world_wanted(settings, opts: DemoOptions) -> dict:
             "seed": opts.seed}
 
 
+TRUE_COLUMN_CURVE = "true column vs truth, "
+
+
+def true_column_vs_truth(reliability: list[dict]) -> dict[str, float | None]:
+    """holdout -> the true column's 68% coverage of the truth, from the retrain's reliability curves."""
+    out: dict[str, float | None] = {}
+    for curve in reliability:
+        if str(curve.get("name", "")).startswith(TRUE_COLUMN_CURVE):
+            out[curve["name"][len(TRUE_COLUMN_CURVE):]] = curve.get("coverage", {}).get(level_label(0.6827))
+    return out
+
+
 def demo_summary(settings, grid, opts: DemoOptions, first: dict, retrain: dict, days: list[date], accuracy,
                  timings: dict) -> dict:
     """What run_demo returns (and `xco2 demo` prints): the window, samples, model, scores, timings."""
@@ -130,6 +143,9 @@ def demo_summary(settings, grid, opts: DemoOptions, first: dict, retrain: dict, 
         "spatial_validation": retrain["spatial_metrics"], "promotion_holdout": retrain["promotion_holdout"],
         "holdouts": retrain["holdouts"], "uncertainty": retrain["uncertainty"], "comparison": retrain["comparison"],
         "truth_accuracy": accuracy,
+        # The true column's 68% interval (COG band 3) against the truth on the scoring halves of
+        # held-out blocks and days (the retrain's reliability, models/holdouts.py::map_true_column).
+        "true_column_vs_truth": true_column_vs_truth(retrain.get("reliability") or []),
         "timings": dict(timings),
         "tracking_uri": settings.tracking_uri,
     }
