@@ -81,11 +81,6 @@ class Scalers:
         y = np.asarray(y, dtype=np.float64)
         return ((y - self.target_mean) / self.target_std).astype(np.float32)
 
-    def inverse_target(self, y_standardised: np.ndarray) -> np.ndarray:
-        """Standardised model output -> ppm, in float32 like the ONNX graph."""
-        y = np.asarray(y_standardised, dtype=np.float32)
-        return y * np.float32(self.target_std) + np.float32(self.target_mean)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "feature_mean": list(self.feature_mean),

@@ -84,11 +84,6 @@ class ChampionModel:
     mapping: dict | None = None
 
     @property
-    def alias_uri(self) -> str:
-        """The URI inference loads: models:/<name>@champion (resolved to `version` this time)."""
-        return f"models:/{self.name}@{CHAMPION}"
-
-    @property
     def model_uri(self) -> str:
         """The version that was loaded, pinned: models:/<name>/<version>."""
         return f"models:/{self.name}/{self.version}"

@@ -11,13 +11,13 @@ import pytest
 
 from tasks.gridding.geometry import Grid
 from tasks.gridding.cells import CELL_COLUMNS, grid_soundings, km_per_degree, sounding_footprints
-from tasks.gridding.soundings import VERTEX_LAT, VERTEX_LON, empty_soundings
+from tasks.gridding.soundings import VERTEX_LAT, VERTEX_LON
 
 GRID = Grid(west=104.0, south=30.0, east=104.5, north=30.5, step=0.01)  # 50 x 50 cells
 
 
 def centre(row: int, col: int) -> tuple[float, float]:
-    lat, lon = GRID.cell_center(GRID.cell_id(row, col))
+    lat, lon = GRID.centre(row, col)
     return float(lat), float(lon)
 
 
@@ -115,7 +115,7 @@ def test_gosat_circle_covers_the_cells_within_its_radius():
     # Brute force over every cell of the grid: the covered cells are exactly those whose centre
     # lies within 5.25 km (local ellipsoidal km per degree at the sounding's latitude).
     all_cells = np.arange(GRID.n_cells)
-    clat, clon = GRID.cell_center(all_cells)
+    clat, clon = GRID.centre(*GRID.cell_rowcol(all_cells))
     distance = np.hypot((clat - lat) * km_lat, (clon - lon) * km_lon)
     assert out["cell"].tolist() == all_cells[distance <= 5.25].tolist()
 
@@ -180,7 +180,7 @@ def test_footprints_partly_outside_the_grid_are_clipped():
     out = grid_soundings(pd.DataFrame([gosat(lat, lon)]), GRID)
     km_lat, km_lon = km_per_degree(lat)
     all_cells = np.arange(GRID.n_cells)
-    clat, clon = GRID.cell_center(all_cells)
+    clat, clon = GRID.centre(*GRID.cell_rowcol(all_cells))
     inside = np.hypot((clat - lat) * km_lat, (clon - lon) * km_lon) <= 5.25
     assert out["cell"].tolist() == all_cells[inside].tolist()
     assert 15 < len(out) < 40  # roughly a quarter of the ~81-cell disc
@@ -188,7 +188,7 @@ def test_footprints_partly_outside_the_grid_are_clipped():
 
 
 def test_empty_input_gives_an_empty_frame_with_the_right_dtypes():
-    out = grid_soundings(empty_soundings(), GRID)
+    out = grid_soundings(pd.DataFrame([gosat(*centre(3, 3))]).iloc[:0], GRID)
     assert list(out.columns) == CELL_COLUMNS
     assert len(out) == 0
     assert out.dtypes.astype(str).tolist() == ["int64", "float64", "float64", "int32", "float64"]

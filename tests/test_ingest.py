@@ -48,7 +48,7 @@ def test_fused_targets_and_samples(tmp_path):
                        np.ones((len(METEO_NAMES), ny, nx), np.float32), GRID.lats, GRID.lons)
     samples = ingest.day_samples(targets, layers, GRID)
     assert len(samples) == len(targets)
-    lat, lon = GRID.cell_center(samples["cell"].to_numpy())
+    lat, lon = GRID.centre(*GRID.cell_rowcol(samples["cell"].to_numpy()))
     np.testing.assert_allclose(samples["latitude"], lat, rtol=1e-6)
     np.testing.assert_allclose(samples["longitude"], lon, rtol=1e-6)
     assert list(samples.columns[-len(FEATURE_NAMES):]) == list(FEATURE_NAMES)

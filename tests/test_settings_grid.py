@@ -69,7 +69,7 @@ def test_grid_snaps_outwards_to_the_lattice():
 
 def test_cell_ids_round_trip():
     g = Grid(west=104.0, south=30.0, east=104.5, north=30.5, step=0.01)
-    lat, lon = g.cell_center(g.cell_id([0, 49, 10], [0, 49, 20]))
+    lat, lon = g.centre(*g.cell_rowcol(g.cell_id([0, 49, 10], [0, 49, 20])))
     row, col = g.rowcol(lat, lon)
     assert row.tolist() == [0, 49, 10] and col.tolist() == [0, 49, 20]
     assert g.contains([30.25, 29.0], [104.25, 104.25]).tolist() == [True, False]

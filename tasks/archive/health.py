@@ -29,7 +29,7 @@ from typing import Iterable
 import rasterio
 
 from tasks.archive.cog import GDAL_ERRORS, read_back_problems
-from tasks.archive.layout import archived_days, collection_path, day_cog_path, day_item_path, day_stem, itemised_days
+from tasks.archive.layout import collection_path, day_cog_path, day_item_path, day_stem, itemised_days
 from tasks.archive.stac import ASSET_KEY, item_properties, refresh_collection, upsert_day_item
 from tasks.gridding.geometry import Grid
 from tasks.io.quarantine import quarantine
@@ -92,14 +92,6 @@ def day_problems(archive_root: Path | str, region_name: str, day: date) -> list[
     if not cog.is_file():
         return [f"{cog}: no COG"]
     return read_back_problems(cog) + item_problems(archive_root, region_name, day)
-
-
-def sound_archived_days(archive_root: Path | str, region_name: str,
-                        days: Iterable[date] | None = None) -> list[date]:
-    """Archived days (of `days`, or all) whose COG is sound and whose STAC item names it."""
-    present = set(archived_days(archive_root, region_name))
-    wanted = present if days is None else present & set(days)
-    return sorted(d for d in wanted if not day_problems(archive_root, region_name, d))
 
 
 def _grid_of(cog: Path, grid: Grid) -> Grid:

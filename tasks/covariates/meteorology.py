@@ -45,10 +45,6 @@ def era5_files_for_day(era5_dir: Path, day: date) -> list[Path]:
     return [era5_dir / f"era5_single_levels_{d:%Y%m%d}.nc" for d in (day, day + timedelta(days=1))]
 
 
-def era5_available(era5_dir: Path, day: date) -> bool:
-    return all(p.is_file() for p in era5_files_for_day(era5_dir, day))
-
-
 # Files that read and passed the plausibility check, by identity (path, inode, size, mtime): each
 # file feeds two days and is asked about by the samples and the archive, but is read once.
 _checked: set[tuple] = set()

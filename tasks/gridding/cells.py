@@ -207,11 +207,6 @@ def _candidate_cells(
     return footprint, row, col
 
 
-def _cell_centres(grid: Grid, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # Row/col may lie outside the grid here, so compute centres directly rather than via ids.
-    return grid.north - (row + 0.5) * grid.step, grid.west + (col + 0.5) * grid.step
-
-
 _NO_PAIRS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
@@ -226,7 +221,7 @@ def _polygon_cover(
     footprint, row, col = _candidate_cells(
         grid, vy.min(axis=1), vy.max(axis=1), vx.min(axis=1), vx.max(axis=1)
     )
-    py, px = _cell_centres(grid, row, col)
+    py, px = grid.centre(row, col)
     vy = vy[footprint]
     vx = vx[footprint]
     # Even-odd ray casting: right for any simple quadrilateral whatever the vertex order's
@@ -256,7 +251,7 @@ def _circle_cover(
     footprint, row, col = _candidate_cells(
         grid, clat - half_lat, clat + half_lat, clon - half_lon, clon + half_lon
     )
-    py, px = _cell_centres(grid, row, col)
+    py, px = grid.centre(row, col)
     dy = (py - clat[footprint]) * km_lat[footprint]
     dx = (px - clon[footprint]) * km_lon[footprint]
     inside = dy * dy + dx * dx <= radius[footprint] ** 2

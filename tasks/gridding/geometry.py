@@ -100,7 +100,7 @@ class Grid:
         cell = np.asarray(cell, dtype=np.int64)
         return cell // self.nx, cell % self.nx
 
-    def cell_center(self, cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(lat, lon) of cell centres."""
-        row, col = self.cell_rowcol(cell)
-        return self.north - (row + 0.5) * self.step, self.west + (col + 0.5) * self.step
+    def centre(self, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lat, lon) of the centres of the cells at (row, col); a row or column may lie outside
+        the grid (a footprint over its edge), so they are not read from `lats` and `lons`."""
+        return self.north - (np.asarray(row) + 0.5) * self.step, self.west + (np.asarray(col) + 0.5) * self.step

@@ -46,15 +46,6 @@ PLAUSIBLE_XCO2_PPM = (plausibility.XCO2_PPM.low, plausibility.XCO2_PPM.high)
 DROP_REASONS = ("latitude", "longitude", "time", "quality_flag", "xco2", "xco2_uncertainty")
 
 
-def empty_soundings() -> pd.DataFrame:
-    df = pd.DataFrame({c: pd.Series(dtype="float64") for c in COLUMNS})
-    df["time"] = pd.Series(dtype="datetime64[ns, UTC]")
-    df["quality_flag"] = df["quality_flag"].astype("int8")
-    df["footprint"] = df["footprint"].astype("int16")
-    df["source"] = df["source"].astype("object")
-    return df
-
-
 def _usable_masks(df: pd.DataFrame, day: date | None) -> dict[str, np.ndarray]:
     """Per reason, the soundings that pass it."""
     times = df["time"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.archive import collection_path, day_cog_path, day_item_path, validate_stac, write_day_cog
-from tasks.archive.health import check_archive, day_problems, sound_archived_days
+from tasks.archive import archived_days, collection_path, day_cog_path, day_item_path, validate_stac, write_day_cog
+from tasks.archive.health import check_archive, day_problems
 from tasks.archive.provenance import day_models
 from tasks.archive.stac import item_properties, upsert_day_item
 from tasks.gridding.geometry import Grid
@@ -66,7 +66,7 @@ def test_a_sound_archive_is_left_untouched(archive, tmp_path):
     assert health.repairs == [] and health.to_remap == [] and health.sound == DAYS
     assert snapshot(archive) == before
     assert {p: p.stat().st_mtime_ns for p in archive.rglob("*") if p.is_file()} == stamps
-    assert sound_archived_days(archive, REGION) == DAYS
+    assert archived_days(archive, REGION) == DAYS and not any(day_problems(archive, REGION, d) for d in DAYS)
 
 
 def test_a_lost_item_is_written_again_from_the_cogs_tags(archive, tmp_path):
@@ -77,7 +77,6 @@ def test_a_lost_item_is_written_again_from_the_cogs_tags(archive, tmp_path):
     # The collection was rebuilt without the day, as after a later day's upsert.
     upsert_day_item(archive, REGION, GRID, DAYS[2], day_cog_path(archive, REGION, DAYS[2]),
                     item_properties(tags_for(DAYS[2])))
-    assert DAYS[1] not in sound_archived_days(archive, REGION)
     assert day_problems(archive, REGION, DAYS[1]) == [f"{item}: no STAC item"]
 
     health = check(archive, tmp_path)
@@ -97,7 +96,7 @@ def test_an_unsound_cog_is_quarantined_with_its_item_and_a_note(archive, tmp_pat
     data = cog.read_bytes()
     cog.write_bytes({"truncated": data[: len(data) * 2 // 3], "emptied": b"",
                      "garbage": b"II*\x00" + os.urandom(len(data))}[damage])
-    assert DAYS[0] not in sound_archived_days(archive, REGION)
+    assert day_problems(archive, REGION, DAYS[0])
 
     health = check(archive, tmp_path)
 

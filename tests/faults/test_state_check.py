@@ -24,7 +24,7 @@ from flows.demo import SMALL_REGION
 from tasks.samples import ingest
 from tasks.covariates.static import CovariateError, StaticCovariates, build_covariates
 from tasks.gridding.geometry import Grid
-from tasks.covariates.meteorology import era5_available
+from tasks.covariates.meteorology import era5_files_for_day
 from tasks.samples.store import SampleStoreError, day_file, read_samples, write_day
 from tasks.settings import load_settings
 from tasks.sources import pull, raw_granules
@@ -57,7 +57,7 @@ def build_store(data_dir: Path) -> None:
     fit = ingest.fit_gosat(settings.region_dir)
     era5 = settings.raw("era5")
     for day in ingest.load_gridded(settings.region_dir, "oco2"):
-        assert era5_available(era5, day)
+        assert all(p.is_file() for p in era5_files_for_day(era5, day))
         ingest.sample_day(settings.region_dir, era5, grid, day, fit)
 
 
