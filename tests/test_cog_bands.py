@@ -134,3 +134,24 @@ def test_the_truth_check_reads_each_interval_by_name(tmp_path, monkeypatch):
     assert out["never_observed_interval_coverage"] == 1.0
     assert out["never_observed_true_column_coverage"] == 0.0
     assert day_item_path(tmp_path, REGION, DAY).parent == day_cog_path(tmp_path, REGION, DAY).parent
+
+
+def test_the_rioxarray_recipe_of_data_md_finds_both_intervals_by_name(tmp_path):
+    import rioxarray
+
+    xco2, retrieval, true_column = _bands()
+    path = write_day_cog(day_cog_path(tmp_path, REGION, DAY), xco2, GRID, TAGS, uncertainty=retrieval,
+                         true_column_uncertainty=true_column)
+    # docs/data.md, "Reading the archive", as written there
+    day = rioxarray.open_rasterio(path, masked=True)
+    names = list(day.attrs["long_name"])
+    if day.attrs.get("xco2_format_version", "1") != "1" and "xco2_true_column_uncertainty" in names:
+        true_68 = day.isel(band=names.index("xco2_true_column_uncertainty"))
+    else:
+        true_68 = None
+    retrieval_68 = day.isel(band=names.index("xco2_uncertainty"))
+    noise_sd = (retrieval_68 ** 2 - true_68 ** 2) ** 0.5 if true_68 is not None else None
+    assert true_68 is not None and noise_sd is not None
+    np.testing.assert_array_equal(true_68.values, true_column)
+    np.testing.assert_array_equal(retrieval_68.values, retrieval)
+    assert float(noise_sd.max()) == pytest.approx(np.sqrt(1.2 ** 2 - 0.5 ** 2), rel=1e-5)
