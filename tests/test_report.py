@@ -293,21 +293,9 @@ def test_flow_writes_files_and_publishes_artifacts(prefect_harness, two_year_arc
 
 
 def _write_day_with_true_column(root: Path, day: date, xco2: float, half_width: np.ndarray) -> Path:
-    """A day in the layout of issue 22 (written here with rasterio: the band is found by its name)."""
-    import rasterio
-
-    from tasks.analysis.report import TRUE_COLUMN_BAND
-
-    path = day_cog_path(root, REGION.name, day)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bands = np.stack([np.full(GRID.shape, xco2), np.full(GRID.shape, 9.0), half_width]).astype(np.float32)
-    with rasterio.open(path, "w", driver="GTiff", width=GRID.nx, height=GRID.ny, count=3, dtype="float32",
-                       crs="EPSG:4326", transform=GRID.transform, nodata=float("nan")) as dst:
-        dst.write(bands)
-        for k, name in enumerate(("xco2", "xco2_uncertainty", TRUE_COLUMN_BAND), start=1):
-            dst.set_band_description(k, name)
-        dst.update_tags(**TAGS)
-    return path
+    """A day of archive format 2: band 3 the true column's half-width."""
+    return write_day_cog(day_cog_path(root, REGION.name, day), np.full(GRID.shape, xco2, np.float32), GRID, TAGS,
+                         np.full(GRID.shape, 9.0, np.float32), true_column_uncertainty=half_width)
 
 
 def test_the_true_column_interval_is_mapped_and_days_without_it_are_counted(tmp_path):

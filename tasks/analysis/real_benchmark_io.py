@@ -18,7 +18,7 @@ import pandas as pd
 
 from models import real_benchmark as rb
 from tasks.analysis import reliability as rel
-from tasks.archive.cog import UNCERTAINTY_BAND, XCO2_BAND
+from tasks.archive.cog import RETRIEVAL_INTERVAL_BAND, TRUE_COLUMN_BAND, XCO2_BAND
 
 DEFAULT_TABLE = Path("../shared/data/oco2-south-america-2015-2017.parquet")
 EXPERIMENT = "xco2-benchmark-real"
@@ -31,8 +31,7 @@ OVERPASS_UTC = timedelta(hours=17, minutes=30)
 FOOTPRINT_HALF_DEG = 0.005  # a ~1 km footprint around the bin centre: one grid cell at any coarse step
 # The archive's bands the benchmark scores, by description: XCO2, the 68 % half-width for a new
 # retrieval, the 68 % half-width of the true column (issue 22; a day without it reads NaN).
-TRUE_COLUMN_BAND = "xco2_true_column_uncertainty"
-ARCHIVE_BANDS = (XCO2_BAND, UNCERTAINTY_BAND, TRUE_COLUMN_BAND)
+ARCHIVE_BANDS = (XCO2_BAND, RETRIEVAL_INTERVAL_BAND, TRUE_COLUMN_BAND)
 RELIABILITY_PNG = "reliability.png"
 
 

@@ -63,6 +63,7 @@ import numpy as np
 import rasterio
 
 from tasks.archive import archived_days, day_cog_path
+from tasks.archive.cog import TRUE_COLUMN_BAND, band_index
 from tasks.archive.layout import region_dir
 from tasks.io.atomic import atomic_path, publish_text
 from tasks.gridding.geometry import Grid
@@ -100,7 +101,6 @@ PAPER_AREA = "Sichuan province"
 EARTH_RADIUS_KM = 6371.0072  # authalic: a sphere of the WGS84 ellipsoid's area
 
 TIMESERIES_PNG = "timeseries.png"
-TRUE_COLUMN_BAND = "xco2_true_column_uncertainty"
 TRUE_COLUMN_MAP_PNG = "true_column_interval.png"
 INTERVAL_KIND = "true_column_interval"
 SEASONAL_CYCLE_PNG = "seasonal_cycle.png"
@@ -284,9 +284,8 @@ def _read_day(path: Path, grid: Grid) -> tuple[np.ndarray, dict[str, str], np.nd
                              f"{tuple(grid.transform)[:6]}: is the region configured as when it was archived?")
         xco2 = src.read(XCO2_BAND_INDEX).astype(np.float32, copy=False)
         tags = src.tags()
-        names = list(src.descriptions)
-        true_column = (src.read(names.index(TRUE_COLUMN_BAND) + 1).astype(np.float32, copy=False)
-                       if TRUE_COLUMN_BAND in names else None)
+        index = band_index(src, TRUE_COLUMN_BAND)
+        true_column = src.read(index).astype(np.float32, copy=False) if index is not None else None
     return xco2, tags, true_column
 
 
