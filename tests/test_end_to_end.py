@@ -173,7 +173,7 @@ def test_retrain_with_the_model_comparison(demo_run, tracking_uri):
     assert result["network_share"] == network.to_dict()
     assert registered.tags["network_share"] == str(round(result["anomaly_scale"], 4))
     assert registered.tags["network_in_map"] == network.in_map and registered.description == network.sentence
-    assert set(result["figures"]) == {"loss curves", "heldout scatter"}
+    assert set(result["figures"]) == {"loss curves", "heldout scatter", "reliability"}  # issue 22: both intervals
     for uri in result["figures"].values():
         assert Path(uri.removeprefix("file://")).is_file(), uri  # the report links real artifacts
     rows = {(r["model"], r["protocol"]): r for r in result["comparison"]}
