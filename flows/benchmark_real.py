@@ -63,7 +63,9 @@ def run_system(overrides: dict, box: BenchmarkBox) -> dict:
     return {"samples": int(sum(r.get("samples", 0) for r in daily.get("days", []))),
             "quarantined": len(daily.get("quarantined", [])),
             "model_version": retrain.get("version"), "retrain_metrics": retrain.get("metrics"),
-            "uncertainty": retrain.get("uncertainty"), "backfill": {k: v for k, v in backfill.items()
+            "uncertainty": retrain.get("uncertainty"),
+            # The interval's parameters (noise, scales): what the implied noise is made of.
+            "residual_field": retrain.get("residual_field"), "backfill": {k: v for k, v in backfill.items()
                                                                       if isinstance(v, (int, float, str))},
             "timings": dict(timings)}
 
