@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from models.figures import plot_loss_curves, plot_scatter
 from models.holdouts import NetworkShare
 from models.onnx_export import check_onnx_parity, export_onnx
-from registry.baselines import log_model_comparison
+from registry.comparison_runs import log_model_comparison
 from registry.promotion import promote, tag_gate
 from registry.tracking import figure_links, log_training_run
 from tasks import prefect_tasks, prefect_tasks_retrain as retrain_tasks

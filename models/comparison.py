@@ -222,7 +222,7 @@ def _truth_scores(truth: TruthFunction, cells: np.ndarray, days: np.ndarray | No
 
 
 def metrics_by_protocol(table: pd.DataFrame, model: str) -> dict[str, dict[str, float]]:
-    """{protocol: {rmse, r2, ...}} of one model, as registry.baselines.log_baseline_run wants."""
+    """{protocol: {rmse, r2, ...}} of one model, as registry.comparison_runs.log_baseline_run wants."""
     rows = table[table["model"] == model]
     if rows.empty:
         raise ValueError(f"no rows for model {model!r} in the table")

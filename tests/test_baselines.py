@@ -149,7 +149,7 @@ def test_comparison_figure_is_a_png(result, tmp_path):
 def test_mlflow_baseline_and_comparison_runs(result, tracking_uri, tmp_path):
     from mlflow import MlflowClient
 
-    from registry.baselines import log_baseline_run, log_comparison
+    from registry.comparison_runs import log_baseline_run, log_comparison
 
     experiment = f"baselines-{uuid.uuid4().hex[:8]}"
     figure = comparison_figure(result.table, tmp_path / "comparison.png")
