@@ -164,8 +164,8 @@ def box_markdown(label: str, table: dict, noise: dict, curves: list[rel.Reliabil
     """table.md of one box: the scores, the noise check and the reliability of both intervals."""
     return (rb.markdown_table({label: table})
             + "\nRetrieval noise variance: implied by the intervals (retrieval half-width^2 - true-column "
-              "half-width^2, mean over held-out values) and from same-day neighbouring bins (robust; it "
-              "misses the noise neighbours share along a track):\n\n"
+              "half-width^2, mean over held-out values) and from same-day neighbouring bins (read at their 68 % "
+              "quantile; it misses the noise neighbours share along a track):\n\n"
             + rb.noise_markdown({label: noise})
             + "\nReliability (observed coverage at nominal levels, Gaussian scaling of each 68 % half-width):\n\n"
             + rel.markdown_table(curves) + f"\n![reliability]({reliability_png})\n")

@@ -321,8 +321,8 @@ def _cmd_benchmark_real(args) -> int:
         console.print(f"{label}: 68% coverage in 60-76%: {'YES' if g['coverage_ok'] else 'NO'} ({cov})")
     # Issue 22: the noise the two intervals imply beside same-day neighbouring bins' (which share,
     # and so cancel, the part of the noise correlated along a track), and each interval's reliability.
-    console.print("retrieval noise variance: implied by the intervals vs same-day neighbouring bins (robust; "
-                  "neighbours ~25 km apart cancel the noise they share along a track)")
+    console.print("retrieval noise variance: implied by the intervals vs same-day neighbouring bins (read at "
+                  "their 68 % quantile; neighbours ~25 km apart cancel the noise they share along a track)")
     console.print(noise_markdown({label: r["noise"] for label, r in results.items()}), markup=False,
                   highlight=False, soft_wrap=True)
     for label, r in results.items():
