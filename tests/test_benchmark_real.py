@@ -242,7 +242,9 @@ def test_neighbour_pairs_recover_a_known_noise_variance():
     df = synthetic_tracks(150, independent_sd=1.2)
     est = rb.neighbour_noise_variance(df, draws=200)
     assert est["pairs"] == 150 * 39 and est["days"] == 150
-    assert est["variance"] == pytest.approx(1.44, rel=0.1)
+    assert est["variance"] == pytest.approx(1.44, rel=0.1) and est["level"] == rb.NEIGHBOUR_LEVEL
+    assert est["variance_median"] == pytest.approx(1.44, rel=0.1)  # Gaussian: every level agrees
+    assert est["variance_mean_square"] == pytest.approx(1.44, rel=0.1)
     assert est["low"] < est["variance"] < est["high"]
     # Robust: 3 % of retrievals 8 ppm off (6 % of the pairs) move it by a fifth, the mean square doubles.
     noisy = rb.neighbour_noise_variance(synthetic_tracks(150, independent_sd=1.2, outliers=0.03), draws=0)
