@@ -54,3 +54,27 @@ def clean_env(monkeypatch, tmp_path):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return monkeypatch
+
+
+@pytest.fixture(scope="session")
+def small_world_with_champion(prefect_harness, tracking_uri, tmp_path_factory):
+    """Builds a demo world of `days` days from 2020-06-01 over the small region, with a champion
+    registered as `model` (one short retrain); returns its folder and the settings overrides that
+    run flows on it. The backfill tests map its days in archives of their own."""
+    from datetime import date
+
+    from flows.demo import SMALL_REGION, DemoOptions, run_demo
+
+    def build(name: str, days: int, model: str) -> tuple[Path, dict]:
+        root = tmp_path_factory.mktemp(name)
+        opts = DemoOptions(data_dir=root / "xco2-data", start=date(2020, 6, 1), days=days, archive_days=1,
+                           max_epochs=2, max_training_samples=2000, max_validation_samples=500, small=True,
+                           extra={"mlflow_tracking_uri": tracking_uri, "registered_model_name": model})
+        run_demo(opts)
+        # Anchoring stays on, on fewer observed cells: on a 50 x 50 cell region it would otherwise
+        # predict ten times more cells than the map itself.
+        base = {"data_dir": str(opts.data_dir), "source": "demo", "region": SMALL_REGION.model_dump(),
+                "anchor_max_cells_per_day": 200, **opts.extra}
+        return root, base
+
+    return build

@@ -12,7 +12,7 @@ import pytest
 import rasterio
 
 from flows.backfill import backfill, backfill_day, run_backfill, task_runner_for
-from flows.demo import SMALL_REGION, DemoOptions, run_demo
+from flows.demo import SMALL_REGION
 from tasks.archive import collection_path, day_cog_path, validate_cog, validate_stac
 from tasks.gridding.geometry import Grid
 from tasks.settings import load_settings
@@ -22,18 +22,9 @@ MODEL = "backfill-resnet-lstm"
 
 
 @pytest.fixture(scope="module")
-def world(prefect_harness, tracking_uri, tmp_path_factory):
-    """A 6-day demo world over the small region with a champion (one short retrain)."""
-    root = tmp_path_factory.mktemp("backfill")
-    opts = DemoOptions(data_dir=root / "xco2-data", start=date(2020, 6, 1), days=6, archive_days=1, max_epochs=2,
-                       max_training_samples=2000, max_validation_samples=500, small=True,
-                       extra={"mlflow_tracking_uri": tracking_uri, "registered_model_name": MODEL})
-    run_demo(opts)
-    # Anchoring stays on, on fewer observed cells: on a 50 x 50 cell region it would otherwise
-    # predict ten times more cells than the map itself.
-    base = {"data_dir": str(opts.data_dir), "source": "demo", "region": SMALL_REGION.model_dump(),
-            "anchor_max_cells_per_day": 200, **opts.extra}
-    return root, base
+def world(small_world_with_champion):
+    """A 6-day demo world over the small region with a champion (tests/conftest.py)."""
+    return small_world_with_champion("backfill", days=6, model=MODEL)
 
 
 def _cogs(archive) -> dict[str, bytes]:

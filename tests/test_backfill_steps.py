@@ -47,5 +47,12 @@ def test_artifacts_and_failure_message():
     assert steps.with_model([{"day": "d"}], "m", 3) == [{"day": "d", "model_name": "m", "model_version": "3"}]
 
 
-def test_paths_are_paths():
-    assert isinstance(steps.absolute(load_settings()).data_dir, Path)
+def test_workers_get_absolute_data_and_archive_paths(clean_env, tmp_path):
+    # A worker may run in another working directory: relative paths would point elsewhere there.
+    settings = load_settings(data_dir="xco2-data")
+    out = steps.absolute(settings)
+    assert out.data_dir == tmp_path / "xco2-data" and out.archive_root == tmp_path / "xco2-data" / "archive"
+    assert out.model_dump(exclude={"data_dir", "archive_dir"}) == settings.model_dump(exclude={"data_dir", "archive_dir"})
+    elsewhere = steps.absolute(load_settings(data_dir="xco2-data", archive_dir="../published"))
+    assert elsewhere.archive_root == tmp_path.parent / "published"
+    assert settings.data_dir == Path("xco2-data")  # the settings given are left as they were

@@ -15,7 +15,7 @@ from datetime import date
 import pytest
 
 from flows.backfill import run_backfill
-from flows.demo import SMALL_REGION, DemoOptions, run_demo
+from flows.demo import SMALL_REGION
 from tasks.archive import collection_path, day_cog_path, validate_cog, validate_stac
 from tasks.archive.layout import day_item_path
 from tasks.gridding.geometry import Grid
@@ -28,16 +28,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def world(prefect_harness, tracking_uri, tmp_path_factory):
-    """A 9-day demo world over the small region with a champion (one short retrain)."""
-    root = tmp_path_factory.mktemp("concurrency")
-    opts = DemoOptions(data_dir=root / "xco2-data", start=date(2020, 6, 1), days=9, archive_days=1, max_epochs=2,
-                       max_training_samples=2000, max_validation_samples=500, small=True,
-                       extra={"mlflow_tracking_uri": tracking_uri, "registered_model_name": MODEL})
-    run_demo(opts)
-    base = {"data_dir": str(opts.data_dir), "source": "demo", "region": SMALL_REGION.model_dump(),
-            "anchor_max_cells_per_day": 200, **opts.extra}
-    return root, base
+def world(small_world_with_champion):
+    """A 9-day demo world over the small region with a champion (tests/conftest.py)."""
+    return small_world_with_champion("concurrency", days=9, model=MODEL)
 
 
 def _backfill(world, name: str, **workers) -> tuple[dict, dict[str, bytes]]:
