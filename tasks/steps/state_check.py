@@ -143,7 +143,7 @@ def _check_covariates(settings: Settings, grid: Grid) -> list[Finding]:
 UPGRADED = "upgraded in place"
 
 
-def _where(moved, outcome: str) -> str:
+def _where(moved: Path | str, outcome: str) -> str:
     return f"{UPGRADED}: {outcome}" if moved == UPGRADED else f"moved to {moved}; {outcome}"
 
 
@@ -171,10 +171,7 @@ def _check_gridded(settings: Settings, grid: Grid) -> list[Finding]:
                     path, why = footprints, broken
             if why is None:
                 continue
-            if upgrade:
-                moved = UPGRADED
-            else:
-                moved = set_aside(path, "gridded cells", why, settings)
+            moved: Path | str | None = UPGRADED if upgrade else set_aside(path, "gridded cells", why, settings)
             if moved is None:
                 continue
             try:
@@ -208,7 +205,7 @@ def _current_fit(region_dir: Path) -> GosatFit:
 
 def _check_samples(settings: Settings, grid: Grid) -> list[Finding]:
     region_dir = settings.region_dir
-    damaged = []
+    damaged: list[tuple[date, Path, str, Path | str]] = []
     for day in samples.stored_days(region_dir):
         path = samples.day_file(region_dir, day)
         why = parquet_problem(path, samples.SCHEMA)
@@ -217,9 +214,9 @@ def _check_samples(settings: Settings, grid: Grid) -> list[Finding]:
             damaged.append((day, path, "written by an earlier version (no weight or fit_id column)",
                             UPGRADED))
             continue
-        moved = set_aside(path, "samples", why, settings) if why else None
-        if moved is not None:
-            damaged.append((day, path, why, moved))
+        aside = set_aside(path, "samples", why, settings) if why else None
+        if why and aside is not None:
+            damaged.append((day, path, why, aside))
     findings: list[Finding] = []
     if not damaged:
         return findings
