@@ -33,7 +33,6 @@ from tasks.gridding.geometry import Grid
 from tasks.io.progress import progress_bar
 from tasks.settings import Settings
 from tasks.sources import pull
-from tasks.sources.pull import raw_dir
 from tasks.steps.artifacts import Artifact
 from tasks.steps.backfill import with_model
 
@@ -62,10 +61,10 @@ def build_static_covariates(settings: Settings, grid: Grid, set_aside: list[dict
     composites = [q for q in set_aside if q.get("product") == "static"]
     try:
         with progress_bar("static covariates", 1) as advance:
-            build_covariates(settings.raw_dir / "static", grid, settings.region_dir,
+            build_covariates(settings.raw("static"), grid, settings.region_dir,
                              progress=lambda _s, done, total: advance(done * 1 // max(total, 1)),
                              quarantine_dir=settings.quarantine_dir,
-                             manifest_path=settings.raw_dir / "manifest.parquet",
+                             manifest_path=settings.manifest_path,
                              set_aside=composites, quarantined=quarantined)
     except CovariateError as exc:
         exc.quarantined = quarantined
@@ -81,7 +80,7 @@ def build_static_covariates(settings: Settings, grid: Grid, set_aside: list[dict
 @unit(name="grid-day", retries=2, retry_delay_seconds=5)
 def grid_day(settings: Settings, grid: Grid, day: date, granules: dict[str, list[Path]]):
     return ingest.grid_day(day, granules, grid, settings.region_dir, settings.quarantine_dir,
-                           manifest_path=settings.raw_dir / "manifest.parquet")
+                           manifest_path=settings.manifest_path)
 
 
 @unit(name="gosat-fit")
@@ -89,7 +88,7 @@ def current_gosat_fit(settings: Settings, grid: Grid) -> tuple:
     """The GOSAT -> OCO fit the daily update maps with: the stored one (fitted only when none is
     stored), refitted, with the sample days it fused re-fused, when the GOSAT days and their OCO
     it was made on have since grown or changed; (fit, the refit as a dict or None)."""
-    fit, refit = ingest.gosat_fit_for_daily(settings.region_dir, raw_dir(settings, "era5"), grid)
+    fit, refit = ingest.gosat_fit_for_daily(settings.region_dir, settings.raw("era5"), grid)
     if refit is not None:
         get_run_logger().warning(
             "GOSAT fit %s was made on data that has since changed (%s): refitted as %s on %d collocations, "
@@ -101,12 +100,12 @@ def current_gosat_fit(settings: Settings, grid: Grid) -> tuple:
 @unit(name="refit-gosat-to-oco")
 def refit_gosat(settings: Settings, grid: Grid) -> dict:
     """At retrain: refit GOSAT -> OCO on every gridded day and re-fuse the sample days it changes."""
-    return ingest.refit_gosat_and_refuse(settings.region_dir, raw_dir(settings, "era5"), grid).to_dict()
+    return ingest.refit_gosat_and_refuse(settings.region_dir, settings.raw("era5"), grid).to_dict()
 
 
 @unit(name="update-samples", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
 def update_samples(settings: Settings, grid: Grid, day: date, fit) -> int:
-    return ingest.sample_day(settings.region_dir, raw_dir(settings, "era5"), grid, day, fit)
+    return ingest.sample_day(settings.region_dir, settings.raw("era5"), grid, day, fit)
 
 
 @unit(name="check-state")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasks.covariates.meteorology import Era5Readiness
-from tasks.mapping.inference import DayReadiness
+from tasks.covariates.day import DayReadiness
 from tasks.io.quarantine import InputFileError
 from tasks.sources.pull import PullReport
 from tasks.steps import daily as steps

@@ -47,13 +47,12 @@ from tasks.covariates.static import StaticCovariates
 from tasks.mapping.daily_anomaly import window_superobs
 from tasks.covariates.features import FEATURE_NAMES
 from tasks.gridding.geometry import Grid
-from tasks.mapping.inference import day_layers, inputs_available
+from tasks.covariates.day import day_layers, inputs_available
 from tasks.io.progress import progress_bar
 from tasks.regions.boundary import region_mask
 from tasks.steps.retrain import train_map_model
 from tasks.samples.store import read_samples, stored_days
 from tasks.settings import Settings
-from tasks.sources.pull import raw_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ def field_at_cells(region_dir: Path, cache_version: str, grid: Grid, day: date, 
 
 def _check_inputs(settings: Settings, opts: PastWindowOptions, after: list[date]) -> None:
     stored = stored_days(settings.region_dir)
-    era5 = raw_dir(settings, "era5")
+    era5 = settings.raw("era5")
     # A day without an overpass is still mapped (the field carries the days around it): the days
     # after the window need their meteorology, not observations.
     missing = [d for d in after if not inputs_available(era5, d)]
@@ -127,7 +126,7 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
         raise ValueError(f"{len(training)} samples up to {opts.train_end} are too few to fit a daily-anomaly field: "
                          "the past-window check scores maps that have one; train on more days")
 
-    era5 = raw_dir(settings, "era5")
+    era5 = settings.raw("era5")
     covariates = StaticCovariates(settings.region_dir)
     inside = np.flatnonzero(region_mask(settings.region, grid))  # the cells the archive maps
     # Residuals of this model are cached like a champion's, under a name no champion has; removed after.

@@ -17,17 +17,17 @@ from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
 from tasks.archive.provenance import InputDigests, Provenance, input_window
 from tasks.archive.stac import item_properties
 from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION, DayLayers
+from tasks.covariates.day import day_layers
 from tasks.covariates.static import StaticCovariates
 from tasks.gridding.geometry import Grid
 from tasks.io.progress import progress_bar
 from tasks.mapping import anchoring
 from tasks.mapping.daily_anomaly import background_of, daily_anomaly, field_of
-from tasks.mapping.inference import (TimeLocationLayers, day_layers, predict_day, predict_xco2,
+from tasks.mapping.inference import (TimeLocationLayers, predict_day, predict_xco2,
                                      reads_only_time_location)
 from tasks.regions.boundary import region_mask
 from tasks.samples import ingest
 from tasks.settings import Settings
-from tasks.sources.pull import raw_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def mapping_window(settings: Settings, champion, day: date) -> tuple[date, date]
 
 def current_provenance(settings: Settings, champion, digests: InputDigests | None = None):
     """day -> the Provenance mapping that day now would record (the stored fit, today's files)."""
-    digests = digests or InputDigests(settings.region_dir, raw_dir(settings, "era5"))
+    digests = digests or InputDigests(settings.region_dir, settings.raw("era5"))
     stored = ingest.stored_gosat_fit(settings.region_dir)
     fit_id = stored.fit_id if stored is not None else ""
 
@@ -69,7 +69,7 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
     if reads_only_time_location(getattr(mapper, "columns", None)):
         layers = TimeLocationLayers(day, grid.lats, grid.lons)
     else:
-        layers = day_layers(StaticCovariates(settings.region_dir), raw_dir(settings, "era5"), grid, day)
+        layers = day_layers(StaticCovariates(settings.region_dir), settings.raw("era5"), grid, day)
     log.info("%s: %s, %s", day, getattr(mapper, "path", "full graph"), getattr(mapper, "precision", "fp32"))
     anchor = anomaly = None
     predict = partial(predict_xco2, mapper, batch_size=settings.inference_batch_size)

@@ -11,9 +11,6 @@ import numpy as np
 from models.onnx_contract import OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME
 from tasks.covariates.features import FEATURE_NAMES, DayLayers, time_features
 from tasks.gridding.geometry import Grid
-# Moved to tasks.covariates.day; imported here for callers not yet changed (tasks/mapping/day.py,
-# tasks/analysis/past_window.py, flows/daily.py).
-from tasks.covariates.day import DayReadiness, day_layers, day_readiness, inputs_available  # noqa: F401
 
 log = logging.getLogger(__name__)
 

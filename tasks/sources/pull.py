@@ -131,12 +131,6 @@ def _fetch_into(settings: Settings, product: str, remote: Remote, granule: Remot
             raise _Quarantined(problem, moved) from None
 
 
-def raw_dir(settings: Settings, product: str) -> Path:
-    """Settings.raw(product), for the callers not yet changed (tasks/prefect_tasks.py,
-    tasks/mapping/day.py, tasks/analysis/past_window.py); new code asks the settings."""
-    return settings.raw(product)
-
-
 def pull(settings: Settings, products: tuple[str, ...] | None = None, start: date | None = None,
          end: date | None = None, remotes: dict[str, Remote] | None = None) -> PullReport:
     """Fetch every granule of `products` dated in [start, end] (undated: always) not yet present."""

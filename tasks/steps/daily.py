@@ -69,7 +69,7 @@ def day_row(gridded, n_samples: int, era5_ready: bool, era5_problem: str | None,
 
 
 def sample_ready_day(gridded, inputs, update: Callable[[date], int], logger) -> tuple[dict, list[dict]]:
-    """Sample one gridded day if its inputs (`inputs`: tasks.mapping.inference.DayReadiness) are ready:
+    """Sample one gridded day if its inputs (`inputs`: tasks.covariates.day.DayReadiness) are ready:
     (its row, the ERA5 files quarantined on the way). A day waiting for ERA5 or NDVI, or whose
     input turns out bad while sampling (InputFileError from `update`), waits; the others go on."""
     n, ready, problem = 0, inputs.era5.ready, inputs.era5.why
