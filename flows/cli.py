@@ -367,6 +367,11 @@ def _cmd_report(args) -> int:
         print(f"  table    {path}")
     for note in result["needs_more_data"]:
         print(f"  needs more data: {note}")
+    interval = result["true_column_interval"]
+    if interval["n_days"]:
+        print(f"  true column's 68% half-width: {interval['mean_ppm']:.2f} ppm over the area, {interval['n_days']} days")
+    if interval["days_without_band"]:
+        print(f"  {interval['days_without_band']} day(s) archived without the true column's interval band: skipped for it")
     return 0
 
 

@@ -60,7 +60,11 @@ def archive_report(start: str, end: str, out_dir: str | None = None, overrides: 
         result["markdown"] + "\n## Files\n\n" + "\n".join(f"- `{Path(f).resolve()}`" for f in files) + "\n"))
     for note in tables["needs_more_data"]:
         logger.info("needs more data: %s", note)
+    interval = tables["true_column_interval"]
+    logger.info("true column's interval: mapped over %d days, %d archived without its band skipped",
+                interval["n_days"], interval["days_without_band"])
     return {k: result[k] for k in ("out_dir", "summary", "csv", "figures", "maps", "json")} | {
         "window": [first.isoformat(), last.isoformat()], "region": region, "n_days": len(days),
         "synthetic_days": tables["synthetic_days"], "needs_more_data": tables["needs_more_data"],
+        "true_column_interval": tables["true_column_interval"],
         "artifacts": dict(ARTIFACT_KEYS)}

@@ -272,6 +272,8 @@ def test_flow_writes_files_and_publishes_artifacts(prefect_harness, two_year_arc
     assert Path(result["out_dir"]) == out and result["n_days"] == 3
     assert (out / "summary.md").is_file() and (out / "annual_2022.png").is_file() and (out / "season_DJF.png").is_file()
     assert (out / "timeseries.png").is_file() and (out / "seasonal_means.csv").is_file()
+    # Format-1 days only: no true-column map, and the days without the band are counted.
+    assert result["true_column_interval"] == {"mean_ppm": None, "n_days": 0, "days_without_band": 3}
 
     keys = ["report-monthly-means", "report-seasonal-means", "report-annual-means", "report-summary"]
     artifacts = _read_artifacts(keys)
@@ -289,6 +291,7 @@ def test_flow_writes_files_and_publishes_artifacts(prefect_harness, two_year_arc
     assert main(["report", "--start", "2022-01-01", "--end", "2022-01-31", "--out", str(tmp_path / "cli")]) == 0
     printed = capsys.readouterr().out
     assert str(tmp_path / "cli" / "summary.md") in printed and "needs more data" in printed
+    assert "1 day(s) archived without the true column's interval band: skipped for it" in printed
     assert (tmp_path / "cli" / "annual_2022.png").is_file()
 
 
