@@ -236,7 +236,8 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
               calibration: dict[str, np.ndarray], seed: int, superob_deg: float = 0.1,
               lattice_deg: float = 0.05, cross_validate: bool = False, block_km: float = 50.0,
               residual_without: Callable[[np.ndarray], np.ndarray] | None = None,
-              background: Background | None = None) -> FieldFit:
+              background: Background | None = None,
+              background_without: Callable[[np.ndarray], Background] | None = None) -> FieldFit:
     """The daily-anomaly field from the training samples' residuals (observed - model), its interval
     calibrated on the held-out sets in `calibration` (name -> indices), each predicted from the
     training samples only. frame: the samples (latitude, longitude, day, weight).
@@ -249,7 +250,12 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
     held-out day's do (in-sample residuals understate whole-day errors: docs/design.md).
     background: the background the residuals are from; with its coefficients' covariance the
     true column's interval is calibrated too (calibrate_true_column), its variance the field's plus
-    the background's left after conditioning."""
+    the background's left after conditioning.
+    background_without(rest): the background refitted on the samples `rest` only; with it (and
+    residual_without, cross_validate) the true column's scale is also calibrated on a forward fold,
+    the last third of the training days as the days past a window of the first two thirds
+    (_forward_fold): the archive's nightly maps are all past their champion's window, which folds
+    inside the window never see."""
     lat0 = float(np.mean(frame["latitude"]))
     weight = frame["weight"].to_numpy(np.float64) if "weight" in frame else np.ones(len(frame))
     clip = CLIP_MADS * robust_sd(residual[training])
@@ -278,8 +284,14 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
     fitted, coverage = calibrate_interval(fitted, holdouts, weights)
     true_coverage: dict[str, float] = {}
     if background is not None and background.covariance is not None:
-        fitted, true_coverage = calibrate_true_column(
-            fitted, {k: (r - m, v + extras[k]) for k, (r, m, v) in holdouts.items()}, weights)
+        true_holdouts = {k: (r - m, v + extras[k]) for k, (r, m, v) in holdouts.items()}
+        true_weights = dict(weights)
+        if cross_validate and residual_without is not None and background_without is not None:
+            forward = _forward_fold(fitted, frame, weight, training, seed, block_km, residual_without,
+                                    background_without)
+            if forward is not None:
+                true_holdouts[FORWARD_FOLD], true_weights[FORWARD_FOLD] = forward
+        fitted, true_coverage = calibrate_true_column(fitted, true_holdouts, true_weights)
     return FieldFit(fitted, obs, coverage, predictions, true_coverage)
 
 
@@ -328,6 +340,46 @@ def _cross_validated(fitted: ResidualField, frame: pd.DataFrame, residual: np.nd
         r, m, v, x, w = (np.concatenate([p[i] for p in parts]) for i in range(5))
         out[name] = (r, m, v, x, w)
     return out
+
+
+FORWARD_FOLD = "days past the window"
+
+
+def _forward_fold(fitted: ResidualField, frame: pd.DataFrame, weight: np.ndarray, training: np.ndarray, seed: int,
+                  block_km: float, residual_without: Callable[[np.ndarray], np.ndarray],
+                  background_without: Callable[[np.ndarray], Background], max_targets: int = 1500
+                  ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray] | None:
+    """Held-out retrievals past a window, from the training samples alone: the background refitted
+    on the first two thirds of the days (extrapolated over the last third, as a champion's over the
+    days after its window), the field conditioned on every sample but the targets, the targets half
+    the spatial blocks of the last third. Returns ((error, true-column variance), weight) or None
+    when the days or blocks are too few."""
+    from models.validation import group_holdout
+
+    days = day_number(frame["day"].to_numpy()[training])
+    unique = np.unique(days)
+    if len(unique) < 6:
+        return None
+    cut = unique[(2 * len(unique)) // 3]
+    earlier, later = training[days < cut], training[days >= cut]
+    blocks = spatial_block_ids(frame["latitude"].to_numpy()[later], frame["longitude"].to_numpy()[later],
+                               block_km=block_km)
+    if len(np.unique(blocks)) >= 2:
+        keep, test = group_holdout(blocks, 0.5, seed + 7)
+    else:  # a region within one block: half the later days, whole
+        keep, test = group_holdout(days[days >= cut], 0.5, seed + 7)
+    targets = later[test]
+    if len(targets) > max_targets:
+        targets = np.sort(np.random.default_rng(seed + 9).choice(targets, max_targets, replace=False))
+    try:
+        past = background_without(earlier)
+    except ValueError:  # too few samples for a background
+        return None
+    residual = residual_without(earlier)
+    obs = _superobs_of(frame, residual, weight, np.sort(np.concatenate([earlier, later[keep]])),
+                       fitted.superob_deg, fitted.clip_ppm)
+    mean, var, extra = predict_field_with_background(fitted, obs, frame, targets, past)
+    return (residual[targets] - mean, var + extra), weight[targets]
 
 
 def predict_field(field: ResidualField, obs: Superobs, frame: pd.DataFrame, idx: np.ndarray

@@ -142,3 +142,43 @@ def test_a_field_without_a_true_column_scale_has_no_true_column_interval():
     half = true_column_half_width(_field(), np.full(2, 0.25), np.array([0.0, 0.75]))
     assert half is not None
     np.testing.assert_allclose(half, np.array([1.3 * 0.5, 1.3 * 1.0]))
+
+
+def test_the_forward_fold_sees_what_a_background_extrapolated_past_its_window_misses():
+    """The true column's scale is also calibrated on the last third of the training days predicted
+    with a background of the first two thirds: a background that drifts past its window widens the
+    interval, which folds inside the window cannot see; only earlier days fit that background."""
+    import pandas as pd
+
+    from models.holdouts import FORWARD_FOLD, fit_field
+
+    rng = np.random.default_rng(11)
+    n_days, per_day = 24, 14
+    day = np.repeat(np.arange(n_days), per_day)
+    n = day.size
+    lat, lon = rng.uniform(30, 31, n), rng.uniform(104, 105, n)
+    dates = (pd.Timestamp("2020-06-01") + pd.to_timedelta(day, unit="D")).to_numpy()
+    residual = np.repeat(rng.normal(0, 0.5, n_days), per_day) + rng.normal(0, 0.3, n)
+    frame = pd.DataFrame({"latitude": lat, "longitude": lon, "day": dates, "weight": np.ones(n)})
+    X, _, y = _window(date(2020, 6, 1), n_days, 10, seed=2)
+    background = fit_background(X, y, NAMES)
+    training = np.arange(n)
+    fitted_on: list[np.ndarray] = []
+
+    def background_without(rest: np.ndarray) -> Background:
+        fitted_on.append(rest)
+        return background
+
+    def drifting(rest: np.ndarray) -> np.ndarray:
+        # Past the last day it was fitted on, this background's east-west gradient drifts 0.3 ppm
+        # a day across the box (a level alone the same day's other observations would correct).
+        last = day[rest].max()
+        return residual + 0.3 * np.maximum(day - last, 0) * 2 * (lon - 104.5)
+
+    plain = fit_field(frame, residual, training, {}, seed=0, cross_validate=True, background=background)
+    forward = fit_field(frame, residual, training, {}, seed=0, cross_validate=True, background=background,
+                        residual_without=drifting, background_without=background_without)
+    assert FORWARD_FOLD in forward.true_column_coverage and FORWARD_FOLD not in plain.true_column_coverage
+    assert fitted_on and all(day[rest].max() < 16 for rest in fitted_on)  # the first two thirds only
+    assert plain.field.true_column_scale is not None and forward.field.true_column_scale is not None
+    assert forward.field.true_column_scale > 1.3 * plain.field.true_column_scale

@@ -92,13 +92,16 @@ def _share_and_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y
     # samples, each fold's residuals from a background refitted without it.
     weight = df["weight"].to_numpy(np.float64)
 
+    def background_without(rest: np.ndarray) -> Background:
+        return fit_background(X[rest], y[rest], FEATURE_NAMES, weight[rest])
+
     def residual_without(rest: np.ndarray) -> np.ndarray:
-        refitted = fit_background(X[rest], y[rest], FEATURE_NAMES, weight[rest])
+        refitted = background_without(rest)
         return y - refitted.evaluate_features(X, FEATURE_NAMES) - share * network_anomaly
 
     fitted = fit_field(df, y - background - share * network_anomaly, split.training, calibration, settings.seed,
                        cross_validate=True, block_km=settings.promotion_block_km, residual_without=residual_without,
-                       background=trained.background)
+                       background=trained.background, background_without=background_without)
     return dataclasses.replace(trained, anomaly_scale=float(share), residual_field=fitted.field), fitted
 
 
