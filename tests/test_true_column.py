@@ -182,3 +182,26 @@ def test_the_forward_fold_sees_what_a_background_extrapolated_past_its_window_mi
     assert fitted_on and all(day[rest].max() < 16 for rest in fitted_on)  # the first two thirds only
     assert plain.field.true_column_scale is not None and forward.field.true_column_scale is not None
     assert forward.field.true_column_scale > 1.3 * plain.field.true_column_scale
+
+
+def test_summaries_read_the_true_columns_coverage():
+    import pandas as pd
+
+    from tasks.analysis.past_window import true_column_by_distance
+    from tasks.steps.demo import true_column_vs_truth
+
+    curves = [{"name": "retrieval interval vs retrievals, spatial blocks", "coverage": {"68 %": 0.7}},
+              {"name": "true column vs truth, spatial blocks", "coverage": {"50 %": 0.5, "68 %": 0.66}},
+              {"name": "true column vs truth, whole days", "coverage": {"68 %": None}}]
+    assert true_column_vs_truth(curves) == {"spatial blocks": 0.66, "whole days": None}
+    assert true_column_vs_truth([]) == {}
+    # Six days past the window in thirds: coverage pooled over the cells, half-width weighted by cells.
+    daily = pd.DataFrame({"cells": [2, 2, 2, 2, 4, 4], "coverage_true_column_map": [1, 0, 1, 1, 0.5, 0.5],
+                          "half_width_true_column_map": [0.1, 0.1, 0.2, 0.2, 0.3, 0.6]})
+    pooled = [(None, {"true_column": np.array(h)}) for h in
+              ([1, 1], [0, 0], [1, 1], [1, 1], [1, 0, 1, 0], [1, 1, 0, 0])]
+    parts = true_column_by_distance(daily, pooled)
+    assert [p["days"] for p in parts] == ["1-2", "3-4", "5-6"]
+    assert [p["coverage68_true_column"] for p in parts] == [0.5, 1.0, 0.5]
+    assert [p["mean_half_width_true_column"] for p in parts] == [0.1, 0.2, 0.45]
+    assert true_column_by_distance(daily.drop(columns="coverage_true_column_map"), pooled) == []
