@@ -14,6 +14,7 @@ from flows.demo import SMALL_REGION, DemoOptions, run_demo
 from flows.daily import daily_update
 from models.holdouts import NetworkShare
 from registry.champion import load_champion
+from tasks.archive.cog import TRUE_COLUMN_BAND, UNCERTAINTY_BAND, band_index
 from tasks.archive import collection_path, day_cog_path, validate_stac
 from tasks.gridding.geometry import Grid
 from tasks.regions.boundary import region_mask
@@ -72,15 +73,20 @@ def test_archive_cogs_are_valid_and_on_the_grid(demo_run):
             assert tags["units"] == "ppm" and tags["synthetic"] == "true" and tags["model_version"] == "1"
             assert tags["model_name"] == "e2e-resnet-lstm"
             values = src.read(1)
-            # Band 2: the calibrated 68% half-width of model + daily anomaly.
-            assert src.count == 2
+            # Band 2: the calibrated 68% half-width for a retrieval; band 3 (format 2, issue 22) the
+            # true column's, narrower by the retrieval noise; found by name as readers should.
+            assert src.count == 3 and tags["xco2_format_version"] == "2"
+            assert band_index(src, UNCERTAINTY_BAND) == 2 and band_index(src, TRUE_COLUMN_BAND) == 3
             uncertainty = src.read(2)
+            true_column = src.read(3)
             # The champion carries a daily-anomaly field: it replaces the anchoring offset on every day.
             assert int(tags["daily_anomaly_superobs"]) > 0 and int(tags["own_day_superobs"]) > 0
             assert "anchor_offset_ppm" not in tags
         assert np.isfinite(values[inside]).all() and np.isnan(values[~inside]).all()  # nodata outside Sichuan
         uncertainty = uncertainty[inside]
         assert np.isfinite(uncertainty).all() and (uncertainty > 0).all() and uncertainty.mean() < 5
+        true_column = true_column[inside]
+        assert np.isfinite(true_column).all() and (true_column > 0).all() and true_column.mean() < uncertainty.mean()
         assert 395 < values[inside].min() and values[inside].max() < 430
     assert validate_stac(collection_path(archive, SMALL_REGION.name)) == []
 
