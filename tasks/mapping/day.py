@@ -120,11 +120,12 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
     if anomaly is not None:
         tags["uncertainty"] = ("band 2: half-width of the calibrated 68% interval for a retrieval at the cell (ppm): "
                                "background, network and daily-anomaly uncertainty and retrieval noise")
-        # Band 3 or why there is none (docs/data.md): a champion calibrated before issue 22.
+        # Band 3 or why there is none (docs/data.md).
         tags["true_column_uncertainty"] = (
             "band 3: half-width of the calibrated 68% interval of the true column at the cell (ppm): background-"
             "parameter and daily-anomaly uncertainty, no retrieval noise" if true_column is not None else
-            "absent: the champion predates the true column's calibration; band 2 is for a retrieval, not the truth")
+            "absent: the champion has no calibrated true-column scale (exported before it, or its held-out "
+            "retrievals could not separate it from their noise); band 2 is for a retrieval, not the truth")
     elif uncertainty is not None:
         tags["uncertainty"] = "band 2: half-width of the calibrated 68% interval (ppm)"
     if synthetic:
