@@ -83,6 +83,13 @@ def test_maps_after_the_training_window_are_scored_against_the_truth(small_world
     # The interval for a retrieval is wider than the one for the truth, so it covers more of it.
     for m in ("map", "map_nightly"):
         assert 0 < maps[m]["coverage68_noise_free"] <= maps[m]["coverage68_band2"] <= 1
+    # Band 3 (the true column's interval) when the retrain could calibrate it, scored by distance too.
+    parts = result["true_column_by_distance"]
+    if "coverage68_true_column" in maps["map"]:
+        assert 0 <= maps["map"]["coverage68_true_column"] <= 1 and len(parts) == min(3, days)
+        assert all(p["mean_half_width_true_column"] > 0 for p in parts)
+    else:
+        assert parts == [] and result["residual_field"]["true_column_scale"] is None
     daily = pd.read_csv(out / "past_window_daily.csv")
     assert list(daily["day"]) == [(TRAIN_END + timedelta(days=i)).isoformat() for i in range(1, days + 1)]
     # On the world's last day no later observation exists: the archive's and the nightly maps agree.
