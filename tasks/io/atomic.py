@@ -51,7 +51,7 @@ class PublishError(OSError):
         if errno_ is not None:
             self.errno = errno_
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[PublishError], tuple[Path, str, int | None]]:
         # Flow runners (Dask, Prefect) pickle exceptions; OSError's own reduce would drop `problem`.
         return (type(self), (self.path, self.problem, self.errno))
 
@@ -94,12 +94,13 @@ def describe_error(exc: BaseException) -> str:
     # causes under a generic "Read failed. See previous exception".
     parts: list[str] = []
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen and len(parts) < 5:
-        seen.add(id(exc))
-        text = f"{type(exc).__name__}: {exc}"
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen and len(parts) < 5:
+        seen.add(id(cause))
+        text = f"{type(cause).__name__}: {cause}"
         if text not in parts:
             parts.append(text)
-        exc = exc.__cause__ or exc.__context__
+        cause = cause.__cause__ or cause.__context__
     return "; caused by ".join(parts)
 
 

@@ -14,7 +14,7 @@ from affine import Affine
 from tasks.io.atomic import atomic_path
 
 
-def write_geotiff(path: Path | str, data: np.ndarray, transform: Affine, *, nodata=None,
+def write_geotiff(path: Path | str, data: np.ndarray, transform: Affine, *, nodata: float | None = None,
                   scale: float | None = None, units: str | None = None,
                   tags: dict | None = None) -> Path:
     """Single-band GeoTIFF of `data` (its dtype is kept)."""

@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
+from uuid import UUID
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 log = logging.getLogger(__name__)
 
 
-def _prefect_progress(description: str):
+def _prefect_progress(description: str) -> Callable[[float], object] | None:
     """(update, close) for a Prefect progress artifact when a run context exists, else None."""
     try:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -21,7 +22,9 @@ def _prefect_progress(description: str):
 
         if FlowRunContext.get() is None and TaskRunContext.get() is None:
             return None
-        artifact_id = create_progress_artifact(progress=0.0, description=description)
+        # Prefect types its sync-or-async functions as `UUID | Coroutine`; called outside an event loop,
+        # as here, they return the UUID.
+        artifact_id = cast(UUID, create_progress_artifact(progress=0.0, description=description))
         return lambda pct: update_progress_artifact(artifact_id=artifact_id, progress=pct)
     except Exception:  # noqa: BLE001 - progress must never break the work it reports on
         log.debug("no Prefect progress artifact for %s", description, exc_info=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Protocol
+
 import numpy as np
 from rasterio.features import geometry_mask
 from shapely.geometry import Polygon, box, shape
@@ -27,6 +29,13 @@ GEOJSON_SUFFIXES = (".geojson", ".json")
 SHAPEFILE_SUFFIXES = (".shp",)
 
 
+class Bounded(Protocol):
+    """What region_mask reads of a tasks.settings.Region (settings sit above this room)."""
+
+    @property
+    def boundary(self) -> str | None: ...
+
+
 class BoundaryError(ValueError):
     """A boundary file cannot be used; the message names the file and why."""
 
@@ -35,7 +44,7 @@ def shipped_boundary(region_name: str) -> Path | None:
     return SHIPPED_BOUNDARIES.get(region_name)
 
 
-def _geojson_geometries(doc, path: Path) -> list[BaseGeometry]:
+def _geojson_geometries(doc: Any, path: Path) -> list[BaseGeometry]:
     if not isinstance(doc, dict) or "type" not in doc:
         raise BoundaryError(f"{path}: not a GeoJSON object (no 'type')")
     kind = doc["type"]
@@ -75,9 +84,10 @@ def _read_shapefile(path: Path) -> list[BaseGeometry]:
     if shape_type not in POLYGON_TYPES:
         raise BoundaryError(f"{path}: holds lines (shape type {shape_type}), not polygons")
     # The format's rule: a record's shells run clockwise, its holes counter-clockwise.
-    geometries = []
+    geometries: list[BaseGeometry] = []
     for record in records:
-        shells, holes = [], []
+        shells: list[BaseGeometry] = []
+        holes: list[BaseGeometry] = []
         for ring in record:
             if len(ring) < 4:
                 continue
@@ -131,7 +141,7 @@ def boundary_mask(outline: BaseGeometry, grid: Grid) -> np.ndarray:
     return geometry_mask([outline], out_shape=grid.shape, transform=grid.transform, invert=True, all_touched=False)
 
 
-def region_mask(region, grid: Grid) -> np.ndarray:
+def region_mask(region: Bounded, grid: Grid) -> np.ndarray:
     """The cells of `grid` that belong to `region` (a tasks.settings.Region): inside its boundary,
     or every cell when it has none."""
     if region.boundary is None:

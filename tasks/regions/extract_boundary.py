@@ -21,6 +21,7 @@ import numpy as np
 import shapely
 from pyproj import Geod, Transformer
 from shapely.geometry import LineString, Point, Polygon, box, mapping
+from shapely.geometry.base import BaseGeometry
 from shapely.ops import polygonize, unary_union
 
 from tasks.regions.shapefile import POLYLINE_TYPES, read_parts
@@ -51,7 +52,7 @@ def shift_m(a: Polygon, b: Polygon) -> float:
     """Hausdorff distance between the two outlines in metres (UTM 48N)."""
     to_m = Transformer.from_crs("EPSG:4326", UTM_48N, always_xy=True)
 
-    def metres(xy):
+    def metres(xy: BaseGeometry) -> BaseGeometry:
         return shapely.transform(xy, lambda c: np.column_stack(to_m.transform(c[:, 0], c[:, 1])))
     # densify: the plain Hausdorff distance compares vertices only and misses mid-segment gaps.
     return float(shapely.hausdorff_distance(metres(a.exterior), metres(b.exterior), densify=0.05))
