@@ -50,9 +50,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import logging
+
+    import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
@@ -93,7 +100,7 @@ class StackConfig:
     data_store_uri: str | None = None  # XCO2_MLFLOW_TRACKING_URI of `up` when it names a database
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "StackConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "StackConfig":
         env = dict(os.environ if environ is None else environ)
         settings_env = {k: v for k, v in env.items()
                         if k.startswith("XCO2_") and not k.startswith("XCO2_STACK_")
@@ -102,7 +109,8 @@ class StackConfig:
         # A tracking URI naming a database is the command line's store: the server serves it. An
         # http one is a server already (this stack's, from a shell that sourced its env file).
         tracking = env.get("XCO2_MLFLOW_TRACKING_URI") or ""
-        values = {
+        # Field name -> value, of each field's own type (the overrides are the command line's).
+        values: dict[str, Any] = {
             "state_dir": Path(env.get("XCO2_STACK_DIR", ".xco2-stack")),
             "host": env.get("XCO2_STACK_HOST", "127.0.0.1"),
             "prefect_port": int(env.get("XCO2_STACK_PREFECT_PORT", 4200)),
@@ -230,7 +238,7 @@ class StackConfig:
 
 # --- processes --------------------------------------------------------------------------------
 
-def _process(cfg: StackConfig, name: str):
+def _process(cfg: StackConfig, name: str) -> psutil.Process | None:
     """The live process a pid file names, or None (no file, gone, zombie, or a reused pid).
 
     The pid file holds the pid and the process's start time: a reused pid has another one. (The
@@ -320,7 +328,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _get(url: str, timeout: float = 3.0):
+def _get(url: str, timeout: float = 3.0) -> tuple[int | None, str]:
     """(status, body) of a GET, or (None, error)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -389,8 +397,9 @@ def server_plans(cfg: StackConfig) -> dict[str, tuple[int, list[str], dict[str, 
 def _start_servers(cfg: StackConfig) -> list[str]:
     started = []
     for name, (port, argv, env) in server_plans(cfg).items():
-        if _process(cfg, name) is not None:
-            print(f"  {name}: already running (pid {_process(cfg, name).pid})")
+        # Asked once: a process that ends between two asks would leave no pid to print.
+        if (running := _process(cfg, name)) is not None:
+            print(f"  {name}: already running (pid {running.pid})")
             continue
         if not _port_free(cfg.host, port):
             raise StackError(f"{cfg.host}:{port} is taken by another program: stop it, or choose another port "
@@ -417,7 +426,8 @@ def deployment_names(path: Path = PREFECT_YAML) -> tuple[list[str], list[str]]:
     """(deployments whose entrypoint file exists, those whose file is missing)."""
     import yaml
 
-    present, missing = [], []
+    present: list[str] = []
+    missing: list[str] = []
     for spec in yaml.safe_load(path.read_text()).get("deployments") or []:
         file = REPO_ROOT / spec["entrypoint"].partition(":")[0]
         (present if file.is_file() else missing).append(spec["name"])
@@ -466,13 +476,14 @@ def up(cfg: StackConfig) -> None:
     _start_servers(cfg)
     _wait_healthy(cfg, ["prefect-server", "mlflow-server"], deadline)
     apply_deployments(cfg)
-    if _process(cfg, "worker") is None:
+    worker = _process(cfg, "worker")
+    if worker is None:
         print(f"  worker: starting on pool {cfg.pool} (log {cfg.log_file('worker')})", flush=True)
         _spawn(cfg, "worker", [_tool("prefect"), "worker", "start", "--pool", cfg.pool, "--type", "process",
                                "--install-policy", "never", "--name", f"xco2-{socket.gethostname()}-{os.getpid()}"],
                cfg.worker_env())
     else:
-        print(f"  worker: already running (pid {_process(cfg, 'worker').pid})")
+        print(f"  worker: already running (pid {worker.pid})")
     _wait_healthy(cfg, ["worker"], time.monotonic() + cfg.timeout)
     write_env_file(cfg)
     _write_state(cfg, {
@@ -569,8 +580,8 @@ def _probe(url: str, timeout: float) -> str | None:
     return f"HTTP {status}" if status is not None else (detail or "no answer")
 
 
-def use_running_stack(data_dir: Path | str | None, environ=None, timeout: float = PROBE_TIMEOUT_S,
-                      logger=None) -> StackUse:
+def use_running_stack(data_dir: Path | str | None, environ: MutableMapping[str, str] | None = None,
+                      timeout: float = PROBE_TIMEOUT_S, logger: logging.Logger | None = None) -> StackUse:
     """Point this process (PREFECT_API_URL, XCO2_MLFLOW_TRACKING_URI) at the running stack when
     there is one for `data_dir`, so an `xco2` command's flows show in the stack's Prefect UI and
     its models go to the stack's MLflow, the registry the deployments use.
@@ -627,7 +638,7 @@ def use_running_stack(data_dir: Path | str | None, environ=None, timeout: float 
     return StackUse("attached", state_file)
 
 
-def command_prefect_database(environ=None) -> str | None:
+def command_prefect_database(environ: Mapping[str, str] | None = None) -> str | None:
     """The Prefect database an `xco2` command without a running stack records its flow runs in:
     the stack's own SQLite file (`<XCO2_STACK_DIR or ./.xco2-stack>/prefect/prefect.db`), so that
     `make up` afterwards shows them in its UI, the demo's runs first among them. None (Prefect's

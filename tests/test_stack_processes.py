@@ -69,3 +69,15 @@ def test_the_prefect_ui_calls_the_stacks_own_port(tmp_path, monkeypatch):
     # A proxy's address, set by the operator, is kept.
     monkeypatch.setenv("PREFECT_UI_API_URL", "https://prefect.example.org/api")
     assert stack.server_plans(cfg)["prefect-server"][2]["PREFECT_UI_API_URL"] == "https://prefect.example.org/api"
+
+
+def test_a_server_that_ends_while_reported_running_is_not_asked_twice(cfg, monkeypatch, capsys):
+    # `up` names the pid of a server it found running; asking for the process a second time to
+    # print it (as it once did) raised AttributeError when the server ended in between.
+    answers = {"prefect-server": [psutil.Process(), None], "mlflow-server": [psutil.Process(), None]}
+    monkeypatch.setattr(stack, "_process", lambda _cfg, name: answers[name].pop(0))
+    assert stack._start_servers(cfg) == []
+    out = capsys.readouterr().out
+    pid = psutil.Process().pid
+    assert f"prefect-server: already running (pid {pid})" in out
+    assert f"mlflow-server: already running (pid {pid})" in out
