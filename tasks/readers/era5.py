@@ -185,7 +185,7 @@ def _collapse_expver_dimension(ds: xr.Dataset) -> xr.Dataset:
     return collapsed.drop_vars("expver").assign_coords(expver=("time", labels))
 
 
-def _expver_text(value) -> str:
+def _expver_text(value: object) -> str:
     if isinstance(value, bytes):
         value = value.decode()
     text = str(value).strip()
@@ -259,7 +259,7 @@ def era5_daily(hourly: xr.Dataset, days: Iterable[date | datetime | np.datetime6
                 f"which are missing{hint}")
         return position.loc[wanted].to_numpy()
 
-    arrays = {k: [] for k in DAILY_UNITS}
+    arrays: dict[str, list[np.ndarray]] = {k: [] for k in DAILY_UNITS}
     data = {v: hourly[v].values for v in ERA5_VARIABLES}
     for day in day_list:
         inst = steps(day, 0, "instantaneous")

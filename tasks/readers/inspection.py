@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, SupportsFloat
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ def inspect_file(path: Path | str) -> dict:
     return info
 
 
-def _iso(ts) -> str | None:
+def _iso(ts: pd.Timestamp | None) -> str | None:
     if ts is None or pd.isna(ts):
         return None
     return pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -45,7 +46,7 @@ def _describe_soundings(path: Path, fmt: str) -> dict:
     good = good_soundings(df)
     flags = df["quality_flag"].value_counts().sort_index()
 
-    def stat(fn) -> float | None:
+    def stat(fn: Callable[[pd.Series], SupportsFloat]) -> float | None:
         return round(float(fn(good["xco2"])), 4) if len(good) else None
 
     return {

@@ -23,6 +23,7 @@ from typing import Iterator
 import netCDF4
 import numpy as np
 import pandas as pd
+from numpy.typing import DTypeLike
 
 from tasks.gridding.plausibility import SOUNDING_YEARS
 from tasks.io.quarantine import InputFileError
@@ -87,7 +88,7 @@ def open_netcdf(path: Path | str, memory: bytes | None = None, label: str | None
             ds.close()
 
 
-def read_array(ds: netCDF4.Dataset, name: str, path: Path, dtype=np.float64,
+def read_array(ds: netCDF4.Dataset, name: str, path: Path, dtype: DTypeLike = np.float64,
                fill_values: tuple[float, ...] = ()) -> np.ndarray:
     """A variable as a plain array, masked/_FillValue and the given fill values set to NaN.
 
