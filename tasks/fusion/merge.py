@@ -23,8 +23,8 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from datetime import date
-from typing import Any, Mapping
+from datetime import date, datetime
+from typing import Any, Mapping, overload
 
 import numpy as np
 import pandas as pd
@@ -227,9 +227,11 @@ class GosatFit:
 def _as_date(value: Any) -> date:
     if isinstance(value, pd.Timestamp):
         return value.date()
-    if isinstance(value, date):
+    if isinstance(value, datetime):
         # datetime is a date subclass; keep only the day.
-        return value if type(value) is date else value.date()
+        return value.date()
+    if isinstance(value, date):
+        return value
     return date.fromisoformat(str(value))
 
 
@@ -314,7 +316,12 @@ def deming(x: np.ndarray, y: np.ndarray, error_ratio: float) -> tuple[float, flo
     return y0 - slope * x0, slope
 
 
-def _deming_slope(sxx, syy, sxy, delta):
+@overload
+def _deming_slope(sxx: float, syy: float, sxy: float, delta: float) -> float: ...
+@overload
+def _deming_slope(sxx: np.ndarray, syy: np.ndarray, sxy: np.ndarray, delta: float) -> np.ndarray: ...
+def _deming_slope(sxx: float | np.ndarray, syy: float | np.ndarray, sxy: float | np.ndarray,
+                  delta: float) -> float | np.ndarray:
     # Vectorised over the jackknife's leave-one-out moments as well as for one set.
     spread = syy - delta * sxx
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -440,7 +447,7 @@ def fuse_day(
     and stamped with `fit.fit_id`; each cell keeps its weight. Sorted by cell.
     """
     oco = _cells(oco_cells, "fuse_day(oco_cells)")
-    if len(oco):
+    if oco_cells is not None and len(oco):  # _cells is empty for None
         oco["source"] = (
             oco_cells["source"].to_numpy() if "source" in oco_cells.columns else "oco"
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -145,10 +145,10 @@ def _read_footprints(path: Path, shown_as: Path | None = None) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def load_footprints(region_dir: Path, source: str, days) -> dict[date, pd.DataFrame]:
+def load_footprints(region_dir: Path, source: str, days: Iterable[date]) -> dict[date, pd.DataFrame]:
     """The footprints of `source` on `days` (its gridded days); a gridded day without them was
     gridded before footprints were kept: the error says how to get them."""
-    out = {}
+    out: dict[date, pd.DataFrame] = {}
     for day in days:
         path = footprint_file(region_dir, source, day)
         if not path.is_file():
