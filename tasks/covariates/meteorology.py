@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -146,7 +147,7 @@ def _bilinear_weights(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return w
 
 
-def regrid_bilinear(daily: xr.Dataset, grid: Grid, names=METEO_NAMES) -> np.ndarray:
+def regrid_bilinear(daily: xr.Dataset, grid: Grid, names: Sequence[str] = METEO_NAMES) -> np.ndarray:
     """[len(names), ny, nx] float32 from one day of a (latitude, longitude) dataset."""
     lat = daily["latitude"].values.astype(np.float64)
     lon = daily["longitude"].values.astype(np.float64)

@@ -32,9 +32,11 @@ import math
 import re
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, Callable, Literal
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, reproject
 from rasterio.warp import transform_bounds
@@ -142,7 +144,8 @@ def _crop(a: np.ndarray, margin: int) -> np.ndarray:
     return a[..., margin:-margin, margin:-margin]
 
 
-def _read_band(path: Path, band: int = 1, default_nodata: float | None = None):
+def _read_band(path: Path, band: int = 1,
+               default_nodata: float | None = None) -> tuple[np.ndarray, np.ndarray, Affine, CRS]:
     """(values, nodata mask, transform, crs) of one band; CovariateInputError naming the file.
     `default_nodata` stands for the file's nodata value when it declares none."""
     if not path.is_file():
@@ -164,7 +167,7 @@ def _read_band(path: Path, band: int = 1, default_nodata: float | None = None):
     return data, missing, src_transform, src_crs
 
 
-def _region_window(shape: tuple[int, int], transform, crs, region: Grid) -> tuple[slice, slice, int]:
+def _region_window(shape: tuple[int, ...], transform: Affine, crs: CRS, region: Grid) -> tuple[slice, slice, int]:
     """The source pixels over `region`, and how many pixels of the region the file does not cover."""
     bounds = (region.west, region.south, region.east, region.north)
     if crs != WGS84:
@@ -179,7 +182,7 @@ def _region_window(shape: tuple[int, int], transform, crs, region: Grid) -> tupl
     return rows, cols, full - covered
 
 
-def check_plausible(path: Path, variable: str, values: np.ndarray, missing: np.ndarray, transform, crs,
+def check_plausible(path: Path, variable: str, values: np.ndarray, missing: np.ndarray, transform: Affine, crs: CRS,
                     region: Grid, bounds: Range) -> np.ndarray:
     """Mask of `values` (already scaled) that are usable: finite, not nodata, inside `bounds`.
 
@@ -237,7 +240,7 @@ def check_plausible(path: Path, variable: str, values: np.ndarray, missing: np.n
     return usable
 
 
-def raster_box(shape: tuple[int, ...], transform, crs) -> Box:
+def raster_box(shape: tuple[int, ...], transform: Affine, crs: CRS) -> Box:
     """(west, south, east, north) in degrees of a raster's extent."""
     west, south, east, north = rasterio.transform.array_bounds(shape[-2], shape[-1], transform)
     west, east = min(west, east), max(west, east)
@@ -383,9 +386,10 @@ def covariates_dir(region_dir: Path) -> Path:
     return region_dir / "covariates"
 
 
-def build_covariates(static_dir: Path, grid: Grid, region_dir: Path, progress=None,
+def build_covariates(static_dir: Path, grid: Grid, region_dir: Path,
+                     progress: Callable[[str, int, int], object] | None = None,
                      quarantine_dir: Path | None = None, manifest_path: Path | None = None,
-                     set_aside: list[dict] | tuple = (), quarantined: list[dict] | None = None) -> dict:
+                     set_aside: list[dict] | tuple = (), quarantined: list[dict] | None = None) -> dict[str, Any]:
     """Grid every static layer and NDVI composite once; skip what is already built for this grid.
 
     Each raw layer is checked first (check_plausible). With `quarantine_dir`, one that cannot be
@@ -418,13 +422,13 @@ def build_covariates(static_dir: Path, grid: Grid, region_dir: Path, progress=No
         raise CovariateError(f"{static_dir}: no NDVI composites (ndvi_YYYYDDD.tif)")
     grid_desc = {"west": grid.west, "south": grid.south, "east": grid.east, "north": grid.north,
                  "step": grid.step, "ny": grid.ny, "nx": grid.nx}
-    meta = previous or None
+    meta: dict[str, Any] | None = previous or None
     # A re-imported or rebuilt input layer (new size or time) invalidates what was gridded from it.
     inputs = {name: _signature(static_dir / f"{name}.tif") for name in STATIC_LAYERS}
     fresh = (meta is not None and meta.get("grid") == grid_desc and meta.get("inputs") == inputs
              and meta.get("feature_set_version") == FEATURE_SET_VERSION)
     total = 1 + len(ndvi_files)
-    if not (fresh and (out_dir / "static.npy").is_file()):
+    if meta is None or not (fresh and (out_dir / "static.npy").is_file()):  # fresh implies a meta
         for name in STATIC_LAYERS:
             path = static_dir / f"{name}.tif"
             if not path.is_file():
@@ -611,7 +615,7 @@ class StaticCovariates:
         return (w0 * _load_layers(p0) + w1 * _load_layers(p1)).astype(np.float32)
 
 
-def _load_layers(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+def _load_layers(path: Path, mmap_mode: Literal["r"] | None = None) -> np.ndarray:
     # numpy's own errors ("mmap length is greater than file size") do not say which file.
     try:
         return np.load(path, mmap_mode=mmap_mode)
