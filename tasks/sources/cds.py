@@ -59,7 +59,7 @@ import threading
 import zipfile
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import cdsapi
 
@@ -69,6 +69,9 @@ from tasks.sources.credentials import CDS_HINT, cds_credentials, redact
 from tasks.sources.products import PRODUCTS
 from tasks.sources.remote import GranuleUnavailable, RemoteGranule, SourceError
 from tasks.sources.retry import PERMANENT_STATUS, PermanentSourceError, http_status
+
+if TYPE_CHECKING:  # xarray loads with the ERA5 reader, only when a file is read
+    import xarray as xr
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +217,7 @@ def is_preliminary(path: Path | str) -> bool:
     return EXPVER_PRELIMINARY in era5_expvers(path)
 
 
-def _expvers(hourly) -> set[str]:
+def _expvers(hourly: xr.Dataset) -> set[str]:
     if "expver" not in hourly.coords and "expver" not in hourly.data_vars:
         return set()
     return {str(v) for v in hourly["expver"].values.ravel()}
@@ -308,6 +311,10 @@ class CdsRemote(ABC):
     def _granule(self, day: date) -> RemoteGranule:
         """The candidate granule of one day (subclasses know the dataset's ids and names)."""
 
+    @abstractmethod
+    def fetch(self, granule: RemoteGranule, dest: Path) -> None:
+        """Write the whole granule to `dest` (a temp path that does not exist yet)."""
+
     def _scratch(self, dest: Path) -> tempfile.TemporaryDirectory:
         # Hidden, beside dest (same filesystem: the final move is a rename), gone afterwards.
         return tempfile.TemporaryDirectory(prefix=".cds-", dir=dest.parent)
@@ -372,10 +379,10 @@ class GosatRemote(CdsRemote):
                 with tarfile.open(answer, "r:*") as tf:
                     files = {m.name: m for m in tf.getmembers() if m.isfile()}
                     member = self._pick(list(files), day)
-                    src = tf.extractfile(files[member])
-                    assert src is not None
-                    with src, open(dest, "xb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
+                    extracted = tf.extractfile(files[member])
+                    assert extracted is not None  # None only for a member that is not a file
+                    with extracted, open(dest, "xb") as out:
+                        shutil.copyfileobj(extracted, out, 1 << 20)
             except (tarfile.TarError, EOFError) as exc:
                 raise CdsError(f"{self.dataset}: the tar archive for {day} is damaged ({exc})") from None
             return
@@ -489,7 +496,7 @@ def _drop(*args: Any, **kwargs: Any) -> None:
     """cdsapi debug messages: dropped (one of them is the client's settings, key included)."""
 
 
-def _cds_log(level: int):
+def _cds_log(level: int) -> Callable[..., None]:
     def emit(*args: Any, **kwargs: Any) -> None:
         if not args:
             return

@@ -48,7 +48,7 @@ def check_sources(settings: Settings, probe: bool = True, timeout: float = 5.0) 
     try:
         apply_secret_blocks(settings.earthdata_secret_block, settings.cds_secret_block)
     except Exception as exc:  # noqa: BLE001 - reported per source below
-        block_problem = f"Prefect Secret block could not be loaded ({type(exc).__name__})"
+        block_problem: str | None = f"Prefect Secret block could not be loaded ({type(exc).__name__})"
     else:
         block_problem = None
     out = []

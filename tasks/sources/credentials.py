@@ -12,6 +12,7 @@ import netrc
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 EARTHDATA_HOST = "urs.earthdata.nasa.gov"
 DEFAULT_CDS_URL = "https://cds.climate.copernicus.eu/api"
@@ -106,6 +107,15 @@ def redact(text: str) -> str:
     return text
 
 
+def _secret_value(block: str) -> Any:
+    """The value a Prefect Secret block holds: a token string or a JSON object, as stored."""
+    from prefect.blocks.system import Secret
+
+    # Prefect types Block.load as `Secret | Coroutine` (sync-or-async); called outside an event loop,
+    # as here, it returns the block.
+    return cast("Secret[Any]", Secret.load(block)).get()
+
+
 def apply_secret_blocks(earthdata_block: str | None, cds_block: str | None) -> list[str]:
     """Load credentials kept in Prefect Secret blocks into this process's environment.
 
@@ -113,10 +123,8 @@ def apply_secret_blocks(earthdata_block: str | None, cds_block: str | None) -> l
     {"token"}; CDS {"url", "key"} or just the key. Returns the names of the blocks used.
     """
     used = []
-    if earthdata_block or cds_block:
-        from prefect.blocks.system import Secret
     if earthdata_block:
-        value = Secret.load(earthdata_block).get()
+        value = _secret_value(earthdata_block)
         if isinstance(value, dict) and value.get("username"):
             os.environ["EARTHDATA_USERNAME"] = str(value["username"])
             os.environ["EARTHDATA_PASSWORD"] = str(value.get("password", ""))
@@ -124,7 +132,7 @@ def apply_secret_blocks(earthdata_block: str | None, cds_block: str | None) -> l
             os.environ["EARTHDATA_TOKEN"] = str(value.get("token") if isinstance(value, dict) else value)
         used.append(earthdata_block)
     if cds_block:
-        value = Secret.load(cds_block).get()
+        value = _secret_value(cds_block)
         if isinstance(value, dict):
             if value.get("url"):
                 os.environ["CDSAPI_URL"] = str(value["url"])

@@ -24,6 +24,7 @@ import threading
 import warnings
 from datetime import date
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -52,7 +53,7 @@ class EarthdataError(SourceError):
         self.status_code = status_code
 
 
-def _earthaccess():
+def _earthaccess() -> ModuleType:
     import earthaccess  # imported lazily: demo and local modes never need it
 
     return earthaccess

@@ -50,6 +50,11 @@ class Manifest:
             self.data_dir = self.path.parent.parent
         self.data_dir = Path(self.data_dir)
 
+    @property
+    def root(self) -> Path:
+        """The data directory (__post_init__ has filled `data_dir` in from the manifest's path)."""
+        return self.data_dir if self.data_dir is not None else self.path.parent.parent
+
     def load(self) -> pd.DataFrame:
         """The rows, `local_file` relative to the data directory wherever it lies inside it."""
         if not self.path.is_file():
@@ -63,7 +68,7 @@ class Manifest:
             # Only a record of what was pulled: set it aside (kept for inspection) and start anew.
             # The granules in the raw cache are pulled again over their copies; nothing is lost.
             moved = quarantine(self.path, f"unreadable manifest ({type(exc).__name__}: {exc}); a new one "
-                               "is started and the granules are pulled again", self.data_dir / "quarantine" / "state")
+                               "is started and the granules are pulled again", self.root / "quarantine" / "state")
             log.warning("the manifest %s could not be read (%s): set aside as %s, a new one is started",
                         self.path, exc, moved)
             return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
@@ -73,7 +78,7 @@ class Manifest:
     def local_path(self, local_file: str) -> Path:
         """Where a row's file is now: relative paths hang off the current data directory."""
         path = Path(local_file)
-        return path if path.is_absolute() else self.data_dir / path
+        return path if path.is_absolute() else self.root / path
 
     @staticmethod
     def _here(local_file: str | Path | None) -> str | Path | None:
@@ -91,7 +96,7 @@ class Manifest:
         path = Path(local_file)
         if not path.is_absolute():
             return path.as_posix()
-        root = self.data_dir.resolve()
+        root = self.root.resolve()
         try:
             return path.resolve().relative_to(root).as_posix()
         except ValueError:
@@ -102,7 +107,7 @@ class Manifest:
         for i in range(len(parts) - 2, -1, -1):
             if parts[i] in _DATA_FOLDERS:
                 tail = Path(*parts[i:])
-                if (self.data_dir / tail).exists() or not path.exists():
+                if (self.root / tail).exists() or not path.exists():
                     return tail.as_posix()
                 break
         return str(path)

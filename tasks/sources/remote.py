@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from tasks.sources.products import PRODUCTS
 
@@ -117,7 +117,7 @@ def _reflink(src_fd: int, dst_fd: int) -> bool:
     return True
 
 
-def _copy_data(fsrc, fdst, size: int) -> None:
+def _copy_data(fsrc: BinaryIO, fdst: BinaryIO, size: int) -> None:
     copy_range = getattr(os, "copy_file_range", None)
     done = 0
     if copy_range is not None:

@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from tasks.io.atomic import STORAGE_ERRNOS, PublishError
 from tasks.sources.credentials import MissingCredentials, redact
@@ -183,6 +183,7 @@ def bounded_requests(connect_s: float, read_s: float) -> Iterator[None]:
     (connect_s, read_s). Requests that set their own timeout keep it. Re-entrant; the process's
     `requests` is restored when the last user leaves."""
     global _timeout_users, _timeout_value, _original_request
+    import requests
     import requests.sessions
 
     with _timeout_lock:
@@ -190,14 +191,17 @@ def bounded_requests(connect_s: float, read_s: float) -> Iterator[None]:
             _original_request = requests.sessions.Session.request
             original = _original_request
 
-            def request(self, method, url, *args, **kwargs):
+            def request(self: requests.Session, method: str, url: str | bytes, *args: Any,
+                        **kwargs: Any) -> requests.Response:
                 # timeout is Session.request's 7th parameter after url (params, data, headers,
                 # cookies, files, auth, timeout): given positionally only when args has 7 or more.
                 if kwargs.get("timeout") is None and len(args) < 7 and _timeout_value is not None:
                     kwargs["timeout"] = _timeout_value
                 return original(self, method, url, *args, **kwargs)
 
-            requests.sessions.Session.request = request
+            # setattr: a method replaced on the class is this function's purpose, which mypy's
+            # method-assign check forbids for a plain assignment.
+            setattr(requests.sessions.Session, "request", request)
         _timeout_users += 1
         # The shortest asked for wins while two runs overlap in one process.
         wanted = (float(connect_s), float(read_s))
@@ -208,7 +212,7 @@ def bounded_requests(connect_s: float, read_s: float) -> Iterator[None]:
         with _timeout_lock:
             _timeout_users -= 1
             if _timeout_users == 0:
-                requests.sessions.Session.request = _original_request
+                setattr(requests.sessions.Session, "request", _original_request)
                 _original_request = None
                 _timeout_value = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import date
 from typing import Any
 
@@ -23,7 +24,7 @@ _SELF_EXPLAINING = (StaticLayerError, MissingCredentials, PermanentSourceError)
 
 
 def build_static_layers(settings: Settings, year: int, ndvi_start: date, ndvi_end: date,
-                        clients: Any = None, *, force: bool = False, layers=LAYERS,
+                        clients: Any = None, *, force: bool = False, layers: Collection[str] = LAYERS,
                         gpw_short_name: str = GPW_SHORT_NAME, gpw_version: str = GPW_VERSION) -> dict:
     """Build the static layers under `<raw>/static/`; returns {layer: status}.
 

@@ -59,7 +59,7 @@ class Archives:
         self.clients = as_clients(clients)
         self._earthaccess_ready = False
 
-    def earthaccess(self):
+    def earthaccess(self) -> Any:  # the earthaccess module, or the stand-in `clients` gave
         ea = self.clients.earthaccess
         if ea is None:
             import earthaccess as ea  # noqa: PLC0415 - only when a layer needs it
@@ -70,12 +70,12 @@ class Archives:
             self._earthaccess_ready = True
         return ea
 
-    def cds_client(self):
+    def cds_client(self) -> Any:  # a cdsapi.Client, or the stand-in's
         module = self.clients.cdsapi
         if module is None:
-            import cdsapi as module  # noqa: PLC0415
+            import cdsapi  # noqa: PLC0415
 
-            self.clients.cdsapi = module
+            module = self.clients.cdsapi = cdsapi
         creds = cds_credentials()  # MissingCredentials says what to set
         # cdsapi retries a failing request 500 times, 120 s apart, by default: a dead link would
         # hang the build for hours. A few tries here; `retrying` adds its own around the request.
@@ -83,7 +83,7 @@ class Archives:
                              retry_max=5, sleep_max=60)
 
 
-def _login(ea) -> None:
+def _login(ea: Any) -> None:
     creds = earthdata_login()  # MissingCredentials says exactly what to set
     if creds.strategy not in _NON_INTERACTIVE:
         raise PermanentSourceError(f"refusing Earthdata login strategy {creds.strategy!r}")
@@ -107,7 +107,7 @@ def link_names(granule: Any) -> list[str]:
     return [Path(urlsplit(link).path).name for link in links or [] if isinstance(link, str)]
 
 
-def search(ea, what: str, **query) -> list:
+def search(ea: Any, what: str, **query: Any) -> list:
     return list(retrying(lambda: ea.search_data(count=-1, **query), f"searching {what}") or [])
 
 
@@ -115,7 +115,7 @@ class IncompleteDownload(RuntimeError):
     """Some files did not arrive; transient (earthaccess skips those already there on a retry)."""
 
 
-def download(ea, granules: list, folder: Path, what: str) -> list[Path]:
+def download(ea: Any, granules: list, folder: Path, what: str) -> list[Path]:
     """Download `granules` into `folder`; every one must arrive (a partial mosaic is worse than none)."""
     def attempt() -> list[Path]:
         files = ea.download(granules, local_path=str(folder))

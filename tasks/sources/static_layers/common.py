@@ -22,12 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import rasterio
 from affine import Affine
+from numpy.typing import DTypeLike
 from rasterio.crs import CRS
+from rasterio.io import DatasetReader
 from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.windows import Window
 
@@ -40,6 +42,7 @@ from tasks.sources.static_layers.landcover_codes import LCCS_TO_CLASS, OUR_CLASS
 log = logging.getLogger(__name__)
 
 WGS84 = CRS.from_epsg(4326)
+Bounds = tuple[float, float, float, float]  # west, south, east, north in degrees
 LAYERS = ("elevation", "population", "landcover", "ndvi")
 MARGIN_DEG = 0.5  # around the region box, like the demo world's rasters
 # Imports keep the source's native resolution unless that would exceed this many pixels over
@@ -93,7 +96,7 @@ def check_layer(layer: str) -> None:
         raise StaticLayerError(f"unknown static layer {layer!r}: expected one of {', '.join(LAYERS)}")
 
 
-def region_box(settings: Settings, margin: float = 0.0) -> tuple[float, float, float, float]:
+def region_box(settings: Settings, margin: float = 0.0) -> Bounds:
     """(west, south, east, north) of the region, widened by `margin` degrees."""
     r = settings.region
     return (max(-180.0, r.west - margin), max(-90.0, r.south - margin),
@@ -105,7 +108,7 @@ def describe_region(settings: Settings) -> str:
     return f"region {r.name!r} (W {r.west}, S {r.south}, E {r.east}, N {r.north})"
 
 
-def snapped_grid(box: tuple[float, float, float, float], step: float) -> Grid:
+def snapped_grid(box: Bounds, step: float) -> Grid:
     """A grid of `step` degrees covering `box`, edges snapped outwards to multiples of the step."""
     def snap(v: float, up: bool) -> float:
         q = round(v / step, 6)
@@ -116,19 +119,20 @@ def snapped_grid(box: tuple[float, float, float, float], step: float) -> Grid:
                 north=snap(north, True), step=step)
 
 
-def bounds_wgs84(src) -> tuple[float, float, float, float]:
+def bounds_wgs84(src: DatasetReader) -> Bounds:
     if src.crs == WGS84:
-        return tuple(src.bounds)
+        west, south, east, north = src.bounds
+        return (west, south, east, north)
     return transform_bounds(src.crs, WGS84, *src.bounds, densify_pts=21)
 
 
-def intersect(a, b) -> tuple[float, float, float, float] | None:
+def intersect(a: Bounds, b: Bounds) -> Bounds | None:
     west, south = max(a[0], b[0]), max(a[1], b[1])
     east, north = min(a[2], b[2]), min(a[3], b[3])
     return (west, south, east, north) if west < east and south < north else None
 
 
-def native_step_deg(src) -> float:
+def native_step_deg(src: DatasetReader) -> float:
     """The source's pixel size in degrees at its own location (pixels kept roughly square)."""
     if src.crs == WGS84 or src.crs.is_geographic:
         return float(min(abs(src.transform.a), abs(src.transform.e)))
@@ -138,7 +142,7 @@ def native_step_deg(src) -> float:
     return float(min(abs(transform.a), abs(transform.e)))
 
 
-def choose_step(native: float, box, max_pixels: int | None = None, finest: float | None = None) -> float:
+def choose_step(native: float, box: Bounds, max_pixels: int | None = None, finest: float | None = None) -> float:
     """Native step (rounded to a tidy value), coarsened only to stay under `max_pixels` over `box`."""
     max_pixels = max_pixels or MAX_PIXELS
     step = max(native, finest or 0.0)
@@ -150,7 +154,7 @@ def choose_step(native: float, box, max_pixels: int | None = None, finest: float
     return arcsec / 3600
 
 
-def warp_into(src, band: int, grid: Grid, resampling: Resampling,
+def warp_into(src: DatasetReader, band: int, grid: Grid, resampling: Resampling,
               src_nodata: float | None = None, out: np.ndarray | None = None,
               window: Window | None = None) -> np.ndarray:
     """Band `band` of open dataset `src` warped onto `grid` (or its `window`), float32, NaN = no data."""
@@ -170,7 +174,7 @@ def warp_into(src, band: int, grid: Grid, resampling: Resampling,
     return dst
 
 
-def _covering_window(bounds, grid: Grid) -> Window | None:
+def _covering_window(bounds: Bounds, grid: Grid) -> Window | None:
     """The grid cells touched by a lon/lat box, or None if it misses the grid."""
     west, south, east, north = bounds
     c0 = max(0, int(math.floor((west - grid.west) / grid.step + 1e-9)))
@@ -218,7 +222,7 @@ def _range_problem(what: str, values: np.ndarray, lo: float, hi: float, unit: st
 
 
 def to_layer_values(layer: str, data: np.ndarray, where: str, *, integer_source: bool,
-                    source_dtype=None) -> tuple[np.ndarray, dict]:
+                    source_dtype: DTypeLike | None = None) -> tuple[np.ndarray, dict]:
     """Physical float32 values (NaN = no data) -> the layer's stored dtype, after range checks.
 
     `where` names the file in errors; `integer_source` says whether the source band held integers
@@ -315,7 +319,7 @@ def read_layers_json(folder: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def record_layer(folder: Path, layer: str, path: Path, source: str, **extra) -> dict:
+def record_layer(folder: Path, layer: str, path: Path, source: str, **extra: Any) -> dict:
     """Add or replace `path`'s entry in `<static>/layers.json` (keyed by file name)."""
     entry = {
         "layer": layer,
@@ -332,7 +336,7 @@ def record_layer(folder: Path, layer: str, path: Path, source: str, **extra) -> 
     return entry
 
 
-def region_coverage(values: np.ndarray, nodata, grid: Grid, settings: Settings) -> float:
+def region_coverage(values: np.ndarray, nodata: float, grid: Grid, settings: Settings) -> float:
     """Fraction of the region box (no margin) where the layer has data."""
     w, s, e, n = region_box(settings)
     c0 = max(0, int(math.floor((w - grid.west) / grid.step)))

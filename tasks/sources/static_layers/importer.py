@@ -88,6 +88,7 @@ def convert_source(settings: Settings, layer: str, gdal_path: str, where: str,
                 f"{where}: does not overlap {describe_region(settings)}: the file covers "
                 f"lon {src_box[0]:.4f}..{src_box[2]:.4f}, lat {src_box[1]:.4f}..{src_box[3]:.4f}")
         box = intersect(src_box, region_box(settings, MARGIN_DEG))
+        assert box is not None  # it overlaps the region's box, so the wider one too
         native = native_step_deg(src)
         step = choose_step(native, box, finest=finest_step)
         grid = snapped_grid(box, step)

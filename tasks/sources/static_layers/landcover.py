@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from tasks.sources.static_layers.common import (
     write_layer,
 )
 from tasks.sources.static_layers.landcover_codes import LCCS_TO_CLASS, map_lccs
+
+if TYPE_CHECKING:  # netCDF4 loads only when a land-cover file is read
+    import netCDF4
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,7 @@ def netcdf_in(download: Path, folder: Path) -> Path:
     return folder / member
 
 
-def _coord(ds, *names):
+def _coord(ds: netCDF4.Dataset, *names: str) -> str:
     for name in names:
         if name in ds.variables:
             return name

@@ -33,6 +33,8 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -93,7 +95,7 @@ class Hdf4Unavailable(StaticLayerError):
     """pyhdf (the HDF4 reader) cannot be imported, so MODIS NDVI granules cannot be converted here."""
 
 
-def _import_pyhdf():
+def _import_pyhdf() -> ModuleType:
     """The pyhdf.SD module, or Hdf4Unavailable saying why not and what to do instead."""
     try:
         from pyhdf import SD  # noqa: PLC0415 - only when NDVI is built
@@ -538,7 +540,7 @@ def _build_from_archive(archives: Archives, start: date, end: date, wanted: list
             "message": f"{len(written)} composites" + "".join(f"; {n}" for n in notes)}
 
 
-def _build_composite(ea, settings: Settings, product: str, day: date,
+def _build_composite(ea: Any, settings: Settings, product: str, day: date,
                      tiles: dict[str, tuple[GranuleName, object, str]], grid: Grid,
                      box: tuple[float, float, float, float]) -> str:
     dest = output_path(settings, "ndvi", day)
