@@ -9,7 +9,7 @@ underlying smooth field for population (the pipeline sees it blocky, as with rea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +41,16 @@ def block_mean(a: np.ndarray, factor: int) -> np.ndarray:
                                                                     ).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class StaticPaths:
+    """The static GeoTIFFs written (one NDVI composite per 16-day period)."""
+
+    elevation: Path
+    population: Path
+    landcover: Path
+    ndvi: list[Path]
+
+
 @dataclass
 class StaticCovariates:
     """Static fields on the world's cells (region + margin at the grid step)."""
@@ -49,7 +59,7 @@ class StaticCovariates:
     population_per_km2: np.ndarray
     ndvi: dict[tuple[int, int], np.ndarray]
     cities: list[City]
-    paths: dict[str, object] = field(default_factory=dict)
+    paths: StaticPaths
 
 
 def write_static_covariates(layout: WorldLayout, seed: int,
@@ -63,21 +73,19 @@ def write_static_covariates(layout: WorldLayout, seed: int,
     # Elevation first: everything else depends on it.
     er = layout.elevation_raster
     elevation = elevation_m(Sampler.on_grid(er.lats, er.lons), seed)
-    paths: dict[str, object] = {
-        "elevation": write_geotiff(static / "elevation.tif", elevation, er.transform,
+    elevation_path = write_geotiff(static / "elevation.tif", elevation, er.transform,
                                    nodata=-9999.0, units="m",
-                                   tags={"description": "synthetic SRTM-like elevation"})}
+                                   tags={"description": "synthetic SRTM-like elevation"})
     report("static covariates", 1, total)
 
     pr = layout.population_raster
     population = population_density(pr.lats, pr.lons, seed, cities)
-    paths["population"] = write_geotiff(
+    population_path = write_geotiff(
         static / "population.tif", population, pr.transform, nodata=-1.0, units="people/km2",
         tags={"description": "synthetic GPW-like population density"})
     report("static covariates", 2, total)
 
-    paths["landcover"] = _write_landcover(layout, seed, elevation, cities,
-                                          static / "landcover.tif")
+    landcover_path = _write_landcover(layout, seed, elevation, cities, static / "landcover.tif")
     report("static covariates", 3, total)
 
     nr = layout.ndvi_raster
@@ -88,7 +96,7 @@ def write_static_covariates(layout: WorldLayout, seed: int,
     peak = ndvi_peak(s, seed, ndvi_elevation, urban)
     del urban
     ndvi_cells: dict[tuple[int, int], np.ndarray] = {}
-    ndvi_paths = []
+    ndvi_paths: list[Path] = []
     for i, (year, doy) in enumerate(composites):
         raw = to_mod13q1(ndvi_composite(s, seed, ndvi_elevation, peak, water, year, doy))
         ndvi_paths.append(write_geotiff(
@@ -98,13 +106,13 @@ def write_static_covariates(layout: WorldLayout, seed: int,
                                     f"{year}-{doy:03d}"}))
         ndvi_cells[(year, doy)] = block_mean(raw.astype(np.float32) * NDVI_SCALE, 2)
         report("static covariates", 4 + i, total)
-    paths["ndvi"] = ndvi_paths
 
     cells = layout.cells
     return StaticCovariates(
         elevation_m=block_mean(elevation, 2),
         population_per_km2=population_density(cells.lats, cells.lons, seed, cities),
-        ndvi=ndvi_cells, cities=cities, paths=paths)
+        ndvi=ndvi_cells, cities=cities,
+        paths=StaticPaths(elevation_path, population_path, landcover_path, ndvi_paths))
 
 
 def _write_landcover(layout: WorldLayout, seed: int, elevation: np.ndarray, cities: list[City],

@@ -17,7 +17,8 @@ from tasks.gridding.soundings import COLUMNS, VERTEX_LAT, VERTEX_LON
 KM_PER_DEG_LAT = 110.57
 
 
-def tiny_soundings(source: str, day: date, n: int = 40, *, center=(30.6, 104.0), seed: int = 7,
+def tiny_soundings(source: str, day: date, n: int = 40, *, center: tuple[float, float] = (30.6, 104.0),
+                   seed: int = 7,
                    n_bad: int = 3, absurd: tuple[float, ...] = (0.0, 9999.0, np.nan)
                    ) -> pd.DataFrame:
     """`n` good soundings near `center` at ~13:30 local, plus `n_bad` flagged plausible ones and
@@ -57,7 +58,8 @@ def tiny_soundings(source: str, day: date, n: int = 40, *, center=(30.6, 104.0),
     return df[COLUMNS]
 
 
-def tiny_era5_hourly(first_day: date, n_days: int = 2, *, bbox=(103.5, 30.0, 104.5, 31.0),
+def tiny_era5_hourly(first_day: date, n_days: int = 2, *,
+                     bbox: tuple[float, float, float, float] = (103.5, 30.0, 104.5, 31.0),
                      seed: int = 11, step: float = 0.25, extra_step: bool = True,
                      expver: str = EXPVER_FINAL) -> xr.Dataset:
     """Hourly fields 00..23 UTC of `n_days` days (plus the next day's 00 UTC step when
@@ -72,7 +74,7 @@ def tiny_era5_hourly(first_day: date, n_days: int = 2, *, bbox=(103.5, 30.0, 104
     h = np.arange(hours)[:, None, None]
     daylight = np.clip(np.sin(2 * np.pi * ((h + 7) % 24 - 6) / 24), 0, None)
 
-    def field(mean, spread):
+    def field(mean: float, spread: float) -> np.ndarray:
         return (mean + spread * rng.standard_normal(shape)).astype(np.float32)
 
     t2m = field(295.0, 2.0) + 5 * daylight

@@ -13,7 +13,7 @@ def _weights(coord: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return i0, (f - i0).astype(np.float32)
 
 
-def _row_col(src: RasterGrid, lat, lon):
+def _row_col(src: RasterGrid, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ((src.north - np.asarray(lat)) / src.res - 0.5,
             (np.asarray(lon) - src.west) / src.res - 0.5)
 

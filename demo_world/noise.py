@@ -42,14 +42,19 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def hash_uniform(key: int, *coords: np.ndarray) -> np.ndarray:
+def hash_uniform(key: int, *coords: np.ndarray | int) -> np.ndarray:
     """Uniform [0, 1) values, one per element of the broadcast integer coordinates."""
     with np.errstate(over="ignore"):
         h = np.asarray(np.uint64(key & 0xFFFFFFFFFFFFFFFF))
         for c in coords:
-            c = np.asarray(c, dtype=np.int64).view(np.uint64)
-            h = _mix(h ^ (c + _GOLDEN))
-        return (h >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+            h = _mix(h ^ (np.asarray(c, dtype=np.int64).view(np.uint64) + _GOLDEN))
+        # NumPy gives a scalar for scalar coordinates: an array (0-d) whatever they are.
+        return np.asarray((h >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53))
+
+
+def hash_uniform_scalar(key: int, *coords: int) -> float:
+    """hash_uniform's one value at integer coordinates."""
+    return float(hash_uniform(key, *coords))
 
 
 def _smooth(t: np.ndarray) -> np.ndarray:
@@ -80,7 +85,7 @@ def value_noise_points(lat: np.ndarray, lon: np.ndarray, spacing: float, key: in
     iy, ty = _axis(lat, spacing)
     ix, tx = _axis(lon, spacing)
 
-    def v(dy, dx):
+    def v(dy: int, dx: int) -> np.ndarray:
         return hash_uniform(key, iy + dy, ix + dx) * 2.0 - 1.0
 
     top = v(0, 0) * (1 - tx) + v(0, 1) * tx

@@ -17,6 +17,8 @@ OMEGA_EARTH_DEG_S = 360.0 / 86164.0905
 KM_PER_DEG_LAT = 110.57
 KM_PER_DEG_LON_EQ = 111.32
 
+Box = tuple[float, float, float, float]  # west, south, east, north (degrees)
+
 
 def epoch_seconds(day: date) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
@@ -31,15 +33,16 @@ class Orbit:
     node_lon_at_epoch: float = 0.0  # precessing orbits
     precession_deg_day: float = 0.0
 
-    def node_time(self, n: np.ndarray) -> np.ndarray:
-        return np.round(self.epoch_s + np.asarray(n) * self.period_s)
+    def node_time(self, n: int) -> float:
+        """The time of ascending node `n` (counted from the epoch's)."""
+        return float(np.round(self.epoch_s + np.asarray(n) * self.period_s))
 
-    def node_lon(self, t_node: np.ndarray) -> np.ndarray:
+    def node_lon(self, t_node: float) -> float:
         if self.node_local_hour is not None:
             utc_hours = (np.asarray(t_node) % 86400.0) / 3600.0
-            return wrap_lon(15.0 * (self.node_local_hour - utc_hours))
+            return float(wrap_lon(15.0 * (self.node_local_hour - utc_hours)))
         drift = self.precession_deg_day / 86400.0 - OMEGA_EARTH_DEG_S
-        return wrap_lon(self.node_lon_at_epoch + drift * (np.asarray(t_node) - self.epoch_s))
+        return float(wrap_lon(self.node_lon_at_epoch + drift * (np.asarray(t_node) - self.epoch_s)))
 
 
 OCO2 = Orbit(98.2, 16 * 86400.0 / 233, epoch_seconds(date(2014, 9, 6)) + 1234.0,
@@ -50,7 +53,7 @@ ISS = Orbit(51.64, 5560.0, epoch_seconds(date(2019, 8, 1)) + 321.0, node_lon_at_
             precession_deg_day=-5.0)
 
 
-def wrap_lon(lon: np.ndarray) -> np.ndarray:
+def wrap_lon(lon: np.ndarray | float) -> np.ndarray:
     return (np.asarray(lon) + 180.0) % 360.0 - 180.0
 
 
@@ -63,7 +66,7 @@ def ground_track(orbit: Orbit, node_lon: float, dt: np.ndarray) -> tuple[np.ndar
     return lat, wrap_lon(node_lon + dlon)
 
 
-def inside(lat, lon, box) -> np.ndarray:
+def inside(lat: np.ndarray, lon: np.ndarray, box: Box) -> np.ndarray:
     west, south, east, north = box
     return (lat >= south) & (lat <= north) & (lon >= west) & (lon <= east)
 
@@ -76,7 +79,7 @@ class Pass:
     orbit_number: int
 
 
-def passes_over(orbit: Orbit, day: date, box, dayside_only: bool, frame_s: float,
+def passes_over(orbit: Orbit, day: date, box: Box, dayside_only: bool, frame_s: float,
                 coarse_s: float = 5.0) -> list[Pass]:
     """Passes whose frames (every `frame_s` seconds) fall in `box` during the UTC `day`."""
     t0 = epoch_seconds(day)
@@ -87,8 +90,8 @@ def passes_over(orbit: Orbit, day: date, box, dayside_only: bool, frame_s: float
     coarse = np.arange(start, span, coarse_s)
     found = []
     for n in range(first, last + 1):
-        t_node = float(orbit.node_time(n))
-        lon_node = float(orbit.node_lon(t_node))
+        t_node = orbit.node_time(n)
+        lon_node = orbit.node_lon(t_node)
         lat, lon = ground_track(orbit, lon_node, coarse)
         hit = inside(lat, lon, box) & (t_node + coarse >= t0) & (t_node + coarse < t0 + 86400)
         if not hit.any():
@@ -128,7 +131,8 @@ def local_axes(orbit: Orbit, node_lon: float, dt: np.ndarray
     return lat, lon, north / norm, east / norm
 
 
-def offset(lat, lon, north_km, east_km) -> tuple[np.ndarray, np.ndarray]:
+def offset(lat: np.ndarray, lon: np.ndarray, north_km: np.ndarray, east_km: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
     coslat = np.maximum(np.cos(np.radians(lat)), 0.05)
     return lat + north_km / KM_PER_DEG_LAT, wrap_lon(lon + east_km / (KM_PER_DEG_LON_EQ * coslat))
 
@@ -145,8 +149,8 @@ class Footprints:
     frame: np.ndarray  # index of the frame each footprint belongs to
 
 
-def swath(lat, lon, along_n, along_e, n_footprints: int, width_km: float, length_km: float
-          ) -> Footprints:
+def swath(lat: np.ndarray, lon: np.ndarray, along_n: np.ndarray, along_e: np.ndarray,
+          n_footprints: int, width_km: float, length_km: float) -> Footprints:
     """`n_footprints` rectangles side by side across each frame (centre lat/lon, along-track
     unit vector), each `width_km` across and `length_km` along."""
     n_frames = len(lat)

@@ -60,8 +60,8 @@ def towns(seed: int, west: float, south: float, east: float, north: float) -> li
                    np.ceil((north + pad) / TOWN_LATTICE_DEG) + 1).astype(np.int64)
     xs = np.arange(np.floor((west - pad) / TOWN_LATTICE_DEG),
                    np.ceil((east + pad) / TOWN_LATTICE_DEG) + 1).astype(np.int64)
-    iy, ix = np.meshgrid(ys, xs, indexing="ij")
-    iy, ix = iy.ravel(), ix.ravel()
+    lattice_y, lattice_x = np.meshgrid(ys, xs, indexing="ij")
+    iy, ix = lattice_y.ravel(), lattice_x.ravel()
     key = stream_key(seed, "population.towns")
     lat = (iy + hash_uniform(key, iy, ix, 1)) * TOWN_LATTICE_DEG
     lon = (ix + hash_uniform(key, iy, ix, 2)) * TOWN_LATTICE_DEG

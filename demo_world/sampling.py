@@ -13,6 +13,7 @@ With `dense`, every day gets a pass, a snapshot map and a GOSAT grid over the re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -20,12 +21,14 @@ import numpy as np
 import pandas as pd
 
 from demo_world.layout import RasterGrid
-from demo_world.noise import hash_uniform, stream_key
+from demo_world.noise import hash_uniform, hash_uniform_scalar, stream_key
 from demo_world.orbits import (
     GOSAT,
     ISS,
     OCO2,
+    Box,
     Footprints,
+    Orbit,
     ground_track,
     local_axes,
     offset,
@@ -94,7 +97,7 @@ def _concat(scenes: list[Scene]) -> Scene:
     if not scenes:
         return Scene.empty()
 
-    def cat(getter):
+    def cat(getter: Callable[[Scene], np.ndarray]) -> np.ndarray:
         return np.concatenate([getter(s) for s in scenes])
 
     def names(s: Scene, attr: str) -> np.ndarray:
@@ -109,7 +112,8 @@ def _concat(scenes: list[Scene]) -> Scene:
                  cat(lambda s: names(s, "target_id")), cat(lambda s: names(s, "target_name")))
 
 
-def _swath_scene(orbit, node_time, node_lon, dt, orbit_number, mode, instrument) -> Scene:
+def _swath_scene(orbit: Orbit, node_time: float, node_lon: float, dt: np.ndarray, orbit_number: int,
+                 mode: int, instrument: Instrument) -> Scene:
     lat, lon, an, ae = local_axes(orbit, node_lon, dt)
     fp = swath(lat, lon, an, ae, 8, *instrument.footprint_km)
     n = len(fp.lat)
@@ -118,7 +122,7 @@ def _swath_scene(orbit, node_time, node_lon, dt, orbit_number, mode, instrument)
     return Scene(t, fp, np.full(n, mode), np.full(n, orbit_number), np.full(n, zenith))
 
 
-def _box_filter(scene: Scene, box) -> Scene:
+def _box_filter(scene: Scene, box: Box) -> Scene:
     west, south, east, north = box
     keep = (scene.fp.lat >= south) & (scene.fp.lat <= north) & (scene.fp.lon >= west) & (
         scene.fp.lon <= east)
@@ -148,15 +152,15 @@ def _daylight(scene: Scene, day: date, dense: bool) -> Scene:
 def _region_point(seed: int, stream: str, day: date, grid: Grid, spread: float = 0.6
                   ) -> tuple[float, float]:
     key = stream_key(seed, stream)
-    u = hash_uniform(key, day.toordinal(), 1)
-    v = hash_uniform(key, day.toordinal(), 2)
+    u = hash_uniform_scalar(key, day.toordinal(), 1)
+    v = hash_uniform_scalar(key, day.toordinal(), 2)
     lat = (grid.south + grid.north) / 2 + (u - 0.5) * spread * (grid.north - grid.south)
     lon = (grid.west + grid.east) / 2 + (v - 0.5) * spread * (grid.east - grid.west)
     return float(lat), float(lon)
 
 
 # ---- scenes ---------------------------------------------------------------------------------
-def oco2_scene(day: date, box, grid: Grid, seed: int, dense: bool) -> Scene:
+def oco2_scene(day: date, box: Box, grid: Grid, seed: int, dense: bool) -> Scene:
     scenes = []
     for p in passes_over(OCO2, day, box, dayside_only=True, frame_s=OCO_FRAME_S):
         scenes.append(_swath_scene(OCO2, p.node_time, p.node_lon, p.dt, p.orbit_number,
@@ -171,7 +175,7 @@ def oco2_scene(day: date, box, grid: Grid, seed: int, dense: bool) -> Scene:
     return _daylight(_box_filter(_concat(scenes), box), day, dense)
 
 
-def oco3_scene(day: date, box, grid: Grid, seed: int, dense: bool, cities: list[City]
+def oco3_scene(day: date, box: Box, grid: Grid, seed: int, dense: bool, cities: list[City]
                ) -> Scene:
     scenes = []
     for p in passes_over(ISS, day, box, dayside_only=False, frame_s=OCO_FRAME_S):
@@ -184,7 +188,7 @@ def oco3_scene(day: date, box, grid: Grid, seed: int, dense: bool, cities: list[
                                        p.orbit_number % 2, OCO3_INSTRUMENT))
     key = stream_key(seed, "oco3.sam")
     reachable = min(abs(grid.south), abs(grid.north)) <= ISS_INCLINATION_REACH_DEG
-    if dense or (reachable and hash_uniform(key, day.toordinal()) < SAM_CHANCE_PER_DAY):
+    if dense or (reachable and hash_uniform_scalar(key, day.toordinal()) < SAM_CHANCE_PER_DAY):
         scenes.append(_snapshot_area_map(day, grid, seed, dense, cities))
     return _daylight(_box_filter(_concat(scenes), box), day, dense)
 
@@ -195,17 +199,17 @@ def _snapshot_area_map(day: date, grid: Grid, seed: int, dense: bool, cities: li
     o = day.toordinal()
     inside = [c for c in cities if grid.south <= c.lat <= grid.north
               and grid.west <= c.lon <= grid.east and not c.name.startswith("town_")]
-    if dense or not inside or hash_uniform(key, o, 0) < 0.25:
+    if dense or not inside or hash_uniform_scalar(key, o, 0) < 0.25:
         lat_c, lon_c = _region_point(seed, "oco3.sam.random", day, grid,
                                      spread=0.3 if dense else 0.9)
         target_id, target_name = f"sam{o % 10000:04d}", "none"
     else:
-        idx = int(hash_uniform(key, o, 1) * len(inside))
+        idx = int(hash_uniform_scalar(key, o, 1) * len(inside))
         city = inside[idx]
         lat_c, lon_c = city.lat, city.lon
         target_id, target_name = f"fossil{idx + 1:04d}", city.name
-    angle = np.radians(360.0 * hash_uniform(key, o, 2))
-    local_hour = 9.0 + 7.0 * hash_uniform(key, o, 3)
+    angle = np.radians(360.0 * hash_uniform_scalar(key, o, 2))
+    local_hour = 9.0 + 7.0 * hash_uniform_scalar(key, o, 3)
     t0 = (pd.Timestamp(day).tz_localize("UTC").timestamp()
           + round(((local_hour - lon_c / 15.0) % 24.0) * 3600.0))
     along_n, along_e = np.cos(angle), np.sin(angle)
@@ -226,7 +230,7 @@ def _snapshot_area_map(day: date, grid: Grid, seed: int, dense: bool, cities: li
                  np.full(n, 30.0), np.full(n, target_id, object), np.full(n, target_name, object))
 
 
-def gosat_scene(day: date, box, grid: Grid, seed: int, dense: bool) -> Scene:
+def gosat_scene(day: date, box: Box, grid: Grid, seed: int, dense: bool) -> Scene:
     lats, lons, times = [], [], []
     spacing_km = 158.0
     for p in passes_over(GOSAT, day, box, dayside_only=True, frame_s=22.0, coarse_s=11.0):

@@ -13,7 +13,8 @@ def local_solar_hour(utc_hour: np.ndarray | float, lon: np.ndarray | float) -> n
     return np.mod(np.asarray(utc_hour) + np.asarray(lon) / 15.0, 24.0)
 
 
-def solar_elevation_deg(doy, utc_hour, lat, lon) -> np.ndarray:
+def solar_elevation_deg(doy: np.ndarray | float, utc_hour: np.ndarray | float, lat: np.ndarray | float,
+                        lon: np.ndarray | float) -> np.ndarray:
     """Elevation of the sun above the horizon; arguments broadcast."""
     dec = np.radians(declination_deg(doy))
     hour_angle = np.radians(15.0 * (local_solar_hour(utc_hour, lon) - 12.0))

@@ -13,7 +13,7 @@ import numpy as np
 from demo_world.noise import Sampler, stream_key
 
 
-def _sigmoid(x):
+def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -40, 40)))
 
 

@@ -136,8 +136,8 @@ def write_demo_world(root: Path | str, region: Region, start: date, end: date,
     written: list[Path] = []
 
     statics = write_static_covariates(layout, seed, report)
-    written += [statics.paths["elevation"], statics.paths["population"],
-                statics.paths["landcover"], *statics.paths["ndvi"]]
+    written += [statics.paths.elevation, statics.paths.population, statics.paths.landcover,
+                *statics.paths.ndvi]
     weather = Weather(layout, seed, dense)
     truth_model = TruthModel(layout, seed, statics, weather)
     observer = Observer(weather, layout.cells, layout.grid, statics.elevation_m, (c0, c1),
@@ -195,10 +195,10 @@ def write_demo_world(root: Path | str, region: Region, start: date, end: date,
         files={
             **{k: [_rel(p, root) for p in v] for k, v in files.items()},
             "era5": [_rel(p, root) for p in era5_paths],
-            "static": {"elevation": _rel(statics.paths["elevation"], root),
-                       "population": _rel(statics.paths["population"], root),
-                       "landcover": _rel(statics.paths["landcover"], root),
-                       "ndvi": [_rel(p, root) for p in statics.paths["ndvi"]]},
+            "static": {"elevation": _rel(statics.paths.elevation, root),
+                       "population": _rel(statics.paths.population, root),
+                       "landcover": _rel(statics.paths.landcover, root),
+                       "ndvi": [_rel(p, root) for p in statics.paths.ndvi]},
         },
         soundings=counts,
         truth_grid={"west": g.west, "south": g.south, "east": g.east, "north": g.north,
@@ -232,7 +232,7 @@ def truth_for_day(root: Path | str, day: date) -> np.ndarray:
         return src.read(1)
 
 
-def truth_at_cells(root: Path | str):
+def truth_at_cells(root: Path | str) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
     """truth(cells, days) -> the true XCO2 at those (cell index, day) pairs, one truth map read per
     day: the model comparison's truth scores on the demo world (models.comparison.TruthFunction)."""
     import pandas as pd

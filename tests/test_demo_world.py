@@ -10,7 +10,7 @@ import pytest
 import rasterio
 
 from demo_world import DemoWorld, truth_for_day, write_demo_world
-from demo_world.noise import Sampler, value_noise_grid, value_noise_points
+from demo_world.noise import Sampler, hash_uniform, hash_uniform_scalar, value_noise_grid, value_noise_points
 from tasks.gridding.geometry import Grid
 from tasks.readers import day_of_granule, detect_format, era5_daily, read_era5, read_soundings
 from tasks.settings import Region
@@ -178,6 +178,19 @@ def test_noise_on_grids_equals_noise_at_points():
     np.testing.assert_allclose(g, value_noise_points(la, lo, 0.13, key=99), atol=1e-6)
     fractal = Sampler.on_grid(lats, lons).fractal(1.0, 0.05, 0.6, key=5)
     assert np.isfinite(fractal).all() and fractal.std() > 0.01
+
+
+def test_a_hashed_value_is_the_same_at_one_point_and_in_an_array():
+    # Scalar coordinates give a 0-d array (its annotation's type) and hash_uniform_scalar the same
+    # value as a float: the demo world's draws of a day (a snapshot map's site, a pass's place).
+    day = np.arange(737000, 737010)
+    in_array = hash_uniform(12345, day, 3)
+    at_points = [hash_uniform_scalar(12345, int(d), 3) for d in day]
+    assert isinstance(hash_uniform(12345, 737004, 3), np.ndarray)
+    assert all(type(v) is float for v in at_points)
+    assert at_points == in_array.tolist()
+    assert float(hash_uniform(12345, 737004, 3)) == at_points[4]
+    assert ((in_array >= 0) & (in_array < 1)).all() and len(set(at_points)) == len(day)
 
 
 # ---- sampling --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import netCDF4
@@ -19,6 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from tasks.io.atomic import atomic_path
+from demo_world.writers.netcdf import Compression
 from tasks.readers.era5_layout import (
     ACCUMULATED,
     ERA5_VARIABLES,
@@ -31,7 +33,7 @@ from tasks.readers.era5_layout import (
 ZIP_MEMBERS = {"instant": "data_stream-oper_stepType-instant.nc",
                "accum": "data_stream-oper_stepType-accum.nc"}
 OLD_CDS_FILL = -32767
-_COMPRESSION = {"zlib": True, "complevel": 1, "shuffle": True}
+_COMPRESSION: Compression = {"zlib": True, "complevel": 1, "shuffle": True}
 
 
 def _times(hourly: xr.Dataset) -> pd.DatetimeIndex:
@@ -45,7 +47,7 @@ def _expver(hourly: xr.Dataset) -> list[str]:
     return [EXPVER_FINAL] * hourly.sizes["time"]
 
 
-def _present(hourly: xr.Dataset, names) -> list[str]:
+def _present(hourly: xr.Dataset, names: Iterable[str]) -> list[str]:
     return [v for v in names if v in hourly.data_vars]
 
 

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import netCDF4
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from tasks.io.atomic import atomic_path
+from demo_world.writers.netcdf import Compression
 from tasks.readers.names import gosat_c3s_name
 
 C3S_FILL = -999.0
 N_LEVELS = 20  # surface first in this product
 MOLE_FRACTION_LABELS = ("mol/mol", "mol mol-1", "1")
-_COMPRESSION = {"zlib": True, "complevel": 2, "shuffle": True}
+_COMPRESSION: Compression = {"zlib": True, "complevel": 2, "shuffle": True}
 
 
 def write_gosat_c3s(path: Path | str, soundings: pd.DataFrame, xco2_units: str = "1e-9",
@@ -42,7 +45,7 @@ def write_gosat_c3s(path: Path | str, soundings: pd.DataFrame, xco2_units: str =
     n = len(df)
     scale = 1e-6 if xco2_units in MOLE_FRACTION_LABELS else 1.0
 
-    def col(name: str, default, dtype=np.float64) -> np.ndarray:
+    def col(name: str, default: float, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
         return df[name].to_numpy().astype(dtype) if name in df else np.full(n, default, dtype)
 
     def filled(values: np.ndarray) -> np.ndarray:
@@ -62,7 +65,8 @@ def write_gosat_c3s(path: Path | str, soundings: pd.DataFrame, xco2_units: str =
             ds.createDimension("level_dim", N_LEVELS)
             dim = ("sounding_dim",)
 
-            def var(name, dtype, dims, values, fill=C3S_FILL, **attrs):
+            def var(name: str, dtype: str, dims: tuple[str, ...], values: np.ndarray,
+                    fill: float | None = C3S_FILL, **attrs: str) -> netCDF4.Variable[Any]:
                 v = ds.createVariable(name, dtype, dims, fill_value=fill, **_COMPRESSION)
                 v.setncatts(attrs)
                 if n:

@@ -8,14 +8,18 @@ aod_total, target_id, target_name. Missing extras get plausible constants.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import netCDF4
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from tasks.io.atomic import atomic_path
+from demo_world.writers.netcdf import Compression
 from tasks.readers.names import oco_lite_name
 from tasks.gridding.soundings import VERTEX_LAT, VERTEX_LON
 
@@ -23,8 +27,10 @@ LITE_FILL = -999999.0
 N_LEVELS = 20  # level 20 is the surface
 N_VERTICES = 4
 N_EPOCH = 7  # year, month, day, hour, minute, second, microsecond
+# A soundings column as an array (name, value when the column is missing, dtype).
+Column = Callable[[str, float, npt.DTypeLike], np.ndarray]
 MISSIONS = ("oco2", "oco3")
-_COMPRESSION = {"zlib": True, "complevel": 2, "shuffle": True}
+_COMPRESSION: Compression = {"zlib": True, "complevel": 2, "shuffle": True}
 
 
 def sounding_ids(times: pd.Series, footprints: np.ndarray) -> np.ndarray:
@@ -70,7 +76,7 @@ def write_oco_lite(path: Path | str, soundings: pd.DataFrame, mission: str = "oc
                          "footprint)")
     n = len(df)
 
-    def col(name: str, default, dtype) -> np.ndarray:
+    def col(name: str, default: float, dtype: npt.DTypeLike) -> np.ndarray:
         if name in df:
             return df[name].to_numpy().astype(dtype)
         return np.full(n, default, dtype=dtype)
@@ -88,7 +94,8 @@ def write_oco_lite(path: Path | str, soundings: pd.DataFrame, mission: str = "oc
     return path
 
 
-def _var(ds, name, dtype, dims, values, fill=None, **attrs):
+def _var(ds: netCDF4.Dataset, name: str, dtype: str, dims: tuple[str, ...], values: np.ndarray,
+         fill: float | None = None, **attrs: str) -> netCDF4.Variable[Any]:
     v = ds.createVariable(name, dtype, dims, fill_value=fill, **_COMPRESSION)
     for key, value in attrs.items():
         v.setncattr(key, value)
@@ -97,7 +104,8 @@ def _var(ds, name, dtype, dims, values, fill=None, **attrs):
     return v
 
 
-def _write_root(ds, df, ids, times, col, filled, mission, day, n):
+def _write_root(ds: netCDF4.Dataset, df: pd.DataFrame, ids: np.ndarray, times: pd.DatetimeIndex, col: Column,
+                filled: Callable[[np.ndarray], np.ndarray], mission: str, day: date, n: int) -> None:
     ds.setncatts({
         "title": f"{mission.upper().replace('OCO', 'OCO-')} Lite FP (synthetic demo data)",
         "Sensor": mission.upper().replace("OCO", "OCO-"),
@@ -175,7 +183,8 @@ def _write_root(ds, df, ids, times, col, filled, mission, day, n):
          np.broadcast_to(weight, (n, N_LEVELS)), LITE_FILL)
 
 
-def _write_groups(ds, df, col, mission, footprint, n):
+def _write_groups(ds: netCDF4.Dataset, df: pd.DataFrame, col: Column, mission: str, footprint: np.ndarray,
+                  n: int) -> None:
     sid = ("sounding_id",)
     g = ds.createGroup("Sounding")
     _var(g, "operation_mode", "i1", sid, col("operation_mode", 0, np.int8),
