@@ -135,7 +135,8 @@ def input_columns(feature_names: Sequence[str]) -> list[int]:
     return [names.index(n) for n in INPUTS]
 
 
-def design_matrix(years, doy_sin, doy_cos, latitude, longitude, reference_years: float, reference_latitude: float,
+def design_matrix(years: np.ndarray, doy_sin: np.ndarray, doy_cos: np.ndarray, latitude: np.ndarray,
+                  longitude: np.ndarray, reference_years: float, reference_latitude: float,
                   reference_longitude: float) -> np.ndarray:
     s, c = np.asarray(doy_sin, np.float64), np.asarray(doy_cos, np.float64)
     return np.column_stack([

@@ -30,9 +30,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:  # models.training imports torch, which only the ResNet-LSTM's fit may load
+    from models.training import TrainedModel, TrainingConfig
 
 __all__ = [
     "MODELS",
@@ -116,7 +120,7 @@ class Budget:
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
 
-    def training_config(self, seed: int):
+    def training_config(self, seed: int) -> TrainingConfig:
         """The ResNet-LSTM's TrainingConfig under this budget (Table 5 otherwise)."""
         from models.training import TrainingConfig
 
@@ -143,7 +147,7 @@ def cap_rows(n: int, limit: int | None, seed: int, salt: int = 0) -> np.ndarray:
     return np.sort(rng.choice(n, int(limit), replace=False))
 
 
-def _check_xy(X: Any, y: Any, feature_names: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+def _check_xy(X: npt.ArrayLike, y: npt.ArrayLike, feature_names: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.float64)
     if X.ndim != 2:
@@ -176,7 +180,7 @@ class BaselineModel:
     def n_features(self) -> int:
         return len(self.feature_names)
 
-    def predict(self, X: Any) -> np.ndarray:
+    def predict(self, X: npt.ArrayLike) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(
@@ -193,7 +197,7 @@ def _names(feature_names: Sequence[str] | None, n: int) -> tuple[str, ...]:
 
 
 def fit_random_forest(
-    X: Any, y: Any, seed: int, n_estimators: int = 200, n_jobs: int = -1,
+    X: npt.ArrayLike, y: npt.ArrayLike, seed: int, n_estimators: int = 200, n_jobs: int = -1,
     feature_names: Sequence[str] | None = None, **overrides: Any,
 ) -> BaselineModel:
     """scikit-learn RandomForestRegressor with its defaults (see the module doc), seeded."""
@@ -213,7 +217,7 @@ def fit_random_forest(
 
 
 def fit_xgboost(
-    X: Any, y: Any, seed: int, n_estimators: int = 100, n_jobs: int = -1,
+    X: npt.ArrayLike, y: npt.ArrayLike, seed: int, n_estimators: int = 100, n_jobs: int = -1,
     feature_names: Sequence[str] | None = None, **overrides: Any,
 ) -> BaselineModel:
     """xgboost XGBRegressor with its defaults written out (see the module doc), seeded."""
@@ -256,24 +260,28 @@ class ModelSpec:
     params: Callable[[Budget], dict[str, Any]]
 
 
-def _capped(X: np.ndarray, y: np.ndarray, limit: int | None, seed: int, salt: int):
+def _capped(X: np.ndarray, y: np.ndarray, limit: int | None, seed: int,
+            salt: int) -> tuple[np.ndarray, np.ndarray]:
     keep = cap_rows(len(y), limit, seed, salt)
     return (X, y) if len(keep) == len(y) else (X[keep], y[keep])
 
 
-def _fit_rf(X_train, y_train, X_val, y_val, feature_names, seed, budget: Budget):
+def _fit_rf(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+            feature_names: Sequence[str], seed: int, budget: Budget) -> BaselineModel:
     X_train, y_train = _capped(X_train, y_train, budget.max_train_samples, seed, 1)
     return fit_random_forest(X_train, y_train, seed, budget.rf_n_estimators, budget.n_jobs,
                              feature_names)
 
 
-def _fit_xgb(X_train, y_train, X_val, y_val, feature_names, seed, budget: Budget):
+def _fit_xgb(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+             feature_names: Sequence[str], seed: int, budget: Budget) -> BaselineModel:
     X_train, y_train = _capped(X_train, y_train, budget.max_train_samples, seed, 1)
     return fit_xgboost(X_train, y_train, seed, budget.xgb_n_estimators, budget.n_jobs,
                        feature_names)
 
 
-def _fit_resnet_lstm(X_train, y_train, X_val, y_val, feature_names, seed, budget: Budget):
+def _fit_resnet_lstm(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+                     feature_names: Sequence[str], seed: int, budget: Budget) -> TrainedModel:
     from models.training import train_resnet_lstm
 
     X_train, y_train = _capped(X_train, y_train, budget.max_train_samples, seed, 1)

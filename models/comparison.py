@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from models.baselines import Budget, cap_rows, get_model
 from models.evaluation import regression_metrics
-from models.validation import PROTOCOLS, Split, group_holdout, make_split, random_holdout
+from models.validation import PROTOCOLS, Column, Split, group_holdout, make_split, random_holdout
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ TABLE_COLUMNS = ("model", "protocol", *METRIC_KEYS, "n_folds", "n_train", "rmse_
                  "fit_seconds", "predict_seconds")
 TRUTH_PREFIX = "truth_"
 
-TruthFunction = Callable[[np.ndarray, np.ndarray | None], Any]
+TruthFunction = Callable[[np.ndarray, np.ndarray | None], npt.ArrayLike]
 """truth(cells, days) -> true XCO2 (ppm) at those cell-days (days None when the samples have none); nan where unknown."""
 
 
@@ -88,8 +89,8 @@ def _inner_split(split: Split, train_idx: np.ndarray, fraction: float,
     return train_idx[fit], train_idx[val]
 
 
-def _check_inputs(X: Any, y: Any, latitude: Any, longitude: Any, days: Any,
-                  feature_names: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _check_inputs(X: npt.ArrayLike, y: npt.ArrayLike, latitude: Column | None, longitude: Column | None,
+                  days: Column | None, feature_names: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.float64)
     if X.ndim != 2 or y.shape != (X.shape[0],):
@@ -108,16 +109,16 @@ def _check_inputs(X: Any, y: Any, latitude: Any, longitude: Any, days: Any,
 def run_comparison(
     models: Sequence[str],
     protocols: Sequence[str],
-    X: Any,
-    y: Any,
-    latitude: Any,
-    longitude: Any,
-    days: Any,
+    X: npt.ArrayLike,
+    y: npt.ArrayLike,
+    latitude: Column | None,
+    longitude: Column | None,
+    days: Column | None,
     seed: int = 0,
     budget: Budget | None = None,
     truth: TruthFunction | None = None,
     *,
-    cells: Any = None,
+    cells: Column | None = None,
     feature_names: Sequence[str] | None = None,
     n_folds: int = 5,
     block_km: float = 50.0,

@@ -6,14 +6,13 @@ the other way round: matplotlib is imported only when a figure is drawn).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["random_split", "regression_metrics"]
 
 
-def _finite_vector(name: str, values: Any) -> np.ndarray:
+def _finite_vector(name: str, values: npt.ArrayLike) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {values.shape}")
@@ -23,7 +22,7 @@ def _finite_vector(name: str, values: Any) -> np.ndarray:
     return values
 
 
-def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
+def regression_metrics(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> dict[str, float]:
     """Scores of predicted against observed XCO2 (ppm).
 
     rmse, mae; bias = mean(pred - obs); r2 = 1 - SS_res / SS_tot (coefficient of determination,

@@ -9,14 +9,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from models.evaluation import regression_metrics
 
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not when this module loads
+    from matplotlib.figure import Figure
 
-def _save_png(fig: Any, path: Path) -> Path:
+
+def _save_png(fig: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed, so a reader never sees half a PNG.
@@ -61,7 +65,7 @@ def plot_loss_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     return _save_png(fig, path)
 
 
-def plot_scatter(y_true: Any, y_pred: Any, path: Path, title: str = "Validation") -> Path:
+def plot_scatter(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, path: Path, title: str = "Validation") -> Path:
     """Density scatter of predicted vs observed XCO2 with the 1:1 line and the OLS fit."""
     from matplotlib.figure import Figure
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field as dataclass_field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,9 @@ from models.residual_field import (CLIP_MADS, ResidualField, Superobs, calibrate
                                    day_number, fit_residual_field, interval_half_width,
                                    predict_points_with_background, robust_sd, superobs, true_column_half_width)
 from models.validation import group_holdout, spatial_block_ids
+
+if TYPE_CHECKING:  # models.training imports torch, which reading a holdout share must not load
+    from models.training import TrainedModel
 
 
 @dataclass(frozen=True)
@@ -211,13 +214,13 @@ class NetworkShare:
         unused = "; its network is not used" if not self.network_used else ""
         return f"Network share {self.share:.2f}: this version's maps are {self.formula}{unused}."
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"share": self.share, "network_used": self.network_used, "in_map": self.in_map,
                 "reading": self.reading}
 
     @classmethod
-    def of(cls, trained: Any) -> NetworkShare:
-        """A trained model's (models.training.TrainedModel, untyped here so that no torch loads)."""
+    def of(cls, trained: TrainedModel) -> NetworkShare:
+        """A trained model's (imported for the type checker only, so that no torch loads)."""
         return cls(float(trained.anomaly_scale), trained.residual_field is not None, trained.background is not None)
 
 

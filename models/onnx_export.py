@@ -75,7 +75,8 @@ def export_onnx(trained: TrainedModel, path: str | Path, form: str = "fast") -> 
     within EXPORT_TOLERANCE_PPM on every output (OnnxParityError otherwise, with the figure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with_uncertainty = trained.spread is not None
+    spread = trained.spread
+    with_uncertainty = spread is not None
     deployable = export_module(trained, form)
     outputs = [OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME] if with_uncertainty else [OUTPUT_NAME]
     # Two rows, not one: a traced batch of 1 invites size-1 specialisations in the graph.
@@ -109,8 +110,8 @@ def export_onnx(trained: TrainedModel, path: str | Path, form: str = "fast") -> 
             )
         model = onnx.load(str(tmp))
         uncertainty = ({"meaning": "half-width of the calibrated 68% interval", "units": "ppm",
-                        "scale": trained.spread.scale, "n_calibration": trained.spread.n_calibration}
-                       if with_uncertainty else None)
+                        "scale": spread.scale, "n_calibration": spread.n_calibration}
+                       if spread is not None else None)
         metadata = encode_metadata(
             list(trained.feature_names), trained.feature_set_version, trained.scalers.to_dict(), uncertainty,
             mapping_metadata(trained),

@@ -321,7 +321,7 @@ class OnnxPredictor:
                              **{str(k): str(v) for k, v in (cuda_options or {}).items()}}
         self._gpu_cells: int | None = None
         self._bytes_per_cell: int | None = None
-        self._buffers: OrderedDict[int, tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._buffers: OrderedDict[int, tuple[ort.OrtValue | None, dict[str, ort.OrtValue]]] = OrderedDict()
 
         wanted = bool(prefer_cuda)
         if prefer_cuda is None:
@@ -508,7 +508,7 @@ class OnnxPredictor:
                 out[name] = np.empty((n, *(self._tails[name] or ())), dtype=np.float32)
         return {name: out[name] for name in self.output_names}
 
-    def _device_buffers(self, rows: int) -> tuple[Any, dict[str, Any]]:
+    def _device_buffers(self, rows: int) -> tuple[ort.OrtValue | None, dict[str, ort.OrtValue]]:
         """Reused device input/output buffers for batches of `rows` (the full and the ragged
         last batch: two entries at most)."""
         if rows in self._buffers:

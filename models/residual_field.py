@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.optimize import minimize
@@ -143,7 +144,7 @@ class Superobs:
         return Superobs(self.lon[keep], self.lat[keep], self.day[keep], self.residual[keep], self.weight[keep])
 
 
-def day_number(days: Any) -> np.ndarray:
+def day_number(days: npt.ArrayLike) -> np.ndarray:
     """Dates (anything pandas reads) -> days since 1970-01-01 as float."""
     values = pd.to_datetime(pd.Series(np.asarray(days))).to_numpy("datetime64[D]")
     return values.astype(np.int64).astype(np.float64)
@@ -155,7 +156,7 @@ def robust_sd(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - np.median(values)))) if len(values) else float("nan")
 
 
-def superobs(lon: np.ndarray, lat: np.ndarray, days: Any, residual: np.ndarray, weight: np.ndarray | None,
+def superobs(lon: np.ndarray, lat: np.ndarray, days: npt.ArrayLike, residual: np.ndarray, weight: np.ndarray | None,
              superob_deg: float, clip_ppm: float = float("inf")) -> Superobs:
     """Average residuals per (day, superob_deg cell), weighted by independent soundings, each clipped
     to +-clip_ppm about its day's weighted median residual.
@@ -278,7 +279,7 @@ class Kriging:
     field: ResidualField
     lat0: float
     obs: Superobs
-    factor: Any
+    factor: tuple[np.ndarray, bool]  # scipy's cho_factor: (factor, lower)
     alpha: np.ndarray
     xy: np.ndarray
 

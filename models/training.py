@@ -17,15 +17,23 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
+from models.background import Background
 from models.deployable import DeployableWithUncertainty, DeployableXCO2Model
 from models.resnet_lstm import ResNetLSTM
 from models.scaling import Scalers
+from models.uncertainty import SpreadModel
+
+if TYPE_CHECKING:  # rich only when a progress bar is drawn; the field (scipy) only where maps are made
+    from rich.progress import Progress
+
+    from models.residual_field import ResidualField
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +140,12 @@ class TrainedModel:
     stopped_early: bool = False
     trained_on: str = "cpu"
     training_seconds: float = 0.0
-    spread: Any = None  # models.uncertainty.SpreadModel once calibrated, else None
+    spread: SpreadModel | None = None  # once calibrated
     # With a background (models/background.py) the network learned the anomaly from it; the map is
     # background + anomaly_scale x anomaly (+ the daily anomaly field, applied where maps are made).
-    background: Any = None
+    background: Background | None = None
     anomaly_scale: float = 1.0
-    residual_field: Any = None  # models.residual_field.ResidualField once fitted, else None
+    residual_field: ResidualField | None = None  # once fitted
 
     @property
     def n_features(self) -> int:
@@ -182,7 +190,7 @@ class TrainedModel:
         return out
 
 
-def _feature_matrix(name: str, X: Any, feature_names: Sequence[str]) -> np.ndarray:
+def _feature_matrix(name: str, X: npt.ArrayLike, feature_names: Sequence[str]) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != len(feature_names):
         raise ValueError(
@@ -197,7 +205,7 @@ def _feature_matrix(name: str, X: Any, feature_names: Sequence[str]) -> np.ndarr
     return X
 
 
-def _target_vector(name: str, y: Any, n_rows: int) -> np.ndarray:
+def _target_vector(name: str, y: npt.ArrayLike, n_rows: int) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64)
     if y.ndim != 1 or y.shape[0] != n_rows:
         raise ValueError(f"{name}: expected shape [{n_rows}] to match the features, got {y.shape}")
@@ -227,7 +235,7 @@ def _validation_mae_ppm(
     return float(total.item()) / X.shape[0] * target_std
 
 
-def _progress(show: bool):
+def _progress(show: bool) -> Progress | None:
     if not show:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -252,7 +260,7 @@ def train_resnet_lstm(
     config: TrainingConfig | None = None,
     on_epoch: EpochCallback | None = None,
     show_progress: bool = False,
-    background: Any = None,
+    background: Background | None = None,
     sample_weight: np.ndarray | None = None,
 ) -> TrainedModel:
     """Train on raw covariates and XCO2 (ppm); scalers are fitted on the training split only.
@@ -411,7 +419,7 @@ def _fit(
                       val_loss, lr)
             if on_epoch is not None:
                 on_epoch(epoch, train_loss, val_loss, lr)
-            if progress:
+            if progress and task is not None:
                 progress.update(task, advance=1, description=(
                     f"val MAE {val_loss:.3f} ppm (best {stopper.best_loss:.3f} @ "
                     f"{stopper.best_epoch}), lr {lr:.1e}"

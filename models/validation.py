@@ -74,7 +74,11 @@ def _n_folds(n_folds: int) -> int:
     return int(n_folds)
 
 
-def _coordinates(latitude: Any, longitude: Any) -> tuple[np.ndarray, np.ndarray]:
+# A per-sample column as callers hold it: an array, or a list (of degrees, dates, group labels).
+Column = np.ndarray | Sequence[Any]
+
+
+def _coordinates(latitude: Column, longitude: Column) -> tuple[np.ndarray, np.ndarray]:
     lat = np.asarray(latitude, dtype=np.float64)
     lon = np.asarray(longitude, dtype=np.float64)
     if lat.ndim != 1 or lon.shape != lat.shape:
@@ -91,7 +95,7 @@ def _coordinates(latitude: Any, longitude: Any) -> tuple[np.ndarray, np.ndarray]
     return lat, lon
 
 
-def day_numbers(days: Any) -> np.ndarray:
+def day_numbers(days: Column) -> np.ndarray:
     """Days as int64 day numbers since 1970-01-01.
 
     Accepts datetime.date / datetime objects, numpy datetime64, pandas timestamps, ISO strings,
@@ -135,7 +139,7 @@ def _greedy_assignment(
     return fold_of_group, int(load.max() - load.min())
 
 
-def group_folds(groups: Any, n_folds: int = 5, seed: int = 0, attempts: int = 16) -> list[Fold]:
+def group_folds(groups: Column, n_folds: int = 5, seed: int = 0, attempts: int = 16) -> list[Fold]:
     """K folds over whole groups: each group's samples are all tested in one fold.
 
     Groups go to folds in a seeded random order, each to the fold holding the fewest samples
@@ -167,7 +171,7 @@ def group_folds(groups: Any, n_folds: int = 5, seed: int = 0, attempts: int = 16
     ]
 
 
-def group_holdout(groups: Any, fraction: float, seed: int = 0) -> Fold:
+def group_holdout(groups: Column, fraction: float, seed: int = 0) -> Fold:
     """One split holding out whole groups, about `fraction` of the samples (at least one group).
 
     Groups are drawn in a seeded random order until the held-out share reaches `fraction`;
@@ -217,18 +221,18 @@ def random_kfold(n: int, n_folds: int = 5, seed: int = 0) -> list[Fold]:
 
 @overload
 def spatial_block_ids(
-    latitude: Any, longitude: Any, block_km: float = ..., *, return_bounds: Literal[False] = ...
+    latitude: Column, longitude: Column, block_km: float = ..., *, return_bounds: Literal[False] = ...
 ) -> np.ndarray: ...
 
 
 @overload
 def spatial_block_ids(
-    latitude: Any, longitude: Any, block_km: float = ..., *, return_bounds: Literal[True]
+    latitude: Column, longitude: Column, block_km: float = ..., *, return_bounds: Literal[True]
 ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def spatial_block_ids(
-    latitude: Any, longitude: Any, block_km: float = 50.0, *, return_bounds: bool = False
+    latitude: Column, longitude: Column, block_km: float = 50.0, *, return_bounds: bool = False
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Block label (0..n_blocks-1) of every sample; see the module doc for the block grid.
 
@@ -263,8 +267,8 @@ def spatial_block_ids(
 
 
 def spatial_blocks(
-    latitude: Any,
-    longitude: Any,
+    latitude: Column,
+    longitude: Column,
     block_km: float = 50.0,
     n_folds: int = 5,
     seed: int = 0,
@@ -273,7 +277,7 @@ def spatial_blocks(
     return group_folds(spatial_block_ids(latitude, longitude, block_km), n_folds, seed)
 
 
-def temporal_block_ids(days: Any, block_days: int = 1) -> np.ndarray:
+def temporal_block_ids(days: Column, block_days: int = 1) -> np.ndarray:
     """Block label of every sample: its day, or its run of `block_days` consecutive days
     (runs counted from 1970-01-01, so they do not depend on the data)."""
     if int(block_days) != block_days or block_days < 1:
@@ -282,13 +286,13 @@ def temporal_block_ids(days: Any, block_days: int = 1) -> np.ndarray:
 
 
 def temporal_blocks(
-    days: Any, n_folds: int = 5, seed: int = 0, block_days: int = 1
+    days: Column, n_folds: int = 5, seed: int = 0, block_days: int = 1
 ) -> list[Fold]:
     """K-fold cross-validation over whole days (or runs of `block_days` consecutive days)."""
     return group_folds(temporal_block_ids(days, block_days), n_folds, seed)
 
 
-def check_folds(folds: Sequence[Fold], n: int, groups: Any = None,
+def check_folds(folds: Sequence[Fold], n: int, groups: Column | None = None,
                 exhaustive: bool = True) -> None:
     """Raise ValueError unless the folds are sound: indices in range, sorted and unique, no
     sample on both sides of a fold, no group (block/day) split across a fold's train and test,
@@ -344,9 +348,9 @@ def make_split(
     protocol: str,
     *,
     n: int | None = None,
-    latitude: Any = None,
-    longitude: Any = None,
-    days: Any = None,
+    latitude: Column | None = None,
+    longitude: Column | None = None,
+    days: Column | None = None,
     seed: int = 0,
     n_folds: int = 5,
     block_km: float = 50.0,

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from registry.redaction import redact_mapping, redact_uri
@@ -72,7 +74,7 @@ def _figures(figures: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def _log_batches(client, run_id: str, params: Mapping[str, str],
+def _log_batches(client: MlflowClient, run_id: str, params: Mapping[str, str],
                  metrics: Mapping[str, float]) -> None:
     items = list(params.items())
     for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
@@ -84,7 +86,7 @@ def _log_batches(client, run_id: str, params: Mapping[str, str],
         client.log_batch(run_id, metrics=entries[i:i + _MAX_METRICS_PER_BATCH])
 
 
-def _start_run(client, tracking_uri: str, experiment_name: str, run_name: str | None,
+def _start_run(client: MlflowClient, tracking_uri: str, experiment_name: str, run_name: str | None,
                tags: Mapping[str, str]) -> str:
     experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
     run = client.create_run(experiment_id, tags=dict(tags), run_name=run_name)
@@ -132,7 +134,7 @@ def log_baseline_run(
 def log_comparison(
     tracking_uri: str,
     experiment_name: str,
-    table: Any,
+    table: pd.DataFrame,
     figure_path: str | Path | None,
     run_id: str | None = None,
     *,
@@ -193,7 +195,7 @@ def log_comparison(
     return run_id
 
 
-def log_model_comparison(tracking_uri: str, experiment_name: str, table: Any, figure: str | Path,
+def log_model_comparison(tracking_uri: str, experiment_name: str, table: pd.DataFrame, figure: str | Path,
                          model_params: Mapping[str, Mapping[str, Any]], budget_params: Mapping[str, Any],
                          source_mode: str, run_id: str | None = None) -> None:
     """A comparison's baselines (one run each, `model_params` by model name, the ResNet-LSTM

@@ -14,9 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
@@ -24,6 +25,9 @@ from models.evaluation import regression_metrics
 from models.onnx_runtime import open_session, predict_batched, read_metadata
 from registry.champion import fetch_version_onnx
 from registry.redaction import redact_uri
+
+if TYPE_CHECKING:  # only the annotations name pandas; callers hand a DataFrame or an array
+    import pandas as pd
 from registry.store import (
     CHALLENGER,
     CHAMPION,
@@ -59,19 +63,21 @@ class PromotionDecision:
         return self.alias == CHAMPION
 
 
-def _features_for(X_eval: Any, feature_names: list[str], label: str,
+def _features_for(X_eval: pd.DataFrame | np.ndarray, feature_names: list[str], label: str,
                   default_names: list[str]) -> np.ndarray:
     """The evaluation matrix in the column order this model expects.
 
     A DataFrame is matched by column name, so two versions with different feature sets can both
     be scored; a bare array is taken to be in the order of the version being promoted."""
     if hasattr(X_eval, "columns"):
-        missing = [n for n in feature_names if n not in X_eval.columns]
+        # Duck-typed (any frame with named columns); mypy's hasattr narrowing keeps ndarray too.
+        frame = cast("pd.DataFrame", X_eval)
+        missing = [n for n in feature_names if n not in frame.columns]
         if missing:
             raise RegistryError(
                 f"{label} needs features the evaluation data lacks: {', '.join(missing[:10])}"
             )
-        return X_eval[feature_names].to_numpy(dtype=np.float32)
+        return frame[feature_names].to_numpy(dtype=np.float32)
     X = np.asarray(X_eval)
     if feature_names != default_names:
         raise RegistryError(
@@ -85,7 +91,7 @@ def _features_for(X_eval: Any, feature_names: list[str], label: str,
     return X
 
 
-def _data_fingerprint(X: Any, y: np.ndarray) -> str:
+def _data_fingerprint(X: pd.DataFrame | np.ndarray, y: np.ndarray) -> str:
     digest = hashlib.sha256()
     values = X.to_numpy() if hasattr(X, "to_numpy") else np.asarray(X)
     digest.update(np.ascontiguousarray(values).tobytes())
@@ -99,7 +105,7 @@ def _fetch_onnx(client: MlflowClient, tracking_uri: str, version: ModelVersion,
     return fetch_version_onnx(client, tracking_uri, version, workdir / str(version.version))[0]
 
 
-def _score(version: ModelVersion, onnx_path: Path, X_eval: Any, y_eval: np.ndarray,
+def _score(version: ModelVersion, onnx_path: Path, X_eval: pd.DataFrame | np.ndarray, y_eval: np.ndarray,
            candidate_names: list[str]) -> float:
     """RMSE (ppm) of a version's ONNX export on the evaluation data."""
     names = list(read_metadata(onnx_path)["feature_names"])
@@ -127,8 +133,8 @@ def promote(
     tracking_uri: str,
     name: str,
     version: int | str,
-    X_eval: Any,
-    y_eval: Any,
+    X_eval: pd.DataFrame | np.ndarray,
+    y_eval: npt.ArrayLike,
     margin_ppm: float = 0.0,
 ) -> PromotionDecision:
     """Give `version` the 'champion' alias when it beats the current champion's RMSE on

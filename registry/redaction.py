@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
 _SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|auth",
@@ -16,12 +15,12 @@ _SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential|au
 REDACTED = "***"
 
 
-def redact_uri(uri: Any) -> str:
+def redact_uri(uri: object) -> str:
     """'postgresql://u:pw@h/db' -> 'postgresql://u:***@h/db'; anything else unchanged."""
     return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", str(uri))
 
 
-def redact_mapping(values: Mapping[str, Any] | None) -> dict[str, str]:
+def redact_mapping(values: Mapping[str, object] | None) -> dict[str, str]:
     """String values safe to log: secret-looking keys blanked, passwords cut out of URIs."""
     safe: dict[str, str] = {}
     for key, value in (values or {}).items():

@@ -27,7 +27,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,7 +303,7 @@ def _onnx_pip_requirements() -> list[str]:
     return requirements + [f"numpy=={np.__version__}"]
 
 
-def _tensor_specs(values) -> Schema:
+def _tensor_specs(values: Iterable[onnx.ValueInfoProto]) -> Schema:
     """An MLflow tensor schema of ONNX graph inputs/outputs (symbolic dimensions as -1)."""
     specs: list[ColSpec | TensorSpec] = []
     for value in values:
