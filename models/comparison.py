@@ -148,7 +148,7 @@ def run_comparison(
                            seed=seed, n_folds=n_folds, block_km=block_km,
                            holdout_fraction=holdout_fraction, block_days=block_days)
         splits[protocol] = split
-        pooled: dict[str, dict[str, list]] = {
+        pooled: dict[str, dict[str, list[Any]]] = {
             s.name: {"idx": [], "pred": [], "fit": [], "predict": [], "n_train": [], "rmse": []}
             for s in specs
         }

@@ -8,6 +8,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -54,7 +55,7 @@ def export_module(trained: TrainedModel, form: str = "fast") -> nn.Module:
     return fast.eval()
 
 
-def mapping_metadata(trained: TrainedModel) -> dict | None:
+def mapping_metadata(trained: TrainedModel) -> dict[str, Any] | None:
     """What the mapping path needs besides the graph (None for a model without a background)."""
     if trained.background is None:
         return None

@@ -28,6 +28,7 @@ import uuid
 from datetime import date
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow.artifacts
 import onnx
@@ -81,7 +82,7 @@ class ChampionModel:
     train_last_day: date | None = None
     # How maps are made from the graph (models/onnx_export.py::mapping_metadata): background,
     # anomaly scale, daily-anomaly field; None for versions exported before the background.
-    mapping: dict | None = None
+    mapping: dict[str, Any] | None = None
 
     @property
     def model_uri(self) -> str:
@@ -89,7 +90,7 @@ class ChampionModel:
         return f"models:/{self.name}/{self.version}"
 
 
-def _source(directory: Path) -> dict:
+def _source(directory: Path) -> dict[str, Any]:
     try:
         return json.loads((directory / _SOURCE_FILE).read_text())
     except (OSError, ValueError):
@@ -164,7 +165,7 @@ def _model_problem(client: MlflowClient, tracking_uri: str, version: ModelVersio
     return None
 
 
-def _registered_flavors(uri: str, tracking_uri: str, workdir: Path) -> dict:
+def _registered_flavors(uri: str, tracking_uri: str, workdir: Path) -> dict[str, Any]:
     """The `flavors` of the version's MLmodel file ({} when it has none)."""
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=f"{uri}/{_MLMODEL}", dst_path=str(workdir), tracking_uri=tracking_uri)
