@@ -32,10 +32,13 @@ Worker processes are safe by construction: each has its own HDF5 library and its
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact
 from prefect.context import FlowRunContext
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
 from registry.champion import load_champion
@@ -52,10 +55,13 @@ from tasks.settings import Settings, load_settings
 from tasks.steps import backfill as steps
 from tasks.steps.backfill import DAYS_KEY, PROGRESS_KEY
 
+if TYPE_CHECKING:  # imported where a Dask runner is asked for: dask is slow to import
+    from prefect_dask import DaskTaskRunner
+
 __all__ = ["DAYS_KEY", "PROGRESS_KEY", "backfill", "backfill_day", "run_backfill", "task_runner_for"]
 
 
-def task_runner_for(settings: Settings) -> TaskRunner:
+def task_runner_for(settings: Settings) -> ThreadPoolTaskRunner[Any] | DaskTaskRunner:
     """The task runner the settings ask for (a new, unstarted one on every call)."""
     if settings.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
@@ -69,9 +75,12 @@ def task_runner_for(settings: Settings) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=settings.backfill_workers or PoolPlan.for_days(0).workers)
 
 
-@flow(name="xco2-backfill", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
-def backfill(start: str | None = None, end: str | None = None, overrides: dict | None = None,
-             stale_only: bool = False) -> dict:
+# Prefect types a flow's task_runner as TaskRunner[PrefectFuture[Any]] with TaskRunner invariant in
+# its future type, which no concrete runner is (its own docs pass ThreadPoolTaskRunner): a stub gap.
+@flow(name="xco2-backfill", log_prints=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=2))  # type: ignore[arg-type]
+def backfill(start: str | None = None, end: str | None = None, overrides: dict[str, Any] | None = None,
+             stale_only: bool = False) -> dict[str, Any]:
     """Map every day in [start, end] whose inputs are available, replacing archived days.
 
     stale_only: redo only the archived days of the window that are stale: made by another model
@@ -124,10 +133,14 @@ def backfill(start: str | None = None, end: str | None = None, overrides: dict |
                 window[0], window[-1], settings.region.name, len(todo), champion.name, champion.version,
                 settings.task_runner, len(skipped))
 
-    progress_id = create_progress_artifact(progress=0.0 if todo else 100.0, key=PROGRESS_KEY,
-                                           description=f"{label}: 0 of {len(todo)} days")
-    parameters = {"settings": unmapped(settings), "grid": unmapped(grid), "day": todo, "champion": unmapped(champion)}
+    # Called in a flow run (a sync context), Prefect's async-dispatching function returns the id itself.
+    progress_id = cast(UUID, create_progress_artifact(progress=0.0 if todo else 100.0, key=PROGRESS_KEY,
+                                                      description=f"{label}: 0 of {len(todo)} days"))
+    parameters: dict[str, Any] = {"settings": unmapped(settings), "grid": unmapped(grid), "day": todo,
+                                  "champion": unmapped(champion)}
     started_in_run = False
+    rows: list[dict[str, Any]]
+    failed: dict[str, str]
     with BackfillProgress(todo, progress_id, label, logger) as progress:
         if not todo:
             rows, failed = [], {}
@@ -145,7 +158,10 @@ def backfill(start: str | None = None, end: str | None = None, overrides: dict |
                 logger.info("starting the %s task runner the settings ask for", settings.task_runner)
                 started_in_run = True
                 with wanted as runner:
-                    rows, failed = collect_days(runner.map(backfill_day, parameters), todo, progress)
+                    # A runner's map is declared PrefectFutureList[<the future's type>], a list of futures
+                    # of futures (PrefectFutureList takes the result type): Prefect's stub, not the value.
+                    futures = runner.map(backfill_day, parameters)
+                    rows, failed = collect_days(futures, todo, progress)  # type: ignore[arg-type]
 
     if why is not None:
         rows = [{**r, "why": why.get(r["day"], "")} for r in rows]
@@ -159,11 +175,14 @@ def backfill(start: str | None = None, end: str | None = None, overrides: dict |
             "task_runner_started_in_run": started_in_run, "why": why or {}}
 
 
-def run_backfill(start: str | None, end: str | None, overrides: dict | None = None, stale_only: bool = False) -> dict:
+def run_backfill(start: str | None, end: str | None, overrides: dict[str, Any] | None = None,
+                 stale_only: bool = False) -> dict[str, Any]:
     """Run the backfill flow with the task runner the settings (with `overrides`) ask for as
     the flow run's own task runner (`backfill.with_options(task_runner=...)`)."""
     settings = load_settings(**(overrides or {}))
     if settings.task_runner == "process":  # the pool lives in one task: the decorated runner serves
         return backfill(start=start, end=end, overrides=overrides, stale_only=stale_only)
     runner = task_runner_for(settings)
-    return backfill.with_options(task_runner=runner)(start=start, end=end, overrides=overrides, stale_only=stale_only)
+    # with_options takes the runner as the decorator does (TaskRunner[PrefectFuture[Any]]): the same stub gap.
+    flow_with_runner = backfill.with_options(task_runner=runner)  # type: ignore[arg-type]
+    return flow_with_runner(start=start, end=end, overrides=overrides, stale_only=stale_only)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from typing import Any
 
 from prefect import flow, get_run_logger
 
-from registry.champion import ChampionNotFoundError, load_champion
+from registry.champion import ChampionModel, ChampionNotFoundError, load_champion
 from models.onnx_runtime import OnnxPredictor
 from tasks import prefect_tasks
 from tasks.mapping.day import current_provenance, mapping_window
@@ -17,18 +18,20 @@ from tasks.archive.provenance import stale_archive_days
 from tasks.gridding.geometry import Grid
 from tasks.covariates.static import CovariateError
 from tasks.covariates.day import day_readiness, inputs_available
-from tasks.settings import SourceMode, load_settings
+from tasks.settings import Settings, SourceMode, load_settings
 from tasks.sources import raw_granules
 from tasks.sources.pull import CDS_SERVICE, EverySourceFailed, every_source_failed
 from tasks.sources.products import SATELLITES
 from tasks.steps import daily as steps
+from tasks.steps.artifacts import Row
 from tasks.steps.daily import ArchiveDaysFailed
 
 __all__ = ["ArchiveDaysFailed", "daily_update", "extend_archive"]
 
 
 @flow(name="xco2-daily-update", log_prints=True)
-def daily_update(start: str | None = None, end: str | None = None, overrides: dict | None = None) -> dict:
+def daily_update(start: str | None = None, end: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Bring inputs, samples and the archive up to date for the days in [start, end]."""
     logger = get_run_logger()
     settings = load_settings(**(overrides or {}))
@@ -106,7 +109,9 @@ def daily_update(start: str | None = None, end: str | None = None, overrides: di
                             refreshed, fit, gosat_refit=gosat_refit)
 
 
-def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = frozenset(), first: date | None = None):
+def extend_archive(settings: Settings, grid: Grid, last: date, recompute: set[date] | frozenset[date] = frozenset(),
+                   first: date | None = None
+                   ) -> tuple[list[Row], ChampionModel | None, list[Row], dict[str, str]]:
     """Map every day of the archive look-back missing from the archive whose inputs exist, and
     re-map archived days in `recompute` (their ERA5 was replaced) and the stale days among the
     look-back and the days whose input window reaches into the run's window [first, last] (what
@@ -146,7 +151,8 @@ def extend_archive(settings, grid: Grid, last: date, recompute: set[date] = froz
     predictor = OnnxPredictor(champion.onnx_path)
     logger.info("champion %s v%s on %s; mapping %d days", champion.name, champion.version, predictor.provider,
                 len(todo))
-    rows, unmapped = [], {}
+    rows: list[Row] = []
+    unmapped: dict[str, str] = {}
     for day in todo:
         # One day that cannot be written (a full disk, a bad input found late) must not keep the
         # other days of the look-back out of the archive; the run still ends Failed for it.

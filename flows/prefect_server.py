@@ -47,7 +47,7 @@ import urllib.request
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, cast
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,12 @@ def _free_loopback_port() -> int:
 
 
 _spawner_lock = threading.Lock()
-_spawn_requests: "queue.SimpleQueue | None" = None
+# (argv, Popen keyword arguments, where the child or the error goes) for the spawner thread.
+_SpawnRequest = tuple[list[str], dict[str, Any], "Future[subprocess.Popen[Any]]"]
+_spawn_requests: "queue.SimpleQueue[_SpawnRequest] | None" = None
 
 
-def _spawner(requests: "queue.SimpleQueue") -> None:
+def _spawner(requests: "queue.SimpleQueue[_SpawnRequest]") -> None:
     while True:  # never returns: the thread must outlive every child it started
         argv, kwargs, done = requests.get()
         try:
@@ -108,7 +110,7 @@ def _spawner(requests: "queue.SimpleQueue") -> None:
             done.set_exception(exc)
 
 
-def _popen_from_lifetime_thread(argv: list[str], **kwargs) -> subprocess.Popen:
+def _popen_from_lifetime_thread(argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
     """subprocess.Popen run on a daemon thread that lives until the process exits. The parent
     death signal fires when the *thread* that forked the child ends: Prefect may ask for the
     server from a worker thread that ends long before the command does."""
@@ -118,7 +120,7 @@ def _popen_from_lifetime_thread(argv: list[str], **kwargs) -> subprocess.Popen:
             _spawn_requests = queue.SimpleQueue()
             threading.Thread(target=_spawner, args=(_spawn_requests,), name="xco2-server-spawner",
                              daemon=True).start()
-    done: Future = Future()
+    done: Future[subprocess.Popen[Any]] = Future()
     _spawn_requests.put((argv, kwargs, done))
     return done.result()
 
@@ -281,9 +283,9 @@ def _drain_prefect_workers() -> None:
                 await pending
         except RuntimeError:
             pass  # never started: nothing to send
-        pending = EventsWorker.drain_all()
-        if inspect.isawaitable(pending):
-            await pending
+        pending_events = EventsWorker.drain_all()
+        if inspect.isawaitable(pending_events):
+            await pending_events
 
     try:
         run_coro_as_sync(drain())
@@ -303,7 +305,9 @@ def prefect_api(database_url: str | None = None) -> Iterator[TemporaryPrefectSer
     from prefect.settings import PREFECT_HOME
 
     server = TemporaryPrefectServer(Path(PREFECT_HOME.value()) / "xco2-servers", database_url=database_url)
-    registry = SubprocessASGIServer._instances
+    # Prefect's slot holds SubprocessASGIServers; ours stands in for one by shape (what Prefect
+    # calls of it, TemporaryPrefectServer's docstring), not by class.
+    registry = cast(dict[int | None, object], SubprocessASGIServer._instances)
     previous = registry.get(None)
     registry[None] = server  # what `SubprocessASGIServer()` returns from now on
     try:

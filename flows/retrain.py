@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from prefect import flow, get_run_logger
@@ -28,7 +29,7 @@ from tasks.steps.artifacts import page, table
 __all__ = ["monthly_retrain"]
 
 
-def comparison_truth(settings: Settings):
+def comparison_truth(settings: Settings) -> results.Truth | None:
     """The true field to score the model comparison against: the demo world's, on the demo only."""
     if settings.source.value != "demo":
         return None
@@ -38,7 +39,7 @@ def comparison_truth(settings: Settings):
 
 
 @flow(name="xco2-monthly-retrain", log_prints=True)
-def monthly_retrain(overrides: dict | None = None) -> dict:
+def monthly_retrain(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     logger = get_run_logger()
     settings = load_settings(**(overrides or {}))
     grid = Grid.for_region(settings.region, settings.grid_step)

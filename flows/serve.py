@@ -10,7 +10,13 @@ from __future__ import annotations
 import importlib
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:  # Prefect and the flows are imported only when serving
+    from prefect import Flow
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.schedules import Schedule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
@@ -32,12 +38,12 @@ def entrypoint_module(entrypoint: str) -> tuple[str, str]:
     return ".".join(Path(path[: -len(".py")]).parts), func
 
 
-def load_flow(entrypoint: str):
+def load_flow(entrypoint: str) -> Flow[..., Any]:
     module, func = entrypoint_module(entrypoint)
     return getattr(importlib.import_module(module), func)
 
 
-def _schedule(item: dict[str, Any]):
+def _schedule(item: dict[str, Any]) -> Schedule:
     from prefect.schedules import Cron, Interval, RRule
 
     extra = {k: item[k] for k in ("timezone", "active", "parameters", "slug") if item.get(k) is not None}
@@ -50,7 +56,7 @@ def _schedule(item: dict[str, Any]):
     raise ValueError(f"schedule {item!r} has no cron, interval or rrule")
 
 
-def _concurrency(value: Any):
+def _concurrency(value: Any) -> int | ConcurrencyLimitConfig | None:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
 
     if value is None or isinstance(value, int):
@@ -70,15 +76,17 @@ def to_deployment_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_deployments(specs: list[dict[str, Any]] | None = None) -> list:
+def build_deployments(specs: list[dict[str, Any]] | None = None) -> list[RunnerDeployment]:
     """One RunnerDeployment per prefect.yaml entry. Entrypoints are module paths, so the served
     runs find the flows whatever the current directory is."""
     from prefect.deployments.runner import EntrypointType
 
-    out = []
+    out: list[RunnerDeployment] = []
     for spec in deployment_specs() if specs is None else specs:
         flow = load_flow(spec["entrypoint"])
-        out.append(flow.to_deployment(entrypoint_type=EntrypointType.MODULE_PATH, **to_deployment_kwargs(spec)))
+        # Called outside an event loop, Prefect's async-dispatching method returns the deployment itself.
+        out.append(cast("RunnerDeployment", flow.to_deployment(entrypoint_type=EntrypointType.MODULE_PATH,
+                                                               **to_deployment_kwargs(spec))))
     return out
 
 

@@ -13,51 +13,69 @@ import os
 import socket
 import time
 from datetime import date
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Callable, ParamSpec, TypeVar
+from uuid import UUID
 
-from prefect import task
+from prefect import Task, task
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect.client.schemas.objects import TaskRun
+from prefect.futures import PrefectFuture, as_completed
+from prefect.states import State
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from prefect.cache_policies import NO_CACHE
 
+from tasks.fusion.merge import GosatFit
 from tasks.mapping import day as day_mapping
+from tasks.mapping.champion import Champion
 from tasks.samples import ingest
+from tasks.samples.ingest import DayGridding
 from tasks.analysis import report
 from models.onnx_runtime import OnnxPredictor
 from tasks.mapping.backfill_pool import DayDone, PoolPlan, map_days_in_processes, progress_line
 from tasks.covariates.static import CovariateError, build_covariates
 from tasks.gridding.geometry import Grid
+from tasks.io.integrity import Logger
 from tasks.io.progress import progress_bar
 from tasks.settings import Settings
 from tasks.sources import pull
+from tasks.sources.pull import PullReport
 from tasks.steps.artifacts import Artifact
 from tasks.steps.backfill import with_model
 
-# Inputs are large arrays and settings objects: never hash them for caching.
 log = logging.getLogger(__name__)
-unit = partial(task, cache_policy=NO_CACHE)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def unit(**options: Any) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """Prefect's `task` with caching off: inputs are large arrays and settings objects, never
+    hashed. A function, not functools.partial(task, ...): mypy reads such a partial as the
+    decorator's first overload and loses every task's signature."""
+    return task(cache_policy=NO_CACHE, **options)
 
 
 # Per-granule retries live in the pull itself; this covers a crash of the pull as a whole.
 @unit(name="pull-inputs", retries=1, retry_delay_seconds=60, retry_jitter_factor=0.5)
-def pull_inputs(settings: Settings, start: date | None, end: date | None, products: tuple[str, ...] | None = None):
+def pull_inputs(settings: Settings, start: date | None, end: date | None,
+                products: tuple[str, ...] | None = None) -> PullReport:
     return pull(settings, products=products, start=start, end=end)
 
 
-def _retry_unless_bad_input(_task, _task_run, state) -> bool:
+def _retry_unless_bad_input(_task: Task[..., Any], _task_run: TaskRun, state: State) -> bool:
     # A layer refused for its contents would be refused again; only I/O hiccups are worth a retry.
     return not isinstance(getattr(state, "data", None), CovariateError)
 
 
 @unit(name="build-covariates", retries=1, retry_condition_fn=_retry_unless_bad_input)
-def build_static_covariates(settings: Settings, grid: Grid, set_aside: list[dict] | tuple = ()) -> list[dict]:
+def build_static_covariates(settings: Settings, grid: Grid,
+                            set_aside: list[dict[str, Any]] | tuple[dict[str, Any], ...] = ()) -> list[dict[str, Any]]:
     """Grid the static layers and NDVI composites; the raw layers quarantined as unusable (rows
     as the daily run's). A bad NDVI composite holds back only its days; a bad static layer raises
     CovariateError naming it, with `.quarantined` set. `set_aside`: the pull's quarantined rows."""
-    quarantined: list[dict] = []
+    quarantined: list[dict[str, Any]] = []
     composites = [q for q in set_aside if q.get("product") == "static"]
     try:
         with progress_bar("static covariates", 1) as advance:
@@ -78,13 +96,13 @@ def build_static_covariates(settings: Settings, grid: Grid, set_aside: list[dict
 
 
 @unit(name="grid-day", retries=2, retry_delay_seconds=5)
-def grid_day(settings: Settings, grid: Grid, day: date, granules: dict[str, list[Path]]):
+def grid_day(settings: Settings, grid: Grid, day: date, granules: dict[str, list[Path]]) -> DayGridding:
     return ingest.grid_day(day, granules, grid, settings.region_dir, settings.quarantine_dir,
                            manifest_path=settings.manifest_path)
 
 
 @unit(name="gosat-fit")
-def current_gosat_fit(settings: Settings, grid: Grid) -> tuple:
+def current_gosat_fit(settings: Settings, grid: Grid) -> tuple[GosatFit, dict[str, Any] | None]:
     """The GOSAT -> OCO fit the daily update maps with: the stored one (fitted only when none is
     stored), refitted, with the sample days it fused re-fused, when the GOSAT days and their OCO
     it was made on have since grown or changed; (fit, the refit as a dict or None)."""
@@ -98,18 +116,18 @@ def current_gosat_fit(settings: Settings, grid: Grid) -> tuple:
 
 
 @unit(name="refit-gosat-to-oco")
-def refit_gosat(settings: Settings, grid: Grid) -> dict:
+def refit_gosat(settings: Settings, grid: Grid) -> dict[str, Any]:
     """At retrain: refit GOSAT -> OCO on every gridded day and re-fuse the sample days it changes."""
     return ingest.refit_gosat_and_refuse(settings.region_dir, settings.raw("era5"), grid).to_dict()
 
 
 @unit(name="update-samples", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
-def update_samples(settings: Settings, grid: Grid, day: date, fit) -> int:
+def update_samples(settings: Settings, grid: Grid, day: date, fit: GosatFit) -> int:
     return ingest.sample_day(settings.region_dir, settings.raw("era5"), grid, day, fit)
 
 
 @unit(name="check-state")
-def check_state(settings: Settings, grid: Grid) -> list[dict]:
+def check_state(settings: Settings, grid: Grid) -> list[dict[str, Any]]:
     """Damaged derived state set aside and recomputed, dead writers' temp files removed (what was found)."""
     from prefect import get_run_logger
 
@@ -134,7 +152,7 @@ def publish(artifacts: list[Artifact]) -> None:
 
 # The backfill's tasks (flows/backfill.py). A day task is self-contained so that Dask can ship it.
 @task(name="backfill-day", task_run_name="backfill-{day}", cache_policy=NO_CACHE, retries=1)
-def backfill_day(settings: Settings, grid: Grid, day: date, champion) -> dict:
+def backfill_day(settings: Settings, grid: Grid, day: date, champion: Champion) -> dict[str, Any]:
     """Map one day onto the archive (replacing it); runs in any worker process."""
     predictor = OnnxPredictor(champion.onnx_path)  # per task: neither picklable nor thread-safe
     row = day_mapping.map_day(settings, grid, day, predictor, champion)
@@ -145,7 +163,7 @@ def backfill_day(settings: Settings, grid: Grid, day: date, champion) -> dict:
 class BackfillProgress:
     """Days/hour and an ETA as the days finish: a printed line, a rich bar, the progress artifact."""
 
-    def __init__(self, todo: list[date], progress_id, label: str, logger) -> None:
+    def __init__(self, todo: list[date], progress_id: UUID, label: str, logger: Logger) -> None:
         self.total, self.progress_id, self.label, self.logger = len(todo), progress_id, label, logger
         self.done = self.failed = 0
         self.t0 = time.perf_counter()
@@ -157,7 +175,7 @@ class BackfillProgress:
         self.bar.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.bar.stop()
 
     def day_done(self, day: date, problem: str | None) -> None:
@@ -172,9 +190,10 @@ class BackfillProgress:
                                  description=f"{self.label}: {line}")
 
 
-def collect_days(futures: list, todo: list[date], progress: BackfillProgress) -> tuple[list[dict], dict[str, str]]:
+def collect_days(futures: Sequence[PrefectFuture[dict[str, Any]]], todo: list[date],
+                 progress: BackfillProgress) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Wait for the day tasks as they finish, reporting progress; (rows, failures)."""
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     day_of = {f.task_run_id: d for f, d in zip(futures, todo)}
     for future in as_completed(list(futures)):
@@ -188,8 +207,8 @@ def collect_days(futures: list, todo: list[date], progress: BackfillProgress) ->
 
 
 @task(name="backfill-days-in-processes", cache_policy=NO_CACHE)
-def backfill_days_in_processes(settings: Settings, grid: Grid, todo: list[date], champion,
-                               progress: BackfillProgress) -> tuple[list[dict], dict[str, str]]:
+def backfill_days_in_processes(settings: Settings, grid: Grid, todo: list[date], champion: Champion,
+                               progress: BackfillProgress) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Map the days in worker processes (tasks/mapping/backfill_pool.py); (rows, failures)."""
     plan = PoolPlan.for_days(len(todo), settings.backfill_workers)
     get_run_logger().info("%d worker processes, %d ONNX Runtime threads each", plan.workers, plan.threads_per_worker)
@@ -210,15 +229,16 @@ def report_select_days(archive_root: Path, region_name: str, first: date, last: 
 
 @unit(name="report-scan-archive")
 def report_scan_and_map(archive_root: Path, region_name: str, grid: Grid, days: list[date], out_dir: Path,
-                        area: report.ReportArea | None = None):
+                        area: report.ReportArea | None = None) -> tuple[list[report.DayStat], list[report.MapInfo]]:
     return report.scan_and_map(archive_root, region_name, grid, days, out_dir, area)
 
 
 @unit(name="report-summarise")
-def report_summarise(daily: list[report.DayStat]) -> dict:
+def report_summarise(daily: list[report.DayStat]) -> dict[str, Any]:
     return report.summarise(daily)
 
 
 @unit(name="report-write-outputs")
-def report_write_outputs(out_dir: Path, tables: dict, maps: list[report.MapInfo], context: dict) -> dict:
+def report_write_outputs(out_dir: Path, tables: dict[str, Any], maps: list[report.MapInfo],
+                         context: dict[str, Any]) -> dict[str, Any]:
     return report.write_outputs(out_dir, tables, maps, context)

@@ -47,6 +47,8 @@ def test_merge_final_era5_adds_files_and_prefixes_failures():
 def test_a_replaced_era5_file_refreshes_its_day_and_the_day_before():
     assert steps.refreshed_days(["era5_single_levels_20200610.nc"]) == {D, date(2020, 6, 9)}
     assert steps.refreshed_days([]) == set()
+    # A name with no ERA5 day in it refreshes nothing (it used to raise TypeError on None - timedelta).
+    assert steps.refreshed_days(["era5_single_levels_notes.txt"]) == set()
 
 
 def _files(*names: str) -> list[Path]:

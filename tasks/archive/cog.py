@@ -46,6 +46,7 @@ import rasterio
 from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
+from rasterio.io import DatasetReader
 from rio_cogeo.cogeo import cog_validate
 
 from tasks.io.atomic import PublishError, describe_error
@@ -248,7 +249,7 @@ def validate_cog(path: Path | str, grid: Grid | None = None) -> list[str]:
     return problems
 
 
-def _dataset_problems(src, grid: Grid | None) -> list[str]:
+def _dataset_problems(src: DatasetReader, grid: Grid | None) -> list[str]:
     problems: list[str] = []
     if src.crs is None or src.crs.to_epsg() != CRS_EPSG:
         problems.append(f"CRS is {src.crs}, expected EPSG:{CRS_EPSG}")
@@ -293,12 +294,12 @@ def _dataset_problems(src, grid: Grid | None) -> list[str]:
     return problems
 
 
-def format_version(src) -> str:
+def format_version(src: DatasetReader) -> str:
     """An open COG's format version ('1' for files written before the tag)."""
     return src.tags().get(FORMAT_VERSION_TAG, "1")
 
 
-def band_index(src, name: str) -> int | None:
+def band_index(src: DatasetReader, name: str) -> int | None:
     """The 1-based index of the band described `name` in an open COG (rasterio dataset), None when
     it has none: readers find bands by what they are, not by number."""
     for index, description in enumerate(src.descriptions, start=1):

@@ -62,7 +62,10 @@ MAX_BAD_FRACTION = 0.5
 
 
 class CovariateError(ValueError):
-    pass
+    # Set by the daily run's covariate task (tasks/prefect_tasks.py::build_static_covariates) on
+    # the error it re-raises: the raw layers quarantined before it, for the run's artifacts. Only
+    # declared: an error raised elsewhere has none (readers use getattr with a default).
+    quarantined: list[dict[str, Any]]
 
 
 class CovariateInputError(InputFileError, CovariateError):

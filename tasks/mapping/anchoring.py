@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -112,7 +113,7 @@ def anchor_for_day(
                                  method)
 
 
-def sample_store_reader(region_dir, max_cells_per_day: int) -> Callable[[date, date], pd.DataFrame]:
+def sample_store_reader(region_dir: Path, max_cells_per_day: int) -> Callable[[date, date], pd.DataFrame]:
     """Reads the fused observations of [first, last] from the sample store, at most
     `max_cells_per_day` per day: a subsample seeded by the day, so a re-run reads the same cells."""
     from tasks.samples.store import read_samples

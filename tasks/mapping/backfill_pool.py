@@ -34,17 +34,23 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tasks.gridding.geometry import Grid
+from tasks.mapping.champion import Champion
 from tasks.mapping.day import map_day
+from tasks.mapping.inference import CellPredictor
 from tasks.settings import Settings
 
+if TYPE_CHECKING:  # a worker opens it, the parent never does: ONNX Runtime is imported there only
+    from models.onnx_runtime import OnnxPredictor
+
 # (settings, grid, day, predictor, champion) -> the day's archive row (tasks/mapping/day.py::map_day).
-MapOne = Callable[[Settings, Grid, date, Any, Any], dict]
+MapOne = Callable[[Settings, Grid, date, CellPredictor, Champion], dict[str, Any]]
 # (settings, champion, intra_op_threads) -> the worker's predictor, opened once per worker.
-OpenPredictor = Callable[[Settings, Any, int], Any]
+OpenPredictor = Callable[[Settings, Champion, int], CellPredictor]
 
 
 @dataclass(frozen=True)
@@ -65,32 +71,33 @@ class PoolPlan:
         return cls(workers=n, threads_per_worker=max(1, cores // n))
 
 
-def open_onnx_predictor(settings: Settings, champion, intra_op_threads: int):
+def open_onnx_predictor(settings: Settings, champion: Champion, intra_op_threads: int) -> OnnxPredictor:
     from models.onnx_runtime import OnnxPredictor
 
     return OnnxPredictor(champion.onnx_path, intra_op_threads=intra_op_threads)
 
 
-def map_one_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> dict:
+def map_one_day(settings: Settings, grid: Grid, day: date, predictor: CellPredictor,
+                champion: Champion) -> dict[str, Any]:
     return map_day(settings, grid, day, predictor, champion)
 
 
 @dataclass(frozen=True)
 class DayDone:
     day: date
-    row: dict | None
+    row: dict[str, Any] | None
     problem: str | None
     seconds: float
     worker_pid: int
 
 
-def _worker(conn: Connection, settings: Settings, grid: Grid, champion, threads: int,
+def _worker(conn: Connection, settings: Settings, grid: Grid, champion: Champion, threads: int,
             open_predictor: OpenPredictor, map_one: MapOne) -> None:
     # Each worker's per-day progress bars would interleave on the terminal; the parent prints one
     # line per day for all of them.
     sys.stdout = open(os.devnull, "w")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    predictor = None
+    predictor: CellPredictor | None = None
     while True:
         day = conn.recv()
         if day is None:
@@ -121,10 +128,10 @@ def _litter_roots(settings: Settings) -> list[Path]:
     return [settings.archive_root / settings.region.name, settings.region_dir / "residuals"]
 
 
-def map_days_in_processes(settings: Settings, grid: Grid, days: list[date], champion, *,
+def map_days_in_processes(settings: Settings, grid: Grid, days: list[date], champion: Champion, *,
                           workers: int | None = None, on_done: Callable[[DayDone], None] | None = None,
                           open_predictor: OpenPredictor = open_onnx_predictor,
-                          map_one: MapOne = map_one_day) -> tuple[list[dict], dict[str, str]]:
+                          map_one: MapOne = map_one_day) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Map `days` in worker processes; (rows sorted by day, {day: why} of the days that failed).
 
     `on_done` is called in this process as each day finishes (progress). `open_predictor` and
@@ -134,11 +141,11 @@ def map_days_in_processes(settings: Settings, grid: Grid, days: list[date], cham
     plan = PoolPlan.for_days(len(days), workers)
     context = multiprocessing.get_context("spawn")
     queue = list(days)
-    busy: dict[int, tuple[Any, Connection, date | None]] = {}  # pid -> (process, pipe, day or None)
-    rows: list[dict] = []
+    busy: dict[int, tuple[BaseProcess, Connection, date | None]] = {}  # pid -> (process, pipe, day or None)
+    rows: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
 
-    def start_worker():
+    def start_worker() -> None:
         here, there = context.Pipe()
         process = context.Process(target=_worker, name="xco2-backfill-worker", daemon=True,
                                   args=(there, settings, grid, champion, plan.threads_per_worker,

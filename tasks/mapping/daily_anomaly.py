@@ -123,8 +123,8 @@ def day_superobs(region_dir: Path, version: int | str, day: date, predict: Calla
     return obs
 
 
-def window_superobs(region_dir: Path, version: int | str, day: date, predict, feature_names, field: ResidualField,
-                    max_cells: int) -> Superobs:
+def window_superobs(region_dir: Path, version: int | str, day: date, predict: Callable[[np.ndarray], np.ndarray],
+                    feature_names: tuple[str, ...] | list[str], field: ResidualField, max_cells: int) -> Superobs:
     first, last = day - timedelta(days=field.window_days), day + timedelta(days=field.window_days)
     parts = [day_superobs(region_dir, version, d, predict, feature_names, field, max_cells)
              for d in stored_days(region_dir) if first <= d <= last]
@@ -135,14 +135,15 @@ def window_superobs(region_dir: Path, version: int | str, day: date, predict, fe
     return Superobs(*(np.concatenate([getattr(p, c) for p in parts]) for c in COLUMNS))
 
 
-def daily_anomaly(region_dir: Path, version: int | str, grid: Grid, day: date, predict, feature_names,
+def daily_anomaly(region_dir: Path, version: int | str, grid: Grid, day: date,
+                  predict: Callable[[np.ndarray], np.ndarray], feature_names: tuple[str, ...] | list[str],
                   field: ResidualField, max_cells: int, inside: np.ndarray | None = None,
                   background: Background | None = None) -> DailyAnomaly:
     """The field for `day` on the grid, its half-widths and the day's leave-own-day-out score.
     background: the champion's (background_of), for the true column's interval."""
     obs = window_superobs(region_dir, version, day, predict, feature_names, field, max_cells)
     lat0 = float(np.mean(grid.lats))
-    t = float(day_number([day])[0])
+    t = float(day_number(np.array([day], dtype="datetime64[D]"))[0])
     mean, variance, background_variance = predict_map_with_background(field, obs, lat0, grid.lons, grid.lats, t,
                                                                       background, inside)
     true_half = true_column_half_width(field, variance, background_variance)

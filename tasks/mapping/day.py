@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import date
 from functools import partial
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,8 +23,9 @@ from tasks.covariates.static import StaticCovariates
 from tasks.gridding.geometry import Grid
 from tasks.io.progress import progress_bar
 from tasks.mapping import anchoring
+from tasks.mapping.champion import Champion
 from tasks.mapping.daily_anomaly import background_of, daily_anomaly, field_of
-from tasks.mapping.inference import (TimeLocationLayers, predict_day, predict_xco2,
+from tasks.mapping.inference import (CellPredictor, TimeLocationLayers, predict_day, predict_xco2,
                                      reads_only_time_location)
 from tasks.regions.boundary import region_mask
 from tasks.samples import ingest
@@ -32,7 +34,7 @@ from tasks.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def mapping_window(settings: Settings, champion, day: date) -> tuple[date, date]:
+def mapping_window(settings: Settings, champion: Champion, day: date) -> tuple[date, date]:
     """The days whose observations map_day uses for `day` with `champion` (as its branches choose)."""
     field = field_of(champion.mapping)
     if field is not None and settings.daily_anomaly:
@@ -43,7 +45,8 @@ def mapping_window(settings: Settings, champion, day: date) -> tuple[date, date]
     return input_window(day, None, None)
 
 
-def current_provenance(settings: Settings, champion, digests: InputDigests | None = None):
+def current_provenance(settings: Settings, champion: Champion,
+                       digests: InputDigests | None = None) -> Callable[[date], Provenance]:
     """day -> the Provenance mapping that day now would record (the stored fit, today's files)."""
     digests = digests or InputDigests(settings.region_dir, settings.raw("era5"))
     stored = ingest.stored_gosat_fit(settings.region_dir)
@@ -54,7 +57,8 @@ def current_provenance(settings: Settings, champion, digests: InputDigests | Non
     return of
 
 
-def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> dict:
+def map_day(settings: Settings, grid: Grid, day: date, predictor: CellPredictor,
+            champion: Champion) -> dict[str, Any]:
     """Map one day with the champion's predictor (models.onnx_runtime.OnnxPredictor) and publish
     its COG and STAC item; the day's row for the run's artifacts."""
     inside = region_mask(settings.region, grid)
@@ -63,7 +67,8 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor, champion) -> d
     # With a network share of 0 the map is background + field: the graph's background alone, with
     # no network pass and no covariate layer read (OnnxPredictor.for_mapping); the same bits.
     # The model's own uncertainty band is only kept where no field replaces it.
-    mapper = predictor.for_mapping(keep_uncertainty=not with_field) if hasattr(predictor, "for_mapping") else predictor
+    mapper: CellPredictor = (predictor.for_mapping(keep_uncertainty=not with_field)
+                             if hasattr(predictor, "for_mapping") else predictor)
     network_pass = getattr(mapper, "network_pass", True)
     layers: DayLayers | TimeLocationLayers
     if reads_only_time_location(getattr(mapper, "columns", None)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from datetime import date
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -17,6 +18,22 @@ log = logging.getLogger(__name__)
 
 # The columns the background reads (models/background.py INPUTS), filled by TimeLocationLayers.
 TIME_LOCATION = ("latitude", "longitude", "years_since_2015", "doy_sin", "doy_cos")
+
+
+class CellPredictor(Protocol):
+    """What the mapping asks of a model: models.onnx_runtime.OnnxPredictor, or a stand-in with the
+    same three members (a predictor kept to the full graph, a counting fake)."""
+
+    @property
+    def output_names(self) -> list[str]: ...
+
+    def cells_per_batch(self, requested: int) -> int: ...
+
+    def run(self, features: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]: ...
+
+
+# (rows done, rows in all) after each block of rows predicted.
+RowProgress = Callable[[int, int], None]
 
 
 @dataclass
@@ -91,8 +108,8 @@ def _row_blocks(cells_per_row: np.ndarray, cells_per_batch: int) -> list[tuple[i
     return blocks
 
 
-def predict_day(predictor, layers: DayLayers | TimeLocationLayers, grid: Grid, batch_size: int, progress=None,
-                inside: np.ndarray | None = None) -> DayPrediction:
+def predict_day(predictor: CellPredictor, layers: DayLayers | TimeLocationLayers, grid: Grid, batch_size: int,
+                progress: RowProgress | None = None, inside: np.ndarray | None = None) -> DayPrediction:
     """XCO2 (and its uncertainty when the model has one) for every cell with a
     models.onnx_runtime.OnnxPredictor; memory bounded by the batch (on a GPU, sized from free
     memory, at least `batch_size` cells' worth of whole rows).
@@ -102,22 +119,23 @@ def predict_day(predictor, layers: DayLayers | TimeLocationLayers, grid: Grid, b
     wanted = [OUTPUT_NAME] + [n for n in predictor.output_names if n == UNCERTAINTY_OUTPUT_NAME]
     if inside is not None and inside.shape != grid.shape:
         raise ValueError(f"inside mask of shape {inside.shape} does not match the grid {grid.shape} (ny, nx)")
-    whole_box = inside is None or bool(inside.all())
+    # The cells to map when they are not the whole box (None: every cell, rows sliced whole).
+    part = None if inside is None or bool(inside.all()) else inside
     maps = {name: np.full(grid.shape, np.nan, dtype=np.float32) for name in wanted}
     cells_per_batch = predictor.cells_per_batch(batch_size)
-    if whole_box:
+    if part is None:
         # Contiguous rows are sliced, not gathered: the hot path when every cell is mapped.
         rows_per_batch = max(1, cells_per_batch // grid.nx)
         blocks = [(start, min(grid.ny, start + rows_per_batch)) for start in range(0, grid.ny, rows_per_batch)]
     else:
-        blocks = _row_blocks(inside.sum(axis=1), cells_per_batch)
+        blocks = _row_blocks(part.sum(axis=1), cells_per_batch)
     for start, stop in blocks:
-        if whole_box:
+        if part is None:
             outputs = predictor.run(layers.for_rows(start, stop))
             for name, out in maps.items():
                 out[start:stop] = np.asarray(outputs[name], dtype=np.float32).reshape(stop - start, grid.nx)
         else:
-            rows, cols = np.nonzero(inside[start:stop])
+            rows, cols = np.nonzero(part[start:stop])
             outputs = predictor.run(_rows_of(layers, start, stop).for_cells(rows, cols))
             for name, out in maps.items():
                 out[start + rows, cols] = np.asarray(outputs[name], dtype=np.float32)
@@ -126,13 +144,13 @@ def predict_day(predictor, layers: DayLayers | TimeLocationLayers, grid: Grid, b
     if progress and blocks and blocks[-1][1] < grid.ny:
         progress(grid.ny, grid.ny)
     bad = ~np.isfinite(maps[OUTPUT_NAME])
-    if not whole_box:
-        bad &= inside
+    if part is not None:
+        bad &= part
     if bad.any():
         log.warning("%s: %d cells predicted non-finite; written as nodata", layers.day, int(bad.sum()))
     return DayPrediction(maps[OUTPUT_NAME], maps.get(UNCERTAINTY_OUTPUT_NAME))
 
 
-def predict_xco2(predictor, features: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_xco2(predictor: CellPredictor, features: np.ndarray, batch_size: int) -> np.ndarray:
     """XCO2 (ppm) at arbitrary feature rows [n, k], e.g. the observed cells of recent days."""
     return predictor.run(np.ascontiguousarray(features, dtype=np.float32), batch_size=batch_size)[OUTPUT_NAME]

@@ -4,6 +4,10 @@ Prefect; `tasks/prefect_tasks.py::publish` hands them to Prefect."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+# One row of a run's table: column -> value (str, number, None), as Prefect's table artifacts take it.
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -12,7 +16,7 @@ class Artifact:
 
     key: str
     description: str | None = None
-    table: list[dict] | None = None
+    table: list[Row] | None = None
     markdown: str | None = None
 
     def __post_init__(self) -> None:
@@ -20,7 +24,7 @@ class Artifact:
             raise ValueError(f"artifact {self.key}: give a table or a markdown page, not both or neither")
 
 
-def table(key: str, rows: list[dict], description: str | None = None) -> Artifact:
+def table(key: str, rows: list[Row], description: str | None = None) -> Artifact:
     return Artifact(key=key, description=description, table=rows)
 
 

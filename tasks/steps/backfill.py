@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date, timedelta
 
 from tasks.settings import Settings
-from tasks.steps.artifacts import Artifact, table
+from tasks.steps.artifacts import Artifact, Row, table
 
 PROGRESS_KEY = "backfill-progress"
 DAYS_KEY = "backfill-days"
@@ -59,7 +59,7 @@ def split_by_inputs(candidates: list[date], available: Callable[[date], bool]) -
     return todo, [d.isoformat() for d in candidates if d not in todo]
 
 
-def run_artifacts(window: list[date], state_findings: list[dict], repairs: list[dict], rows: list[dict],
+def run_artifacts(window: list[date], state_findings: list[Row], repairs: list[Row], rows: list[Row],
                   why: Mapping[str, str] | None = None) -> list[Artifact]:
     """What a finished backfill publishes (the progress artifact aside, which follows the days);
     `why`: {ISO day: why it was redone} of a stale-only backfill."""
@@ -82,6 +82,6 @@ def failure_message(failed: Mapping[str, str], n_todo: int) -> str:
             + "; ".join(f"{d}: {why}" for d, why in sorted(failed.items())))
 
 
-def with_model(rows: list[dict], name: str, version) -> list[dict]:
+def with_model(rows: list[Row], name: str, version: int | str) -> list[Row]:
     """The rows of the worker processes, each naming the model that mapped it."""
     return [{**r, "model_name": name, "model_version": str(version)} for r in rows]

@@ -6,12 +6,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from tasks.archive import day_cog_path, quicklook_markdown
+from tasks.covariates.day import DayReadiness
+from tasks.fusion.merge import GosatFit
+from tasks.io.integrity import Logger
 from tasks.io.quarantine import InputFileError
+from tasks.mapping.champion import Champion
+from tasks.samples.ingest import DayGridding
 from tasks.sources.products import PRODUCTS, SATELLITES
 from tasks.sources.pull import PullReport
-from tasks.steps.artifacts import Artifact, page, table
+from tasks.steps.artifacts import Artifact, Row, page, table
 
 
 def window(lookback_days: int, start: str | None, end: str | None, today: date | None = None) -> tuple[date, date]:
@@ -38,8 +44,10 @@ def merge_final_era5(pulled: PullReport, final: PullReport) -> PullReport:
 
 
 def refreshed_days(replaced_era5: Iterable[str]) -> set[date]:
-    """Days whose meteorology changed with a replaced ERA5 file: day e's file closes day e-1's sums."""
-    return {d for name in replaced_era5 for e in [PRODUCTS["era5"].day(name)] for d in (e, e - timedelta(days=1))}
+    """Days whose meteorology changed with a replaced ERA5 file: day e's file closes day e-1's sums.
+    A name that is not an ERA5 day's (the pull fetches none) refreshes no day."""
+    days = (PRODUCTS["era5"].day(name) for name in replaced_era5)
+    return {d for e in days if e is not None for d in (e, e - timedelta(days=1))}
 
 
 def days_to_grid(granules: Mapping[str, Mapping[date, list[Path]]], new_files: set[str], sampled: set[date],
@@ -59,8 +67,9 @@ def granules_of_day(granules: Mapping[str, Mapping[date, list[Path]]], day: date
     return {s: list(granules[s].get(day, [])) for s in SATELLITES}
 
 
-def day_row(gridded, n_samples: int, era5_ready: bool, era5_problem: str | None, ndvi_problem: str | None) -> dict:
-    """The row of one gridded day in the run's table (`gridded`: tasks.samples.ingest.DayGridding)."""
+def day_row(gridded: DayGridding, n_samples: int, era5_ready: bool, era5_problem: str | None,
+            ndvi_problem: str | None) -> Row:
+    """The row of one gridded day in the run's table."""
     return {"day": gridded.day.isoformat(), **{f"{s}_granules": gridded.granules.get(s, 0) for s in SATELLITES},
             **{f"{s}_soundings": gridded.soundings.get(s, 0) for s in SATELLITES},
             "samples": n_samples, "era5": "yes" if era5_ready else "waiting", "era5_problem": era5_problem,
@@ -68,8 +77,9 @@ def day_row(gridded, n_samples: int, era5_ready: bool, era5_problem: str | None,
             "quarantined": len(gridded.quarantined)}
 
 
-def sample_ready_day(gridded, inputs, update: Callable[[date], int], logger) -> tuple[dict, list[dict]]:
-    """Sample one gridded day if its inputs (`inputs`: tasks.covariates.day.DayReadiness) are ready:
+def sample_ready_day(gridded: DayGridding, inputs: DayReadiness, update: Callable[[date], int],
+                     logger: Logger) -> tuple[Row, list[Row]]:
+    """Sample one gridded day if its inputs are ready:
     (its row, the ERA5 files quarantined on the way). A day waiting for ERA5 or NDVI, or whose
     input turns out bad while sampling (InputFileError from `update`), waits; the others go on."""
     n, ready, problem = 0, inputs.era5.ready, inputs.era5.why
@@ -118,7 +128,7 @@ ERA5_REPLACED = "its ERA5 was replaced"
 def map_reasons(todo: Iterable[date], archived: set[date], recompute: set[date] | frozenset[date],
                 stale: Mapping[date, list[str]]) -> dict[date, str]:
     """Why each day of `todo` is (re)mapped: missing, its ERA5 replaced, or what made it stale."""
-    out = {}
+    out: dict[date, str] = {}
     for day in todo:
         reasons = [] if day in archived else [MISSING]
         reasons += [ERA5_REPLACED] if day in recompute and day in archived else []
@@ -127,19 +137,19 @@ def map_reasons(todo: Iterable[date], archived: set[date], recompute: set[date] 
     return out
 
 
-def redone_rows(mapped: list[dict]) -> list[dict]:
+def redone_rows(mapped: list[Row]) -> list[Row]:
     """The archive days of the run that replaced an archived day, with why."""
     return [{"day": r["day"], "why": r.get("why", "")} for r in mapped if r.get("why", MISSING) != MISSING]
 
 
-def gosat_refit_line(gosat_refit: Mapping | None) -> str:
+def gosat_refit_line(gosat_refit: Mapping[str, Any] | None) -> str:
     if not gosat_refit:
         return "kept"
     return (f"refitted ({gosat_refit['why']}): {gosat_refit['previous_fit_id']} -> {gosat_refit['fit']['fit_id']}, "
             f"{len(gosat_refit['rewritten'])} sample days re-fused")
 
 
-def archive_state(champion, mapped: list[dict]) -> str:
+def archive_state(champion: Champion | None, mapped: list[Row]) -> str:
     if champion is None:
         return "waiting for a first champion (no model version holds alias `champion`): run the monthly retrain"
     if mapped:
@@ -158,7 +168,7 @@ def nothing_pulled_artifacts(first: date, last: date, region: str, failed: Mappi
             page("daily-summary", f"# Daily update {first}..{last} ({region}): FAILED\n\n```\n{why}\n```\n")]
 
 
-def covariates_failed_artifacts(first: date, last: date, region: str, n_fetched: int, set_aside: list[dict],
+def covariates_failed_artifacts(first: date, last: date, region: str, n_fetched: int, set_aside: list[Row],
                                 problem: Exception) -> list[Artifact]:
     """A run whose static covariates could not be built: what was set aside and a FAILED summary."""
     out = [table("daily-quarantined", set_aside, "Inputs set aside as unreadable")] if set_aside else []
@@ -167,9 +177,9 @@ def covariates_failed_artifacts(first: date, last: date, region: str, n_fetched:
         f"- new granules: {n_fetched}\n- static covariates could not be built:\n\n```\n{problem}\n```\n"))]
 
 
-def summary_markdown(first: date, last: date, region: str, pulled: PullReport, rows: list[dict], fit,
-                     quarantined: list[dict], state: str, archive_repairs: list[dict], unmapped: Mapping[str, str],
-                     redone: list[dict] | None = None, gosat_refit: Mapping | None = None) -> str:
+def summary_markdown(first: date, last: date, region: str, pulled: PullReport, rows: list[Row], fit: GosatFit,
+                     quarantined: list[Row], state: str, archive_repairs: list[Row], unmapped: Mapping[str, str],
+                     redone: list[Row] | None = None, gosat_refit: Mapping[str, Any] | None = None) -> str:
     waiting = [f"{r['day']} ({r['era5_problem']})" if r["era5_problem"] else r["day"]
                for r in rows if r["era5"] == "waiting"]
     waiting_ndvi = [f"{r['day']} ({r['ndvi_problem']})" for r in rows if r["ndvi"] == "waiting"]
@@ -191,9 +201,10 @@ def summary_markdown(first: date, last: date, region: str, pulled: PullReport, r
         f"- archive days that could not be written: {', '.join(sorted(unmapped)) or 'none'}\n")
 
 
-def run_artifacts(first: date, last: date, region: str, archive_root: Path, pulled: PullReport, rows: list[dict], fit,
-                  quarantined: list[dict], state_findings: list[dict], archive_repairs: list[dict], mapped: list[dict],
-                  champion, unmapped: Mapping[str, str], gosat_refit: Mapping | None = None) -> list[Artifact]:
+def run_artifacts(first: date, last: date, region: str, archive_root: Path, pulled: PullReport, rows: list[Row],
+                  fit: GosatFit, quarantined: list[Row], state_findings: list[Row], archive_repairs: list[Row],
+                  mapped: list[Row], champion: Champion | None, unmapped: Mapping[str, str],
+                  gosat_refit: Mapping[str, Any] | None = None) -> list[Artifact]:
     """Everything a finished daily run publishes, in the order it is published (the summary last)."""
     out = [table("daily-days-processed", rows or [{"day": "none new"}], "Days gridded, fused and sampled in this run")]
     if gosat_refit:
@@ -234,9 +245,9 @@ def run_artifacts(first: date, last: date, region: str, archive_root: Path, pull
     return out
 
 
-def run_result(first: date, last: date, pulled: PullReport, rows: list[dict], mapped: list[dict],
-               quarantined: list[dict], state_findings: list[dict], archive_repairs: list[dict],
-               refreshed: set[date], fit, gosat_refit: Mapping | None = None) -> dict:
+def run_result(first: date, last: date, pulled: PullReport, rows: list[Row], mapped: list[Row],
+               quarantined: list[Row], state_findings: list[Row], archive_repairs: list[Row],
+               refreshed: set[date], fit: GosatFit, gosat_refit: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What daily_update returns."""
     return {"window": [first.isoformat(), last.isoformat()], "days": rows, "archive_days": mapped,
             "quarantined": quarantined, "state_findings": state_findings, "archive_repairs": archive_repairs,

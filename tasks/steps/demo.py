@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from tasks.analysis.reliability import level_label
+from tasks.gridding.geometry import Grid
 from tasks.regions.boundary import SHIPPED_BOUNDARIES
-from tasks.settings import DATA_DIR_RECORD, Region, write_data_dir_record
+from tasks.settings import DATA_DIR_RECORD, Region, Settings, write_data_dir_record
 
 # A 0.5 x 0.5 degree box for quick runs (`--small`, `make demo`) that crosses Sichuan's border into
 # Chongqing (about two thirds of its cells in Sichuan, around Suining and Nanchong; Tongnan and
@@ -34,14 +37,14 @@ class DemoOptions:
     # The model comparison (3 models x 3 protocols) of the retrain; on a CPU it doubles the demo.
     compare: bool = False
     seed: int = 20200601
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def end(self) -> date:
         return self.start + timedelta(days=self.days - 1)
 
 
-def world_matches(world_json: Path, wanted: dict) -> bool:
+def world_matches(world_json: Path, wanted: Mapping[str, Any]) -> bool:
     try:
         have = json.loads(world_json.read_text())
     except (OSError, ValueError):
@@ -53,7 +56,7 @@ class DemoDataDirError(RuntimeError):
     pass
 
 
-def clear_previous_demo(settings) -> None:
+def clear_previous_demo(settings: Settings) -> None:
     """A new demo world invalidates everything derived from the old one (same file names, new content)."""
     data = settings.data_dir
     derived = ["raw", "regions", "archive", "quarantine", "models"]
@@ -75,9 +78,9 @@ def clear_previous_demo(settings) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def demo_overrides(opts: DemoOptions) -> dict:
+def demo_overrides(opts: DemoOptions) -> dict[str, Any]:
     """The settings of a demo run (source `demo`, the CPU-sized training and comparison)."""
-    overrides = {
+    overrides: dict[str, Any] = {
         "data_dir": str(opts.data_dir), "source": "demo", "max_epochs": opts.max_epochs,
         "max_training_samples": opts.max_training_samples,
         "max_validation_samples": opts.max_validation_samples, "archive_lookback_days": opts.archive_days,
@@ -96,7 +99,7 @@ def demo_overrides(opts: DemoOptions) -> dict:
 NOT_RECORDED = ("data_dir", "archive_lookback_days")
 
 
-def record_demo_data_dir(settings, opts: DemoOptions, overrides: dict) -> Path:
+def record_demo_data_dir(settings: Settings, opts: DemoOptions, overrides: Mapping[str, Any]) -> Path:
     """Record in the data dir (tasks/settings.py, DATA_DIR_RECORD) the region, source and CPU-sized
     training the demo made it with, so that `xco2 daily`, the stack's deployments and every other
     command map the demo's region from its sources with no settings of their own."""
@@ -106,7 +109,7 @@ def record_demo_data_dir(settings, opts: DemoOptions, overrides: dict) -> Path:
     return write_data_dir_record(settings.data_dir, values, "`xco2 demo`")
 
 
-def world_wanted(settings, opts: DemoOptions) -> dict:
+def world_wanted(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
     """What world.json must say for the demo world on disk to be reused."""
     return {"region": settings.region.name, "start": opts.start.isoformat(), "end": opts.end.isoformat(),
             "seed": opts.seed}
@@ -115,7 +118,7 @@ def world_wanted(settings, opts: DemoOptions) -> dict:
 TRUE_COLUMN_CURVE = "true column vs truth, "
 
 
-def true_column_vs_truth(reliability: list[dict]) -> dict[str, float | None]:
+def true_column_vs_truth(reliability: list[dict[str, Any]]) -> dict[str, float | None]:
     """holdout -> the true column's 68% coverage of the truth, from the retrain's reliability curves."""
     out: dict[str, float | None] = {}
     for curve in reliability:
@@ -124,8 +127,9 @@ def true_column_vs_truth(reliability: list[dict]) -> dict[str, float | None]:
     return out
 
 
-def demo_summary(settings, grid, opts: DemoOptions, first: dict, retrain: dict, days: list[date], accuracy,
-                 timings: dict) -> dict:
+def demo_summary(settings: Settings, grid: Grid, opts: DemoOptions, first: Mapping[str, Any],
+                 retrain: Mapping[str, Any], days: list[date], accuracy: dict[str, Any] | None,
+                 timings: Mapping[str, float]) -> dict[str, Any]:
     """What run_demo returns (and `xco2 demo` prints): the window, samples, model, scores, timings."""
     return {
         "region": settings.region.model_dump(), "grid": {"nx": grid.nx, "ny": grid.ny, "step": grid.step},

@@ -63,6 +63,8 @@ def fit_daily_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y:
     error of the best is kept (models/holdouts.py::simplest_share). A network that
     memorises its training days leaves residuals without day-to-day structure, so its share is
     judged with the field it leaves, not alone (models/holdouts.py)."""
+    if trained.background is None:  # the retrain's network always learns the anomaly from one
+        raise ValueError("the daily-anomaly field is fitted to a model trained on a background; this one has none")
     calibration = {"spatial blocks": split.blocks_calibration, "whole days": split.days_calibration}
     background = trained.background.evaluate_features(X, FEATURE_NAMES)
     network_anomaly = trained.predict(X) - background  # anomaly_scale is 1 here
@@ -145,9 +147,10 @@ def calibrate_uncertainty(settings: Settings, trained: TrainedModel, X: np.ndarr
 
 
 def train_map_model(settings: Settings, df: pd.DataFrame, show_progress: bool = True
-                    ) -> tuple[TrainedModel, FieldFit, Holdouts]:
+                    ) -> tuple[TrainedModel, FieldFit | None, Holdouts]:
     """The retrain's model from a sample table, without the spread (only maps without the daily
-    anomaly use it): split, background, network, anomaly scale, the field and the deployed background."""
+    anomaly use it): split, background, network, anomaly scale, the field (None when too few
+    observations fit one) and the deployed background."""
     X = df[list(FEATURE_NAMES)].to_numpy(np.float32)
     y = df["xco2"].to_numpy(np.float64)
     weight = df["weight"].to_numpy(np.float64)
