@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,7 +108,7 @@ def log_to_mlflow(tracking_uri: str, box: BenchmarkBox, opts: BenchmarkOptions, 
 
 
 def run_benchmark(opts: BenchmarkOptions, box: BenchmarkBox, table: pd.DataFrame | None = None,
-                  log=print) -> dict:
+                  log: Callable[[str], object] = print) -> dict:
     """One box x window: split, write, run, score, report. Returns the result (also result.json)."""
     from tasks.archive import day_cog_path
     from tasks.settings import Region, load_settings

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from datetime import date
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from rich.table import Table
 from flows.prefect_server import PrefectServerError
 from tasks.settings import (
     ConfigError,
+    Settings,
     check_data_dir,
     check_local_source,
     check_tracking_server,
@@ -26,7 +27,7 @@ from tasks.settings import (
 console = Console()
 
 
-def _cmd_inspect(args) -> int:
+def _cmd_inspect(args: argparse.Namespace) -> int:
     from tasks.io.quarantine import InputFileError
     from tasks.readers import inspect_file
 
@@ -39,7 +40,7 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-def _cmd_features(args) -> int:
+def _cmd_features(args: argparse.Namespace) -> int:
     from tasks.covariates.features import FEATURE_SET_VERSION, feature_table_markdown
 
     print(f"Feature set {FEATURE_SET_VERSION}\n")
@@ -47,7 +48,7 @@ def _cmd_features(args) -> int:
     return 0
 
 
-def _cmd_config(args) -> int:
+def _cmd_config(args: argparse.Namespace) -> int:
     s = load_settings()
     out = json.loads(s.model_dump_json())
     out["archive_root"] = str(s.archive_root)
@@ -56,7 +57,7 @@ def _cmd_config(args) -> int:
     return 0
 
 
-def _cmd_daily(args) -> int:
+def _cmd_daily(args: argparse.Namespace) -> int:
     from flows.daily import ArchiveDaysFailed, daily_update
     from tasks.covariates.static import CovariateError
     from tasks.sources.pull import EverySourceFailed
@@ -72,7 +73,7 @@ def _cmd_daily(args) -> int:
     return 0
 
 
-def _cmd_retrain(args) -> int:
+def _cmd_retrain(args: argparse.Namespace) -> int:
     from flows.retrain import monthly_retrain
 
     load_settings()
@@ -88,7 +89,7 @@ def _print_retrain_summary(result: dict) -> None:
     console.print(result["network_share"]["reading"], markup=False, highlight=False)
 
 
-def _cmd_backfill(args) -> int:
+def _cmd_backfill(args: argparse.Namespace) -> int:
     from flows.backfill import run_backfill
 
     overrides = {}
@@ -110,7 +111,7 @@ def _cmd_backfill(args) -> int:
     return 0
 
 
-def _cmd_sources_check(args) -> int:
+def _cmd_sources_check(args: argparse.Namespace) -> int:
     from tasks.sources.check import check_sources
 
     statuses = check_sources(load_settings(), probe=not args.no_probe)
@@ -129,7 +130,7 @@ def _cmd_sources_check(args) -> int:
     return 0 if ok else 1
 
 
-def _grid_covariates(settings) -> None:
+def _grid_covariates(settings: Settings) -> None:
     from tasks.covariates.static import build_covariates
     from tasks.gridding.geometry import Grid
 
@@ -139,7 +140,7 @@ def _grid_covariates(settings) -> None:
                   f"for region {settings.region.name}")
 
 
-def _cmd_covariates_import(args) -> int:
+def _cmd_covariates_import(args: argparse.Namespace) -> int:
     from tasks.sources.static_layers import StaticLayerError, import_layer
 
     settings = load_settings()
@@ -153,7 +154,7 @@ def _cmd_covariates_import(args) -> int:
     return 0
 
 
-def _cmd_covariates_build(args) -> int:
+def _cmd_covariates_build(args: argparse.Namespace) -> int:
     from tasks.sources.static_layers import LAYERS, build_static_layers
 
     settings = load_settings()
@@ -221,7 +222,7 @@ def _print_demo_summary(s: dict) -> None:
     console.print(table)
 
 
-def _cmd_past_window(args) -> int:
+def _cmd_past_window(args: argparse.Namespace) -> int:
     from tasks.analysis.past_window import BIAS_CRITERION_PPM, MAP_LABELS, PastWindowOptions, past_window_check
     from demo_world import truth_for_day
 
@@ -264,7 +265,7 @@ def _cmd_past_window(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
+def _cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import DemoOptions, run_demo
 
     opts = DemoOptions(
@@ -281,7 +282,7 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _cmd_benchmark_real(args) -> int:
+def _cmd_benchmark_real(args: argparse.Namespace) -> int:
     from flows import benchmark_real as br
     from flows.prefect_server import prefect_api
     from models.real_benchmark import HOLDOUT_LABELS, SplitConfig, markdown_table, noise_markdown
@@ -338,7 +339,7 @@ def _cmd_benchmark_real(args) -> int:
     return 0
 
 
-def _cmd_report(args) -> int:
+def _cmd_report(args: argparse.Namespace) -> int:
     from tasks.analysis.report import report_window, select_days
 
     try:
@@ -375,7 +376,7 @@ def _cmd_report(args) -> int:
     return 0
 
 
-def _cmd_serve(args) -> int:
+def _cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve import serve_all
 
     load_settings()
@@ -490,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
 FLOW_COMMANDS = frozenset({"demo", "daily", "retrain", "backfill", "report", "serve"})
 
 
-def _prefect_api_for(args):
+def _prefect_api_for(args: argparse.Namespace) -> AbstractContextManager[object]:
     """The configured Prefect API, or a temporary server that dies with this process even when
     it is killed (flows/prefect_server.py), for a command that runs flows."""
     if args.command not in FLOW_COMMANDS:
@@ -502,7 +503,7 @@ def _prefect_api_for(args):
     return prefect_api(database_url=command_prefect_database())
 
 
-def _join_running_stack(args) -> None:
+def _join_running_stack(args: argparse.Namespace) -> None:
     """A command that runs flows uses the running stack (`make up`) of its data directory: its
     Prefect server and MLflow registry, one system (deployments/stack.py use_running_stack).
     Before anything imports Prefect, which reads PREFECT_API_URL at import."""
@@ -523,7 +524,7 @@ def _registry_unavailable(exc: BaseException) -> bool:
 WRITING_COMMANDS = frozenset({"demo", "daily", "retrain", "backfill", "report", "serve", "past-window", "covariates"})
 
 
-def _check_data_dir_first(args) -> None:
+def _check_data_dir_first(args: argparse.Namespace) -> None:
     """A data directory that cannot be created or written stops the command before anything
     starts (stack, Prefect server, flow), so that its name and the reason are the last line,
     not a later symptom such as "no NDVI composites"."""
@@ -539,12 +540,12 @@ SOURCE_COMMANDS = frozenset({"daily", "serve", "config"})
 REGISTRY_COMMANDS = frozenset({"demo", "daily", "retrain", "backfill", "serve"})
 
 
-def _check_sources_first(args) -> None:
+def _check_sources_first(args: argparse.Namespace) -> None:
     if args.command in SOURCE_COMMANDS:
         check_local_source(load_settings())
 
 
-def _check_registry_first(args) -> None:
+def _check_registry_first(args: argparse.Namespace) -> None:
     """After joining the stack, which may name its MLflow server; before a Prefect server starts."""
     if args.command in REGISTRY_COMMANDS:
         check_tracking_server(load_settings(data_dir=args.data_dir) if args.command == "demo" else load_settings())

@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tasks.analysis import report
 from tasks.prefect_tasks import report_scan_and_map, report_select_days, report_summarise, report_write_outputs
 from tasks.gridding.geometry import Grid
-from tasks.settings import load_settings
+from tasks.settings import Settings, load_settings
 
 ARTIFACT_KEYS = {
     "monthly": "report-monthly-means",
@@ -25,7 +25,7 @@ ARTIFACT_KEYS = {
 }
 
 
-def default_out_dir(settings, first: date, last: date) -> Path:
+def default_out_dir(settings: Settings, first: date, last: date) -> Path:
     return settings.data_dir / "reports" / settings.region.name / f"{first}_{last}"
 
 

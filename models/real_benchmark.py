@@ -14,6 +14,7 @@ Holdouts (`split_holdouts`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -100,7 +101,7 @@ def _years(days: pd.Series | np.ndarray, origin: date) -> np.ndarray:
     return ((d - pd.Timestamp(origin)).dt.days.to_numpy(np.float64)) / YEAR_DAYS
 
 
-def _day_numbers(days) -> np.ndarray:
+def _day_numbers(days: pd.Series | np.ndarray | list[date]) -> np.ndarray:
     return pd.to_datetime(pd.Series(np.asarray(days))).to_numpy("datetime64[D]").astype(np.int64)
 
 
@@ -152,7 +153,7 @@ class HarmonicDailyAnomaly(HarmonicFit):
         self.anomaly_ = per_day.to_numpy(np.float64)
         return self
 
-    def daily_anomaly(self, days) -> np.ndarray:
+    def daily_anomaly(self, days: pd.Series | np.ndarray) -> np.ndarray:
         return np.interp(_day_numbers(days), self.anomaly_days_, self.anomaly_)
 
     def predict(self, rows: pd.DataFrame) -> np.ndarray:
@@ -412,7 +413,7 @@ def read_cog_at(path: Path | str, lon: np.ndarray, lat: np.ndarray,
     return out
 
 
-def archive_at(rows: pd.DataFrame, cog_for_day, bands: tuple[str | int, ...] = DEFAULT_BANDS
+def archive_at(rows: pd.DataFrame, cog_for_day: Callable[[date], Path | str], bands: tuple[str | int, ...] = DEFAULT_BANDS
                ) -> tuple[np.ndarray, ...]:
     """The archive's `bands` (as read_cog_at) at each row's cell-day; `cog_for_day(day)` gives the
     path of that day's COG (NaN where the day is not archived)."""
@@ -473,7 +474,7 @@ def markdown_table(tables: dict[str, dict[str, dict[str, dict]]]) -> str:
         head += [f"{lab} RMSE", f"{lab} R2", f"{lab} bias", f"{lab} N", f"{lab} cov68"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-    def f(v, fmt):
+    def f(v: float | None, fmt: str) -> str:
         return "" if v is None or not np.isfinite(v) else format(v, fmt)
 
     for box, table in tables.items():

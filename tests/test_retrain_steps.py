@@ -189,3 +189,10 @@ def test_the_true_column_defaults_to_the_archive_s_band_3(monkeypatch):
     assert [c.name for c in curves][1::2] == ["true column vs truth, spatial blocks", "true column vs truth, whole days"]
     assert calls[0] == (field_fit, "background", tuple(range(5, 15)))
     assert curves[1].observed == (0.0, 0.0, 0.0, 0.0)  # errors of 1 ppm outside 0.5 ppm x 1.96 everywhere
+
+
+def test_the_logged_parameters_need_the_background_they_name():
+    # The retrain's network always learns the anomaly from a background; a model without one is
+    # refused by name rather than failing on its missing coefficients.
+    with pytest.raises(ValueError, match="background's coefficients"):
+        steps.training_params(load_settings(), None, _split(), _Trained(background=None), "fit-1", "random holdout")

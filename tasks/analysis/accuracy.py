@@ -3,6 +3,7 @@ was ever observed: the honest measure of gap filling is at cells no satellite sa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def observed_cells(region_dir: Path, grid: Grid) -> np.ndarray:
 
 
 def accuracy_against_truth(archive_root: Path, region_name: str, region_dir: Path, grid: Grid,
-                           truth_for_day, days: list[date]) -> dict:
+                           truth_for_day: Callable[[date], np.ndarray], days: list[date]) -> dict:
     """Metrics of archived maps vs truth over `days`, at all cells and at never-observed cells, and
     the coverage of the truth there by each 68% interval the maps carry (bands found by name)."""
     seen = observed_cells(region_dir, grid)

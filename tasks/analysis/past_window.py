@@ -33,14 +33,17 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from models.residual_field import (Z68, day_number, interval_half_width, predict_points_with_background,
+from models.background import Background
+from models.residual_field import (Z68, ResidualField, day_number, interval_half_width, predict_points_with_background,
                                    true_column_half_width)
 from tasks.io.atomic import atomic_path, publish_text, write_json
 from tasks.covariates.static import StaticCovariates
@@ -61,6 +64,9 @@ MAP_LABELS = {"background": "background only", "model": "model (background + net
               "map": "map: model + daily anomaly (window around the day)",
               "map_nightly": "map, nightly: model + daily anomaly (days up to the day)"}
 BIAS_CRITERION_PPM = 0.3
+# One day of one map: its errors (map - truth) at the sampled cells and, per interval, whether it
+# covers the truth there.
+Pooled = tuple[np.ndarray, dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -81,15 +87,16 @@ class DayField:
     background_variance: np.ndarray | None = None
 
 
-def field_at_cells(region_dir: Path, cache_version: str, grid: Grid, day: date, predict, field,
-                   max_cells: int, rows: np.ndarray, cols: np.ndarray, up_to_day: bool = False,
-                   background=None) -> DayField:
+def field_at_cells(region_dir: Path, cache_version: str, grid: Grid, day: date,
+                   predict: Callable[[np.ndarray], np.ndarray], field: ResidualField, max_cells: int,
+                   rows: np.ndarray, cols: np.ndarray, up_to_day: bool = False,
+                   background: Background | None = None) -> DayField:
     """The field tasks/mapping/daily_anomaly.py adds to the day's map, at grid cells (rows, cols): the same
     super-observations and conditioning, evaluated at the cells instead of on its lattice (which
     differs only by the lattice's bilinear interpolation). `up_to_day`: only the observations of
     the day and the days before it."""
     obs = window_superobs(region_dir, cache_version, day, predict, FEATURE_NAMES, field, max_cells)
-    t = float(day_number([day])[0])
+    t = float(day_number(np.array([day]))[0])
     if up_to_day:
         obs = obs.subset(np.flatnonzero(obs.day <= t))
     lat0 = float(np.mean(grid.lats))
@@ -111,7 +118,8 @@ def _check_inputs(settings: Settings, opts: PastWindowOptions, after: list[date]
             "run the daily flow over the whole window first")
 
 
-def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day, out_dir: Path) -> dict:
+def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day: Callable[[date], np.ndarray],
+                      out_dir: Path) -> dict:
     """Per map (MAPS): mean bias (map - truth) over the days after `train_end`, the largest daily
     bias, RMSE and the 68% coverage of the truth; writes past_window.json, past_window_daily.csv
     and a PNG of the daily bias into out_dir."""
@@ -125,13 +133,17 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
     if field_fit is None or field is None:
         raise ValueError(f"{len(training)} samples up to {opts.train_end} are too few to fit a daily-anomaly field: "
                          "the past-window check scores maps that have one; train on more days")
+    background = trained.background
+    if background is None:  # the retrain always fits one: its map is the first of MAPS
+        raise ValueError("the trained model has no background: the past-window check scores the background's map")
 
     era5 = settings.raw("era5")
     covariates = StaticCovariates(settings.region_dir)
     inside = np.flatnonzero(region_mask(settings.region, grid))  # the cells the archive maps
     # Residuals of this model are cached like a champion's, under a name no champion has; removed after.
     cache_version = f"past-window-{uuid.uuid4().hex[:12]}"
-    rows, pooled = [], {m: [] for m in MAPS}
+    rows: list[dict[str, Any]] = []
+    pooled: dict[str, list[Pooled]] = {m: [] for m in MAPS}
     try:
         with progress_bar("past-window days", len(after)) as advance:
             for i, day in enumerate(after, 1):
@@ -145,11 +157,11 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
                 model = np.asarray(trained.predict(X), dtype=np.float64)
                 around = field_at_cells(settings.region_dir, cache_version, grid, day, trained.predict, field,
                                         settings.daily_anomaly_max_cells_per_day, r, c,
-                                        background=trained.background)
+                                        background=background)
                 nightly = field_at_cells(settings.region_dir, cache_version, grid, day, trained.predict, field,
                                          settings.daily_anomaly_max_cells_per_day, r, c, up_to_day=True,
-                                         background=trained.background)
-                maps = {"background": trained.background.evaluate_features(X, FEATURE_NAMES), "model": model,
+                                         background=background)
+                maps = {"background": background.evaluate_features(X, FEATURE_NAMES), "model": model,
                         "map": model + around.mean, "map_nightly": model + nightly.mean}
                 fields = {"map": around, "map_nightly": nightly}
                 row = {"day": day.isoformat(), "cells": int(truth.size), "superobs": around.n_superobs,
@@ -199,7 +211,7 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
     return result
 
 
-def true_column_by_distance(daily: pd.DataFrame, pooled: list, parts: int = 3) -> list[dict]:
+def true_column_by_distance(daily: pd.DataFrame, pooled: list[Pooled], parts: int = 3) -> list[dict]:
     """The map's true-column interval (band 3) over consecutive parts of the days after the window:
     days, its coverage of the truth and its mean half-width (empty without band 3)."""
     if "coverage_true_column_map" not in daily or not pooled:

@@ -19,6 +19,7 @@ import pandas as pd
 from models import real_benchmark as rb
 from tasks.analysis import reliability as rel
 from tasks.archive.cog import RETRIEVAL_INTERVAL_BAND, TRUE_COLUMN_BAND, XCO2_BAND
+from tasks.settings import Region
 
 DEFAULT_TABLE = Path("../shared/data/oco2-south-america-2015-2017.parquet")
 EXPERIMENT = "xco2-benchmark-real"
@@ -171,7 +172,7 @@ CONSTANT_ERA5 = {"t2m": 295.0, "d2m": 287.0, "sp": 97_000.0, "u10": 1.5, "v10": 
                  "sund": 1800.0}
 
 
-def write_constant_covariates(root: Path, region, start: date, end: date, grid_step: float) -> list[Path]:
+def write_constant_covariates(root: Path, region: Region, start: date, end: date, grid_step: float) -> list[Path]:
     """Static layers, the 16-day NDVI composites covering the window and hourly ERA5 for every day
     of the window and the next (which closes the last day's sums), on the demo world's lattices."""
     import xarray as xr

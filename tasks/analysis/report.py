@@ -57,7 +57,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import rasterio
@@ -68,6 +68,13 @@ from tasks.archive.layout import region_dir
 from tasks.io.atomic import atomic_path, publish_text
 from tasks.gridding.geometry import Grid
 from tasks.regions.boundary import boundary_mask, read_boundary
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from shapely.geometry.base import BaseGeometry
+
+    from tasks.settings import Region
 
 SEASONS = ("DJF", "MAM", "JJA", "SON")
 SEASON_NAMES = {"DJF": "winter", "MAM": "spring", "JJA": "summer", "SON": "autumn"}
@@ -227,11 +234,11 @@ class ReportArea:
     """The cells a report averages over: inside the region's boundary, or the whole box."""
 
     inside: np.ndarray | None = None  # bool [ny, nx]; None: every cell of the box
-    outline: Any = None  # the boundary polygon (shapely), drawn on the maps
+    outline: BaseGeometry | None = None  # the boundary polygon, drawn on the maps
     boundary: str | None = None  # its file
 
     @classmethod
-    def for_region(cls, region, grid: Grid) -> "ReportArea":
+    def for_region(cls, region: Region, grid: Grid) -> "ReportArea":
         """From a tasks.settings.Region; the boundary file is read now (nothing is cached)."""
         if region.boundary is None:
             return cls()
@@ -356,7 +363,7 @@ def _r(value: float | None, digits: int = 3) -> float | None:
 
 def _period_row(stats: list[DayStat], period_days: int | None) -> dict:
     means = np.array([s.mean_ppm for s in stats], dtype=np.float64)
-    row = {
+    row: dict[str, Any] = {
         "mean_ppm": _r(float(means.mean())),
         "std_daily_ppm": _r(float(means.std(ddof=1))) if len(means) > 1 else None,
         "n_days": len(stats),
@@ -576,7 +583,7 @@ def summarise(daily: list[DayStat]) -> dict:
 # figures
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     # A Figure without pyplot (the Agg canvas): no global state, no display, safe in threads.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -586,7 +593,7 @@ def _figure(width: float, height: float):
     return figure
 
 
-def _save(figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
     with atomic_path(path) as temp:
         figure.savefig(temp, format="png")
     return path
@@ -606,14 +613,14 @@ def _block_mean(acc: MeanAccumulator, factor: int) -> np.ndarray:
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
-def _draw_outline(axes, outline) -> None:
+def _draw_outline(axes: Axes, outline: BaseGeometry) -> None:
     for polygon in getattr(outline, "geoms", [outline]):
         for ring in (polygon.exterior, *polygon.interiors):
             x, y = ring.xy
             axes.plot(x, y, color="black", linewidth=0.8)
 
 
-def plot_mean_map(acc: MeanAccumulator, grid: Grid, png_path: Path | str, title: str, outline=None,
+def plot_mean_map(acc: MeanAccumulator, grid: Grid, png_path: Path | str, title: str, outline: BaseGeometry | None = None,
                   label: str = "XCO2 (ppm)", cmap: str = "viridis") -> Path:
     """A mean map as PNG: lon/lat axes, colourbar in ppm (`label`), the period and its day count in the
     title, and the region's boundary (`outline`, a shapely polygon) when it has one."""
@@ -668,19 +675,21 @@ def plot_timeseries(daily: list[dict], monthly: list[dict], png_path: Path | str
     figure = _figure(9.0, 4.0)
     axes = figure.add_subplot()
     points = [(date.fromisoformat(r["day"]), r["mean_ppm"]) for r in daily if r["mean_ppm"] is not None]
-    axes.plot([p[0] for p in points], [p[1] for p in points], ".", color="tab:blue", alpha=0.6,
+    # The x values are dates, which matplotlib converts through its units registry (matplotlib.dates);
+    # its stubs type them as numbers only, hence the arg-type ignores below.
+    axes.plot([p[0] for p in points], [p[1] for p in points], ".", color="tab:blue", alpha=0.6,  # type: ignore[arg-type]
               markersize=4, label="daily regional mean", zorder=3)
     for i, row in enumerate(monthly):
         year, m = row["year"], row["month_of_year"]
         start = date(year, m, 1)
         end = date(year + (m == 12), m % 12 + 1, 1)
-        axes.hlines(row["mean_ppm"], start, end, color="tab:red", linewidth=2,
-                    label="monthly mean" if i == 0 else None)
-    axes.plot([_month_mid(r["month"]) for r in monthly], [r["mean_ppm"] for r in monthly], "o-",
+        axes.hlines(row["mean_ppm"], start, end, color="tab:red", linewidth=2,  # type: ignore[arg-type]
+                    label="monthly mean" if i == 0 else "")
+    axes.plot([_month_mid(r["month"]) for r in monthly], [r["mean_ppm"] for r in monthly], "o-",  # type: ignore[arg-type]
               color="tab:red", markersize=3, linewidth=0.8, alpha=0.7)
     if window is not None:
         pad = timedelta(days=max(1, ((window[1] - window[0]).days + 1) // 50))
-        axes.set_xlim(window[0] - pad, window[1] + pad)
+        axes.set_xlim(window[0] - pad, window[1] + pad)  # type: ignore[arg-type]
     locator = mdates.AutoDateLocator()
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
@@ -705,7 +714,7 @@ def plot_seasonal_cycle(monthly_clim: list[dict], seasonal_clim: list[dict], png
     for i, row in enumerate(seasonal_clim):
         lo, hi = season_months[row["season"]]
         axes.hlines(row["mean_ppm"], lo, hi, color="tab:orange", linewidth=2,
-                    label="season mean" if i == 0 else None)
+                    label="season mean" if i == 0 else "")
         if row["season"] == "DJF":  # December sits at the right-hand end
             axes.hlines(row["mean_ppm"], 11.5, 12.5, color="tab:orange", linewidth=2)
     axes.set_xticks(range(1, 13), MONTH_ABBR)

@@ -7,10 +7,10 @@ tests/test_retrain_steps.py.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,10 @@ from models.holdouts import FieldFit, Holdouts, NetworkShare, holdout_scores, ma
 from tasks.analysis import reliability as rel
 from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.settings import Settings
+
+if TYPE_CHECKING:
+    from models.baselines import Budget
+    from models.training import TrainedModel
 
 
 # --------------------------------------------------------------------------------------------
@@ -31,7 +35,8 @@ _MLFLOW_PREFIX = {"spatial blocks": "blocks", "whole days": "days", "random (opt
 BACKGROUND_TERMS = ("intercept", "trend", "annual_sin", "annual_cos", "semiannual_sin", "semiannual_cos", "lat", "lon")
 
 
-def archive_view(trained, field_fit: FieldFit | None, X: np.ndarray, df: pd.DataFrame, idx: np.ndarray):
+def archive_view(trained: TrainedModel, field_fit: FieldFit | None, X: np.ndarray, df: pd.DataFrame, idx: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
     """What a map shows at the samples `idx`: model + field and its band, or the model and its own
     spread when the retrain had too few observations for a field."""
     if field_fit is None:
@@ -39,7 +44,7 @@ def archive_view(trained, field_fit: FieldFit | None, X: np.ndarray, df: pd.Data
     return map_predict(field_fit, df, trained.predict(X[idx]), idx)
 
 
-def score_holdouts(trained, field_fit: FieldFit | None, X: np.ndarray, y: np.ndarray, df: pd.DataFrame,
+def score_holdouts(trained: TrainedModel, field_fit: FieldFit | None, X: np.ndarray, y: np.ndarray, df: pd.DataFrame,
                    split: Holdouts) -> dict[str, dict]:
     """The archive's view (model + daily anomaly, conditioned on every sample but the gate's) on the
     scoring halves; the random holdout last, labelled optimistic."""
@@ -62,9 +67,32 @@ TrueColumnView = Callable[[np.ndarray], "np.ndarray | None"]
 # The true XCO2 at (cell, day) pairs: the demo world's (flows/retrain.py::comparison_truth).
 Truth = Callable[[np.ndarray, "np.ndarray | None"], Any]
 RELIABILITY_PNG = "reliability.png"
+# (name, uri) of each figure logged with the run (registry.tracking.figure_links).
+FigureLinks = Sequence[tuple[str, str]]
 
 
-def reliability_of_holdouts(trained, field_fit: FieldFit | None, X: np.ndarray, y: np.ndarray, df: pd.DataFrame,
+class RegisteredVersion(Protocol):
+    """The registered model version the retrain made (registry.tracking.ModelVersionInfo; tasks/
+    does not import registry/)."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def run_id(self) -> str: ...
+
+
+class GateDecision(Protocol):
+    """The promotion gate's decision (registry.promotion.PromotionDecision)."""
+
+    @property
+    def alias(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+def reliability_of_holdouts(trained: TrainedModel, field_fit: FieldFit | None, X: np.ndarray, y: np.ndarray, df: pd.DataFrame,
                             split: Holdouts, truth: Truth | None = None,
                             true_column: TrueColumnView | None = None) -> list[rel.Reliability]:
     """Each interval's coverage at 50, 68, 90 and 95 % on the scoring halves of blocks and days.
@@ -123,10 +151,12 @@ def gate_data(split: Holdouts) -> tuple[np.ndarray, str]:
     return split.random, "random holdout"
 
 
-def training_params(settings: Settings, df: pd.DataFrame, split: Holdouts, trained, gosat_fit_id: str,
+def training_params(settings: Settings, df: pd.DataFrame, split: Holdouts, trained: TrainedModel, gosat_fit_id: str,
                     gate: str) -> dict[str, Any]:
     """The run's parameters logged to MLflow beside the training configuration (the background's
     coefficients are the deployed one's)."""
+    if trained.background is None:  # the retrain's network always learns the anomaly from one
+        raise ValueError("the retrain's parameters name the background's coefficients; this model has none")
     field_params = ({f"field_{k}": v for k, v in trained.residual_field.to_dict().items()}
                     if trained.residual_field is not None else {"field": "none (too few observations)"})
     return {"n_random_holdout": len(split.random), "n_heldout_blocks": len(split.spatial),
@@ -142,8 +172,9 @@ def heldout_table(scores: dict[str, dict]) -> list[dict]:
     return [{"holdout": HOLDOUT_LABELS[h], **{k: round(float(v), 4) for k, v in s.items()}} for h, s in scores.items()]
 
 
-def report_markdown(settings: Settings, version, decision, trained, split: Holdouts, scores: dict, field_fit,
-                    parity: float, gate: str, figure_links, comparison_markdown: str | None,
+def report_markdown(settings: Settings, version: RegisteredVersion, decision: GateDecision, trained: TrainedModel,
+                    split: Holdouts, scores: dict[str, dict], field_fit: FieldFit | None, parity: float, gate: str,
+                    figure_links: FigureLinks, comparison_markdown: str | None,
                     reliability: list[rel.Reliability] | None = None) -> str:
     """The retrain's report: samples, held-out scores (headline first), the field, parity, the gate,
     and each interval's reliability when given."""
@@ -165,7 +196,7 @@ def report_markdown(settings: Settings, version, decision, trained, split: Holdo
             f"{name}: " + ", ".join(f"{k.removeprefix('rmse_')} {s[k]:.3f} (N {s['n_' + k.removeprefix('rmse_')]})"
                                     for k in per_source if k in s) for name, s in scores.items())]
     f = trained.residual_field
-    if f is None:
+    if f is None or field_fit is None:  # the two come together (tasks/steps/retrain.py::fit_daily_field)
         lines += ["", "- daily-anomaly field: none (too few observations to fit one); maps are the model alone"]
     else:
         lines += ["", f"- daily-anomaly field: local {f.local_variance:.2f} ppm2 / {f.local_length_km:.0f} km / "
@@ -193,7 +224,7 @@ def report_markdown(settings: Settings, version, decision, trained, split: Holdo
 class ModelComparison:
     table: pd.DataFrame
     figure: Path
-    budget: Any  # models.baselines.Budget
+    budget: Budget
 
     @property
     def markdown(self) -> str:
@@ -225,8 +256,9 @@ def compare_models(settings: Settings, X: np.ndarray, y: np.ndarray, df: pd.Data
     return ModelComparison(result.table, comparison_figure(result.table, work / "model_comparison.png"), budget)
 
 
-def run_result(version, decision, scores: dict[str, dict], gate: str, parity: float, trained, gosat_fit: dict,
-               comparison: ModelComparison | None, figure_links) -> dict:
+def run_result(version: RegisteredVersion, decision: GateDecision, scores: dict[str, dict], gate: str, parity: float,
+               trained: TrainedModel, gosat_fit: dict, comparison: ModelComparison | None,
+               figure_links: FigureLinks) -> dict:
     """What monthly_retrain returns."""
     return {"version": version.version, "run_id": version.run_id, "alias": decision.alias,
             "holdouts": scores, "metrics": scores.get("random (optimistic)", {}), "spatial_metrics": headline(scores),
@@ -239,7 +271,7 @@ def run_result(version, decision, scores: dict[str, dict], gate: str, parity: fl
             "comparison": comparison.rows() if comparison else None, "figures": dict(figure_links)}
 
 
-def baseline_params(models: list[str] | tuple[str, ...], budget) -> dict[str, dict]:
+def baseline_params(models: list[str] | tuple[str, ...], budget: Budget) -> dict[str, dict]:
     """Each compared baseline's parameters under `budget`, by name (logged with its baseline run;
     the ResNet-LSTM's run is the retrain's own)."""
     from models.baselines import MODELS
