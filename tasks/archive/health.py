@@ -30,7 +30,7 @@ import rasterio
 
 from tasks.archive.cog import GDAL_ERRORS, read_back_problems
 from tasks.archive.layout import collection_path, day_cog_path, day_item_path, day_stem, itemised_days
-from tasks.archive.stac import ASSET_KEY, item_properties, refresh_collection, upsert_day_item
+from tasks.archive.stac import ASSET_KEY, item_properties_of, refresh_collection, upsert_day_item
 from tasks.gridding.geometry import Grid
 from tasks.io.quarantine import quarantine
 
@@ -106,9 +106,7 @@ def _grid_of(cog: Path, grid: Grid) -> Grid:
 
 
 def _restore_item(archive_root: Path, region_name: str, grid: Grid, day: date, cog: Path) -> None:
-    with rasterio.open(cog) as src:
-        tags = src.tags()
-    upsert_day_item(archive_root, region_name, _grid_of(cog, grid), day, cog, item_properties(tags))
+    upsert_day_item(archive_root, region_name, _grid_of(cog, grid), day, cog, item_properties_of(cog))
 
 
 def _collection_problem(archive_root: Path, region_name: str) -> str | None:

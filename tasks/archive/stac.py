@@ -123,7 +123,8 @@ def _json_value(value: Any) -> Any:
 
 
 # COG tags copied onto the day's item as properties (with the xco2: prefix), in this order.
-ITEM_PROPERTY_TAGS = ("model_name", "model_version", "feature_set_version", "source_mode", "synthetic")
+ITEM_PROPERTY_TAGS = ("model_name", "model_version", "feature_set_version", "source_mode", "synthetic",
+                      "network_pass", "network_precision")
 
 
 def _number(value: str | None) -> float | None:
@@ -140,6 +141,13 @@ def _inputs_list(text: str) -> list[dict[str, str]]:
         return [{"day": d, "samples": str(v["samples"]), "meteorology": str(v["meteorology"])} for d, v in days.items()]
     except (ValueError, TypeError, KeyError, AttributeError):
         return []
+
+
+def item_properties_of(cog: Path) -> dict[str, Any]:
+    """The item properties of a published COG, from the tags as written: what the file says
+    (its format version among them, which the writer adds), not what its writer meant to say."""
+    with rasterio.open(cog) as src:
+        return item_properties(src.tags())
 
 
 def item_properties(tags: Mapping[str, str]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from tasks.archive import day_cog_path, upsert_day_item, write_day_cog
 from tasks.archive.provenance import InputDigests, Provenance, input_window
-from tasks.archive.stac import item_properties
+from tasks.archive.stac import item_properties_of
 from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION, DayLayers
 from tasks.covariates.day import day_layers
 from tasks.covariates.static import StaticCovariates
@@ -137,8 +137,9 @@ def map_day(settings: Settings, grid: Grid, day: date, predictor: CellPredictor,
         tags["note"] = "SYNTHETIC demo output: not real XCO2"
     path = day_cog_path(settings.archive_root, settings.region.name, day)
     write_day_cog(path, xco2, grid, tags, uncertainty=uncertainty, true_column_uncertainty=true_column)
-    # From the tags, as the archive check derives them when it restores a lost item.
-    upsert_day_item(settings.archive_root, settings.region, grid, day, path, item_properties(tags))
+    # From the COG's tags as written (the writer adds the format version), as the archive check
+    # derives them when it restores a lost item.
+    upsert_day_item(settings.archive_root, settings.region, grid, day, path, item_properties_of(path))
     finite = xco2[np.isfinite(xco2)]
     return {"day": day.isoformat(), "path": str(path), "cells": int(finite.size),
             "mean_ppm": round(float(finite.mean()), 3) if finite.size else None,

@@ -17,7 +17,7 @@ import pytest
 from tasks.archive import archived_days, collection_path, day_cog_path, day_item_path, validate_stac, write_day_cog
 from tasks.archive.health import check_archive, day_problems
 from tasks.archive.provenance import day_models
-from tasks.archive.stac import item_properties, upsert_day_item
+from tasks.archive.stac import item_properties_of, upsert_day_item
 from tasks.gridding.geometry import Grid
 
 REGION = "healthland"
@@ -39,7 +39,7 @@ def map_day(archive: Path, day: date) -> None:
     uncertainty = np.full(GRID.shape, 0.8, np.float32)
     tags = tags_for(day)
     path = write_day_cog(day_cog_path(archive, REGION, day), xco2, GRID, tags, uncertainty=uncertainty)
-    upsert_day_item(archive, REGION, GRID, day, path, item_properties(tags))
+    upsert_day_item(archive, REGION, GRID, day, path, item_properties_of(path))
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_a_lost_item_is_written_again_from_the_cogs_tags(archive, tmp_path):
     item.unlink()
     # The collection was rebuilt without the day, as after a later day's upsert.
     upsert_day_item(archive, REGION, GRID, DAYS[2], day_cog_path(archive, REGION, DAYS[2]),
-                    item_properties(tags_for(DAYS[2])))
+                    item_properties_of(day_cog_path(archive, REGION, DAYS[2])))
     assert day_problems(archive, REGION, DAYS[1]) == [f"{item}: no STAC item"]
 
     health = check(archive, tmp_path)
@@ -87,6 +87,8 @@ def test_a_lost_item_is_written_again_from_the_cogs_tags(archive, tmp_path):
     assert snapshot(archive) == before  # item and collection exactly as first written
     assert validate_stac(collection_path(archive, REGION)) == []
     assert not (tmp_path / "quarantine").exists()
+    # The item says the layout the COG has (the writer adds the version tag; format 2: three bands).
+    assert json.loads(item.read_text())["properties"]["xco2:format_version"] == "2"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "emptied", "garbage"])
