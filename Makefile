@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-faults test-stack test-packaging bench install clean up down status
+.PHONY: demo test test-faults test-slow test-stack test-packaging bench install clean up down status
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test-stack: $(STAMP)
 # on two cores before test-packaging's installs and demo, about 25 min with them.
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/faults -p no:cacheprovider
+
+# The slow tests beside the fast ones in tests/ (the past-window check, a share-0 day through map_day
+# both ways, the real benchmark end to end on a tiny table): kept out of `make test` for time, run by CI.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_past_window.py tests/test_network_free.py tests/test_benchmark_real.py -p no:cacheprovider
 
 # The project as users get it (issue 10, case 8; issue 20): the wheel, dependencies resolved from the
 # registry under constraints.txt (no extras, not editable), in a fresh venv with the CPU torch; from
