@@ -223,7 +223,7 @@ def _print_demo_summary(s: dict) -> None:
 
 
 def _cmd_past_window(args: argparse.Namespace) -> int:
-    from tasks.analysis.past_window import BIAS_CRITERION_PPM, MAP_LABELS, PastWindowOptions, past_window_check
+    from tasks.steps.past_window import BIAS_CRITERION_PPM, MAP_LABELS, PastWindowOptions, past_window_check
     from demo_world import truth_for_day
 
     settings = load_settings()

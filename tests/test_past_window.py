@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from flows.demo import SMALL_REGION
-from tasks.analysis.past_window import MAPS, PastWindowOptions, field_at_cells, past_window_check
+from tasks.steps.past_window import MAPS, PastWindowOptions, field_at_cells, past_window_check
 from models.residual_field import ResidualField
 from tasks.mapping.daily_anomaly import daily_anomaly
 from demo_world import truth_for_day, write_demo_world

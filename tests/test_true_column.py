@@ -201,7 +201,7 @@ def test_the_forward_fold_sees_what_a_background_extrapolated_past_its_window_mi
 def test_summaries_read_the_true_columns_coverage():
     import pandas as pd
 
-    from tasks.analysis.past_window import true_column_by_distance
+    from tasks.steps.past_window import true_column_by_distance
     from tasks.steps.demo import true_column_vs_truth
 
     curves = [{"name": "retrieval interval vs retrievals, spatial blocks", "coverage": {"68 %": 0.7}},

@@ -1,6 +1,6 @@
 """The retrain's steps as plain functions (no Prefect): holdouts, background, network, daily-anomaly
 field, spread. tasks/prefect_tasks_retrain.py wraps them in Prefect tasks for flows/retrain.py;
-tasks/analysis/past_window.py trains with the same functions, so a check of the archive measures
+tasks/steps/past_window.py trains with the same functions, so a check of the archive measures
 the model the retrain would have made. What the retrain scores, logs and reports: retrain_results.py.
 
 Trains with torch (models/training.py): never import this from the nightly mapping path.
