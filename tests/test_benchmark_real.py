@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -189,7 +190,8 @@ def test_tiny_benchmark_end_to_end(tmp_path, prefect_harness):
     # Held-out rows never reached the inputs: the Lite files hold exactly the training rows.
     from tasks.readers import read_soundings
 
-    run_dir = tmp_path / "bench" / next(p.name for p in (tmp_path / "bench").iterdir() if p.is_dir())
+    run_dir = Path(result["run_dir"])  # beside it: the tracking DB and its mlartifacts/
+    assert run_dir.parent == tmp_path / "bench"
     written = pd.concat([read_soundings(p) for p in sorted((run_dir / "inputs" / "remote" / "oco2").glob("*.nc4"))])
     assert len(written) == counts["train"]
     held_days = set(rb.held_out_days(BOX.start, BOX.end, SPLIT))
