@@ -134,10 +134,14 @@ def extend_archive(settings: Settings, grid: Grid, last: date, recompute: set[da
         return [], None, repairs, {}
     era5_dir = settings.raw("era5")
     archived = set(archived_days(settings.archive_root, settings.region.name))
+    # The look-back's days are redone for any change of record; the older days whose window
+    # reaches the run's only for their inputs (a new champion or fit alone is `backfill --stale`'s).
     scan = steps.days_to_check_for_staleness(lookback, archived, first or min(lookback), last,
                                              lambda d: mapping_window(settings, champion, d))
-    stale = stale_archive_days(settings.archive_root, settings.region.name, scan,
-                               current_provenance(settings, champion))
+    current = current_provenance(settings, champion)
+    stale = {**stale_archive_days(settings.archive_root, settings.region.name, set(scan) - set(lookback), current,
+                                  inputs_only=True),
+             **stale_archive_days(settings.archive_root, settings.region.name, lookback, current)}
     todo = steps.days_to_map(lookback, archived, set(recompute) | set(stale),
                              lambda d: inputs_available(era5_dir, d, settings.quarantine_dir,
                                                         settings.manifest_path,

@@ -100,6 +100,15 @@ def stale_reasons(recorded: Provenance | None, current: Provenance) -> list[str]
     if recorded.window != current.window:
         reasons.append(f"input window {recorded.window[0]}/{recorded.window[1]} -> "
                        f"{current.window[0]}/{current.window[1]}")
+    return reasons + input_changes(recorded, current)
+
+
+def input_changes(recorded: Provenance | None, current: Provenance) -> list[str]:
+    """The part of `stale_reasons` about the window's own files: samples or ERA5 that arrived,
+    changed or went (not another champion or fit, which `xco2 backfill --stale` redoes)."""
+    if recorded is None:
+        return []
+    reasons = []
     before = {d.day: d for d in recorded.days}
     for what in ("samples", "meteorology"):
         changes: dict[str, list[str]] = {"arrived": [], "changed": [], "went": []}
@@ -167,12 +176,14 @@ def recorded_provenance(archive_root: Path | str, region_name: str, day: date) -
 
 
 def stale_archive_days(archive_root: Path | str, region_name: str, days: Iterable[date],
-                       current: Callable[[date], Provenance]) -> dict[date, list[str]]:
-    """{day: why} of the archived days among `days` whose record differs from `current(day)`, in order."""
+                       current: Callable[[date], Provenance], inputs_only: bool = False) -> dict[date, list[str]]:
+    """{day: why} of the archived days among `days` whose record differs from `current(day)`, in
+    order; `inputs_only`: only where the window's samples or ERA5 changed (`input_changes`)."""
     archived = set(archived_days(archive_root, region_name))
+    reasons_of = input_changes if inputs_only else stale_reasons
     out = {}
     for day in sorted(set(days) & archived):
-        reasons = stale_reasons(recorded_provenance(archive_root, region_name, day), current(day))
+        reasons = reasons_of(recorded_provenance(archive_root, region_name, day), current(day))
         if reasons:
             out[day] = reasons
     return out
