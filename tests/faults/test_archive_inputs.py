@@ -13,7 +13,7 @@ import rasterio
 
 from tasks.archive import day_cog_path, write_day_cog
 from tasks.archive.provenance import (ABSENT, NO_RECORD, DayInputs, InputDigests, Provenance, input_window,
-                                      recorded_provenance, stale_archive_days, stale_reasons)
+                                      recorded_provenance, stale_archive_days, stale_reasons, input_changes)
 from tasks.archive.stac import item_properties
 from tasks.gridding.geometry import Grid
 from tasks.steps import backfill as backfill_steps
@@ -54,6 +54,16 @@ def test_each_change_of_what_a_day_was_made_from_makes_it_stale_and_says_which()
     assert stale_reasons(None, now) == [NO_RECORD]
     # Every change moves the one digest too.
     assert len({p.digest for p in (now, record(model_version="2"), record(gosat_fit_id="x"), before)}) == 4
+
+
+def test_input_changes_see_the_files_not_the_champion_or_fit():
+    # What the daily run asks of the older days around its window: a new champion or fit alone is
+    # backfill --stale's; a sample that arrived is the daily run's.
+    now = record()
+    assert input_changes(record(model_version="2", gosat_fit_id="fit-0"), now) == []
+    before = with_day(record(model_version="2"), DAY, samples=ABSENT)
+    assert input_changes(before, now) == ["samples of 2020-06-04 arrived"]
+    assert input_changes(None, now) == []
 
 
 def test_a_wider_window_is_stale_for_the_days_it_adds():
