@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from models import real_benchmark as rb
+from models.retrieval_noise import noise_consistency
 from tasks.analysis import reliability as rel
 from tasks.analysis.real_benchmark_io import (ARCHIVE_BANDS, DEFAULT_BOXES, DEFAULT_TABLE, EXPERIMENT,
                                               RELIABILITY_PNG, SOUNDING_UNCERTAINTY_PPM, BenchmarkBox,
@@ -144,7 +145,7 @@ def run_benchmark(opts: BenchmarkOptions, box: BenchmarkBox, table: pd.DataFrame
     result_table = rb.benchmark_table(train, held, archive, box.start, opts.seed)
     verdict = rb.goal_verdict(result_table)
     # Every row of the box and window, held out or not: the neighbour estimate uses no model.
-    noise = rb.noise_consistency(archive, rows, seed=opts.seed)
+    noise = noise_consistency(archive, rows, seed=opts.seed)
     curves = reliability_curves(held, archive, noise["neighbours"]["variance"])
     timings["total_s"] = round(time.perf_counter() - t0, 1)
     result = {"box": {**asdict(box), "start": box.start.isoformat(), "end": box.end.isoformat()},

@@ -12,6 +12,7 @@ import pytest
 from flows import benchmark_real as br
 from tasks.analysis.real_benchmark_io import ARCHIVE_BANDS
 from models import real_benchmark as rb
+from models import retrieval_noise as rn
 
 BOX = br.BenchmarkBox("tiny", -60.0, -10.0, -58.0, -8.0, date(2016, 3, 1), date(2016, 3, 12))
 SPLIT = rb.SplitConfig(block_deg=0.5, block_fraction=0.2, day_every=4, day_offset=1, seed=7)
@@ -127,7 +128,7 @@ def test_coverage_range_resamples_whole_days():
     rng = np.random.default_rng(3)
     df = tiny_table(coverage=1.0)
     df["xco2_ppm"] = 400 + rng.normal(0, 0.8, len(df))
-    floor = rb.noise_floor(df)
+    floor = rn.noise_floor(df)
     assert floor["pairs"] == 12 * 2 * 8 * 7  # every day, 2 x 8 x 7 edge neighbours on the 8 x 8 bins
     assert floor["rmse"] == pytest.approx(0.8, rel=0.08)
 
@@ -242,14 +243,14 @@ def synthetic_tracks(n_days: int, independent_sd: float, track_sd: float = 0.0, 
 
 def test_neighbour_pairs_recover_a_known_noise_variance():
     df = synthetic_tracks(150, independent_sd=1.2)
-    est = rb.neighbour_noise_variance(df, draws=200)
+    est = rn.neighbour_noise_variance(df, draws=200)
     assert est["pairs"] == 150 * 39 and est["days"] == 150
-    assert est["variance"] == pytest.approx(1.44, rel=0.1) and est["level"] == rb.NEIGHBOUR_LEVEL
+    assert est["variance"] == pytest.approx(1.44, rel=0.1) and est["level"] == rn.NEIGHBOUR_LEVEL
     assert est["variance_median"] == pytest.approx(1.44, rel=0.1)  # Gaussian: every level agrees
     assert est["variance_mean_square"] == pytest.approx(1.44, rel=0.1)
     assert est["low"] < est["variance"] < est["high"]
     # Robust: 3 % of retrievals 8 ppm off (6 % of the pairs) move it by a fifth, the mean square doubles.
-    noisy = rb.neighbour_noise_variance(synthetic_tracks(150, independent_sd=1.2, outliers=0.03), draws=0)
+    noisy = rn.neighbour_noise_variance(synthetic_tracks(150, independent_sd=1.2, outliers=0.03), draws=0)
     assert noisy["variance"] < 1.3 * 1.44
     assert noisy["variance_mean_square"] > 2 * 1.44
 
@@ -257,7 +258,7 @@ def test_neighbour_pairs_recover_a_known_noise_variance():
 def test_neighbour_pairs_miss_the_noise_shared_along_a_track():
     """A track-correlated error (sd 1, ~10 bins long) adds 1 ppm2 to every retrieval's noise, yet
     neighbours share 90 % of it: the pairs see the independent part and only a tenth of the rest."""
-    est = rb.neighbour_noise_variance(synthetic_tracks(80, independent_sd=1.0, track_sd=1.0), draws=0)
+    est = rn.neighbour_noise_variance(synthetic_tracks(80, independent_sd=1.0, track_sd=1.0), draws=0)
     assert 1.0 < est["variance"] < 1.3  # not the 2.0 ppm2 of the whole noise
 
 
@@ -267,13 +268,13 @@ def test_noise_consistency_compares_the_intervals_noise_with_the_pairs():
     retrieval = np.full(n, np.sqrt(0.8 + 1.0))  # field variance 0.8 + noise 1.0
     true_column = np.full(n, np.sqrt(0.8))
     archive = {"spatial": (np.zeros(n), retrieval, true_column), "days": (np.zeros(n), retrieval, true_column)}
-    c = rb.noise_consistency(archive, df)
+    c = rn.noise_consistency(archive, df)
     assert c["implied"]["variance"] == pytest.approx(1.0) and c["implied"]["n"] == 2 * n
     assert c["ratio"] == pytest.approx(1.0, rel=0.15) and c["within"]
     doubled = {h: (a[0], np.sqrt(0.8 + 2.0) * np.ones(n), a[2]) for h, a in archive.items()}
-    assert not rb.noise_consistency(doubled, df)["within"]
+    assert not rn.noise_consistency(doubled, df)["within"]
     old_layout = {h: (a[0], a[1], np.full(n, np.nan)) for h, a in archive.items()}
-    c_old = rb.noise_consistency(old_layout, df)
+    c_old = rn.noise_consistency(old_layout, df)
     assert c_old["implied"]["n"] == 0 and not c_old["within"]
     table = rb.noise_markdown({"box A": c, "box B": c_old})
     assert "| box A | 1.000 | 100 |" in table and "| YES |" in table
@@ -323,7 +324,7 @@ def test_the_reliability_of_both_intervals_at_held_out_values(tmp_path):
                                         "true column + neighbour noise, whole days"]
     for c in curves:
         assert c.n == n and c.observed == pytest.approx((0.5, 0.6827, 0.9, 0.95), abs=0.025)
-    noise = rb.noise_consistency(archive, synthetic_tracks(60, independent_sd=1.2))
+    noise = rn.noise_consistency(archive, synthetic_tracks(60, independent_sd=1.2))
     md = br.box_markdown("box", {"xco2 archive": {}}, noise, curves, "reliability.png")
     assert "| retrieval interval, whole days |" in md and "![reliability](reliability.png)" in md
     assert "| box | 1.440 | 10000 |" in md
