@@ -3,7 +3,7 @@
 One box x window per run (docs/benchmark-real.md):
 1. read the table of retrievals (day, lon, lat, xco2_ppm), keep the box and window, drop values
    the readers' plausible range refuses and the few failed retrievals left inside it;
-2. hold out whole spatial blocks and whole days (models/real_benchmark.py): those rows are never
+2. hold out whole spatial blocks and whole days (tasks/analysis/real_benchmark.py): those rows are never
    written anywhere the system reads;
 3. write the training rows as real-format OCO-2 Lite files (one per day; each bin one good
    sounding at its centre) and uninformative covariates (constant static layers, NDVI and ERA5)
@@ -16,7 +16,7 @@ One box x window per run (docs/benchmark-real.md):
    (experiment `xco2-benchmark-real`).
 
 Each step is a function of tasks/analysis/real_benchmark_io.py (inputs, outputs) or
-models/real_benchmark.py (split, scores); this module runs them and the flows.
+tasks/analysis/real_benchmark.py (split, scores); this module runs them and the flows.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models import real_benchmark as rb
+from tasks.analysis import real_benchmark as rb
 from models.retrieval_noise import noise_consistency
 from tasks.analysis import reliability as rel
 from tasks.analysis.real_benchmark_io import (ARCHIVE_BANDS, DEFAULT_BOXES, DEFAULT_TABLE, EXPERIMENT,

@@ -285,7 +285,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_benchmark_real(args: argparse.Namespace) -> int:
     from flows import benchmark_real as br
     from flows.prefect_server import prefect_api
-    from models.real_benchmark import HOLDOUT_LABELS, SplitConfig, markdown_table, noise_markdown
+    from tasks.analysis.real_benchmark import HOLDOUT_LABELS, SplitConfig, markdown_table, noise_markdown
     from tasks.analysis.reliability import markdown_rows as reliability_markdown
 
     table_path = Path(args.table)

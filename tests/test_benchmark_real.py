@@ -11,7 +11,7 @@ import pytest
 
 from flows import benchmark_real as br
 from tasks.analysis.real_benchmark_io import ARCHIVE_BANDS
-from models import real_benchmark as rb
+from tasks.analysis import real_benchmark as rb
 from models import retrieval_noise as rn
 
 BOX = br.BenchmarkBox("tiny", -60.0, -10.0, -58.0, -8.0, date(2016, 3, 1), date(2016, 3, 12))

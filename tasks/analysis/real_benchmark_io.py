@@ -1,7 +1,7 @@
 """The real-value benchmark's inputs and outputs (flows/benchmark_real.py runs it, docs/benchmark-real.md):
 the table of retrievals read and cut to a box x window, its training rows written as real-format
 OCO-2 Lite files with uninformative covariates beside them, the settings of the system run, and the
-figure and text files of the result. The split and the scores are models/real_benchmark.py.
+figure and text files of the result. The split and the scores are tasks/analysis/real_benchmark.py.
 
 The writers of the real formats come from the demo world (demo_world/writers): this module is one
 of the named exceptions of tests/test_layering.py (DEMO_WORLD_ALLOWED).
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models import real_benchmark as rb
+from tasks.analysis import real_benchmark as rb
 from tasks.analysis import reliability as rel
 from tasks.archive.cog import RETRIEVAL_INTERVAL_BAND, TRUE_COLUMN_BAND, XCO2_BAND
 from tasks.settings import Region
