@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from prefect import flow, get_run_logger
 
-from models.figures import plot_loss_curves, plot_scatter
+from tasks.analysis.training_figures import plot_loss_curves, plot_scatter
 from models.holdouts import NetworkShare
 from models.onnx_export import check_onnx_parity, export_onnx
 from registry.comparison_runs import log_model_comparison

@@ -1,4 +1,5 @@
-"""Models x validation protocols on identical features and splits: one table and a Fig. 7-like PNG.
+"""Models x validation protocols on identical features and splits: one table (its Fig. 7-like PNG is
+tasks/analysis/training_figures.py `comparison_figure`).
 
 `run_comparison(models, protocols, X, y, latitude, longitude, days, seed, budget).table` holds one
 row per (model, protocol). For every protocol the folds are drawn once (models.validation.make_split) and
@@ -33,7 +34,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,6 @@ __all__ = [
     "METRIC_KEYS",
     "TABLE_COLUMNS",
     "ComparisonResult",
-    "comparison_figure",
     "metrics_by_protocol",
     "run_comparison",
     "table_markdown",
@@ -250,62 +249,3 @@ def table_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     lines += ["| " + " | ".join(cell(v) for v in row) + " |"
               for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
-
-
-def _label(name: str, kind: str) -> str:
-    if kind == "model":
-        from models.baselines import MODELS
-
-        return MODELS[name].label if name in MODELS else name
-    return name.replace("_", " ")
-
-
-def comparison_figure(table: pd.DataFrame, path: str | Path,
-                      title: str = "Validation of the models") -> Path:
-    """Grouped bars of RMSE, R² and slope: protocols on the x axis, one bar per model (Fig. 7).
-
-    With truth columns, the RMSE against the truth is drawn as a black tick on each bar."""
-    from matplotlib.figure import Figure
-
-    from models.figures import _save_png
-
-    missing = [c for c in ("model", "protocol", "rmse", "r2") if c not in table.columns]
-    if missing or table.empty:
-        raise ValueError(f"table lacks rows or columns {missing}: pass run_comparison(...).table")
-    models = list(dict.fromkeys(table["model"]))
-    protocols = list(dict.fromkeys(table["protocol"]))
-    panels = [("rmse", "RMSE (ppm)"), ("r2", "R²")]
-    if "slope" in table.columns:
-        panels.append(("slope", "slope"))
-    fig = Figure(figsize=(4.2 * len(panels), 4.2))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    width = 0.8 / len(models)
-    x = np.arange(len(protocols))
-    colors = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown"]
-    for ax, (column, ylabel) in zip(axes, panels):
-        for i, model in enumerate(models):
-            values = []
-            for protocol in protocols:
-                hit = table[(table["model"] == model) & (table["protocol"] == protocol)]
-                values.append(float(hit[column].iloc[0]) if len(hit) else np.nan)
-            offsets = x - 0.4 + width * (i + 0.5)
-            bars = ax.bar(offsets, values, width * 0.92, label=_label(model, "model"),
-                          color=colors[i % len(colors)])
-            ax.bar_label(bars, labels=[("" if not np.isfinite(v) else f"{v:.2f}")
-                                       for v in values], fontsize=7, padding=1)
-            if column == "rmse" and f"{TRUTH_PREFIX}rmse" in table.columns:
-                truth = [float(table[(table["model"] == model) & (table["protocol"] == p)]
-                               [f"{TRUTH_PREFIX}rmse"].iloc[0]) for p in protocols]
-                ax.scatter(offsets, truth, marker="_", s=200, color="black", zorder=3,
-                           label="vs truth" if i == 0 else None)
-        if column in ("r2", "slope"):
-            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        ax.margins(y=0.12)
-        ax.set_xticks(x, [_label(p, "protocol") for p in protocols], rotation=15)
-        ax.set_ylabel(ylabel)
-        ax.grid(axis="y", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels),
-               fontsize=9, frameon=False)
-    fig.suptitle(title)
-    return _save_png(fig, Path(path))

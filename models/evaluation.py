@@ -1,7 +1,7 @@
 """Validation numbers as the paper reports them (RMSE, R², scatter slope) and the holdout split.
 
-The figures drawn from these numbers live in models/figures.py, which imports this module (never
-the other way round: matplotlib is imported only when a figure is drawn).
+The figures drawn from these numbers live in tasks/analysis/training_figures.py, which imports this
+module (never the other way round: matplotlib is imported only when a figure is drawn).
 """
 
 from __future__ import annotations

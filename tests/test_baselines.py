@@ -10,11 +10,11 @@ import pytest
 from models.baselines import MODELS, Budget, fit_random_forest, fit_xgboost, get_model
 from models.comparison import (
     TABLE_COLUMNS,
-    comparison_figure,
     metrics_by_protocol,
     run_comparison,
     table_markdown,
 )
+from tasks.analysis.training_figures import comparison_figure
 
 N = 3000
 FEATURES = ["latitude", "longitude", "day", "elevation", "noise_a", "noise_b"]

@@ -10,7 +10,7 @@ import torch
 
 from models import training
 from models.evaluation import random_split, regression_metrics
-from models.figures import plot_loss_curves, plot_scatter
+from tasks.analysis.training_figures import plot_loss_curves, plot_scatter
 from models.onnx_export import OnnxParityError, check_onnx_parity, export_onnx
 from models.onnx_runtime import gpu_plausibly_present, open_session, predict_batched, read_metadata
 from models.resnet_lstm import ResNetLSTM

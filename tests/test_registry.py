@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from models.evaluation import regression_metrics  # noqa: E402
-from models.figures import plot_loss_curves, plot_scatter  # noqa: E402
+from tasks.analysis.training_figures import plot_loss_curves, plot_scatter  # noqa: E402
 from models.onnx_export import check_onnx_parity, export_onnx  # noqa: E402
 from models.onnx_runtime import open_session, predict_batched  # noqa: E402
 from models.scaling import Scalers  # noqa: E402

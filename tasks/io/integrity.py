@@ -30,7 +30,7 @@ Logger = logging.Logger | logging.LoggerAdapter
 STALE_TEMP_AFTER_S = 6 * 3600
 
 # tasks.io.atomic: ".<name>.<pid>.<8 hex>.tmp", plus GDAL side files "<that>.ovr.tmp", "<that>.aux.xml";
-# models/onnx_export and models/figures: ".<name>.<pid>.tmp".
+# models/onnx_export and tasks/analysis/training_figures: ".<name>.<pid>.tmp".
 _PID_TEMP = re.compile(r"^\..+?\.(?P<pid>\d+)(?:\.[0-9a-f]{8})?\.tmp(?:\..+)?$")
 # mkdtemp folders without a pid: the sources' downloads/imports and the model cache's staging.
 _AGED_TEMP_DIR = re.compile(r"^\.(?:earthaccess-.*\.tmp|download-.*|import-.*\.tmp|.+\.dl-.+)$")

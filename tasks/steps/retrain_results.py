@@ -244,7 +244,8 @@ def compare_models(settings: Settings, X: np.ndarray, y: np.ndarray, df: pd.Data
     """Every configured model under every configured protocol; with `truth` (the demo world's),
     each also scored against the true field."""
     from models.baselines import Budget
-    from models.comparison import comparison_figure, run_comparison
+    from models.comparison import run_comparison
+    from tasks.analysis.training_figures import comparison_figure
 
     budget = Budget.cpu(max_train_samples=settings.comparison_max_train_samples,
                         max_epochs=settings.comparison_max_epochs, feature_set_version=FEATURE_SET_VERSION)

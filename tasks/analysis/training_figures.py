@@ -1,4 +1,5 @@
-"""PNG figures of a training run: loss curves (paper Fig. 5) and the validation scatter (Fig. 6).
+"""PNG figures of a training run: loss curves (paper Fig. 5), the validation scatter (Fig. 6) and the
+models x protocols comparison (Fig. 7, from models/comparison.py's table).
 
 Figures are built with matplotlib's object API on an Agg canvas, never through pyplot, so no global
 backend is switched and drawing is safe in worker threads and on headless machines.
@@ -13,7 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
+from models.comparison import TRUTH_PREFIX
 from models.evaluation import regression_metrics
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not when this module loads
@@ -102,3 +105,60 @@ def plot_scatter(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, path: Path, title
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title)
     return _save_png(fig, path)
+
+
+def _label(name: str, kind: str) -> str:
+    if kind == "model":
+        from models.baselines import MODELS
+
+        return MODELS[name].label if name in MODELS else name
+    return name.replace("_", " ")
+
+
+def comparison_figure(table: pd.DataFrame, path: str | Path,
+                      title: str = "Validation of the models") -> Path:
+    """Grouped bars of RMSE, R² and slope: protocols on the x axis, one bar per model (Fig. 7).
+
+    With truth columns, the RMSE against the truth is drawn as a black tick on each bar."""
+    from matplotlib.figure import Figure
+
+    missing = [c for c in ("model", "protocol", "rmse", "r2") if c not in table.columns]
+    if missing or table.empty:
+        raise ValueError(f"table lacks rows or columns {missing}: pass run_comparison(...).table")
+    models = list(dict.fromkeys(table["model"]))
+    protocols = list(dict.fromkeys(table["protocol"]))
+    panels = [("rmse", "RMSE (ppm)"), ("r2", "R²")]
+    if "slope" in table.columns:
+        panels.append(("slope", "slope"))
+    fig = Figure(figsize=(4.2 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    width = 0.8 / len(models)
+    x = np.arange(len(protocols))
+    colors = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown"]
+    for ax, (column, ylabel) in zip(axes, panels):
+        for i, model in enumerate(models):
+            values = []
+            for protocol in protocols:
+                hit = table[(table["model"] == model) & (table["protocol"] == protocol)]
+                values.append(float(hit[column].iloc[0]) if len(hit) else np.nan)
+            offsets = x - 0.4 + width * (i + 0.5)
+            bars = ax.bar(offsets, values, width * 0.92, label=_label(model, "model"),
+                          color=colors[i % len(colors)])
+            ax.bar_label(bars, labels=[("" if not np.isfinite(v) else f"{v:.2f}")
+                                       for v in values], fontsize=7, padding=1)
+            if column == "rmse" and f"{TRUTH_PREFIX}rmse" in table.columns:
+                truth = [float(table[(table["model"] == model) & (table["protocol"] == p)]
+                               [f"{TRUTH_PREFIX}rmse"].iloc[0]) for p in protocols]
+                ax.scatter(offsets, truth, marker="_", s=200, color="black", zorder=3,
+                           label="vs truth" if i == 0 else None)
+        if column in ("r2", "slope"):
+            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.margins(y=0.12)
+        ax.set_xticks(x, [_label(p, "protocol") for p in protocols], rotation=15)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels),
+               fontsize=9, frameon=False)
+    fig.suptitle(title)
+    return _save_png(fig, Path(path))
