@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from registry.champion import ChampionModel, ChampionNotFoundError, load_champion
-from models.onnx_runtime import OnnxPredictor
+from tasks.mapping.onnx_runtime import OnnxPredictor
 from tasks import prefect_tasks
 from tasks.mapping.day import current_provenance, mapping_window
 from tasks.samples import store as samples

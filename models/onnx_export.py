@@ -18,7 +18,7 @@ from torch import nn
 from models.deployable import DeployableXCO2Model
 from models.fast_network import fast_form
 from models.onnx_contract import INPUT_NAME, OPSET, OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME, encode_metadata
-from models.onnx_runtime import open_session, predict_batched
+from models.onnx_session import open_session, predict_batched
 from models.training import TrainedModel
 
 log = logging.getLogger(__name__)

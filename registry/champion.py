@@ -37,7 +37,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from models.onnx_runtime import read_metadata
+from models.onnx_session import read_metadata
 from registry.redaction import redact_uri
 from registry.store import (
     CHAMPION,

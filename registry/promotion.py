@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from models.evaluation import regression_metrics
-from models.onnx_runtime import open_session, predict_batched, read_metadata
+from models.onnx_session import open_session, predict_batched, read_metadata
 from registry.champion import fetch_version_onnx
 from registry.redaction import redact_uri
 

@@ -47,7 +47,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 from models.holdouts import NetworkShare
-from models.onnx_runtime import read_metadata
+from models.onnx_session import read_metadata
 from models.training import TrainedModel
 from registry.redaction import redact_mapping, redact_uri
 from registry.store import (

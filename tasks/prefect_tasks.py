@@ -33,7 +33,7 @@ from tasks.mapping.champion import Champion
 from tasks.samples import ingest
 from tasks.samples.ingest import DayGridding
 from tasks.analysis import report
-from models.onnx_runtime import OnnxPredictor
+from tasks.mapping.onnx_runtime import OnnxPredictor
 from tasks.mapping.backfill_pool import DayDone, PoolPlan, map_days_in_processes, progress_line
 from tasks.covariates.static import CovariateError, build_covariates
 from tasks.gridding.geometry import Grid

@@ -211,7 +211,7 @@ def test_the_daily_run_publishes_a_quicklook_and_the_champion(demo_run):
 def test_maps_add_the_daily_anomaly_and_score_their_own_day(demo_run, tracking_uri, tmp_path):
     """A map is the champion's graph plus the kriged residuals around the day (cached per champion
     version), and its COG and STAC item carry the leave-its-own-day-out score."""
-    from models.onnx_runtime import OnnxPredictor
+    from tasks.mapping.onnx_runtime import OnnxPredictor
     from tasks import prefect_tasks
     from tasks.settings import load_settings
 

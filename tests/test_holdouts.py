@@ -166,8 +166,9 @@ def trained_on_background():
 def test_a_model_on_a_background_exports_it_and_its_mapping(trained_on_background, tmp_path):
     from models.background import Background
     from models.onnx_export import export_onnx
-    from models.onnx_runtime import OnnxPredictor, read_metadata
+    from models.onnx_session import read_metadata
     from models.residual_field import ResidualField
+    from tasks.mapping.onnx_runtime import OnnxPredictor
 
     trained, X, names = trained_on_background
     field = ResidualField(0.8, 60.0, 3.0, 0.2, 400.0, 20.0, 0.05, 0.1, interval_scale=1.1, clip_ppm=2.0)

@@ -25,7 +25,7 @@ def test_demo_world_importers_match_the_layering_allowances():
 def test_the_nightly_path_contract_covers_map_day():
     # map_day (tasks/mapping/day.py, wrapped by tasks/prefect_tasks.py) is where a nightly worker's imports start.
     sources = _contract("nightly-without-torch")["source_modules"]
-    assert {"tasks.prefect_tasks", "tasks.mapping", "models.onnx_runtime", "tasks.archive"} <= set(sources)
+    assert {"tasks.prefect_tasks", "tasks.mapping", "models.onnx_session", "tasks.archive"} <= set(sources)
     assert _contract("nightly-without-torch")["forbidden_modules"] == ["torch"]
 
 

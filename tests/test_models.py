@@ -12,7 +12,7 @@ from models import training
 from models.evaluation import random_split, regression_metrics
 from tasks.analysis.training_figures import plot_loss_curves, plot_scatter
 from models.onnx_export import OnnxParityError, check_onnx_parity, export_onnx
-from models.onnx_runtime import gpu_plausibly_present, open_session, predict_batched, read_metadata
+from models.onnx_session import gpu_plausibly_present, open_session, predict_batched, read_metadata
 from models.resnet_lstm import ResNetLSTM
 from models.scaling import Scalers
 from models.training import EarlyStopping, TrainedModel, TrainingConfig, train_resnet_lstm
@@ -288,17 +288,17 @@ def test_predict_batched_matches_one_shot(exported):
 
 
 def test_no_cuda_requested_without_a_gpu(exported, monkeypatch, caplog):
-    import models.onnx_runtime as onnx_runtime
+    import models.onnx_session as onnx_session
 
-    monkeypatch.setattr(onnx_runtime.os.path, "exists", lambda _p: False)
-    monkeypatch.setattr(onnx_runtime.shutil, "which", lambda _p: None)
+    monkeypatch.setattr(onnx_session.os.path, "exists", lambda _p: False)
+    monkeypatch.setattr(onnx_session.shutil, "which", lambda _p: None)
     assert not gpu_plausibly_present()
     requested = []
-    real_session = onnx_runtime.ort.InferenceSession
-    monkeypatch.setattr(onnx_runtime.ort, "InferenceSession",
+    real_session = onnx_session.ort.InferenceSession
+    monkeypatch.setattr(onnx_session.ort, "InferenceSession",
                         lambda path, sess_options, providers: requested.append(providers)
                         or real_session(path, sess_options=sess_options, providers=providers))
-    with caplog.at_level(logging.INFO, logger="models.onnx_runtime"):
+    with caplog.at_level(logging.INFO, logger="models.onnx_session"):
         _, provider = open_session(exported, prefer_cuda=True)
     assert requested == [["CPUExecutionProvider"]] and provider == "CPUExecutionProvider"
     assert "runs on CPUExecutionProvider" in caplog.text

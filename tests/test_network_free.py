@@ -17,7 +17,7 @@ import torch
 
 from models.background import Background
 from models.onnx_export import export_onnx, mapping_metadata
-from models.onnx_runtime import (FP32, INT8_DYNAMIC, OnnxPredictor, choose_precision, columns_used, network_free_graph,
+from tasks.mapping.onnx_runtime import (FP32, INT8_DYNAMIC, OnnxPredictor, choose_precision, columns_used, network_free_graph,
                                  precision_gate, reduced_precision_support)
 from models.residual_field import ResidualField
 from models.resnet_lstm import ResNetLSTM

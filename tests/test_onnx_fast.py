@@ -14,7 +14,7 @@ import torch
 import models.onnx_export as onnx_export
 from models.fast_network import fast_form
 from models.onnx_export import OnnxParityError, check_onnx_parity, export_onnx
-from models.onnx_runtime import open_session, session_options
+from models.onnx_session import open_session, session_options
 from models.resnet_lstm import ResNetLSTM
 from models.scaling import Scalers
 from models.training import TrainedModel, TrainingConfig, train_resnet_lstm

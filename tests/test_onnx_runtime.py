@@ -1,4 +1,4 @@
-"""models.onnx_runtime.OnnxPredictor on tiny hand-built ONNX graphs (no torch, CPU).
+"""tasks.mapping.onnx_runtime.OnnxPredictor on tiny hand-built ONNX graphs (no torch, CPU).
 
 The graphs follow the export contract (input 'features' [batch, k]; output 'xco2' [batch], and
 'xco2_uncertainty' [batch] in the two-output form), so one- and two-output models are both covered.
@@ -16,15 +16,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import models.onnx_runtime as onnx_runtime
-from models.onnx_runtime import (
-    CPU,
+import tasks.mapping.onnx_runtime as onnx_runtime
+from models.onnx_session import CPU, open_session, predict_batched
+from tasks.mapping.onnx_runtime import (
     OnnxPredictor,
     cells_for_memory,
     estimate_bytes_per_cell,
     gpu_free_bytes,
-    open_session,
-    predict_batched,
 )
 
 K = 3
@@ -94,7 +92,7 @@ def features(n: int, seed: int = 0) -> np.ndarray:
 # --- provider and logging --------------------------------------------------------------------
 
 def test_without_a_gpu_it_runs_on_cpu_and_says_so(two_outputs, no_gpu, caplog):
-    with caplog.at_level(logging.INFO, logger="models.onnx_runtime"):
+    with caplog.at_level(logging.INFO, logger="tasks.mapping.onnx_runtime"):
         predictor = OnnxPredictor(two_outputs)  # auto: CPU is not a fallback without a GPU
     assert predictor.provider == CPU == "CPUExecutionProvider"
     assert not predictor.use_io_binding
@@ -103,7 +101,7 @@ def test_without_a_gpu_it_runs_on_cpu_and_says_so(two_outputs, no_gpu, caplog):
 
 
 def test_wanting_cuda_without_a_gpu_warns_of_the_cpu_fallback(two_outputs, no_gpu, caplog):
-    with caplog.at_level(logging.INFO, logger="models.onnx_runtime"):
+    with caplog.at_level(logging.INFO, logger="tasks.mapping.onnx_runtime"):
         predictor = OnnxPredictor(two_outputs, prefer_cuda=True)
     assert predictor.provider == CPU
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -123,7 +121,7 @@ def test_a_cuda_session_that_fails_falls_back_to_cpu(two_outputs, monkeypatch, c
         return real(path, sess_options=sess_options, providers=providers)
 
     monkeypatch.setattr(onnx_runtime.ort, "InferenceSession", session)
-    with caplog.at_level(logging.INFO, logger="models.onnx_runtime"):
+    with caplog.at_level(logging.INFO, logger="tasks.mapping.onnx_runtime"):
         predictor = OnnxPredictor(two_outputs)  # auto, and a GPU is "there"
     assert predictor.provider == CPU
     # Our CUDA options, then CUDA with its defaults, then CPU.

@@ -32,7 +32,7 @@ from mlflow import MlflowClient  # noqa: E402
 from models.evaluation import regression_metrics  # noqa: E402
 from tasks.analysis.training_figures import plot_loss_curves, plot_scatter  # noqa: E402
 from models.onnx_export import check_onnx_parity, export_onnx  # noqa: E402
-from models.onnx_runtime import open_session, predict_batched  # noqa: E402
+from models.onnx_session import open_session, predict_batched  # noqa: E402
 from models.scaling import Scalers  # noqa: E402
 from models.training import TrainedModel, TrainingConfig, train_resnet_lstm  # noqa: E402
 from registry import promotion as promotion_module  # noqa: E402
@@ -296,7 +296,7 @@ def test_champion_loads_without_torch(promotions, tracking_uri, trained, eval_da
         import json, os, sys
         import numpy as np
         from registry.champion import load_champion
-        from models.onnx_runtime import OnnxPredictor
+        from tasks.mapping.onnx_runtime import OnnxPredictor
         champion = load_champion({tracking_uri!r}, {MODEL!r}, {str(tmp_path / "cache")!r})
         predictor = OnnxPredictor(champion.onnx_path, prefer_cuda=False)
         out = predictor.run(np.load({str(tmp_path / "X.npy")!r}))

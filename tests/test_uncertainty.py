@@ -11,7 +11,7 @@ import pytest
 from models.evaluation import random_split
 from models.onnx_contract import INPUT_NAME, OUTPUT_NAME, UNCERTAINTY_OUTPUT_NAME
 from models.onnx_export import check_onnx_parity, export_onnx
-from models.onnx_runtime import read_metadata
+from models.onnx_session import read_metadata
 from models.scaling import Scalers
 from models.training import TrainingConfig, train_resnet_lstm
 from models.uncertainty import NOMINAL_COVERAGE, calibrate, coverage, fit_spread

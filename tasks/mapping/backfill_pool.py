@@ -45,7 +45,7 @@ from tasks.mapping.inference import CellPredictor
 from tasks.settings import Settings
 
 if TYPE_CHECKING:  # a worker opens it, the parent never does: ONNX Runtime is imported there only
-    from models.onnx_runtime import OnnxPredictor
+    from tasks.mapping.onnx_runtime import OnnxPredictor
 
 # (settings, grid, day, predictor, champion) -> the day's archive row (tasks/mapping/day.py::map_day).
 MapOne = Callable[[Settings, Grid, date, CellPredictor, Champion], dict[str, Any]]
@@ -62,7 +62,7 @@ class PoolPlan:
     def for_days(cls, days: int, workers: int | None = None, cores: int | None = None) -> "PoolPlan":
         """One worker per core (never more workers than days), the cores shared out as ONNX
         Runtime intra-op threads: 2 cores, 2 workers -> 1 thread each; 1 worker -> 2 threads."""
-        from models.onnx_runtime import available_cores  # the cores its sessions are sized by
+        from models.onnx_session import available_cores  # the cores its sessions are sized by
 
         cores = cores or available_cores()
         if workers is not None and workers < 1:
@@ -72,7 +72,7 @@ class PoolPlan:
 
 
 def open_onnx_predictor(settings: Settings, champion: Champion, intra_op_threads: int) -> OnnxPredictor:
-    from models.onnx_runtime import OnnxPredictor
+    from tasks.mapping.onnx_runtime import OnnxPredictor
 
     return OnnxPredictor(champion.onnx_path, intra_op_threads=intra_op_threads)
 

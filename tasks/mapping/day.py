@@ -59,7 +59,7 @@ def current_provenance(settings: Settings, champion: Champion,
 
 def map_day(settings: Settings, grid: Grid, day: date, predictor: CellPredictor,
             champion: Champion) -> dict[str, Any]:
-    """Map one day with the champion's predictor (models.onnx_runtime.OnnxPredictor) and publish
+    """Map one day with the champion's predictor (tasks.mapping.onnx_runtime.OnnxPredictor) and publish
     its COG and STAC item; the day's row for the run's artifacts."""
     inside = region_mask(settings.region, grid)
     field = field_of(champion.mapping)

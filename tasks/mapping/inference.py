@@ -21,7 +21,7 @@ TIME_LOCATION = ("latitude", "longitude", "years_since_2015", "doy_sin", "doy_co
 
 
 class CellPredictor(Protocol):
-    """What the mapping asks of a model: models.onnx_runtime.OnnxPredictor, or a stand-in with the
+    """What the mapping asks of a model: tasks.mapping.onnx_runtime.OnnxPredictor, or a stand-in with the
     same three members (a predictor kept to the full graph, a counting fake)."""
 
     @property
@@ -39,7 +39,7 @@ RowProgress = Callable[[int, int], None]
 @dataclass
 class TimeLocationLayers:
     """A day's feature rows with only the calendar and the cell centres filled, the other covariates
-    0: all a network-free graph (models/onnx_runtime.py::OnnxPredictor.without_network) reads, with
+    0: all a network-free graph (tasks/mapping/onnx_runtime.py::OnnxPredictor.without_network) reads, with
     no static layer, NDVI or ERA5 read. The filled columns hold the very float32 values DayLayers
     gives them (same casts), so the background comes out bit for bit the same."""
 
@@ -111,7 +111,7 @@ def _row_blocks(cells_per_row: np.ndarray, cells_per_batch: int) -> list[tuple[i
 def predict_day(predictor: CellPredictor, layers: DayLayers | TimeLocationLayers, grid: Grid, batch_size: int,
                 progress: RowProgress | None = None, inside: np.ndarray | None = None) -> DayPrediction:
     """XCO2 (and its uncertainty when the model has one) for every cell with a
-    models.onnx_runtime.OnnxPredictor; memory bounded by the batch (on a GPU, sized from free
+    tasks.mapping.onnx_runtime.OnnxPredictor; memory bounded by the batch (on a GPU, sized from free
     memory, at least `batch_size` cells' worth of whole rows).
 
     `inside`: boolean [ny, nx], the region's cells (tasks.regions.boundary.region_mask); the

@@ -23,13 +23,14 @@ import torch
 
 from models.fast_network import flops_per_cell
 from models.onnx_export import export_onnx
-from models.onnx_runtime import CPU_CELLS_PER_BATCH, OnnxPredictor, available_cores, gpu_plausibly_present
+from models.onnx_session import CPU_CELLS_PER_BATCH, available_cores, gpu_plausibly_present
 from models.resnet_lstm import ResNetLSTM
 from models.scaling import Scalers
 from models.training import TrainedModel
 from models.uncertainty import SpreadModel, SpreadNetwork
 from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.gridding.geometry import Grid
+from tasks.mapping.onnx_runtime import OnnxPredictor
 from tasks.regions.boundary import region_mask
 from tasks.settings import Region
 

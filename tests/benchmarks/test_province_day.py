@@ -32,7 +32,7 @@ import torch
 from models.background import fit_background
 from models.fast_network import flops_per_cell
 from models.onnx_export import export_onnx, mapping_metadata
-from models.onnx_runtime import OnnxPredictor, available_cores, read_cpuinfo
+from models.onnx_session import available_cores
 from models.residual_field import ResidualField
 from models.resnet_lstm import ResNetLSTM
 from models.scaling import Scalers
@@ -43,6 +43,7 @@ from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.gridding.geometry import Grid
 from tasks.mapping.backfill_pool import map_days_in_processes
 from tasks.mapping.day import map_day
+from tasks.mapping.onnx_runtime import OnnxPredictor, read_cpuinfo
 from tasks.regions.boundary import region_mask
 from tasks.samples.store import read_samples
 from tasks.settings import Region, load_settings

@@ -23,7 +23,7 @@ from mlflow import MlflowClient  # noqa: E402
 
 from models.evaluation import regression_metrics  # noqa: E402
 from models.onnx_export import check_onnx_parity, export_onnx  # noqa: E402
-from models.onnx_runtime import open_session, predict_batched  # noqa: E402
+from models.onnx_session import open_session, predict_batched  # noqa: E402
 from models.training import TrainingConfig, train_resnet_lstm  # noqa: E402
 from registry.champion import load_champion  # noqa: E402
 from registry.store import ONNX_SHA256_TAG, ONNX_SIZE_TAG, RegistryError, model_download_uri  # noqa: E402

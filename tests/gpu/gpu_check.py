@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU check (not a pytest test: run it by hand on a machine with an NVIDIA GPU).
 
-Runs N random but realistic feature rows (default 2,000,000) through models.onnx_runtime's
+Runs N random but realistic feature rows (default 2,000,000) through tasks.mapping.onnx_runtime's
 OnnxPredictor on CUDA (IO binding, batch from free GPU memory), on CUDA without IO binding, and on
 CPU; prints the max |CUDA - CPU| in ppm per output and the throughput (cells/s) of each; exits
 non-zero when the difference exceeds --tolerance-ppm (default 0.01). It also times a Sichuan
@@ -165,7 +165,7 @@ def feature_rows(n: int, onnx_path: Path | None, seed: int) -> np.ndarray:
     mean = std = low = high = None
     if onnx_path is not None:
         try:
-            from models.onnx_runtime import read_metadata
+            from models.onnx_session import read_metadata
 
             scalers = read_metadata(onnx_path)["scalers"]
             mean = np.asarray(scalers["feature_mean"], np.float64)
@@ -261,7 +261,8 @@ def main(argv=None) -> int:
 
     import onnxruntime as ort
 
-    from models.onnx_runtime import CUDA, OnnxPredictor, gpu_free_bytes
+    from models.onnx_session import CUDA
+    from tasks.mapping.onnx_runtime import OnnxPredictor, gpu_free_bytes
 
     if hasattr(ort, "preload_dlls") and shutil.which("nvidia-smi"):
         # CUDA/cuDNN from nvidia-* wheels, when they are there.
