@@ -1,6 +1,6 @@
 """`xco2 report`: annual, seasonal and monthly means of the archive, growth rates and mean maps.
 
-The work is in `tasks/analysis/report.py` (plain functions, tested without Prefect); this flow runs its
+The work is in `tasks/analysis/report/` (plain functions, tested without Prefect); this flow runs its
 steps as tasks (tasks/prefect_tasks.py) and publishes the tables and the summary as artifacts under stable keys.
 """
 

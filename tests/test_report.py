@@ -11,17 +11,11 @@ import pytest
 
 from tasks.archive import day_cog_path, write_day_cog
 from tasks.gridding.geometry import Grid
-from tasks.analysis.report import (
-    PAPER_TABLE6_ANNUAL_PPM,
-    ReportArea,
-    build_report,
-    growth_rates,
-    regional_mean,
-    report_window,
-    scan_archive,
-    season_of,
-    select_days,
-)
+from tasks.analysis.report import ReportArea, build_report, report_window, select_days
+from tasks.analysis.report.figures import TRUE_COLUMN_MAP_PNG
+from tasks.analysis.report.scan import INTERVAL_KIND, regional_mean, scan_archive
+from tasks.analysis.report.tables import PAPER_TABLE6_ANNUAL_PPM, growth_rates
+from tasks.analysis.report.window import season_of
 from tasks.settings import Region
 
 REGION = Region(name="testland", west=100.0, south=30.0, east=100.2, north=30.2)
@@ -302,7 +296,6 @@ def _write_day_with_true_column(root: Path, day: date, xco2: float, half_width: 
 
 
 def test_the_true_column_interval_is_mapped_and_days_without_it_are_counted(tmp_path):
-    from tasks.analysis.report import INTERVAL_KIND, TRUE_COLUMN_MAP_PNG
 
     root = tmp_path / "archive"
     first = np.full(GRID.shape, 1.0, np.float32)
