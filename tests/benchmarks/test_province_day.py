@@ -86,8 +86,11 @@ def world(prefect_harness, tmp_path_factory):
     return root, overrides
 
 
-def _champions(root, region_dir) -> dict[float, SimpleNamespace]:
-    samples = read_samples(region_dir, START, START + timedelta(days=DAYS - 1))
+def _champions(root, region_dir, first: date = START, last: date = START + timedelta(days=DAYS - 1)
+               ) -> dict[float, SimpleNamespace]:
+    """Share 0 and share 1, the background fitted to the samples of [first, last] (also
+    tests/benchmarks/test_backfill_year.py's)."""
+    samples = read_samples(region_dir, first, last)
     X = samples[list(FEATURE_NAMES)].to_numpy(np.float32)
     background = fit_background(X, samples["xco2"].to_numpy(np.float64), FEATURE_NAMES,
                                 samples["weight"].to_numpy(np.float64) if "weight" in samples else None)
@@ -103,7 +106,7 @@ def _champions(root, region_dir) -> dict[float, SimpleNamespace]:
         trained = dataclasses.replace(base, anomaly_scale=share)
         path = export_onnx(trained, root / f"share{share:g}.onnx")
         champions[share] = SimpleNamespace(name="bench-province", version=version, onnx_path=path,
-                                           mapping=mapping_metadata(trained), train_last_day=START, flops=0.0)
+                                           mapping=mapping_metadata(trained), train_last_day=first, flops=0.0)
     champions[1.0].flops = flops_per_cell(network)
     champions[0.0].flops = 2.0 * 8  # the background: eight terms, a multiply and an add each
     return champions
