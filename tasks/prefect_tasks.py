@@ -33,7 +33,7 @@ from tasks.mapping.champion import Champion
 from tasks.samples import ingest
 from tasks.samples.ingest import DayGridding
 from tasks.analysis import report
-from tasks.mapping.onnx_runtime import OnnxPredictor
+from tasks.mapping.onnx_runtime import predictor_for_thread
 from tasks.mapping.backfill_pool import DayDone, PoolPlan, map_days_in_processes, progress_line
 from tasks.covariates.static import CovariateError, build_covariates
 from tasks.gridding.geometry import Grid
@@ -154,7 +154,7 @@ def publish(artifacts: list[Artifact]) -> None:
 @task(name="backfill-day", task_run_name="backfill-{day}", cache_policy=NO_CACHE, retries=1)
 def backfill_day(settings: Settings, grid: Grid, day: date, champion: Champion) -> dict[str, Any]:
     """Map one day onto the archive (replacing it); runs in any worker process."""
-    predictor = OnnxPredictor(champion.onnx_path)  # per task: neither picklable nor thread-safe
+    predictor = predictor_for_thread(champion.onnx_path)  # neither picklable nor thread-safe
     row = day_mapping.map_day(settings, grid, day, predictor, champion)
     return {**row, "model_name": champion.name, "model_version": str(champion.version),
             "provider": predictor.provider, "worker": f"{socket.gethostname()}:{os.getpid()}"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tasks.mapping.onnx_runtime import (
     cells_for_memory,
     estimate_bytes_per_cell,
     gpu_free_bytes,
+    predictor_for_thread,
 )
 
 K = 3
@@ -294,3 +296,33 @@ def test_cuda_matches_cpu(two_outputs):
     got = gpu.run(X, batch_size=4096)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], atol=1e-3)
+
+
+def test_a_thread_keeps_its_predictor_while_the_file_is_unchanged(tmp_path, no_gpu):
+    # The thread and Dask runners map each day as its own task: the graph is opened (and cut, and
+    # its precision chosen) once per worker thread, not once per day.
+    path = build(tmp_path / "champion.onnx")
+    first = predictor_for_thread(path)
+    assert predictor_for_thread(path) is first
+    other: list[OnnxPredictor] = []
+    worker = threading.Thread(target=lambda: other.append(predictor_for_thread(path)))
+    worker.start()
+    worker.join()
+    assert other and other[0] is not first  # not thread-safe: each thread its own
+    X = features(64)
+    np.testing.assert_array_equal(first.run(X)["xco2"], other[0].run(X)["xco2"])
+
+
+def test_a_replaced_champion_file_is_opened_again(tmp_path, no_gpu):
+    path = build(tmp_path / "champion.onnx")
+    first = predictor_for_thread(path)
+    replacement = build(tmp_path / "next.onnx", outputs=("xco2",))
+    os.replace(replacement, path)
+    again = predictor_for_thread(path)
+    assert again is not first
+    assert again.output_names == ["xco2"]
+
+
+def test_a_missing_champion_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="gone.onnx"):
+        predictor_for_thread(tmp_path / "gone.onnx")

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -467,6 +468,31 @@ class OnnxPredictor:
         values = binding.copy_outputs_to_cpu()
         return {name: value for name, value in zip(self.output_names, values)
                 if name not in in_place}
+
+
+# --- One predictor per worker thread ---------------------------------------------------------
+
+_thread_held = threading.local()
+
+
+def predictor_for_thread(onnx_path: str | Path) -> OnnxPredictor:
+    """The champion's predictor for the calling thread: opened on its first day, kept for the next
+    ones while the file at `onnx_path` is unchanged (path, size, mtime, inode).
+
+    Why: the thread and Dask runners make every day its own task, and opening the graph, cutting the
+    network out (share 0) and choosing the precision (a timed parity check where the processor has
+    int8 instructions) are the same work each day. A predictor is neither thread-safe (its
+    IO-binding buffers) nor picklable, so each thread holds its own, and only the last file's: a new
+    champion replaces it rather than piling up beside it.
+    """
+    path = Path(onnx_path)
+    st = path.stat()  # FileNotFoundError names the path
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    held: tuple[tuple[str, int, int, int], OnnxPredictor] | None = getattr(_thread_held, "predictor", None)
+    if held is None or held[0] != key:
+        held = (key, OnnxPredictor(path))
+        _thread_held.predictor = held
+    return held[1]
 
 
 # --- No network pass where the map does not use it (network share 0) ------------------------
