@@ -19,8 +19,9 @@ import pandas as pd
 from models.evaluation import random_split, regression_metrics
 from models.background import Background
 from models.residual_field import (CLIP_MADS, ResidualField, Superobs, calibrate_interval, calibrate_true_column,
-                                   day_number, fit_residual_field, interval_half_width,
-                                   predict_points_with_background, robust_sd, superobs, true_column_half_width)
+                                   day_number, fit_residual_field, held_out_noise, interval_half_width,
+                                   predict_points_with_background, reported_noise_scale, robust_sd, superobs,
+                                   true_column_half_width)
 from models.validation import group_holdout, spatial_block_ids
 
 if TYPE_CHECKING:  # models.training imports torch, which reading a holdout share must not load
@@ -253,7 +254,10 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
     held-out day's do (in-sample residuals understate whole-day errors: docs/design.md).
     background: the background the residuals are from; with its coefficients' covariance the
     true column's interval is calibrated too (calibrate_true_column), its variance the field's plus
-    the background's left after conditioning.
+    the background's left after conditioning plus the unmodelled variance, each held-out value's
+    retrieval noise from its reported uncertainty (frame column xco2_uncertainty, scaled on same-day
+    neighbouring training samples: reported_noise_scale; without the column, the field's noise of
+    one sounding).
     background_without(rest): the background refitted on the samples `rest` only; with it (and
     residual_without, cross_validate) the true column's interval is also scored on a forward fold,
     the last third of the training days as the days past a window of the first two thirds
@@ -264,30 +268,37 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
     clip = CLIP_MADS * robust_sd(residual[training])
     obs = _superobs_of(frame, residual, weight, training, superob_deg, clip)
     fitted = fit_residual_field(obs, lat0, seed=seed, superob_deg=superob_deg, lattice_deg=lattice_deg, clip_ppm=clip)
+    fitted = _with_noise_scale(fitted, frame, training, seed)
+    uncertainty = frame["xco2_uncertainty"].to_numpy(np.float64) if "xco2_uncertainty" in frame else None
+
+    def noise_of(idx: np.ndarray) -> np.ndarray:
+        return held_out_noise(fitted, None if uncertainty is None else uncertainty[idx], len(idx))
+
     predictions = {}
     # Each held-out sample counts by its independent soundings: one GOSAT sounding fills ~80 cells,
     # and counted per cell its retrieval noise set the demo world's interval (scale 0.24, noise x 100).
-    weights, extras = {}, {}
+    weights, extras, noises = {}, {}, {}
     for name, idx in calibration.items():
         if len(idx):
             mean, var, extra = predict_field_with_background(fitted, obs, frame, idx, background)
             predictions[name] = (residual[idx], mean, var)
-            weights[name], extras[name] = weight[idx], extra
+            weights[name], extras[name], noises[name] = weight[idx], extra, noise_of(idx)
     holdouts = dict(predictions)
     if cross_validate:
-        for name, (r, m, v, x, w) in _cross_validated(fitted, frame, residual, weight, training, seed, block_km,
-                                                      residual_without, background=background).items():
+        for name, (r, m, v, x, w, idx) in _cross_validated(fitted, frame, residual, weight, training, seed, block_km,
+                                                           residual_without, background=background).items():
             if name in holdouts:
                 r0, m0, v0 = holdouts[name]
                 holdouts[name] = (np.concatenate([r0, r]), np.concatenate([m0, m]), np.concatenate([v0, v]))
                 weights[name] = np.concatenate([weights[name], w])
                 extras[name] = np.concatenate([extras[name], x])
+                noises[name] = np.concatenate([noises[name], noise_of(idx)])
             else:
-                holdouts[name], weights[name], extras[name] = (r, m, v), w, x
+                holdouts[name], weights[name], extras[name], noises[name] = (r, m, v), w, x, noise_of(idx)
     fitted, coverage = calibrate_interval(fitted, holdouts, weights)
     true_coverage: dict[str, float] = {}
     if background is not None and background.covariance is not None:
-        true_holdouts = {k: (r - m, v + extras[k]) for k, (r, m, v) in holdouts.items()}
+        true_holdouts = {k: (r - m, v + extras[k], noises[k]) for k, (r, m, v) in holdouts.items()}
         diagnostic = {}
         if cross_validate and residual_without is not None and background_without is not None:
             # Scored, not fitted to: as a calibration set it lowered the scale where the truth needed it
@@ -295,10 +306,22 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
             forward = _forward_fold(fitted, frame, weight, training, seed, block_km, residual_without,
                                     background_without)
             if forward is not None:
-                (e, v), w = forward
-                diagnostic[FORWARD_FOLD] = (e, v, w)
+                (e, v), w, idx = forward
+                diagnostic[FORWARD_FOLD] = (e, v, noise_of(idx), w)
         fitted, true_coverage = calibrate_true_column(fitted, true_holdouts, weights, diagnostic)
     return FieldFit(fitted, obs, coverage, predictions, true_coverage)
+
+
+def _with_noise_scale(field: ResidualField, frame: pd.DataFrame, training: np.ndarray, seed: int) -> ResidualField:
+    """The field with its reported uncertainties' scale from the training samples' same-day
+    neighbours (left at 1 without values and uncertainties in the frame, or too few pairs)."""
+    if not {"xco2", "xco2_uncertainty", "longitude", "latitude", "day"} <= set(frame.columns):
+        return field
+    k = reported_noise_scale(frame["longitude"].to_numpy()[training], frame["latitude"].to_numpy()[training],
+                             frame["day"].to_numpy()[training], frame["xco2"].to_numpy(np.float64)[training],
+                             frame["xco2_uncertainty"].to_numpy(np.float64)[training],
+                             frame["n_soundings"].to_numpy()[training] if "n_soundings" in frame else None, seed=seed)
+    return field if k is None else replace(field, reported_noise_scale=k)
 
 
 def observed_by(field_fit: FieldFit, frame: pd.DataFrame, residual: np.ndarray, idx: np.ndarray) -> FieldFit:
@@ -320,7 +343,7 @@ def _cross_validated(fitted: ResidualField, frame: pd.DataFrame, residual: np.nd
                      training: np.ndarray, seed: int, block_km: float,
                      residual_without: Callable[[np.ndarray], np.ndarray] | None = None, n_folds: int = 3,
                      max_targets: int = 1500, background: Background | None = None
-                     ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     from models.validation import group_folds
 
     lat = frame["latitude"].to_numpy()[training]
@@ -342,9 +365,9 @@ def _cross_validated(fitted: ResidualField, frame: pd.DataFrame, residual: np.nd
             # The background's covariance is the full fit's: the fold's own refit (two thirds of
             # the days) is a little less certain, which the true column's scale absorbs.
             mean, var, extra = predict_field_with_background(fitted, obs, frame, test, background)
-            parts.append((fold_residual[test], mean, var, extra, weight[test]))
-        r, m, v, x, w = (np.concatenate([p[i] for p in parts]) for i in range(5))
-        out[name] = (r, m, v, x, w)
+            parts.append((fold_residual[test], mean, var, extra, weight[test], test))
+        r, m, v, x, w, idx = (np.concatenate([p[i] for p in parts]) for i in range(6))
+        out[name] = (r, m, v, x, w, idx)
     return out
 
 
@@ -354,12 +377,12 @@ FORWARD_FOLD = "days past the window"
 def _forward_fold(fitted: ResidualField, frame: pd.DataFrame, weight: np.ndarray, training: np.ndarray, seed: int,
                   block_km: float, residual_without: Callable[[np.ndarray], np.ndarray],
                   background_without: Callable[[np.ndarray], Background], max_targets: int = 1500
-                  ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray] | None:
+                  ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray] | None:
     """Held-out retrievals past a window, from the training samples alone: the background refitted
     on the first two thirds of the days (extrapolated over the last third, as a champion's over the
     days after its window), the field conditioned on every sample but the targets, the targets half
-    the spatial blocks of the last third. Returns ((error, true-column variance), weight) or None
-    when the days or blocks are too few."""
+    the spatial blocks of the last third. Returns ((error, true-column variance), weight, the
+    targets' indices) or None when the days or blocks are too few."""
     from models.validation import group_holdout
 
     days = day_number(frame["day"].to_numpy()[training])
@@ -385,7 +408,7 @@ def _forward_fold(fitted: ResidualField, frame: pd.DataFrame, weight: np.ndarray
     obs = _superobs_of(frame, residual, weight, np.sort(np.concatenate([earlier, later[keep]])),
                        fitted.superob_deg, fitted.clip_ppm)
     mean, var, extra = predict_field_with_background(fitted, obs, frame, targets, past)
-    return (residual[targets] - mean, var + extra), weight[targets]
+    return (residual[targets] - mean, var + extra), weight[targets], targets
 
 
 def predict_field(field: ResidualField, obs: Superobs, frame: pd.DataFrame, idx: np.ndarray

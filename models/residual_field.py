@@ -75,11 +75,19 @@ class ResidualField:
     # robust standard deviations of the training residuals).
     clip_ppm: float = float("inf")
     n_fit: int = 0
-    # The true column's interval (no retrieval noise): sigma = true_column_scale * sqrt(field variance
-    # + the background's variance left after conditioning). Calibrated on held-out retrievals with
-    # their retrieval noise taken out (calibrate_true_column); None for a field calibrated before it
-    # existed: its maps carry no true-column interval rather than an uncalibrated one.
+    # The true column's interval (no retrieval noise): sigma^2 = true_column_scale^2 x (field variance
+    # + the background's variance left after conditioning) + unmodelled_variance. Calibrated on
+    # held-out retrievals with their retrieval noise taken out (calibrate_true_column); None for a
+    # field calibrated before it existed: its maps carry no true-column interval rather than an
+    # uncalibrated one.
     true_column_scale: float | None = None
+    # ppm2: the part of the map's error the field's covariance has no variance for (day-level errors
+    # of a day's observed level, structure finer than the super-observations), the same at every
+    # cell; 0 for fields calibrated before it (issue 22).
+    unmodelled_variance: float = 0.0
+    # A retrieval's noise variance is reported_noise_scale x its reported uncertainty^2, the scale
+    # set on same-day neighbouring training samples (reported_noise_scale()); 1 before it was kept.
+    reported_noise_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name in PARAMETERS + ("interval_scale", "noise_scale", "superob_deg", "lattice_deg", "clip_ppm"):
@@ -87,8 +95,14 @@ class ResidualField:
             if not (value >= 0 and (math.isfinite(value) or name == "clip_ppm")):
                 raise ResidualFieldError(f"residual field {name} must be finite and >= 0, got {value}")
         scale = self.true_column_scale
-        if scale is not None and not (math.isfinite(scale) and scale > 0):
-            raise ResidualFieldError(f"residual field true_column_scale must be finite and > 0, got {scale}")
+        if scale is not None and not (math.isfinite(scale) and scale >= 0):
+            raise ResidualFieldError(f"residual field true_column_scale must be finite and >= 0, got {scale}")
+        for name in ("unmodelled_variance", "reported_noise_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ResidualFieldError(f"residual field {name} must be finite and >= 0, got {value}")
+        if scale is not None and scale == 0 and self.unmodelled_variance == 0:
+            raise ResidualFieldError("residual field true-column interval of width 0: scale and unmodelled variance are 0")
         for name in ("local_length_km", "local_time_days", "regional_length_km", "regional_time_days"):
             if getattr(self, name) <= 0:
                 raise ResidualFieldError(f"residual field {name} must be > 0, got {getattr(self, name)}")
@@ -414,71 +428,156 @@ def true_column_half_width(field: ResidualField, variance: np.ndarray,
                            extra_variance: np.ndarray | None = None) -> np.ndarray | None:
     """Half-width (ppm) of the 68% interval of the TRUE column at a cell (no retrieval noise), given
     the field's variance there and `extra_variance`, the background's variance left after
-    conditioning (Kriging.predict_with_background; ppm2). None for a field without a calibrated
+    conditioning (Kriging.predict_with_background; ppm2): Z68 x sqrt(a2 x (variance + extra) + u),
+    a the true-column scale and u the unmodelled variance. None for a field without a calibrated
     true-column scale (champions exported before it): no interval rather than an uncalibrated one."""
     if field.true_column_scale is None:
         return None
     total = np.asarray(variance, np.float64)
     if extra_variance is not None:
         total = total + np.asarray(extra_variance, np.float64)
-    return field.true_column_scale * Z68 * np.sqrt(np.maximum(total, 0.0))
+    a2 = field.true_column_scale ** 2
+    return Z68 * np.sqrt(a2 * np.maximum(total, 0.0) + field.unmodelled_variance)
 
 
-def held_out_noise(field: ResidualField, weight: np.ndarray) -> np.ndarray:
-    """The retrieval noise variance (ppm2) a held-out value of `weight` independent soundings carries:
-    the fitted nugget of one value of that weight."""
-    return field.nugget(weight)
+def held_out_noise(field: ResidualField, uncertainty: np.ndarray | None, n: int | None = None) -> np.ndarray:
+    """The retrieval noise variance (ppm2) of held-out samples: reported_noise_scale x their reported
+    uncertainty^2 (a sample's uncertainty is that of the inverse-variance mean of its soundings,
+    tasks/gridding/cells.py). Without reported uncertainties (or where one is missing) the field's
+    noise of one sounding (point_noise).
+
+    Not the nugget at the sample's weight: the weight counts a GOSAT sounding spread over 80 cells
+    as 1/80 in each, while each of those cells carries the sounding's whole noise; the nugget per
+    weight made a held-out GOSAT cell's noise 80 times too large and hid the true column's part
+    (the demo world: noise 0.84-2.1 ppm2 per held-out value where the retrievals carry 0.68)."""
+    if uncertainty is None:
+        return np.full(int(n or 0), field.point_noise())
+    u = np.asarray(uncertainty, np.float64)
+    noise = field.reported_noise_scale * u * u
+    return np.where(np.isfinite(noise) & (u > 0), noise, field.point_noise())
 
 
-def calibrate_true_column(field: ResidualField, holdouts: dict[str, tuple[np.ndarray, np.ndarray]],
+# Neighbouring samples for the reported uncertainties' scale: same day, centres at most this far
+# apart (degree; ~5 km): far enough that two 0.01-degree cells rarely share an OCO sounding, near
+# enough that the true XCO2 hardly differs (the demo world: 0.95 at 0.03, 0.97-1.0 at 0.06).
+NOISE_PAIR_DEG = 0.05
+NOISE_PAIRS_PER_DAY = 4000  # samples of a day used at most (seeded): the scale needs few pairs
+
+
+def reported_noise_scale(lon: np.ndarray, lat: np.ndarray, days: npt.ArrayLike, value: np.ndarray,
+                         uncertainty: np.ndarray, n_soundings: np.ndarray | None = None,
+                         max_deg: float = NOISE_PAIR_DEG, seed: int = 0, min_pairs: int = 100) -> float | None:
+    """k such that k x reported uncertainty^2 is a sample's retrieval noise variance, from same-day
+    pairs of neighbouring samples, independent of any model: for two samples of the same true value
+    with independent noise, (a - b) / sqrt(ua2 + ub2) is normal with variance k. Read at the 68.27 %
+    quantile of its absolute value (as the intervals are), so a few failed retrievals do not set
+    it. Two samples must not share a sounding (a GOSAT footprint fills ~80 cells): with
+    `n_soundings` only samples of one sounding each count, and pairs of equal values (the same
+    sounding) are left out; samples of several soundings may share one of them and read k low
+    (the demo world: 0.94 with them, 0.97 without, the retrievals' own 1.0-1.05). The real change
+    of XCO2 over a few km adds a little. None with fewer than `min_pairs` pairs."""
+    from scipy.spatial import cKDTree
+
+    lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+    value, u = np.asarray(value, np.float64), np.asarray(uncertainty, np.float64)
+    day = day_number(days)
+    ok = np.isfinite(value) & np.isfinite(u) & (u > 0)
+    if n_soundings is not None:
+        ok &= np.asarray(n_soundings) == 1
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for d in np.unique(day[ok]):
+        idx = np.flatnonzero(ok & (day == d))
+        if len(idx) > NOISE_PAIRS_PER_DAY:
+            idx = np.sort(rng.choice(idx, NOISE_PAIRS_PER_DAY, replace=False))
+        if len(idx) < 2:
+            continue
+        pairs = cKDTree(np.column_stack([lon[idx], lat[idx]])).query_pairs(max_deg, output_type="ndarray")
+        if not len(pairs):
+            continue
+        i, j = idx[pairs[:, 0]], idx[pairs[:, 1]]
+        diff = value[i] - value[j]
+        distinct = diff != 0
+        ratios.append(np.abs(diff[distinct]) / np.sqrt(u[i][distinct] ** 2 + u[j][distinct] ** 2))
+    r = np.concatenate(ratios) if ratios else np.array([])
+    if r.size < min_pairs:
+        return None
+    return float((np.quantile(r, 0.6827) / Z68) ** 2)
+
+
+# Held-out values are grouped by the true-column variance they are predicted with (this many
+# quantile bins per holdout): the mean squared error less the noise, against the mean variance,
+# gives the scale (slope) and the unmodelled variance (intercept). Chosen on the first demo world
+# (docs/design.md): 1 bin (means only) and 5 bins both gave 67-71 % past its window.
+TRUE_COLUMN_BINS = 5
+# Held-out errors beyond this many sd of (noise + the field's prior variance) are failed retrievals,
+# not the map's error: left out of the moments (squares let a few of them set the mean).
+TRUE_COLUMN_OUTLIER_SD = 5.0
+
+TrueColumnSet = tuple[np.ndarray, np.ndarray, np.ndarray]  # (error, true-column variance, noise variance)
+
+
+def calibrate_true_column(field: ResidualField, holdouts: dict[str, TrueColumnSet],
                           weights: dict[str, np.ndarray] | None = None,
-                          diagnostic: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
-                          ) -> tuple[ResidualField, dict[str, float]]:
-    """The true column's scale a, from held-out retrievals without their truth.
+                          diagnostic: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] | None = None,
+                          bins: int = TRUE_COLUMN_BINS) -> tuple[ResidualField, dict[str, float]]:
+    """The true column's scale a and unmodelled variance u, from held-out retrievals without their truth.
 
-    holdouts: name -> (error = held-out residual - field mean, variance of the true-column error
-    before scaling: field variance + the background's left after conditioning); weights: each held-out
-    value's independent soundings (its retrieval noise is the field's nugget at that weight, fitted by
-    maximum likelihood on the training residuals, not on these). A held-out error is the true column's
-    error plus the retrieval's noise: if the true-column interval is right, error / sqrt(a2 V + N) is
-    a unit normal, and a is chosen so that it holds 68.27 % of the pooled held-out values (each holdout
-    weighing the same). Returns the field and each holdout's coverage of the retrievals by
-    sqrt(a2 V + N) at that a (the check of the fit, not of the truth), and that of each `diagnostic`
-    set (name -> (error, variance, weight)), scored but not fitted to. No scale (None) when the
-    held-out values cannot identify it."""
+    holdouts: name -> (error = held-out residual - field mean, V = the true-column error's variance
+    before scaling: field variance + the background's left after conditioning, N = the value's
+    retrieval noise variance: held_out_noise, from its reported uncertainty, not from the field's
+    fit); weights: each held-out value's independent soundings. A held-out error is the true
+    column's error plus the retrieval's noise, independent of each other, so
+    E[error^2 - N] = a2 V + u. The values of each holdout are binned by V (`bins` quantile bins)
+    and (a2, u) >= 0 fitted by weighted least squares to the bins' means of error^2 - N against their
+    mean V, each holdout weighing the same. Moments, not a quantile of error / sqrt(a2 V + N): the
+    true column's part is ~5-10 % of a held-out retrieval's error variance (demo world: 0.03-0.28 of
+    0.7-1.0 ppm2), and a quantile of the sum moved a by a factor 2 with the noise's tails.
+    Returns the field and each holdout's coverage of the retrievals by sqrt(a2 V + u + N) (the check
+    of the fit, not of the truth), and that of each `diagnostic` set (name -> (error, V, N, weight)),
+    scored but not fitted to. No scale (None) when the held-out values see no true-column error."""
+    from scipy.optimize import nnls
+
     weights = weights or {}
-    parts = {k: (np.asarray(e, np.float64), np.asarray(v, np.float64),
+    parts = {k: (np.asarray(e, np.float64), np.asarray(v, np.float64), np.asarray(n, np.float64),
                  np.asarray(weights[k], np.float64) if k in weights else np.ones(len(e)))
-             for k, (e, v) in holdouts.items() if len(e) >= 10}
-    parts = {k: p for k, p in parts.items() if p[2].sum() > 0}
+             for k, (e, v, n) in holdouts.items() if len(e) >= 10}
+    parts = {k: p for k, p in parts.items() if p[3].sum() > 0}
     if not parts:
         return field, {}
-    error = np.concatenate([p[0] for p in parts.values()])
-    variance = np.concatenate([p[1] for p in parts.values()])
-    noise = np.concatenate([held_out_noise(field, p[2]) for p in parts.values()])
-    pooled_w = np.concatenate([w / w.sum() for _, _, w in parts.values()])
-
-    def coverage(a: float) -> float:
-        return float(np.sum(pooled_w * (np.abs(error) <= Z68 * np.sqrt(a * a * variance + noise))) / pooled_w.sum())
-
-    # Coverage grows with a; bisection on log a. At the lower end the fitted noise alone covers the
-    # held-out values (the field's own error is not visible in them), at the upper end nothing could:
-    # either way the true column's part is not identified, and no scale is better than a made-up one
-    # (the demo world, 2021 window: the nugget covered 75-82 % alone, docs/design.md).
-    lo, hi = 0.05, 20.0
-    if coverage(lo) >= 0.6827 or coverage(hi) < 0.6827:
+    rows = []  # (mean V, mean error^2 - N, weight)
+    for e, v, n, w in parts.values():
+        keep = np.abs(e) <= TRUE_COLUMN_OUTLIER_SD * np.sqrt(n + field.prior_variance)
+        e, v, n, w = e[keep], v[keep], n[keep], w[keep]
+        if w.sum() <= 0:
+            continue
+        edges = np.quantile(v, np.linspace(0, 1, bins + 1))
+        which = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, bins - 1)
+        for b in range(bins):
+            here = which == b
+            if here.sum() < 10 or w[here].sum() <= 0:
+                continue
+            rows.append((np.average(v[here], weights=w[here]), np.average(e[here] ** 2 - n[here], weights=w[here]),
+                         w[here].sum() / w.sum()))
+    if not rows:
         return replace(field, true_column_scale=None), {}
-    for _ in range(50):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if coverage(mid) < 0.6827 else (lo, mid)
-    a = hi
-    covered = {k: float(np.average(np.abs(e) <= Z68 * np.sqrt(a * a * v + held_out_noise(field, w)), weights=w))
-               for k, (e, v, w) in parts.items()}
-    for k, (e, v, w) in (diagnostic or {}).items():  # scored at the chosen scale, not fitted to
+    R = np.asarray(rows)
+    root = np.sqrt(R[:, 2])
+    (a2, u), _ = nnls(np.column_stack([R[:, 0], np.ones(len(R))]) * root[:, None], R[:, 1] * root)
+    # Nothing left once the noise is taken out: the true column's error is not visible in these
+    # held-out values, and no interval is better than a made-up one.
+    if not (np.isfinite(a2) and np.isfinite(u)) or a2 + u <= 1e-8:
+        return replace(field, true_column_scale=None), {}
+    fitted = replace(field, true_column_scale=float(math.sqrt(a2)), unmodelled_variance=float(u))
+
+    def covered(e: np.ndarray, v: np.ndarray, n: np.ndarray, w: np.ndarray) -> float:
+        return float(np.average(np.abs(e) <= Z68 * np.sqrt(a2 * v + u + n), weights=w))
+
+    coverage = {k: covered(*p) for k, p in parts.items()}
+    for k, (e, v, n, w) in (diagnostic or {}).items():  # scored at the chosen scale, not fitted to
         if len(e) and np.sum(w) > 0:
-            covered[k] = float(np.average(np.abs(e) <= Z68 * np.sqrt(a * a * v + held_out_noise(field, w)),
-                                          weights=w))
-    return replace(field, true_column_scale=float(a)), covered
+            coverage[k] = covered(np.asarray(e), np.asarray(v), np.asarray(n), np.asarray(w))
+    return fitted, coverage
 
 
 def predict_map(field: ResidualField, obs: Superobs, lat0: float, lons: np.ndarray, lats: np.ndarray,

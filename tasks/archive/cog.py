@@ -74,8 +74,8 @@ BAND_MEANINGS = {
     UNCERTAINTY_BAND: ("new retrieval", "half-width (ppm) of the calibrated 68% interval for a NEW RETRIEVAL at the "
                        "cell: map uncertainty plus retrieval noise; what held-out retrievals fall in 68% of the time"),
     TRUE_COLUMN_BAND: ("true column", "half-width (ppm) of the calibrated 68% interval of the TRUE XCO2 COLUMN at the "
-                       "cell: background-parameter and field uncertainty, no retrieval noise; compare with TCCON "
-                       "or use in an inversion"),
+                       "cell: background-parameter and field uncertainty and the map error the field does not "
+                       "model, no retrieval noise; compare with TCCON or use in an inversion"),
 }
 LAYOUTS = {
     "1": ((XCO2_BAND,), (XCO2_BAND, UNCERTAINTY_BAND)),
