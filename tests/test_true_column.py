@@ -265,3 +265,34 @@ def test_summaries_read_the_true_columns_coverage():
     assert [p["coverage68_true_column"] for p in parts] == [0.5, 1.0, 0.5]
     assert [p["mean_half_width_true_column"] for p in parts] == [0.1, 0.2, 0.45]
     assert true_column_by_distance(daily.drop(columns="coverage_true_column_map"), pooled) == []
+
+
+def test_the_field_fit_reads_the_noise_from_the_samples_reported_uncertainties():
+    """fit_field takes each held-out value's noise from its reported uncertainty, scaled on the
+    training samples' same-day neighbours: samples of a GOSAT-like weight (1/80) get their
+    sounding's noise, and the true column's error is found under it."""
+    import pandas as pd
+
+    from models.holdouts import fit_field
+
+    rng = np.random.default_rng(13)
+    n_days, per_day = 24, 60
+    day = np.repeat(np.arange(n_days), per_day)
+    n = day.size
+    lat, lon = rng.uniform(30, 30.2, n), rng.uniform(104, 104.2, n)
+    dates = (pd.Timestamp("2020-06-01") + pd.to_timedelta(day, unit="D")).to_numpy()
+    level = np.repeat(rng.normal(0, 0.5, n_days), per_day)  # the day's level the field follows
+    reported = rng.uniform(0.5, 1.2, n)
+    noise = 1.2 * reported * rng.standard_normal(n)  # the reported uncertainties understate it: k = 1.44
+    X, _, _ = _window(date(2020, 6, 1), n_days, per_day, seed=4)
+    background = fit_background(X, 410 + level + noise, NAMES)
+    frame = pd.DataFrame({"latitude": lat, "longitude": lon, "day": dates, "weight": np.full(n, 1 / 80),
+                          "xco2": 410 + level + noise, "xco2_uncertainty": reported, "n_soundings": np.ones(n, int)})
+    residual = level + noise
+    held = np.flatnonzero(day % 4 == 0)
+    training = np.setdiff1d(np.arange(n), held)
+    fitted = fit_field(frame, residual, training, {"whole days": held}, seed=0, background=background)
+    assert fitted.field.reported_noise_scale == pytest.approx(1.44, rel=0.15)
+    # The held-out retrievals are covered 68 % by the true column's interval plus their own noise.
+    assert fitted.field.true_column_scale is not None
+    assert fitted.true_column_coverage["whole days"] == pytest.approx(0.6827, abs=0.06)
