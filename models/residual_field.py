@@ -449,7 +449,7 @@ def held_out_noise(field: ResidualField, uncertainty: np.ndarray | None, n: int 
     Not the nugget at the sample's weight: the weight counts a GOSAT sounding spread over 80 cells
     as 1/80 in each, while each of those cells carries the sounding's whole noise; the nugget per
     weight made a held-out GOSAT cell's noise 80 times too large and hid the true column's part
-    (the demo world: noise 0.84-2.1 ppm2 per held-out value where the retrievals carry 0.68)."""
+    (the demo world: 0.73-2.1 ppm2 per held-out value where the retrievals carry 0.67-0.72)."""
     if uncertainty is None:
         return np.full(int(n or 0), field.point_noise())
     u = np.asarray(uncertainty, np.float64)
