@@ -20,12 +20,13 @@ Three 68% intervals are checked against the truth: band 2 as the archive writes 
 at the cell: the field's variance plus the calibrated retrieval noise), the same interval without
 the retrieval noise (the noise-free part of band 2, before issue 22), and band 3, the true column's
 interval (the field's variance plus the background's variance left after conditioning on the
-observations, scaled as calibrated on held-out retrievals without their noise: models/residual_field.py::
-true_column_half_width). Issue 11's coverage criterion (60-76%) is about held-out retrievals, i.e.
-band 2 against observations, which the retrain reports; against the truth band 2 should cover more
-than 68%, and band 3 is the one to read (issue 22: 60-76%). Band 3 is also reported by distance from
-the training window (thirds of the days after it): its width grows with the background's
-extrapolated trend and seasonal cycle.
+observations, scaled, plus the map error the field does not model, both calibrated on held-out
+retrievals less their reported noise: models/residual_field.py::true_column_half_width). Issue 11's
+coverage criterion (60-76%) is about held-out retrievals, i.e. band 2 against observations, which
+the retrain reports; against the truth band 2 should cover more than 68%, and band 3 is the one to
+read (issue 22: 60-76%). Band 3 is also reported by distance from the training window (thirds of the
+days after it): its width grows with the background's extrapolated trend and seasonal cycle where
+the day's observations do not pin it (docs/design.md: on the demo worlds hardly at all).
 """
 
 from __future__ import annotations
