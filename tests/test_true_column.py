@@ -11,7 +11,8 @@ import pytest
 
 from models.background import TERMS, Background, fit_background, time_terms
 from models.residual_field import (ResidualField, ResidualFieldError, Superobs, calibrate_true_column, condition,
-                                   day_number, held_out_noise, reported_noise_scale, true_column_half_width)
+                                   day_number, held_out_noise, pair_distance, reported_noise_scale,
+                                   true_column_half_width)
 from tasks.covariates.features import time_features
 
 NAMES = ["latitude", "longitude", "years_since_2015", "doy_sin", "doy_cos"]
@@ -180,6 +181,26 @@ def test_reported_noise_scale_from_same_day_neighbours():
     k_shared = reported_noise_scale(lon, lat, day.astype("datetime64[D]"), shared, reported, max_deg=0.05)
     assert k_shared == pytest.approx(2.0, rel=0.15)
     assert reported_noise_scale(lon[:3], lat[:3], day[:3].astype("datetime64[D]"), value[:3], reported[:3]) is None
+
+
+def test_pairs_reach_the_data_spacing_where_samples_are_binned_coarser():
+    """The real benchmark's retrievals come in 0.25-degree bins with one constant reported
+    uncertainty: no two are within 0.05 degree, so the pairs reach the 4 edge neighbours (not the
+    diagonals) and k is the neighbours' noise over the constant; on a 0.01-degree grid the pairs
+    stay within 0.05 degree."""
+    rng = np.random.default_rng(7)
+    lon0, lat0 = np.meshgrid(np.arange(20) * 0.2496 - 60.0, np.arange(20) * 0.2496 - 10.0)
+    n_days = 30
+    day = np.repeat(np.arange(n_days) + 18000.0, lon0.size).astype("datetime64[D]")
+    lon, lat = np.tile(lon0.ravel(), n_days), np.tile(lat0.ravel(), n_days)
+    assert pair_distance(lon, lat, day) == pytest.approx(1.2 * 0.2496)
+    fine_lon, fine_lat = np.meshgrid(np.arange(30) * 0.01 + 104, np.arange(30) * 0.01 + 30)
+    assert pair_distance(fine_lon.ravel(), fine_lat.ravel(), np.full(fine_lon.size, 18000.0)) == 0.05
+    noise_sd, reported = 1.2, np.full(lon.size, 0.5)
+    value = 410 + noise_sd * rng.standard_normal(lon.size)
+    k = reported_noise_scale(lon, lat, day, value, reported, max_deg=pair_distance(lon, lat, day))
+    assert k is not None and k * 0.5 ** 2 == pytest.approx(noise_sd ** 2, rel=0.1)
+    assert reported_noise_scale(lon, lat, day, value, reported, max_deg=0.05) is None
 
 
 def test_a_field_without_a_true_column_scale_has_no_true_column_interval():
