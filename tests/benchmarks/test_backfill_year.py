@@ -13,7 +13,7 @@ decade's projection needs, are the same benchmark with larger sizes (docs/infere
 BACKFILL_BENCH_START (ISO day, default 2019-01-01) is the world's first day;
 BACKFILL_BENCH_SHARE1_DAYS maps only the first so many days at share 1 (a province day at share 1
 costs minutes on two cores). A world of a year is written under pytest's temporary folder
-(`--basetemp` to put it elsewhere): about 15 MB a day over the small region, 55 MB over Sichuan.
+(`--basetemp` to put it elsewhere): about 1.3 MB a day over the small region, 17 MB a day over Sichuan.
 
 The world is written and ingested as in the province-day benchmark (write_demo_world, then the
 daily update without a champion); the two champions are exported from one random-weight network
@@ -174,12 +174,12 @@ def _quarters(finished: _Finished) -> list[str]:
     """Days/hour, the workers' mean seconds a day, their resident and peak memory, the load: per
     quarter of the days, so that growth over the run shows."""
     n = len(finished.at)
+    if n < 2 * QUARTERS:  # a quarter of one day is that day's worker, not a rate
+        return [f"{n} days: too few for quarters"]
     bounds = [round(n * q / QUARTERS) for q in range(QUARTERS + 1)]
     lines = []
     for q in range(QUARTERS):
         lo, hi = bounds[q], bounds[q + 1]
-        if hi <= lo:
-            continue
         span = finished.at[hi - 1] - (finished.at[lo - 1] if lo else 0.0)
         lines.append(f"Q{q + 1} days {lo + 1}-{hi}: {3600 * (hi - lo) / max(span, 1e-9):.1f} days/hour, "
                      f"{sum(finished.seconds[lo:hi]) / (hi - lo):.2f} s/day, RSS {max(finished.rss[lo:hi]):,.0f} MB, "
