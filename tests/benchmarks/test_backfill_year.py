@@ -164,7 +164,7 @@ def test_backfill_days_per_hour_and_memory_both_shares(world):
     network_s = cells * champions[1.0].flops / (GPU_FP32_PEAK_TFLOPS * 1e12)
     cpu_h = DECADE_DAYS * worker_s[0.0] / GPU_HOST_CORES / 3600
     print(f"[bench] {DECADE_DAYS:,} days of this region on one H100/H200, PROJECTED: the network "
-          f"{network_s:.3f} s/day at {GPU_FP32_PEAK_TFLOPS:g} TFLOP/s fp32 = {DECADE_DAYS * network_s / 3600:.2f} h "
+          f"{network_s:.3g} s/day at {GPU_FP32_PEAK_TFLOPS:g} TFLOP/s fp32 = {DECADE_DAYS * network_s / 3600:.3g} h "
           f"on the GPU; the rest of a day {worker_s[0.0]:.1f} s of one core (share 0's s/day here) over "
           f"{GPU_HOST_CORES} host cores = {cpu_h:.2f} h; share 1 {max(cpu_h, DECADE_DAYS * network_s / 3600):.2f} h, "
           f"share 0 {cpu_h:.2f} h")
@@ -174,7 +174,7 @@ def _quarters(finished: _Finished) -> list[str]:
     """Days/hour, the workers' mean seconds a day, their resident and peak memory, the load: per
     quarter of the days, so that growth over the run shows."""
     n = len(finished.at)
-    if n < 2 * QUARTERS:  # a quarter of one day is that day's worker, not a rate
+    if n < 4 * QUARTERS:  # two workers finish days in pairs: a quarter of a pair or two is no rate
         return [f"{n} days: too few for quarters"]
     bounds = [round(n * q / QUARTERS) for q in range(QUARTERS + 1)]
     lines = []
