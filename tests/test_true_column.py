@@ -219,6 +219,18 @@ def test_a_field_without_a_true_column_scale_has_no_true_column_interval():
         replace(_field(), unmodelled_variance=-0.1)
 
 
+
+def _samples_by_day(rng: np.random.Generator, n_days: int, per_day: int, side_deg: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Day index, latitude, longitude and date of `per_day` samples a day from 2020-06-01, scattered
+    over a square of `side_deg` at 30N 104E."""
+    import pandas as pd
+
+    day = np.repeat(np.arange(n_days), per_day)
+    lat, lon = rng.uniform(30, 30 + side_deg, day.size), rng.uniform(104, 104 + side_deg, day.size)
+    dates = (pd.Timestamp("2020-06-01") + pd.to_timedelta(day, unit="D")).to_numpy()
+    return day, lat, lon, dates
+
 def test_the_forward_fold_sees_what_a_background_extrapolated_past_its_window_misses():
     """The true column's interval is also scored on the last third of the training days predicted
     with a background of the first two thirds: a background that drifts past its window shows there,
@@ -229,10 +241,8 @@ def test_the_forward_fold_sees_what_a_background_extrapolated_past_its_window_mi
 
     rng = np.random.default_rng(11)
     n_days, per_day = 24, 14
-    day = np.repeat(np.arange(n_days), per_day)
+    day, lat, lon, dates = _samples_by_day(rng, n_days, per_day, side_deg=1.0)
     n = day.size
-    lat, lon = rng.uniform(30, 31, n), rng.uniform(104, 105, n)
-    dates = (pd.Timestamp("2020-06-01") + pd.to_timedelta(day, unit="D")).to_numpy()
     residual = np.repeat(rng.normal(0, 0.5, n_days), per_day) + rng.normal(0, 0.3, n)
     frame = pd.DataFrame({"latitude": lat, "longitude": lon, "day": dates, "weight": np.ones(n)})
     X, _, y = _window(date(2020, 6, 1), n_days, 10, seed=2)
@@ -298,10 +308,8 @@ def test_the_field_fit_reads_the_noise_from_the_samples_reported_uncertainties()
 
     rng = np.random.default_rng(13)
     n_days, per_day = 24, 60
-    day = np.repeat(np.arange(n_days), per_day)
+    day, lat, lon, dates = _samples_by_day(rng, n_days, per_day, side_deg=0.2)
     n = day.size
-    lat, lon = rng.uniform(30, 30.2, n), rng.uniform(104, 104.2, n)
-    dates = (pd.Timestamp("2020-06-01") + pd.to_timedelta(day, unit="D")).to_numpy()
     level = np.repeat(rng.normal(0, 0.5, n_days), per_day)  # the day's level the field follows
     reported = rng.uniform(0.5, 1.2, n)
     noise = 1.2 * reported * rng.standard_normal(n)  # the reported uncertainties understate it: k = 1.44
