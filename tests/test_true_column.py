@@ -11,7 +11,7 @@ import pytest
 
 from models.background import TERMS, Background, fit_background, time_terms
 from models.residual_field import (ResidualField, ResidualFieldError, Superobs, calibrate_true_column, condition,
-                                   day_number, held_out_noise, pair_distance, reported_noise_scale,
+                                   day_number, held_out_noise, level_excess_variance, pair_distance, reported_noise_scale,
                                    true_column_half_width)
 from tasks.covariates.features import time_features
 
@@ -325,3 +325,23 @@ def test_the_field_fit_reads_the_noise_from_the_samples_reported_uncertainties()
     # The held-out retrievals are covered 68 % by the true column's interval plus their own noise.
     assert fitted.field.true_column_scale is not None
     assert fitted.true_column_coverage["whole days"] == pytest.approx(0.6827, abs=0.06)
+
+
+def test_the_true_columns_part_is_read_at_the_intervals_level():
+    """Held-out errors = the true column's error (variance 0.1) + noise of each value's own variance:
+    the part added to the noise so that 68.27 % are held is 0.1; with heavy-tailed noise (real
+    retrievals) the mean square would put the tails into it, the 68 % reading does not."""
+    rng = np.random.default_rng(17)
+    n = 40_000
+    noise = rng.uniform(0.3, 1.5, n)
+    gaussian = rng.normal(0, np.sqrt(noise + 0.1))
+    assert level_excess_variance(gaussian, noise, np.ones(n)) == pytest.approx(0.1, abs=0.03)
+    # Student-t noise with 3 degrees of freedom, scaled so its 68 % reading is that of N(0, noise)
+    t3 = rng.standard_t(3, n)
+    scale = np.sqrt(noise) / np.quantile(np.abs(rng.standard_t(3, 200_000)), 0.6827)
+    heavy = rng.normal(0, np.sqrt(0.1), n) + scale * t3
+    assert np.mean(heavy ** 2 - noise) > 0.5  # the mean square's reading: the tails, not the true column
+    assert level_excess_variance(heavy, noise, np.ones(n)) == pytest.approx(0.1, abs=0.06)
+    # the noise alone holds more than 68 %: the part is negative, and calibrate_true_column's least
+    # squares (a2, u >= 0) gives no band where every bin says so
+    assert level_excess_variance(rng.normal(0, np.sqrt(noise * 0.5)), noise, np.ones(n)) < 0
