@@ -20,8 +20,8 @@ from models.evaluation import random_split, regression_metrics
 from models.background import Background
 from models.residual_field import (CLIP_MADS, ResidualField, Superobs, calibrate_interval, calibrate_true_column,
                                    day_number, fit_residual_field, held_out_noise, interval_half_width,
-                                   pair_distance, predict_points_with_background, reported_noise_scale, robust_sd,
-                                   superobs, true_column_half_width)
+                                   predict_points_with_background, reported_noise_scale, robust_sd, superobs,
+                                   true_column_half_width)
 from models.validation import group_holdout, spatial_block_ids
 
 if TYPE_CHECKING:  # models.training imports torch, which reading a holdout share must not load
@@ -317,12 +317,10 @@ def _with_noise_scale(field: ResidualField, frame: pd.DataFrame, training: np.nd
     neighbours (left at 1 without values and uncertainties in the frame, or too few pairs)."""
     if not {"xco2", "xco2_uncertainty", "longitude", "latitude", "day"} <= set(frame.columns):
         return field
-    lon, lat = frame["longitude"].to_numpy()[training], frame["latitude"].to_numpy()[training]
-    days = frame["day"].to_numpy()[training]
-    k = reported_noise_scale(lon, lat, days, frame["xco2"].to_numpy(np.float64)[training],
+    k = reported_noise_scale(frame["longitude"].to_numpy()[training], frame["latitude"].to_numpy()[training],
+                             frame["day"].to_numpy()[training], frame["xco2"].to_numpy(np.float64)[training],
                              frame["xco2_uncertainty"].to_numpy(np.float64)[training],
-                             frame["n_soundings"].to_numpy()[training] if "n_soundings" in frame else None,
-                             max_deg=pair_distance(lon, lat, days, seed), seed=seed)
+                             frame["n_soundings"].to_numpy()[training] if "n_soundings" in frame else None, seed=seed)
     return field if k is None else replace(field, reported_noise_scale=k)
 
 

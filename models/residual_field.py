@@ -498,7 +498,7 @@ def pair_distance(lon: np.ndarray, lat: np.ndarray, days: npt.ArrayLike, seed: i
 
 def reported_noise_scale(lon: np.ndarray, lat: np.ndarray, days: npt.ArrayLike, value: np.ndarray,
                          uncertainty: np.ndarray, n_soundings: np.ndarray | None = None,
-                         max_deg: float = NOISE_PAIR_DEG, seed: int = 0, min_pairs: int = 100) -> float | None:
+                         max_deg: float | None = None, seed: int = 0, min_pairs: int = 100) -> float | None:
     """k such that k x reported uncertainty^2 is a sample's retrieval noise variance, from same-day
     pairs of neighbouring samples, independent of any model: for two samples of the same true value
     with independent noise, (a - b) / sqrt(ua2 + ub2) is normal with variance k. Read at the 68.27 %
@@ -507,9 +507,13 @@ def reported_noise_scale(lon: np.ndarray, lat: np.ndarray, days: npt.ArrayLike, 
     `n_soundings` only samples of one sounding each count, and pairs of equal values (the same
     sounding) are left out; samples of several soundings may share one of them and read k low
     (the demo world: 0.94 with them, 0.97 without; the retrievals' own, against the truth, 0.92-1.08). The real change
-    of XCO2 over a few km adds a little. None with fewer than `min_pairs` pairs."""
+    of XCO2 over a few km adds a little. Pairs within `max_deg`; by default `pair_distance`, which
+    reaches the data's own spacing where they are binned coarser. None with fewer than `min_pairs`
+    pairs."""
     from scipy.spatial import cKDTree
 
+    if max_deg is None:
+        max_deg = pair_distance(lon, lat, days, seed)
     lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
     value, u = np.asarray(value, np.float64), np.asarray(uncertainty, np.float64)
     day = day_number(days)
