@@ -208,10 +208,12 @@ def _print_demo_summary(s: dict) -> None:
                           "more than 68% expected)")
         if acc.get("never_observed_true_column_coverage") is not None:
             table.add_row("68% true-column interval (band 3) vs truth, never-observed cells",
-                          f"covers {acc['never_observed_true_column_coverage']:.1%}")
-    for holdout, coverage in (s.get("true_column_vs_truth") or {}).items():
-        if coverage is not None:
-            table.add_row(f"68% true-column interval vs truth, held-out {holdout}", f"covers {coverage:.1%}")
+                          f"covers {acc['never_observed_true_column_coverage']:.1%}"
+                          + _chance(acc.get("never_observed_true_column_range")))
+    for holdout, scored in (s.get("true_column_vs_truth") or {}).items():
+        if scored is not None:
+            table.add_row(f"68% true-column interval vs truth, held-out {holdout}",
+                          f"covers {scored['coverage']:.1%}" + _chance(scored.get("range")))
     for row in s.get("comparison") or []:
         table.add_row(f"compare {row['model']} / {row['protocol']}",
                       f"RMSE {row['rmse']:.3f} ppm, R2 {row['r2']:.3f}, bias {row['bias']:+.3f}, N {row['n']}"
@@ -220,6 +222,16 @@ def _print_demo_summary(s: dict) -> None:
     table.add_row("MLflow", s["tracking_uri"])
     table.add_row("wall time", ", ".join(f"{k} {v}" for k, v in s["timings"].items()))
     console.print(table)
+
+
+def _chance(spread: dict | None) -> str:
+    """' (6 days: 28-80 % in 90 % of resamplings of the days)' from a CoverageRange.to_dict, or ''."""
+    if not spread:
+        return ""
+    if spread.get("low") is None or spread.get("high") is None:
+        return f" ({spread['groups']} {spread['unit']}: too few to say how much is chance)"
+    return (f" ({spread['groups']} {spread['unit']}: {100 * spread['low']:.0f}-{100 * spread['high']:.0f}% "
+            f"in 90% of resamplings of the {spread['unit']})")
 
 
 def _cmd_past_window(args: argparse.Namespace) -> int:
@@ -252,11 +264,17 @@ def _cmd_past_window(args: argparse.Namespace) -> int:
     console.print(table)
     if result.get("true_column_by_distance"):
         by_distance = Table(title="band 3 (true column's 68% interval) of the map by days after the training window")
-        for col in ("days after", "covers truth", "mean half-width (ppm)"):
+        for col in ("days after", "covers truth", "by chance (resampling the days)", "mean half-width (ppm)"):
             by_distance.add_column(col)
         for part in result["true_column_by_distance"]:
             by_distance.add_row(part["days"], f"{part['coverage68_true_column']:.1%}",
+                                _chance(part.get("range68_true_column")).strip(" ()"),
                                 f"{part['mean_half_width_true_column']:.3f}")
+        overall = result["maps"]["map"]
+        if "coverage68_true_column" in overall:
+            by_distance.add_row(f"1-{opts.days}", f"{overall['coverage68_true_column']:.1%}",
+                                _chance(overall.get("range68_true_column")).strip(" ()"),
+                                f"{overall.get('half_width_true_column', float('nan')):.3f}")
         console.print(by_distance)
     console.print(f"mean bias of the map within {BIAS_CRITERION_PPM} ppm: "
                   f"{'YES' if result['bias_within_criterion'] else 'NO'}; network anomaly scale "

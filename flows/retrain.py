@@ -68,7 +68,8 @@ def monthly_retrain(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     gate_idx, gate = results.gate_data(split)
     gate_predicted, _ = results.archive_view(trained, field_fit, X, df, gate_idx)
     truth = comparison_truth(settings)
-    reliability = results.reliability_of_holdouts(trained, field_fit, X, y, df, split, truth)
+    reliability = results.reliability_of_holdouts(trained, field_fit, X, y, df, split, truth,
+                                                  block_km=settings.promotion_block_km)
     figures = [plot_loss_curves(trained.history, work / "loss_curves.png"),
                plot_scatter(y[gate_idx], gate_predicted, work / "heldout_scatter.png"),
                results.reliability_figure(reliability, work / results.RELIABILITY_PNG, truth is not None)]

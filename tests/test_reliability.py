@@ -62,3 +62,55 @@ def test_the_table_and_the_figure(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["reliability.png"]  # no temp file left
     empty = rel.reliability_figure([], tmp_path / "empty.png", "nothing")
     assert empty.stat().st_size > 0
+
+
+def _days_with_level_errors(n_days: int, cells: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Errors that share a level per day (sd 1) plus a cell part (sd 0.3), a calibrated 68 % half-width."""
+    rng = np.random.default_rng(seed)
+    day = np.repeat(np.arange(n_days), cells)
+    error = rng.normal(0, 1.0, n_days)[day] + rng.normal(0, 0.3, day.size)
+    return error, np.full(day.size, np.hypot(1.0, 0.3) * rel.Z68), day
+
+
+def test_the_chance_range_counts_days_not_cells():
+    # 6 days of 800 cells: the coverage is nearly a day's 0 or 1, six draws; 60 days: much tighter.
+    error, half, day = _days_with_level_errors(6, 800, 3)
+    few = rel.coverage_range(np.abs(error) <= half, day)
+    assert few.groups == 6 and few.unit == "days"
+    assert few.high - few.low > 0.4  # what one table of 6 days cannot tell apart
+    error, half, day = _days_with_level_errors(60, 80, 4)
+    many = rel.coverage_range(np.abs(error) <= half, day)
+    assert many.high - many.low < 0.3
+    assert many.low <= float(np.mean(np.abs(error) <= half)) <= many.high
+    # The same cells treated as independent would give a range a tenth as wide: the days are the unit.
+    cells = rel.coverage_range(np.abs(error) <= half, np.arange(error.size))
+    assert cells.high - cells.low < (many.high - many.low) / 2
+    # Over repeated worlds a calibrated interval's coverage falls inside its range about 90 % of the time.
+    inside = 0
+    for seed in range(40):
+        error, half, day = _days_with_level_errors(30, 50, 100 + seed)
+        r = rel.coverage_range(np.abs(error) <= half, day, resamples=500, seed=seed)
+        inside += r.low <= 0.6827 <= r.high
+    assert inside >= 30
+
+
+def test_the_chance_range_with_weights_one_group_and_bad_lengths():
+    hits = np.array([1.0, 0.0, 1.0, 1.0])
+    r = rel.coverage_range(hits, np.array([0, 0, 1, 1]), np.array([1.0, 3.0, 1.0, 1.0]), unit="blocks")
+    assert r.groups == 2 and r.unit == "blocks"
+    assert 0.25 - 1e-9 <= r.low <= r.high <= 1.0 + 1e-9  # group 0 covers 1/4 by weight, group 1 all
+    one = rel.coverage_range(hits, np.zeros(4))
+    assert one.groups == 1 and np.isnan(one.low) and "too few" in one.reading()
+    assert one.to_dict() == {"low": None, "high": None, "groups": 1, "unit": "days"}
+    with pytest.raises(ValueError, match="4 hits, 3 groups"):
+        rel.coverage_range(hits, np.zeros(3))
+
+
+def test_a_reliability_with_groups_carries_the_range():
+    error, half, day = _days_with_level_errors(12, 100, 5)
+    curve = rel.reliability("true column vs truth, whole days", error, half, groups=day)
+    assert curve.range68 is not None and curve.range68.groups == 12
+    d = curve.to_dict()
+    assert d["range68"]["groups"] == 12 and d["range68"]["low"] <= d["coverage"]["68 %"] <= d["range68"]["high"]
+    assert "range68" not in rel.reliability("no groups", error, half).to_dict()
+    assert "12 days:" in curve.range68.reading()

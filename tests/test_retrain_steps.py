@@ -141,9 +141,16 @@ def test_the_reliability_of_both_intervals_on_the_scoring_halves(tmp_path):
                      blocks_score=a(20, 2000), days_calibration=a(0), days_score=a(2000, n), spatial_is_blocks=True)
     truth = rng.normal(0, 0.6, n)  # the map (0) misses the true column by 0.6 ppm sd
     y = truth + rng.normal(0, 0.8, n)  # and a retrieval adds 0.8 ppm: sd 1, as the model's interval says
-    df = pd.DataFrame({"weight": np.ones(n), "cell": a(n), "day": np.repeat(np.datetime64("2020-01-01"), n)})
+    df = pd.DataFrame({"weight": np.ones(n), "cell": a(n), "latitude": rng.uniform(30, 32, n),
+                       "longitude": rng.uniform(103, 105, n),
+                       "day": np.datetime64("2020-01-01") + rng.integers(0, 10, n).astype("timedelta64[D]")})
     X = np.zeros((n, 1))
     curves = steps.reliability_of_holdouts(_GaussianModel(), None, X, y, df, split)
+    # Each 68 % coverage with its chance range over the units that share an error: blocks, days.
+    blocks, days = (c.range68 for c in curves)
+    assert blocks is not None and blocks.unit == "blocks" and blocks.groups >= 4
+    assert days is not None and days.unit == "days" and days.groups == 10
+    assert days.low <= curves[1].observed[1] <= days.high
     assert [c.name for c in curves] == ["retrieval interval vs retrievals, spatial blocks",
                                         "retrieval interval vs retrievals, whole days"]
     for c in curves:
@@ -174,7 +181,8 @@ def test_the_true_column_defaults_to_the_archive_s_band_3(monkeypatch):
     a = np.arange
     split = Holdouts(fit=a(0, 5), early_stopping=a(0), random=a(0), blocks_calibration=a(0),
                      blocks_score=a(5, 15), days_calibration=a(0), days_score=a(15, n), spatial_is_blocks=True)
-    df = pd.DataFrame({"weight": np.ones(n), "cell": a(n), "day": np.repeat(np.datetime64("2020-01-01"), n)})
+    df = pd.DataFrame({"weight": np.ones(n), "cell": a(n), "latitude": np.linspace(30, 31, n),
+                       "longitude": np.full(n, 104.0), "day": np.repeat(np.datetime64("2020-01-01"), n)})
     calls = []
 
     def fake_true_column(field_fit, frame, background, idx):

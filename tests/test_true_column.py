@@ -282,9 +282,12 @@ def test_summaries_read_the_true_columns_coverage():
     from tasks.steps.demo import true_column_vs_truth
 
     curves = [{"name": "retrieval interval vs retrievals, spatial blocks", "coverage": {"68 %": 0.7}},
-              {"name": "true column vs truth, spatial blocks", "coverage": {"50 %": 0.5, "68 %": 0.66}},
+              {"name": "true column vs truth, spatial blocks", "coverage": {"50 %": 0.5, "68 %": 0.66},
+               "range68": {"low": 0.5, "high": 0.8, "groups": 4, "unit": "blocks"}},
               {"name": "true column vs truth, whole days", "coverage": {"68 %": None}}]
-    assert true_column_vs_truth(curves) == {"spatial blocks": 0.66, "whole days": None}
+    assert true_column_vs_truth(curves) == {
+        "spatial blocks": {"coverage": 0.66, "range": {"low": 0.5, "high": 0.8, "groups": 4, "unit": "blocks"}},
+        "whole days": None}
     assert true_column_vs_truth([]) == {}
     # Six days past the window in thirds: coverage pooled over the cells, half-width weighted by cells.
     daily = pd.DataFrame({"cells": [2, 2, 2, 2, 4, 4], "coverage_true_column_map": [1, 0, 1, 1, 0.5, 0.5],

@@ -11,6 +11,7 @@ import numpy as np
 import rasterio
 
 from models.evaluation import regression_metrics
+from tasks.analysis.reliability import coverage_range
 from tasks.archive import day_cog_path
 from tasks.archive.cog import TRUE_COLUMN_BAND, UNCERTAINTY_BAND, band_index
 from tasks.gridding.geometry import Grid
@@ -34,7 +35,8 @@ def accuracy_against_truth(archive_root: Path, region_name: str, region_dir: Pat
     # per never-observed cell: truth within the map's 68% interval for a retrieval (band 2) and
     # within the true column's (band 3, format 2)
     inside: dict[str, list[np.ndarray]] = {UNCERTAINTY_BAND: [], TRUE_COLUMN_BAND: []}
-    for day in days:
+    day_of: dict[str, list[np.ndarray]] = {UNCERTAINTY_BAND: [], TRUE_COLUMN_BAND: []}
+    for k, day in enumerate(days):
         with rasterio.open(day_cog_path(archive_root, region_name, day)) as src:
             pred = src.read(1, masked=True).filled(np.nan)
             half_widths = {}
@@ -47,6 +49,7 @@ def accuracy_against_truth(archive_root: Path, region_name: str, region_dir: Pat
         for name, half_width in half_widths.items():
             gap_ok = ok & ~seen & np.isfinite(half_width)
             inside[name].append(np.abs(pred[gap_ok] - truth[gap_ok]) <= half_width[gap_ok])
+            day_of[name].append(np.full(int(gap_ok.sum()), k))
         pred_all.append(pred[ok])
         true_all.append(truth[ok])
         gap = ok & ~seen
@@ -60,8 +63,12 @@ def accuracy_against_truth(archive_root: Path, region_name: str, region_dir: Pat
                                    if gap_true.size > 2 else None)
     # Band 2 is calibrated on observations, which carry retrieval noise the truth lacks, so against
     # the truth it should cover more than the nominal 68%; band 3 is the one meant to cover 68%.
+    # The cells of a day share its level error: the chance range resamples the days (coverage_range).
     for key, name in (("never_observed_interval_coverage", UNCERTAINTY_BAND),
                       ("never_observed_true_column_coverage", TRUE_COLUMN_BAND)):
         hits = np.concatenate(inside[name]) if inside[name] else np.array([])
         out[key] = float(hits.mean()) if hits.size else None
+        if name == TRUE_COLUMN_BAND:
+            out["never_observed_true_column_range"] = (
+                coverage_range(hits, np.concatenate(day_of[name]), unit="days").to_dict() if hits.size else None)
     return out

@@ -40,6 +40,58 @@ def level_label(level: float) -> str:
     return f"{100 * level:.0f} %"
 
 
+# How much of the resampled coverages a CoverageRange spans.
+RANGE_LEVEL = 0.90
+
+
+@dataclass(frozen=True)
+class CoverageRange:
+    """How far a 68 % coverage could move by chance: the central RANGE_LEVEL of the coverages of
+    `groups` resampled with replacement (a cluster bootstrap). The values of one day (or one
+    block) share that day's level error, so a set of 5,000 cell-days from 6 days is 6 draws, not
+    5,000: its coverage can miss 68 % by 15 points with a calibrated interval. NaN bounds with
+    fewer than two groups."""
+
+    low: float
+    high: float
+    groups: int
+    unit: str  # what a group is: "days", "blocks"
+
+    def to_dict(self) -> dict:
+        return {"low": None if not np.isfinite(self.low) else round(self.low, 4),
+                "high": None if not np.isfinite(self.high) else round(self.high, 4),
+                "groups": self.groups, "unit": self.unit}
+
+    def reading(self) -> str:
+        """'6 days: 28-80 % by chance' for a printed table."""
+        if not (np.isfinite(self.low) and np.isfinite(self.high)):
+            return f"{self.groups} {self.unit}: too few to say how much is chance"
+        return (f"{self.groups} {self.unit}: {100 * self.low:.0f}-{100 * self.high:.0f} % "
+                f"in {100 * RANGE_LEVEL:.0f} % of resamplings of the {self.unit}")
+
+
+def coverage_range(hits: np.ndarray, groups: np.ndarray, weight: np.ndarray | None = None, unit: str = "days",
+                   resamples: int = 2000, seed: int = 0) -> CoverageRange:
+    """The cluster-bootstrap range of the weighted coverage mean(hits) (CoverageRange)."""
+    hits = np.asarray(hits, np.float64)
+    w = np.ones_like(hits) if weight is None else np.asarray(weight, np.float64)
+    if len(hits) != len(groups) or len(hits) != len(w):
+        raise ValueError(f"coverage_range: {len(hits)} hits, {len(groups)} groups, {len(w)} weights")
+    labels, which = np.unique(np.asarray(groups), return_inverse=True)
+    if len(labels) < 2:
+        return CoverageRange(float("nan"), float("nan"), int(len(labels)), unit)
+    covered = np.bincount(which, weights=w * hits, minlength=len(labels))
+    total = np.bincount(which, weights=w, minlength=len(labels))
+    draws = np.random.default_rng(seed).integers(0, len(labels), size=(resamples, len(labels)))
+    counts = np.apply_along_axis(np.bincount, 1, draws, minlength=len(labels))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resampled = (counts @ covered) / (counts @ total)
+    resampled = resampled[np.isfinite(resampled)]
+    tail = (1 - RANGE_LEVEL) / 2
+    low, high = np.quantile(resampled, [tail, 1 - tail])
+    return CoverageRange(float(low), float(high), int(len(labels)), unit)
+
+
 @dataclass(frozen=True)
 class Reliability:
     """One interval's observed coverage at each nominal level, over one set of held-out values."""
@@ -48,11 +100,15 @@ class Reliability:
     levels: tuple[float, ...]
     observed: tuple[float, ...]  # NaN where nothing was scored
     n: int  # values scored (finite error and half-width, positive weight)
+    range68: CoverageRange | None = None  # the 68 % coverage's chance range, where groups were given
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "n": self.n,
-                "coverage": {level_label(lv): (None if not np.isfinite(o) else round(o, 4))
-                             for lv, o in zip(self.levels, self.observed)}}
+        out = {"name": self.name, "n": self.n,
+               "coverage": {level_label(lv): (None if not np.isfinite(o) else round(o, 4))
+                            for lv, o in zip(self.levels, self.observed)}}
+        if self.range68 is not None:
+            out["range68"] = self.range68.to_dict()
+        return out
 
 
 def coverage_at_levels(error: np.ndarray, half_width68: np.ndarray, weight: np.ndarray | None = None,
@@ -70,9 +126,20 @@ def coverage_at_levels(error: np.ndarray, half_width68: np.ndarray, weight: np.n
 
 
 def reliability(name: str, error: np.ndarray, half_width68: np.ndarray, weight: np.ndarray | None = None,
-                levels: Sequence[float] = LEVELS) -> Reliability:
+                levels: Sequence[float] = LEVELS, groups: np.ndarray | None = None,
+                unit: str = "days") -> Reliability:
+    """groups: what each value's error is shared with (its day, its block); with them the 68 %
+    coverage gets its chance range (coverage_range)."""
     observed, n = coverage_at_levels(error, half_width68, weight, levels)
-    return Reliability(name, tuple(levels), observed, n)
+    spread = None
+    if groups is not None:
+        e = np.abs(np.asarray(error, np.float64))
+        hw = np.asarray(half_width68, np.float64)
+        w = np.ones_like(e) if weight is None else np.asarray(weight, np.float64)
+        ok = np.isfinite(e) & np.isfinite(hw) & np.isfinite(w) & (w > 0)
+        if ok.any():
+            spread = coverage_range(e[ok] <= hw[ok], np.asarray(groups)[ok], w[ok], unit)
+    return Reliability(name, tuple(levels), observed, n, spread)
 
 
 def combined_half_width(half_width68: np.ndarray, extra_variance: float | np.ndarray) -> np.ndarray:

@@ -118,12 +118,16 @@ def world_wanted(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
 TRUE_COLUMN_CURVE = "true column vs truth, "
 
 
-def true_column_vs_truth(reliability: list[dict[str, Any]]) -> dict[str, float | None]:
-    """holdout -> the true column's 68% coverage of the truth, from the retrain's reliability curves."""
-    out: dict[str, float | None] = {}
+def true_column_vs_truth(reliability: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+    """holdout -> the true column's 68% coverage of the truth from the retrain's reliability curves
+    ({"coverage": float, "range": the coverage's chance range over the holdout's days or blocks,
+    CoverageRange.to_dict, or None}), None where it was not scored."""
+    out: dict[str, dict[str, Any] | None] = {}
     for curve in reliability:
         if str(curve.get("name", "")).startswith(TRUE_COLUMN_CURVE):
-            out[curve["name"][len(TRUE_COLUMN_CURVE):]] = curve.get("coverage", {}).get(level_label(0.6827))
+            coverage = curve.get("coverage", {}).get(level_label(0.6827))
+            out[curve["name"][len(TRUE_COLUMN_CURVE):]] = (None if coverage is None else
+                                                           {"coverage": coverage, "range": curve.get("range68")})
     return out
 
 

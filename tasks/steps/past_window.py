@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -46,6 +46,7 @@ import pandas as pd
 from models.background import Background
 from models.residual_field import (Z68, ResidualField, day_number, interval_half_width, predict_points_with_background,
                                    true_column_half_width)
+from tasks.analysis.reliability import coverage_range
 from tasks.io.atomic import atomic_path, publish_text, write_json
 from tasks.covariates.static import StaticCovariates
 from tasks.mapping.daily_anomaly import window_superobs
@@ -190,14 +191,19 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
         shutil.rmtree(settings.region_dir / "residuals" / f"v{cache_version}", ignore_errors=True)
 
     daily = pd.DataFrame(rows)
-    summary = {}
+    summary: dict[str, dict[str, Any]] = {}
     for name in MAPS:
         errors = np.concatenate([e for e, _ in pooled[name]])
         s = {"bias": float(daily[f"bias_{name}"].mean()), "max_abs_daily_bias": float(daily[f"bias_{name}"].abs().max()),
              "rmse": float(np.sqrt(np.mean(errors ** 2)))}
         for kind in pooled[name][0][1]:
             s[f"coverage68_{kind}"] = float(np.mean(np.concatenate([h[kind] for _, h in pooled[name]])))
+        if f"half_width_true_column_{name}" in daily:
+            s["half_width_true_column"] = float(np.average(daily[f"half_width_true_column_{name}"],
+                                                           weights=daily["cells"]))
         summary[name] = {k: round(v, 4) for k, v in s.items()}
+        if "true_column" in pooled[name][0][1]:
+            summary[name]["range68_true_column"] = _by_day_range(pooled[name], range(len(pooled[name])))
     by_distance = true_column_by_distance(daily, pooled["map"])
     out_dir.mkdir(parents=True, exist_ok=True)
     publish_text(out_dir / "past_window_daily.csv", daily.to_csv(index=False))
@@ -223,8 +229,18 @@ def true_column_by_distance(daily: pd.DataFrame, pooled: list[Pooled], parts: in
         out.append({"days": f"{int(chunk[0]) + 1}-{int(chunk[-1]) + 1}", "coverage68_true_column": round(
             float(np.mean(hits)), 4), "mean_half_width_true_column": round(
             float(np.average(daily["half_width_true_column_map"].to_numpy()[chunk],
-                             weights=daily["cells"].to_numpy()[chunk])), 4)})
+                             weights=daily["cells"].to_numpy()[chunk])), 4),
+                    "range68_true_column": _by_day_range(pooled, chunk)})
     return out
+
+
+def _by_day_range(pooled: list[Pooled], days: Iterable[int]) -> dict[str, Any]:
+    """The true column's coverage's chance range over `days` (indices into pooled), the days
+    resampled: a day's cells share its level error (tasks/analysis/reliability.py::coverage_range)."""
+    days = list(days)
+    hits = np.concatenate([pooled[i][1]["true_column"] for i in days])
+    labels = np.concatenate([np.full(len(pooled[i][1]["true_column"]), i) for i in days])
+    return coverage_range(hits, labels, unit="days").to_dict()
 
 
 def _bias_figure(daily: pd.DataFrame, opts: PastWindowOptions, path: Path) -> Path:

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from models.holdouts import FieldFit, Holdouts, NetworkShare, holdout_scores, map_predict, map_true_column
+from models.residual_field import day_number
+from models.validation import spatial_block_ids
 from tasks.analysis import reliability as rel
 from tasks.covariates.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from tasks.settings import Settings
@@ -94,7 +96,7 @@ class GateDecision(Protocol):
 
 def reliability_of_holdouts(trained: TrainedModel, field_fit: FieldFit | None, X: np.ndarray, y: np.ndarray, df: pd.DataFrame,
                             split: Holdouts, truth: Truth | None = None,
-                            true_column: TrueColumnView | None = None) -> list[rel.Reliability]:
+                            true_column: TrueColumnView | None = None, block_km: float = 50.0) -> list[rel.Reliability]:
     """Each interval's coverage at 50, 68, 90 and 95 % on the scoring halves of blocks and days.
 
     The retrieval interval against the held-out retrievals, each counted by its independent
@@ -102,7 +104,9 @@ def reliability_of_holdouts(trained: TrainedModel, field_fit: FieldFit | None, X
     truth where there is one (the demo world), each held-out cell-day once; on real data there is
     no truth to check it against here (`xco2 benchmark real` checks it through the retrieval noise
     of neighbouring retrievals). true_column: the true column's half-width at held-out samples
-    (default: the archive's, models.holdouts.map_true_column, when the retrain fitted a field)."""
+    (default: the archive's, models.holdouts.map_true_column, when the retrain fitted a field).
+    Each 68 % coverage carries its chance range (rel.coverage_range) over the units that share an
+    error: the held-out blocks (of `block_km`, the split's) and the held-out days."""
     weight = df["weight"].to_numpy(np.float64)
     if true_column is None and field_fit is not None:
         fitted = field_fit
@@ -114,14 +118,20 @@ def reliability_of_holdouts(trained: TrainedModel, field_fit: FieldFit | None, X
     for name, idx in (("spatial blocks", split.blocks_score), ("whole days", split.days_score)):
         if len(idx) < 2:
             continue
+        if name == "spatial blocks":
+            groups, unit = spatial_block_ids(df["latitude"].to_numpy()[idx], df["longitude"].to_numpy()[idx],
+                                             block_km=block_km), "blocks"
+        else:
+            groups, unit = day_number(df["day"].to_numpy()[idx]).astype(np.int64), "days"
         predicted, half_width = archive_view(trained, field_fit, X, df, idx)
         if half_width is not None:
             curves.append(rel.reliability(f"retrieval interval vs retrievals, {name}", predicted - y[idx], half_width,
-                                          weight[idx]))
+                                          weight[idx], groups=groups, unit=unit))
         true_half = true_column(idx) if true_column is not None else None
         if truth is not None and true_half is not None:
             true_values = np.asarray(truth(df["cell"].to_numpy()[idx], df["day"].to_numpy()[idx]), np.float64)
-            curves.append(rel.reliability(f"true column vs truth, {name}", predicted - true_values, true_half))
+            curves.append(rel.reliability(f"true column vs truth, {name}", predicted - true_values, true_half,
+                                          groups=groups, unit=unit))
     return curves
 
 
