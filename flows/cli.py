@@ -226,12 +226,9 @@ def _print_demo_summary(s: dict) -> None:
 
 def _chance(spread: dict | None) -> str:
     """' (6 days: 28-80 % in 90 % of resamplings of the days)' from a CoverageRange.to_dict, or ''."""
-    if not spread:
-        return ""
-    if spread.get("low") is None or spread.get("high") is None:
-        return f" ({spread['groups']} {spread['unit']}: too few to say how much is chance)"
-    return (f" ({spread['groups']} {spread['unit']}: {100 * spread['low']:.0f}-{100 * spread['high']:.0f}% "
-            f"in 90% of resamplings of the {spread['unit']})")
+    from tasks.analysis.reliability import CoverageRange
+
+    return f" ({CoverageRange.from_dict(spread).reading()})" if spread else ""
 
 
 def _cmd_past_window(args: argparse.Namespace) -> int:

@@ -102,6 +102,9 @@ def test_the_chance_range_with_weights_one_group_and_bad_lengths():
     one = rel.coverage_range(hits, np.zeros(4))
     assert one.groups == 1 and np.isnan(one.low) and "too few" in one.reading()
     assert one.to_dict() == {"low": None, "high": None, "groups": 1, "unit": "days"}
+    assert rel.CoverageRange.from_dict(r.to_dict()).reading() == rel.CoverageRange.from_dict(
+        {"low": round(r.low, 4), "high": round(r.high, 4), "groups": 2, "unit": "blocks"}).reading()
+    assert "too few" in rel.CoverageRange.from_dict(one.to_dict()).reading()
     with pytest.raises(ValueError, match="4 hits, 3 groups"):
         rel.coverage_range(hits, np.zeros(3))
 

@@ -62,6 +62,12 @@ class CoverageRange:
                 "high": None if not np.isfinite(self.high) else round(self.high, 4),
                 "groups": self.groups, "unit": self.unit}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> CoverageRange:
+        """Back from to_dict (a result.json's, a summary's)."""
+        return cls(float("nan") if d.get("low") is None else float(d["low"]),
+                   float("nan") if d.get("high") is None else float(d["high"]), int(d["groups"]), str(d["unit"]))
+
     def reading(self) -> str:
         """'6 days: 28-80 % by chance' for a printed table."""
         if not (np.isfinite(self.low) and np.isfinite(self.high)):
