@@ -6,8 +6,13 @@ own day-to-day bias), and a region keeps a pattern for weeks that no covariate e
 carried to every cell by simple kriging of the residuals of nearby days, with a covariance of two
 space-time components plus a nugget:
 
-    C = s_local exp(-d / L_local - |dt| / T_local) + s_regional exp(-d / L_regional - |dt| / T_regional)
+    C = s_local rho(d / L_local) exp(-|dt| / T_local) + s_regional rho(d / L_regional) exp(-|dt| / T_regional)
     nugget of a super-observation = noise_correlated + noise_independent / (independent soundings in it)
+
+rho is a Matern correlation in space (smoothness 1/2, the exponential; 3/2; or 5/2), the same
+for both components, chosen with the other parameters by the likelihood: an exponential fitted to a
+smooth field needs a length several times the field's own to match its short-range correlation and
+then keeps far cells correlated with a day's swath, so the variance there grows too little.
 
 The parameters are fitted by maximum likelihood at each retrain on the training residuals (never
 tuned by hand), the interval scale is calibrated on held-out blocks and whole held-out days, and
@@ -42,6 +47,10 @@ KM_PER_DEGREE_LAT = 110.57
 KM_PER_DEGREE_LON_EQUATOR = 111.32
 PARAMETERS = ("local_variance", "local_length_km", "local_time_days", "regional_variance", "regional_length_km",
               "regional_time_days", "noise_correlated", "noise_independent")
+# The spatial correlations the likelihood chooses from (Matern smoothness 1/2, 3/2, 5/2; smoother
+# ones are numerically ill-conditioned on dense super-observations). Fields fitted before the
+# choice existed are exponential (matern12), which is what from_dict gives them.
+SPATIAL_SHAPES = ("matern12", "matern32", "matern52")
 # z of the central 68.27% of a normal: the interval is mean +- Z68 * sigma.
 Z68 = 1.0
 # Measured on the real development set (docs/design.md): 2 robust sd cut the whole-day and block
@@ -89,8 +98,13 @@ class ResidualField:
     # A retrieval's noise variance is reported_noise_scale x its reported uncertainty^2, the scale
     # set on same-day neighbouring training samples (reported_noise_scale()); 1 before it was kept.
     reported_noise_scale: float = 1.0
+    # The spatial correlation's shape (SPATIAL_SHAPES), chosen at the fit by the likelihood.
+    spatial_shape: str = "matern12"
 
     def __post_init__(self) -> None:
+        if self.spatial_shape not in SPATIAL_SHAPES:
+            raise ResidualFieldError(f"residual field spatial_shape must be one of {list(SPATIAL_SHAPES)}, "
+                                     f"got {self.spatial_shape!r}")
         for name in PARAMETERS + ("interval_scale", "noise_scale", "superob_deg", "lattice_deg", "clip_ppm"):
             value = getattr(self, name)
             if not (value >= 0 and (math.isfinite(value) or name == "clip_ppm")):
@@ -132,7 +146,8 @@ class ResidualField:
         return np.log([getattr(self, p) for p in PARAMETERS[:6]])
 
     def covariance(self, xy_a: np.ndarray, t_a: np.ndarray, xy_b: np.ndarray, t_b: np.ndarray) -> np.ndarray:
-        return _covariance(self._log_params(), _distance(xy_a, xy_b), np.abs(t_a[:, None] - t_b[None, :]))[0]
+        return _covariance(self._log_params(), _distance(xy_a, xy_b), np.abs(t_a[:, None] - t_b[None, :]),
+                           self.spatial_shape)[0]
 
     def nugget(self, weight: np.ndarray) -> np.ndarray:
         return self.noise_correlated + self.noise_independent / np.maximum(np.asarray(weight, np.float64), 1e-6)
@@ -220,17 +235,37 @@ def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(d2)
 
 
-def _covariance(logp: np.ndarray, D: np.ndarray, DT: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The two components' sum and each component (for the gradient)."""
+def _spatial(shape: str, D: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
+    """The spatial correlation of a Matern shape at distances D, and its derivative by log(length)."""
+    if shape == "matern12":  # the exponential
+        a = D / length
+        e = np.exp(-a)
+        return e, a * e
+    if shape == "matern32":
+        a = math.sqrt(3.0) * D / length
+        e = np.exp(-a)
+        return (1 + a) * e, a * a * e
+    if shape == "matern52":
+        a = math.sqrt(5.0) * D / length
+        e = np.exp(-a)
+        return (1 + a + a * a / 3) * e, a * a * (1 + a) / 3 * e
+    raise ResidualFieldError(f"unknown spatial shape {shape!r}; known: {list(SPATIAL_SHAPES)}")
+
+
+def _covariance(logp: np.ndarray, D: np.ndarray, DT: np.ndarray, shape: str = "matern12"
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The two components' sum and its derivatives by the six log parameters."""
     s1, l1, t1, s2, l2, t2 = np.exp(logp[:6])
-    c1 = s1 * np.exp(-D / l1 - DT / t1)
-    c2 = s2 * np.exp(-D / l2 - DT / t2)
-    return c1 + c2, c1, c2
+    rho1, drho1 = _spatial(shape, D, l1)
+    rho2, drho2 = _spatial(shape, D, l2)
+    e1, e2 = np.exp(-DT / t1), np.exp(-DT / t2)
+    c1, c2 = s1 * rho1 * e1, s2 * rho2 * e2
+    return c1 + c2, [c1, s1 * drho1 * e1, c1 * DT / t1, c2, s2 * drho2 * e2, c2 * DT / t2]
 
 
 def _negative_log_likelihood(logp: np.ndarray, D: np.ndarray, DT: np.ndarray, r: np.ndarray,
-                             inv_w: np.ndarray) -> tuple[float, np.ndarray]:
-    K, c1, c2 = _covariance(logp, D, DT)
+                             inv_w: np.ndarray, shape: str = "matern12") -> tuple[float, np.ndarray]:
+    K, derivatives = _covariance(logp, D, DT, shape)
     nc, ni = np.exp(logp[6]), np.exp(logp[7])
     K[np.diag_indices_from(K)] += nc + ni * inv_w
     try:
@@ -241,8 +276,6 @@ def _negative_log_likelihood(logp: np.ndarray, D: np.ndarray, DT: np.ndarray, r:
     value = 0.5 * r @ alpha + np.log(np.diag(factor[0])).sum()
     # d nll / d theta = 0.5 tr((K^-1 - alpha alpha^T) dK/dtheta), with theta the log parameters.
     M = cho_solve(factor, np.eye(len(r)), check_finite=False) - np.outer(alpha, alpha)
-    l1, t1, l2, t2 = np.exp(logp[[1, 2, 4, 5]])
-    derivatives = [c1, c1 * D / l1, c1 * DT / t1, c2, c2 * D / l2, c2 * DT / t2]
     grad = [0.5 * np.sum(M * dK) for dK in derivatives]
     grad.append(0.5 * nc * np.trace(M))
     grad.append(0.5 * ni * np.sum(np.diag(M) * inv_w))
@@ -251,9 +284,9 @@ def _negative_log_likelihood(logp: np.ndarray, D: np.ndarray, DT: np.ndarray, r:
 
 def fit_residual_field(obs: Superobs, lat0: float, seed: int = 0, max_points: int = 800,
                        max_window_days: int = 60, superob_deg: float = 0.1, lattice_deg: float = 0.05,
-                       clip_ppm: float = float("inf")) -> ResidualField:
-    """Maximum-likelihood covariance parameters from training residuals (super-observations made
-    with `clip_ppm`, which the field keeps for the maps).
+                       clip_ppm: float = float("inf"), shapes: tuple[str, ...] = SPATIAL_SHAPES) -> ResidualField:
+    """Maximum-likelihood covariance parameters and spatial shape (one of `shapes`) from training
+    residuals (super-observations made with `clip_ppm`, which the field keeps for the maps).
 
     At most `max_points` super-observations enter the likelihood (a seeded subsample): the
     parameters are few, and an n^3 factorisation per step bounds the retrain's time."""
@@ -277,12 +310,14 @@ def fit_residual_field(obs: Superobs, lat0: float, seed: int = 0, max_points: in
     # 0.25-day bound): from the first start alone a Sichuan demo's field landed there while a
     # start with a week-long part found a likelihood e^3.3 times higher on the same points, and a
     # field without memory leaves a day with no observations nothing but the background
-    # (docs/design.md, "A third Sichuan run"). Both starts, the better optimum kept.
+    # (docs/design.md, "A third Sichuan run"). Both starts for every spatial shape, the best
+    # optimum kept: the shapes have the same number of parameters, so the likelihood alone decides.
     starts = (np.log([0.25 * v, extent / 8, 2.0, 0.25 * v, extent, span / 2, 0.25 * v, 0.25 * v]),
               np.log([0.3 * v, extent / 3, min(7.0, span), 0.3 * v, extent / 2, 0.25, 0.05 * v, 0.25 * v]))
-    result = min((minimize(_negative_log_likelihood, np.clip(start, low, high), args=(D, DT, r, inv_w), jac=True,
-                           method="L-BFGS-B", bounds=bounds, options={"maxiter": 200}) for start in starts),
-                 key=lambda fit: float(fit.fun) if np.isfinite(fit.fun) else np.inf)
+    fits = [(minimize(_negative_log_likelihood, np.clip(start, low, high), args=(D, DT, r, inv_w, shape), jac=True,
+                      method="L-BFGS-B", bounds=bounds, options={"maxiter": 200}), shape)
+            for shape in shapes for start in starts]
+    result, shape = min(fits, key=lambda fit: float(fit[0].fun) if np.isfinite(fit[0].fun) else np.inf)
     p = np.exp(result.x)
     # The two components are interchangeable: name the shorter one local.
     if p[1] > p[4]:
@@ -292,7 +327,7 @@ def fit_residual_field(obs: Superobs, lat0: float, seed: int = 0, max_points: in
     local_v, local_km, local_days, regional_v, regional_km, regional_days, correlated, independent = map(float, p)
     return ResidualField(local_v, local_km, local_days, regional_v, regional_km, regional_days, correlated, independent,
                          window_days=window_days, superob_deg=superob_deg,
-                         lattice_deg=lattice_deg, n_fit=len(o), clip_ppm=clip_ppm)
+                         lattice_deg=lattice_deg, n_fit=len(o), clip_ppm=clip_ppm, spatial_shape=shape)
 
 
 @dataclass

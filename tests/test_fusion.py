@@ -70,6 +70,30 @@ def test_merge_oco_refuses_duplicate_cells():
         merge_oco(cells([1, 1], [400.0, 401.0]), None)
 
 
+def test_a_sounding_collocates_with_the_days_oco_cells_nearby():
+    """With the grid, OCO cells within the radius of a footprint count (each once per sounding);
+    beyond it, or on another day, none; at radius 0 only the cells inside, as without the grid."""
+    from tasks.gridding.geometry import Grid
+
+    grid = Grid(west=104.0, south=30.0, east=106.0, north=32.0, step=0.01)
+    at = lambda row, col: int(grid.cell_id(row, col))  # noqa: E731
+    footprint = [at(100, 100), at(100, 101), at(101, 100), at(101, 101)]  # 2 x 2 cells
+    near = [at(100, 140), at(130, 101)]   # 0.39 and 0.29 degree of latitude from its edge
+    far = [at(100, 170)]                  # 0.69 degree of longitude (0.59 at 31 N)
+    d1, d2 = date(2021, 3, 1), date(2021, 3, 2)
+    oco_days = {d1: cells(footprint[:1] + near + far, [401.0, 403.0, 405.0, 430.0], sigma=0.5, weight=1.0),
+                d2: cells([at(100, 102)], [499.0])}
+    gosat_days = {d1: footprints({7: (footprint, 404.0)}), d2: footprints({3: ([at(150, 150)], 400.0)})}
+    out = collocations(oco_days, gosat_days, grid, radius_deg=0.5)
+    assert out["sounding"].tolist() == [7] and out["day"].tolist() == [d1]
+    assert out["oco_cells"].tolist() == [3]  # the one inside and the two near; not the far one
+    assert out["oco"].iloc[0] == pytest.approx(403.0)
+    assert out["oco_weight"].iloc[0] == pytest.approx(3.0) and out["weight"].iloc[0] == pytest.approx(1.0)
+    inside = collocations(oco_days, gosat_days, grid, radius_deg=0.0)
+    assert inside["oco_cells"].tolist() == [1] and inside["oco"].iloc[0] == pytest.approx(401.0)
+    assert collocations(oco_days, gosat_days).equals(inside)
+
+
 def test_one_gosat_sounding_is_one_collocation():
     """An 80-cell GOSAT footprint over OCO cells is one collocation against their weighted mean."""
     d1, d2, d3 = date(2021, 3, 1), date(2021, 3, 2), date(2021, 3, 3)

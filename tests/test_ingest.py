@@ -36,7 +36,7 @@ def test_fused_targets_and_samples(tmp_path):
     oco2 = write_oco_lite(tmp_path / "in", tiny_soundings("oco2", DAY), mission="oco2", day=DAY)
     gosat = write_gosat_c3s(tmp_path / "in", tiny_soundings("gosat", DAY, center=(30.8, 104.2)), day=DAY)
     ingest.grid_day(DAY, {"oco2": [oco2], "oco3": [], "gosat": [gosat]}, GRID, region, tmp_path / "q")
-    fit = ingest.fit_gosat(region)
+    fit = ingest.fit_gosat(region, GRID)
     assert (region / "gosat_fit.json").is_file()
     targets = ingest.fused_targets(region, DAY, fit)
     assert set(targets["source"]) == {"oco2", "gosat"} and targets["cell"].is_unique

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.residual_field import (PARAMETERS, ResidualField, ResidualFieldError, Superobs, _distance,
+from models.residual_field import (PARAMETERS, SPATIAL_SHAPES, ResidualField, ResidualFieldError, Superobs, _distance,
                                    _negative_log_likelihood, _xy_km, calibrate_interval, condition, day_number,
                                    fit_residual_field, interval_half_width, predict_map, predict_points, superobs,
                                    window)
@@ -63,16 +63,17 @@ def test_a_whole_day_off_the_model_is_followed_while_its_outliers_are_clipped():
     assert obs.residual[0] == pytest.approx(5.0, abs=0.1)
 
 
-def test_analytic_gradient_matches_finite_differences():
+@pytest.mark.parametrize("shape", SPATIAL_SHAPES)
+def test_analytic_gradient_matches_finite_differences(shape: str):
     obs = simulated(FIELD, 40, seed=0)
     xy = _xy_km(obs.lon, obs.lat, LAT0)
     D, DT = _distance(xy, xy), np.abs(obs.day[:, None] - obs.day[None, :])
     inv_w = 1.0 / np.random.default_rng(1).uniform(0.5, 3, len(obs))
     logp = np.log([0.7, 60.0, 3.0, 0.2, 400.0, 20.0, 0.08, 0.15])
-    value, grad = _negative_log_likelihood(logp, D, DT, obs.residual, inv_w)
+    value, grad = _negative_log_likelihood(logp, D, DT, obs.residual, inv_w, shape)
     h = 1e-5
-    numeric = np.array([(_negative_log_likelihood(logp + h * e, D, DT, obs.residual, inv_w)[0]
-                         - _negative_log_likelihood(logp - h * e, D, DT, obs.residual, inv_w)[0]) / (2 * h)
+    numeric = np.array([(_negative_log_likelihood(logp + h * e, D, DT, obs.residual, inv_w, shape)[0]
+                         - _negative_log_likelihood(logp - h * e, D, DT, obs.residual, inv_w, shape)[0]) / (2 * h)
                         for e in np.eye(len(logp))])
     assert np.isfinite(value)
     assert np.allclose(grad, numeric, rtol=1e-4, atol=1e-5)
@@ -91,6 +92,22 @@ def test_ml_fit_recovers_the_scales_of_simulated_data():
     assert 3 <= fit.window_days <= 60 and fit.n_fit == 150
     with pytest.raises(ResidualFieldError, match="too few"):
         fit_residual_field(simulated(truth, 10, seed=2), LAT0)
+
+
+def test_the_likelihood_chooses_the_spatial_shape_of_the_data():
+    """A smooth field (Matern 5/2) and a rough one (exponential), each 250 super-observations on one
+    day: the fit names each one's shape, and a field's shape survives its description."""
+    fits = {}
+    for shape in ("matern52", "matern12"):
+        truth = ResidualField(1.0, 150.0, 5.0, 1e-6, 2000.0, 100.0, 0.01, 0.02, spatial_shape=shape)
+        fits[shape] = fit_residual_field(simulated(truth, 250, seed=5, days=1), LAT0, seed=0)
+    assert fits["matern52"].spatial_shape != "matern12"
+    assert fits["matern12"].spatial_shape == "matern12"
+    assert ResidualField.from_dict(fits["matern52"].to_dict()) == fits["matern52"]
+    old = {k: v for k, v in fits["matern52"].to_dict().items() if k != "spatial_shape"}
+    assert ResidualField.from_dict(old).spatial_shape == "matern12"  # fitted before the choice: exponential
+    with pytest.raises(ResidualFieldError, match="spatial_shape"):
+        ResidualField.from_dict({**old, "spatial_shape": "gaussian"})
 
 
 def test_kriging_interpolates_without_noise_and_returns_the_prior_far_away():

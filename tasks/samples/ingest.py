@@ -194,9 +194,9 @@ def _gridded_days(region_dir: Path, source: str) -> list[date]:
     return sorted(date.fromisoformat(p.stem) for p in folder.glob("*.parquet")) if folder.is_dir() else []
 
 
-def _fit_on(region_dir: Path, through: date | None) -> GosatFit:
+def _fit_on(region_dir: Path, grid: Grid, through: date | None) -> GosatFit:
     """The fit on every GOSAT sounding gridded on a day up to `through` (None: every day) that OCO
-    observed the same day (one collocation per sounding); not stored."""
+    observed the same day nearby (one collocation per sounding, tasks/fusion/merge.py); not stored."""
     def upto(by_day: dict[date, pd.DataFrame]) -> dict[date, pd.DataFrame]:
         return {d: f for d, f in by_day.items() if through is None or d <= through}
 
@@ -206,7 +206,7 @@ def _fit_on(region_dir: Path, through: date | None) -> GosatFit:
     oco_days = set(oco2) | set(oco3)
     oco_by_day = {d: merge_oco(oco2.get(d, empty), oco3.get(d, empty)) for d in oco_days}
     footprints = load_footprints(region_dir, "gosat", [d for d in gosat_days if d in oco_days])
-    return fit_gosat_to_oco(collocations(oco_by_day, footprints))
+    return fit_gosat_to_oco(collocations(oco_by_day, footprints, grid))
 
 
 def fit_inputs_digest(region_dir: Path, through: date | None) -> str:
@@ -234,12 +234,12 @@ def _data_through(region_dir: Path) -> date | None:
     return max(days) if days else None
 
 
-def fit_gosat(region_dir: Path, through: date | None = None) -> GosatFit:
+def fit_gosat(region_dir: Path, grid: Grid, through: date | None = None) -> GosatFit:
     """Step 2's linear map GOSAT -> OCO on every GOSAT sounding gridded up to `through` (None:
     so far) that OCO observed the same day; stored as the current fit with the last day of data
     it saw (`data_through`) and the digest of its inputs (`inputs_digest`)."""
     through = through or _data_through(region_dir)
-    fit = _fit_on(region_dir, through)
+    fit = _fit_on(region_dir, grid, through)
     write_json(gosat_fit_file(region_dir), {**fit.to_dict(), "data_through": through.isoformat() if through else None,
                                             "inputs_digest": fit_inputs_digest(region_dir, through)})
     log.info("GOSAT -> OCO fit: %s", fit.to_dict())
@@ -258,9 +258,9 @@ def stored_gosat_fit(region_dir: Path) -> GosatFit | None:
         return None
 
 
-def current_gosat_fit(region_dir: Path) -> GosatFit:
+def current_gosat_fit(region_dir: Path, grid: Grid) -> GosatFit:
     """What the daily update maps with: the stored fit; a fit on the gridded days when none is."""
-    return stored_gosat_fit(region_dir) or fit_gosat(region_dir)
+    return stored_gosat_fit(region_dir) or fit_gosat(region_dir, grid)
 
 
 def _stored_record(region_dir: Path) -> tuple[date | None, str | None]:
@@ -300,14 +300,14 @@ def gosat_fit_for_daily(region_dir: Path, era5_dir: Path, grid: Grid) -> tuple[G
     collocated day."""
     stored = stored_gosat_fit(region_dir)
     if stored is None:
-        return fit_gosat(region_dir), None
+        return fit_gosat(region_dir, grid), None
     through, digest = _stored_record(region_dir)
     if through is None and stored.fitted_days is not None:
         through = stored.fitted_days[1]
     now = fit_inputs_digest(region_dir, through)
     if digest == now:
         return stored, None
-    candidate = _fit_on(region_dir, through)
+    candidate = _fit_on(region_dir, grid, through)
     if candidate.fit_id == stored.fit_id:  # other bytes, same collocations: the fit holds
         write_json(gosat_fit_file(region_dir), {**stored.to_dict(),
                                                 "data_through": through.isoformat() if through else None,
@@ -327,7 +327,7 @@ def refit_gosat_and_refuse(region_dir: Path, era5_dir: Path, grid: Grid, through
     from tasks.samples.store import read_day, stored_days, write_day
 
     previous = stored_gosat_fit(region_dir)
-    fit = fit_gosat(region_dir, through)
+    fit = fit_gosat(region_dir, grid, through)
     rewritten, resampled, unchanged = [], [], 0
     for day in stored_days(region_dir):
         stored = read_day(region_dir, day)

@@ -211,7 +211,8 @@ def report_markdown(settings: Settings, version: RegisteredVersion, decision: Ga
     else:
         lines += ["", f"- daily-anomaly field: local {f.local_variance:.2f} ppm2 / {f.local_length_km:.0f} km / "
                   f"{f.local_time_days:.1f} d, regional {f.regional_variance:.2f} ppm2 / {f.regional_length_km:.0f} km / "
-                  f"{f.regional_time_days:.1f} d, noise {f.point_noise():.2f} ppm2, window +-{f.window_days} d; interval "
+                  f"{f.regional_time_days:.1f} d ({f.spatial_shape} in space), noise {f.point_noise():.2f} ppm2, "
+                  f"window +-{f.window_days} d; interval "
                   f"scale {f.interval_scale:.2f} (calibration coverage "
                   + ", ".join(f"{k} {v:.1%}" for k, v in field_fit.calibration_coverage.items()) + ")"]
     if reliability:

@@ -198,9 +198,9 @@ def _check_gridded(settings: Settings, grid: Grid) -> list[Finding]:
 
 # ---- samples ------------------------------------------------------------------------------
 
-def _current_fit(region_dir: Path) -> GosatFit:
+def _current_fit(region_dir: Path, grid: Grid) -> GosatFit:
     # The fit the store's days are sampled with; fitted from gridded cells if none is stored.
-    return ingest.current_gosat_fit(region_dir)
+    return ingest.current_gosat_fit(region_dir, grid)
 
 
 def _check_samples(settings: Settings, grid: Grid) -> list[Finding]:
@@ -232,7 +232,7 @@ def _check_samples(settings: Settings, grid: Grid) -> list[Finding]:
                 what = "ERA5" if not inputs.era5.ready else "NDVI"
                 raise FileNotFoundError(f"{what} for {day} is not usable ({inputs.why}); the daily update samples "
                                         "the day when it is")
-            fit = fit or _current_fit(region_dir)
+            fit = fit or _current_fit(region_dir, grid)
             n = ingest.sample_day(region_dir, era5_dir, grid, day, fit)
             outcome = f"sampled again: {n} samples"
         except Exception as exc:  # noqa: BLE001 - one day's repair must not stop the run's check

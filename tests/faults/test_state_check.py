@@ -54,7 +54,7 @@ def build_store(data_dir: Path) -> None:
     for day in sorted({d for s in SATELLITES for d in granules[s]}):
         ingest.grid_day(day, {s: granules[s].get(day, []) for s in SATELLITES}, grid, settings.region_dir,
                         settings.quarantine_dir)
-    fit = ingest.fit_gosat(settings.region_dir)
+    fit = ingest.fit_gosat(settings.region_dir, grid)
     era5 = settings.raw("era5")
     for day in ingest.load_gridded(settings.region_dir, "oco2"):
         assert all(p.is_file() for p in era5_files_for_day(era5, day))
@@ -361,7 +361,7 @@ def test_refit_re_fuses_only_the_days_on_another_fit_and_is_idempotent(store):
     settings, grid = store
     region, era5 = settings.region_dir, settings.raw("era5")
     pristine = read_samples(region)
-    fit = ingest.current_gosat_fit(region)
+    fit = ingest.current_gosat_fit(region, grid)
     gosat = pristine["source"] == "gosat"
     assert gosat.any() and set(pristine.loc[gosat, "fit_id"]) == {fit.fit_id}
     assert set(pristine.loc[~gosat, "fit_id"]) == {""}
