@@ -18,8 +18,8 @@ import pandas as pd
 
 from models.evaluation import random_split, regression_metrics
 from models.background import Background
-from models.residual_field import (CLIP_MADS, ResidualField, Superobs, calibrate_interval, calibrate_true_column,
-                                   day_number, fit_residual_field, held_out_noise, interval_half_width,
+from models.residual_field import (CLIP_MADS, SPATIAL_SHAPES, ResidualField, Superobs, calibrate_interval,
+                                   calibrate_true_column, day_number, fit_residual_field, held_out_noise, interval_half_width,
                                    predict_points_with_background, reported_noise_scale, robust_sd, superobs,
                                    true_column_half_width)
 from models.validation import group_holdout, spatial_block_ids
@@ -241,7 +241,8 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
               lattice_deg: float = 0.05, cross_validate: bool = False, block_km: float = 50.0,
               residual_without: Callable[[np.ndarray], np.ndarray] | None = None,
               background: Background | None = None,
-              background_without: Callable[[np.ndarray], Background] | None = None) -> FieldFit:
+              background_without: Callable[[np.ndarray], Background] | None = None,
+              shapes: tuple[str, ...] = SPATIAL_SHAPES) -> FieldFit:
     """The daily-anomaly field from the training samples' residuals (observed - model), its interval
     calibrated on the held-out sets in `calibration` (name -> indices), each predicted from the
     training samples only. frame: the samples (latitude, longitude, day, weight).
@@ -262,12 +263,14 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
     residual_without, cross_validate) the true column's interval is also scored on a forward fold,
     the last third of the training days as the days past a window of the first two thirds
     (_forward_fold): the archive's nightly maps are all past their champion's window, which folds
-    inside the window never see (true_column_coverage[FORWARD_FOLD]; not fitted to)."""
+    inside the window never see (true_column_coverage[FORWARD_FOLD]; not fitted to).
+    shapes: the spatial correlations the likelihood chooses from (models/residual_field.py)."""
     lat0 = float(np.mean(frame["latitude"]))
     weight = frame["weight"].to_numpy(np.float64) if "weight" in frame else np.ones(len(frame))
     clip = CLIP_MADS * robust_sd(residual[training])
     obs = _superobs_of(frame, residual, weight, training, superob_deg, clip)
-    fitted = fit_residual_field(obs, lat0, seed=seed, superob_deg=superob_deg, lattice_deg=lattice_deg, clip_ppm=clip)
+    fitted = fit_residual_field(obs, lat0, seed=seed, superob_deg=superob_deg, lattice_deg=lattice_deg, clip_ppm=clip,
+                                shapes=shapes)
     fitted = _with_noise_scale(fitted, frame, training, seed)
     uncertainty = frame["xco2_uncertainty"].to_numpy(np.float64) if "xco2_uncertainty" in frame else None
 

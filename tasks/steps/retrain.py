@@ -84,10 +84,11 @@ def _share_and_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y
                      split: Holdouts, calibration: dict, background: np.ndarray, network_anomaly: np.ndarray
                      ) -> tuple[TrainedModel, FieldFit]:
     shares = ANOMALY_SHARES if any(len(i) for i in calibration.values()) else (1.0,)
-    candidates = []
+    candidates, shape_of = [], {}
     for share in shares:
         fitted = fit_field(df, y - background - share * network_anomaly, split.training, calibration, settings.seed)
         candidates.append((share, {name: (r, m) for name, (r, m, _v) in fitted.calibration_predictions.items()}))
+        shape_of[share] = fitted.field.spatial_shape
     days = {name: day_number(df["day"].to_numpy()[idx]) for name, idx in calibration.items()}
     share = simplest_share(candidates, days)
     # The chosen share's field, its interval calibrated on the halves and on folds of the training
@@ -103,7 +104,8 @@ def _share_and_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y
 
     fitted = fit_field(df, y - background - share * network_anomaly, split.training, calibration, settings.seed,
                        cross_validate=True, block_km=settings.promotion_block_km, residual_without=residual_without,
-                       background=trained.background, background_without=background_without)
+                       background=trained.background, background_without=background_without,
+                       shapes=(shape_of[share],))  # the same residuals as its candidate's: the same shape
     return dataclasses.replace(trained, anomaly_scale=float(share), residual_field=fitted.field), fitted
 
 
