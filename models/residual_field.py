@@ -674,20 +674,11 @@ def calibrate_true_column(field: ResidualField, holdouts: dict[str, TrueColumnSe
         return replace(field, true_column_scale=None), {}
     R = np.asarray(rows)
     root = np.sqrt(R[:, 2])
-    design = np.column_stack([R[:, 0], np.ones(len(R))]) * root[:, None]
-    (a2, u), _ = nnls(design, R[:, 1] * root)
+    (a2, u), _ = nnls(np.column_stack([R[:, 0], np.ones(len(R))]) * root[:, None], R[:, 1] * root)
     # Nothing left once the noise is taken out: the true column's error is not visible in these
     # held-out values, and no interval is better than a made-up one.
     if not (np.isfinite(a2) and np.isfinite(u)) or a2 + u <= 1e-8:
         return replace(field, true_column_scale=None), {}
-    # The field's variance is the fitted covariance's own statement of the map's error (a = 1);
-    # the held-out retrievals move the scale only where they determine it, beyond twice its
-    # standard error. Where their noise hides the true column's part (a value's noise 0.8 ppm2
-    # against 0.01-0.6 of the true column's) the bins' scatter set a by chance: 0.80 on a Sichuan
-    # demo whose truth a = 1 covered 66-69 % and a = 0.80 55 % (docs/design.md).
-    if not _scale_determined(design, R[:, 1] * root, a2, u):
-        a2 = 1.0
-        u = max(float(np.average(R[:, 1] - R[:, 0], weights=R[:, 2])), 0.0)
     fitted = replace(field, true_column_scale=float(math.sqrt(a2)), unmodelled_variance=float(u))
 
     def covered(e: np.ndarray, v: np.ndarray, n: np.ndarray, w: np.ndarray) -> float:
@@ -698,21 +689,6 @@ def calibrate_true_column(field: ResidualField, holdouts: dict[str, TrueColumnSe
         if len(e) and np.sum(w) > 0:
             coverage[k] = covered(np.asarray(e), np.asarray(v), np.asarray(n), np.asarray(w))
     return fitted, coverage
-
-
-def _scale_determined(design: np.ndarray, target: np.ndarray, a2: float, u: float) -> bool:
-    """Whether the weighted fit of (a2, u) puts a2 more than two standard errors from 1 (the
-    classical least-squares error of the slope from the rows' scatter; too few rows: determined)."""
-    n = len(target)
-    if n <= 2:
-        return True
-    residual = target - design @ np.array([a2, u])
-    sigma2 = float(residual @ residual) / (n - 2)
-    try:
-        se = math.sqrt(max(float(np.linalg.inv(design.T @ design)[0, 0]) * sigma2, 0.0))
-    except np.linalg.LinAlgError:
-        return False
-    return abs(a2 - 1.0) > 2.0 * se
 
 
 def predict_map(field: ResidualField, obs: Superobs, lat0: float, lons: np.ndarray, lats: np.ndarray,

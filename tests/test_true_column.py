@@ -141,23 +141,6 @@ def test_calibrated_scale_recovers_the_true_columns_and_covers_the_truth():
         assert half is not None and abs(np.mean(np.abs(t) <= half) - 0.6827) < 0.03
 
 
-def test_the_fields_own_variance_stands_where_the_held_out_values_do_not_determine_a_scale():
-    """Few held-out values whose noise dwarfs the true column's part: the bins' slope is chance,
-    so the scale stays 1 (the fitted covariance's own variance) and only u is fitted."""
-    rng = np.random.default_rng(11)
-    field = _field()
-    holdouts = {}
-    for name in ("spatial blocks", "whole days"):
-        n = 400
-        v = rng.uniform(0.01, 0.3, n)
-        uncertainty = rng.uniform(0.8, 1.2, n)
-        t = rng.normal(0, np.sqrt(v + 0.05))
-        holdouts[name] = (t + uncertainty * rng.standard_normal(n), v, held_out_noise(field, uncertainty))
-    calibrated, _ = calibrate_true_column(field, holdouts)
-    assert calibrated.true_column_scale == 1.0
-    assert 0.0 <= calibrated.unmodelled_variance < 0.5
-
-
 def test_no_scale_when_the_reported_noise_alone_covers_the_held_out_retrievals():
     rng = np.random.default_rng(3)
     field = _field()
