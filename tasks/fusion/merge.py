@@ -45,7 +45,7 @@ NO_FIT_ID = ""
 # A GOSAT sounding collocates with the same day's OCO cells inside its footprint or within this
 # many degrees of it. Inside the footprint only, a Sichuan demo window of 40 days held 3
 # collocations, and their offset (+0.79 +- 1.67 ppm against a true -0.92) put a bias of +1.7 ppm
-# into every GOSAT cell and +0.5 ppm into the maps; within 0.5 degree 28 (-0.71 +- 0.49). A
+# into every GOSAT cell and +0.25 ppm into the maps; within 0.5 degree 29 (-0.72 +- 0.47). A
 # single GOSAT sounding's noise (~2 ppm) dwarfs the true change of XCO2 across 50 km (a few tenths
 # of a ppm), so the wider neighbourhood costs little and its errors average out (docs/fusion.md).
 COLLOCATION_RADIUS_DEG = 0.5
