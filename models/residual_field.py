@@ -146,8 +146,13 @@ class ResidualField:
         return np.log([getattr(self, p) for p in PARAMETERS[:6]])
 
     def covariance(self, xy_a: np.ndarray, t_a: np.ndarray, xy_b: np.ndarray, t_b: np.ndarray) -> np.ndarray:
-        return _covariance(self._log_params(), _distance(xy_a, xy_b), np.abs(t_a[:, None] - t_b[None, :]),
-                           self.spatial_shape)[0]
+        # The maps' kriging calls this on ~50,000 lattice nodes x the window's super-observations:
+        # values only, one exponential per component (the fit's derivatives are _covariance's).
+        D, DT = _distance(xy_a, xy_b), np.abs(t_a[:, None] - t_b[None, :])
+        out = _component(self.spatial_shape, D, DT, self.local_variance, self.local_length_km, self.local_time_days)
+        out += _component(self.spatial_shape, D, DT, self.regional_variance, self.regional_length_km,
+                          self.regional_time_days)
+        return out
 
     def nugget(self, weight: np.ndarray) -> np.ndarray:
         return self.noise_correlated + self.noise_independent / np.maximum(np.asarray(weight, np.float64), 1e-6)
@@ -233,6 +238,21 @@ def _xy_km(lon: np.ndarray, lat: np.ndarray, lat0: float) -> np.ndarray:
 def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d2 = (a[:, None, 0] - b[None, :, 0]) ** 2 + (a[:, None, 1] - b[None, :, 1]) ** 2
     return np.sqrt(d2)
+
+
+def _component(shape: str, D: np.ndarray, DT: np.ndarray, variance: float, length: float, time: float) -> np.ndarray:
+    """variance x rho(D / length) x exp(-DT / time), rho the Matern shape's correlation (values only)."""
+    root = {"matern12": 1.0, "matern32": math.sqrt(3.0), "matern52": math.sqrt(5.0)}.get(shape)
+    if root is None:
+        raise ResidualFieldError(f"unknown spatial shape {shape!r}; known: {list(SPATIAL_SHAPES)}")
+    a = (root / length) * D
+    out = np.exp(-a - DT / time)
+    if shape == "matern32":
+        out *= 1 + a
+    elif shape == "matern52":
+        out *= 1 + a * (1 + a / 3)
+    out *= variance
+    return out
 
 
 def _spatial(shape: str, D: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
