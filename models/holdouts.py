@@ -278,6 +278,8 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
         return held_out_noise(fitted, None if uncertainty is None else uncertainty[idx], len(idx))
 
     predictions = {}
+    days_of: dict[str, np.ndarray] = {}  # each held-out value's day: the unit the true column's scale is resampled by
+    day = day_number(frame["day"].to_numpy())
     # Each held-out sample counts by its independent soundings: one GOSAT sounding fills ~80 cells,
     # and counted per cell its retrieval noise set the demo world's interval (scale 0.24, noise x 100).
     weights, extras, noises = {}, {}, {}
@@ -286,6 +288,7 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
             mean, var, extra = predict_field_with_background(fitted, obs, frame, idx, background)
             predictions[name] = (residual[idx], mean, var)
             weights[name], extras[name], noises[name] = weight[idx], extra, noise_of(idx)
+            days_of[name] = day[idx]
     holdouts = dict(predictions)
     if cross_validate:
         for name, (r, m, v, x, w, idx) in _cross_validated(fitted, frame, residual, weight, training, seed, block_km,
@@ -296,8 +299,10 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
                 weights[name] = np.concatenate([weights[name], w])
                 extras[name] = np.concatenate([extras[name], x])
                 noises[name] = np.concatenate([noises[name], noise_of(idx)])
+                days_of[name] = np.concatenate([days_of[name], day[idx]])
             else:
                 holdouts[name], weights[name], extras[name], noises[name] = (r, m, v), w, x, noise_of(idx)
+                days_of[name] = day[idx]
     fitted, coverage = calibrate_interval(fitted, holdouts, weights)
     true_coverage: dict[str, float] = {}
     if background is not None and background.covariance is not None:
@@ -311,7 +316,8 @@ def fit_field(frame: pd.DataFrame, residual: np.ndarray, training: np.ndarray,
             if forward is not None:
                 (e, v), w, idx = forward
                 diagnostic[FORWARD_FOLD] = (e, v, noise_of(idx), w)
-        fitted, true_coverage = calibrate_true_column(fitted, true_holdouts, weights, diagnostic)
+        fitted, true_coverage = calibrate_true_column(fitted, true_holdouts, weights, diagnostic, scale_from=WHOLE_DAYS,
+                                                      days=days_of, seed=seed)
     return FieldFit(fitted, obs, coverage, predictions, true_coverage)
 
 
@@ -351,8 +357,8 @@ def _cross_validated(fitted: ResidualField, frame: pd.DataFrame, residual: np.nd
 
     lat = frame["latitude"].to_numpy()[training]
     lon = frame["longitude"].to_numpy()[training]
-    groups = {"spatial blocks": spatial_block_ids(lat, lon, block_km=block_km),
-              "whole days": day_number(frame["day"].to_numpy()[training]).astype(np.int64)}
+    groups = {SPATIAL_BLOCKS: spatial_block_ids(lat, lon, block_km=block_km),
+              WHOLE_DAYS: day_number(frame["day"].to_numpy()[training]).astype(np.int64)}
     rng = np.random.default_rng(seed + 5)
     out = {}
     for name, g in groups.items():
@@ -375,6 +381,9 @@ def _cross_validated(fitted: ResidualField, frame: pd.DataFrame, residual: np.nd
 
 
 FORWARD_FOLD = "days past the window"
+# The held-out sets of the retrain (split_samples' halves and the folds of fit_field)
+SPATIAL_BLOCKS = "spatial blocks"
+WHOLE_DAYS = "whole days"
 
 
 def _forward_fold(fitted: ResidualField, frame: pd.DataFrame, weight: np.ndarray, training: np.ndarray, seed: int,

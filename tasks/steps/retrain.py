@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from models.background import Background, BackgroundError, fit_background
-from models.holdouts import (ANOMALY_SHARES, FieldFit, Holdouts, anomaly_scale, fit_field, observed_by,
-                             simplest_share)
+from models.holdouts import (ANOMALY_SHARES, SPATIAL_BLOCKS, WHOLE_DAYS, FieldFit, Holdouts, anomaly_scale, fit_field,
+                             observed_by, simplest_share)
 from models.residual_field import ResidualFieldError, day_number
 from models.holdouts import split_samples as split_holdouts
 from models.training import TrainedModel, TrainingConfig, train_resnet_lstm
@@ -65,7 +65,7 @@ def fit_daily_field(settings: Settings, trained: TrainedModel, X: np.ndarray, y:
     judged with the field it leaves, not alone (models/holdouts.py)."""
     if trained.background is None:  # the retrain's network always learns the anomaly from one
         raise ValueError("the daily-anomaly field is fitted to a model trained on a background; this one has none")
-    calibration = {"spatial blocks": split.blocks_calibration, "whole days": split.days_calibration}
+    calibration = {SPATIAL_BLOCKS: split.blocks_calibration, WHOLE_DAYS: split.days_calibration}
     background = trained.background.evaluate_features(X, FEATURE_NAMES)
     network_anomaly = trained.predict(X) - background  # anomaly_scale is 1 here
     try:
