@@ -141,6 +141,56 @@ def test_calibrated_scale_recovers_the_true_columns_and_covers_the_truth():
         assert half is not None and abs(np.mean(np.abs(t) <= half) - 0.6827) < 0.03
 
 
+def _days_and_blocks(rng: np.random.Generator, n_days: int, a_true: float, u_true: float, day_sd: float,
+                     ) -> tuple[dict, dict, dict]:
+    """Held-out whole days (V ~0.5-0.9, comparable to the noise) and blocks near the observations
+    (V ~0.01-0.05), errors = true column's + retrieval noise; the true column's error on whole days
+    shares a per-day factor (a day's field is one draw: lognormal with sd `day_sd`), so a few days
+    leave its scale uncertain."""
+    holdouts, days, truth = {}, {}, {}
+    field = _field()
+    per_day = 400
+    for name, (v_low, v_high) in (("whole days", (0.5, 0.9)), ("spatial blocks", (0.01, 0.05))):
+        d = np.repeat(np.arange(n_days), per_day).astype(float)
+        v = rng.uniform(v_low, v_high, d.size)
+        factor = np.exp(day_sd * rng.standard_normal(n_days) - day_sd ** 2 / 2)[d.astype(int)] if name == "whole days" \
+            else np.ones(d.size)
+        t = rng.normal(0, np.sqrt(factor * a_true ** 2 * v + u_true))
+        uncertainty = rng.uniform(0.6, 1.0, d.size)
+        holdouts[name] = (t + uncertainty * rng.standard_normal(d.size), v, held_out_noise(field, uncertainty))
+        days[name], truth[name] = d, (t, v)
+    return holdouts, days, truth
+
+
+def test_the_scale_is_read_on_whole_days_and_the_floor_near_the_observations():
+    """Many held-out days that agree: the scale is theirs (not 1), and the floor u is what the blocks
+    near the observations show beyond it (one line through all bins put it elsewhere)."""
+    rng = np.random.default_rng(11)
+    a_true, u_true = 0.7, 0.04
+    holdouts, days, truth = _days_and_blocks(rng, 60, a_true, u_true, day_sd=0.0)
+    calibrated, _ = calibrate_true_column(_field(), holdouts, scale_from="whole days", days=days)
+    assert calibrated.true_column_scale == pytest.approx(a_true, rel=0.1)
+    assert calibrated.unmodelled_variance == pytest.approx(u_true, abs=0.02)
+    for t, v in truth.values():
+        half = true_column_half_width(calibrated, v)
+        assert half is not None and abs(np.mean(np.abs(t) <= half) - 0.6827) < 0.05
+
+
+def test_a_scale_the_held_out_days_do_not_determine_is_the_fields_own():
+    """Six held-out days whose true-column error swings from day to day: the scale read from them
+    (below 1) is not told apart from 1 by resampling the days, so the field's own variance (a = 1)
+    stays; with the same values and no days to resample, the reading is kept."""
+    rng = np.random.default_rng(3)
+    holdouts, days, _ = _days_and_blocks(rng, 6, 0.8, 0.0, day_sd=0.7)
+    undetermined, _ = calibrate_true_column(_field(), holdouts, scale_from="whole days", days=days)
+    assert undetermined.true_column_scale == 1.0
+    read, _ = calibrate_true_column(_field(), holdouts, scale_from="whole days")
+    assert read.true_column_scale is not None and read.true_column_scale < 0.95
+    # the resampling is seeded: the same held-out values give the same interval
+    again, _ = calibrate_true_column(_field(), holdouts, scale_from="whole days", days=days)
+    assert again == undetermined
+
+
 def test_no_scale_when_the_reported_noise_alone_covers_the_held_out_retrievals():
     rng = np.random.default_rng(3)
     field = _field()
