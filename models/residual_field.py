@@ -30,6 +30,7 @@ tens of km and more) and interpolated bilinearly to the grid; its variance likew
 from __future__ import annotations
 
 import json
+import logging
 import math
 from statistics import NormalDist
 from dataclasses import asdict, dataclass, replace
@@ -42,6 +43,8 @@ from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.optimize import minimize
 
 from models.background import Background, weighted_quantile
+
+log = logging.getLogger(__name__)
 
 KM_PER_DEGREE_LAT = 110.57
 KM_PER_DEGREE_LON_EQUATOR = 111.32
@@ -756,7 +759,11 @@ def calibrate_true_column(field: ResidualField, holdouts: dict[str, TrueColumnSe
         a2, u = _scale_and_floor(rows[scale_from], near)
         if days is not None and scale_from in days:
             low, high = _scale_range(field, parts[scale_from], np.asarray(days[scale_from]), near, bins, seed)
-            if low <= 1.0 <= high:
+            kept = not low <= 1.0 <= high
+            log.info("true column's scale: a2 %.3f read on %s (%.3f-%.3f in %.0f %% of resamplings of its days): %s",
+                     a2, scale_from, low, high, 100 * TRUE_COLUMN_SCALE_LEVEL,
+                     "kept" if kept else "not told apart from 1, the field's own variance kept")
+            if not kept:
                 a2, u = 1.0, _floor(near, 1.0)
     else:
         a2, u = _joint_fit([r for rs in rows.values() for r in rs])

@@ -215,6 +215,10 @@ def report_markdown(settings: Settings, version: RegisteredVersion, decision: Ga
                   f"window +-{f.window_days} d; interval "
                   f"scale {f.interval_scale:.2f} (calibration coverage "
                   + ", ".join(f"{k} {v:.1%}" for k, v in field_fit.calibration_coverage.items()) + ")"]
+        if f.true_column_scale is not None:
+            lines += [f"- true column's interval (band 3): scale {f.true_column_scale:.2f} on the field's and the "
+                      f"background's variance, unmodelled floor {f.unmodelled_variance:.3f} ppm2 (a scale of 1.00 is "
+                      "the field's own: the held-out days did not tell another apart from it)"]
     if reliability:
         lines += ["", "## Reliability of the intervals (scoring halves)", "",
                   "Observed coverage at each nominal level, the archived 68 % half-width scaled as a Gaussian's "
