@@ -261,17 +261,23 @@ def _cmd_past_window(args: argparse.Namespace) -> int:
     console.print(table)
     if result.get("true_column_by_distance"):
         by_distance = Table(title="band 3 (true column's 68% interval) of the map by days after the training window")
-        for col in ("days after", "covers truth", "by chance (resampling the days)", "mean half-width (ppm)"):
+        for col in ("days after", "covers truth", "by chance (resampling the days)", "mean half-width (ppm)",
+                    "background's parameter variance, extrapolated (ppm2)", "left after the day's observations (ppm2)"):
             by_distance.add_column(col)
+
+        def ppm2(part: dict, key: str) -> str:
+            return f"{part[key]:.4f}" if key in part else "-"
+
         for part in result["true_column_by_distance"]:
             by_distance.add_row(part["days"], f"{part['coverage68_true_column']:.1%}",
                                 _chance(part.get("range68_true_column")).strip(" ()"),
-                                f"{part['mean_half_width_true_column']:.3f}")
+                                f"{part['mean_half_width_true_column']:.3f}",
+                                ppm2(part, "background_variance_extrapolated"), ppm2(part, "background_variance_left"))
         overall = result["maps"]["map"]
         if "coverage68_true_column" in overall:
             by_distance.add_row(f"1-{opts.days}", f"{overall['coverage68_true_column']:.1%}",
                                 _chance(overall.get("range68_true_column")).strip(" ()"),
-                                f"{overall.get('half_width_true_column', float('nan')):.3f}")
+                                f"{overall.get('half_width_true_column', float('nan')):.3f}", "", "")
         console.print(by_distance)
     console.print(f"mean bias of the map within {BIAS_CRITERION_PPM} ppm: "
                   f"{'YES' if result['bias_within_criterion'] else 'NO'}; network anomaly scale "

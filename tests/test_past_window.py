@@ -88,6 +88,7 @@ def test_maps_after_the_training_window_are_scored_against_the_truth(small_world
     if "coverage68_true_column" in maps["map"]:
         assert 0 <= maps["map"]["coverage68_true_column"] <= 1 and len(parts) == min(3, days)
         assert all(p["mean_half_width_true_column"] > 0 for p in parts)
+        assert all(p["background_variance_extrapolated"] >= 0 and p["background_variance_left"] >= 0 for p in parts)
     else:
         assert parts == [] and result["residual_field"]["true_column_scale"] is None
     daily = pd.read_csv(out / "past_window_daily.csv")

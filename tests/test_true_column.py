@@ -348,6 +348,13 @@ def test_summaries_read_the_true_columns_coverage():
     assert [p["days"] for p in parts] == ["1-2", "3-4", "5-6"]
     assert [p["coverage68_true_column"] for p in parts] == [0.5, 1.0, 0.5]
     assert [p["mean_half_width_true_column"] for p in parts] == [0.1, 0.2, 0.45]
+    assert all("background_variance_extrapolated" not in p for p in parts)
+    # The background's parameter variance, extrapolated and left after the day's observations, by part.
+    daily["background_variance_extrapolated"] = [0.01, 0.03, 0.05, 0.05, 0.08, 0.11]
+    daily["background_variance_left_map"] = [0.001, 0.001, 0.002, 0.002, 0.0, 0.003]
+    parts = true_column_by_distance(daily, pooled)
+    assert [p["background_variance_extrapolated"] for p in parts] == [0.02, 0.05, 0.095]
+    assert [p["background_variance_left"] for p in parts] == [0.001, 0.002, 0.0015]
     assert true_column_by_distance(daily.drop(columns="coverage_true_column_map"), pooled) == []
 
 

@@ -163,11 +163,18 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
                 nightly = field_at_cells(settings.region_dir, cache_version, grid, day, trained.predict, field,
                                          settings.daily_anomaly_max_cells_per_day, r, c, up_to_day=True,
                                          background=background)
+                # The background's parameter variance at the cells before and after conditioning on the
+                # observations: what band 3 would add if no observation pinned the extrapolated trend.
+                extrapolated = background.variance_at(np.full(len(r), day_number(np.array([day]))[0]),
+                                                      grid.lats[r], grid.lons[c])
                 maps = {"background": background.evaluate_features(X, FEATURE_NAMES), "model": model,
                         "map": model + around.mean, "map_nightly": model + nightly.mean}
                 fields = {"map": around, "map_nightly": nightly}
                 row = {"day": day.isoformat(), "cells": int(truth.size), "superobs": around.n_superobs,
-                       "superobs_nightly": nightly.n_superobs}
+                       "superobs_nightly": nightly.n_superobs,
+                       "background_variance_extrapolated": float(np.mean(extrapolated))}
+                if around.background_variance is not None:
+                    row["background_variance_left_map"] = float(np.mean(around.background_variance))
                 for name, values in maps.items():
                     error = values - truth
                     row[f"bias_{name}"] = float(np.mean(error))
@@ -220,17 +227,28 @@ def past_window_check(settings: Settings, opts: PastWindowOptions, truth_for_day
 
 def true_column_by_distance(daily: pd.DataFrame, pooled: list[Pooled], parts: int = 3) -> list[dict]:
     """The map's true-column interval (band 3) over consecutive parts of the days after the window:
-    days, its coverage of the truth and its mean half-width (empty without band 3)."""
+    days, its coverage of the truth and its mean half-width (empty without band 3), and where the
+    daily table has them the background's parameter variance at the cells extrapolated (b'Sb, no
+    observation) and left after conditioning on the day's observations (g'Sg, the part band 3 holds)."""
     if "coverage_true_column_map" not in daily or not pooled:
         return []
     out = []
     for chunk in np.array_split(np.arange(len(daily)), min(parts, len(daily))):
         hits = np.concatenate([pooled[i][1]["true_column"] for i in chunk])
-        out.append({"days": f"{int(chunk[0]) + 1}-{int(chunk[-1]) + 1}", "coverage68_true_column": round(
-            float(np.mean(hits)), 4), "mean_half_width_true_column": round(
-            float(np.average(daily["half_width_true_column_map"].to_numpy()[chunk],
-                             weights=daily["cells"].to_numpy()[chunk])), 4),
-                    "range68_true_column": _by_day_range(pooled, chunk)})
+
+        def mean_of(column: str) -> float:
+            return round(float(np.average(daily[column].to_numpy()[chunk], weights=daily["cells"].to_numpy()[chunk])),
+                         4)
+
+        part = {"days": f"{int(chunk[0]) + 1}-{int(chunk[-1]) + 1}",
+                "coverage68_true_column": round(float(np.mean(hits)), 4),
+                "mean_half_width_true_column": mean_of("half_width_true_column_map"),
+                "range68_true_column": _by_day_range(pooled, chunk)}
+        for key, column in (("background_variance_extrapolated", "background_variance_extrapolated"),
+                            ("background_variance_left", "background_variance_left_map")):
+            if column in daily:
+                part[key] = mean_of(column)
+        out.append(part)
     return out
 
 
