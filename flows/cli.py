@@ -261,8 +261,10 @@ def _cmd_past_window(args: argparse.Namespace) -> int:
     console.print(table)
     if result.get("true_column_by_distance"):
         by_distance = Table(title="band 3 (true column's 68% interval) of the map by days after the training window")
+        # The background's parameter variance at the cells: extrapolated with no observation, and left
+        # after conditioning on the day's observations (the part band 3 holds).
         for col in ("days after", "covers truth", "by chance (resampling the days)", "mean half-width (ppm)",
-                    "background's parameter variance, extrapolated (ppm2)", "left after the day's observations (ppm2)"):
+                    "background var. extrapolated (ppm2)", "background var. left (ppm2)"):
             by_distance.add_column(col)
 
         def ppm2(part: dict, key: str) -> str:
