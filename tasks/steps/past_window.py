@@ -26,7 +26,8 @@ coverage criterion (60-76%) is about held-out retrievals, i.e. band 2 against ob
 the retrain reports; against the truth band 2 should cover more than 68%, and band 3 is the one to
 read (issue 22: 60-76%). Band 3 is also reported by distance from the training window (thirds of the
 days after it): its width grows with the background's extrapolated trend and seasonal cycle where
-the day's observations do not pin it (docs/design.md: on the demo worlds hardly at all).
+the day's observations do not pin it (docs/design.md: on the demo worlds they pin nearly all of it;
+the table prints the background's variance extrapolated and left after them).
 """
 
 from __future__ import annotations
