@@ -236,21 +236,21 @@ def true_column_by_distance(daily: pd.DataFrame, pooled: list[Pooled], parts: in
     out = []
     for chunk in np.array_split(np.arange(len(daily)), min(parts, len(daily))):
         hits = np.concatenate([pooled[i][1]["true_column"] for i in chunk])
-
-        def mean_of(column: str) -> float:
-            return round(float(np.average(daily[column].to_numpy()[chunk], weights=daily["cells"].to_numpy()[chunk])),
-                         4)
-
         part = {"days": f"{int(chunk[0]) + 1}-{int(chunk[-1]) + 1}",
                 "coverage68_true_column": round(float(np.mean(hits)), 4),
-                "mean_half_width_true_column": mean_of("half_width_true_column_map"),
+                "mean_half_width_true_column": _per_cell_mean(daily, "half_width_true_column_map", chunk),
                 "range68_true_column": _by_day_range(pooled, chunk)}
         for key, column in (("background_variance_extrapolated", "background_variance_extrapolated"),
                             ("background_variance_left", "background_variance_left_map")):
             if column in daily:
-                part[key] = mean_of(column)
+                part[key] = _per_cell_mean(daily, column, chunk)
         out.append(part)
     return out
+
+
+def _per_cell_mean(daily: pd.DataFrame, column: str, days: np.ndarray) -> float:
+    """The mean of a daily column over `days` (row indices), each day weighing by its scored cells."""
+    return round(float(np.average(daily[column].to_numpy()[days], weights=daily["cells"].to_numpy()[days])), 4)
 
 
 def _by_day_range(pooled: list[Pooled], days: Iterable[int]) -> dict[str, Any]:
